@@ -1,0 +1,36 @@
+"""Turn raw kernel counters into monotonic cumulative values, written once for every collector.
+
+Kernel counters wrap (32-bit fields in /proc/net/dev on 32-bit kernels, 64-bit elsewhere) and
+reset (an interface deleted and created again starts from zero). `Monotonic.update` keeps a
+running total per key: a drop that looks like a wrap of the declared width adds the wrapped
+distance; any other drop is a reset and the new raw value counts as growth since zero. The
+total therefore never goes backwards and stays a count since the series' start.
+"""
+
+
+class Monotonic:
+    def __init__(self):
+        self.last_raw = {}
+        self.total = {}
+
+    def update(self, key, raw, bits=64):
+        last = self.last_raw.get(key)
+        self.last_raw[key] = raw
+        if last is None:
+            # first sight counts since boot; a reappearance counts from zero again
+            total = self.total.get(key, 0) + raw
+            self.total[key] = total
+            return total
+        if raw >= last:
+            delta = raw - last
+        elif last >= (1 << bits) - (1 << (bits - 2)) and raw < (1 << (bits - 2)):
+            delta = (1 << bits) - last + raw  # wrapped at 2**bits
+        else:
+            delta = raw  # reset: counting again from zero
+        total = self.total[key] + delta
+        self.total[key] = total
+        return total
+
+    def forget(self, key):
+        """Drop a key's raw reading (its source vanished) but keep its total for a reappearance."""
+        self.last_raw.pop(key, None)

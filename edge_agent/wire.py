@@ -1,0 +1,327 @@
+"""Batch wire format v1, written once and used by the agent (encode) and the gateway (decode).
+
+docs/wire-format.md is the specification; this module is its reference implementation.
+
+Birth message (retained, `<prefix>/<device>/birth`): a msgpack map announcing the device, its
+boot and the series dictionary (`id -> name, unit, kind, attributes, scale, bounds, source`).
+
+Data batch (`<prefix>/<device>/data`): a msgpack array
+    [version, flags, device, boot, seq, dict, t0, body, ext?]
+    body = [tick_deltas, columns]           (flags bit 0 clear)
+    body = bin(raw-deflate(msgpack(body)))  (flags bit 0 set)
+    column = [series_id, mask, v0, d1, d2, ...]
+Tick timestamps are milliseconds: t0 + sum(tick_deltas[:i+1]). A column's `mask` has bit i set
+when the series has a sample at tick i; 0 means "every tick". The first value is absolute, the
+following ones are differences from the previous value (element-wise for histograms), so steady
+counters and gauges cost one or two bytes a sample.
+
+Decoding is strict: anything that does not match raises `WireError(reason, detail)`, where
+`reason` is a short stable label a gateway can count by.
+"""
+
+import binascii
+
+from edge_agent.model import HISTOGRAM, COUNTER, GAUGE, Series
+from edge_agent.umsgpack import packb, unpackb
+
+VERSION = 1
+FLAG_DEFLATE = 1
+MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
+MAX_INFLATED = 1 << 20
+
+
+class WireError(ValueError):
+    def __init__(self, reason, detail=""):
+        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+def boot_tag(boot_id):
+    """The 32-bit tag of a boot id that data batches carry instead of the full 36-byte UUID."""
+    return binascii.crc32(boot_id.encode()) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------- agent side: building batches
+
+
+class BatchBuilder:
+    """Accumulates ticks of samples into columns, ready to encode as one data batch."""
+
+    def __init__(self):
+        self.ticks = []
+        self.columns = {}  # series id -> [mask, [values]]
+        self.samples = 0
+
+    def __len__(self):
+        return len(self.ticks)
+
+    def add_tick(self, ts_ms, samples):
+        """Add one tick: `samples` is a list of (Series, value) with ids already interned."""
+        index = len(self.ticks)
+        if index >= MAX_TICKS:
+            raise ValueError("batch already holds %d ticks" % MAX_TICKS)
+        if index and ts_ms < self.ticks[-1]:
+            ts_ms = self.ticks[-1]  # a clock step backwards must not make a negative delta
+        self.ticks.append(ts_ms)
+        bit = 1 << index
+        columns = self.columns
+        for series, value in samples:
+            column = columns.get(series.id)
+            if column is None:
+                column = [0, []]
+                columns[series.id] = column
+            elif column[0] & bit:
+                continue  # the same series twice in one tick: keep the first
+            column[0] |= bit
+            column[1].append(value)
+        self.samples += len(samples)
+
+    def encode(self, device, boot, seq, dict_epoch, compress=False, ext=None):
+        if not self.ticks:
+            raise ValueError("empty batch")
+        t0 = self.ticks[0]
+        deltas = []
+        prev = t0
+        for ts in self.ticks:
+            deltas.append(ts - prev)
+            prev = ts
+        full = (1 << len(self.ticks)) - 1
+        columns = []
+        for sid in sorted(self.columns):
+            mask, values = self.columns[sid]
+            column = [sid, 0 if mask == full else mask]
+            prev = None
+            for value in values:
+                if isinstance(value, tuple):  # histogram (count, sum, buckets)
+                    value = [value[0], value[1]] + list(value[2])
+                    column.append(value if prev is None else _diff(value, prev))
+                else:
+                    column.append(value if prev is None else value - prev)
+                prev = value
+            columns.append(column)
+        body = [deltas, columns]
+        flags = 0
+        if compress:
+            body = deflate(packb(body))
+            flags |= FLAG_DEFLATE
+        message = [VERSION, flags, device, boot, seq, dict_epoch, t0, body]
+        if ext:
+            message.append(ext)
+        return packb(message)
+
+
+def _diff(values, prev):
+    if len(values) != len(prev):
+        raise ValueError("histogram changed its bucket count inside a batch")
+    return [values[i] - prev[i] for i in range(len(values))]
+
+
+def encode_birth(info, table):
+    """The birth message: `info` holds device, boot_id, boot_time_ms, agent, platform, collectors."""
+    birth = {
+        "v": VERSION,
+        "dev": info["device"],
+        "boot": info["boot_id"],
+        "bt": boot_tag(info["boot_id"]),
+        "btime": info["boot_time_ms"],
+        "dict": table.epoch,
+        "agent": info.get("agent", ""),
+        "os": info.get("os", ""),
+        "platform": info.get("platform", ""),
+        "collectors": info.get("collectors", {}),
+        "series": [
+            [s.id, s.name, s.unit, s.kind, s.attrs, s.scale, s.bounds, s.source] for s in table.series
+        ],
+    }
+    for key in ("interval_ms", "sampling"):
+        if key in info:
+            birth[key] = info[key]
+    return packb(birth)
+
+
+# ---------------------------------------------------------------- deflate, on either interpreter
+
+
+def deflate(data):
+    try:
+        import zlib
+    except ImportError:  # MicroPython's `deflate` module has no compressor in most builds
+        raise ValueError("compression is not available on this interpreter")
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def inflate(data, limit=MAX_INFLATED):
+    try:
+        import zlib
+    except ImportError:
+        import io
+        import deflate as _deflate
+
+        out = _deflate.DeflateIO(io.BytesIO(data), _deflate.RAW).read(limit + 1)
+        if len(out) > limit:
+            raise WireError("too_large", "inflates beyond %d bytes" % limit)
+        return out
+    decompressor = zlib.decompressobj(-15)
+    try:
+        out = decompressor.decompress(data, limit)
+    except zlib.error as exc:
+        raise WireError("bad_deflate", str(exc))
+    if decompressor.unconsumed_tail:
+        raise WireError("too_large", "inflates beyond %d bytes" % limit)
+    if not decompressor.eof:
+        raise WireError("bad_deflate", "truncated stream")
+    return out
+
+
+# ---------------------------------------------------------------- gateway side: strict decoding
+
+
+class Batch:
+    """A decoded data batch. `columns` is a list of (series_id, tick_indexes, absolute_values)."""
+
+    def __init__(self, flags, device, boot, seq, dict_epoch, ticks, columns, ext):
+        self.flags = flags
+        self.device = device
+        self.boot = boot
+        self.seq = seq
+        self.dict_epoch = dict_epoch
+        self.ticks = ticks
+        self.columns = columns
+        self.ext = ext
+
+    def sample_count(self):
+        return sum([len(c[1]) for c in self.columns])
+
+
+class Birth:
+    def __init__(self, obj, series):
+        self.device = obj["dev"]
+        self.boot_id = obj["boot"]
+        self.boot = obj["bt"]
+        self.boot_time_ms = obj["btime"]
+        self.dict_epoch = obj["dict"]
+        self.agent = obj.get("agent", "")
+        self.os = obj.get("os", "")
+        self.platform = obj.get("platform", "")
+        self.collectors = obj.get("collectors", {})
+        self.raw = obj
+        self.series = series  # id -> Series
+
+
+def _is_uint(value, bits=64):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << bits)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _need(ok, reason, detail):
+    if not ok:
+        raise WireError(reason, detail)
+
+
+def decode(payload, unpack=unpackb, max_size=65536):
+    """Bytes -> msgpack object, with the size limit and one error type."""
+    _need(len(payload) <= max_size, "too_large", "%d bytes > limit %d" % (len(payload), max_size))
+    try:
+        return unpack(payload)
+    except WireError:
+        raise
+    except Exception as exc:  # any decoder failure is one kind of rejection
+        raise WireError("not_msgpack", str(exc)[:120])
+
+
+def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
+    """Validate a decoded data message and expand it to absolute timestamps and values."""
+    _need(isinstance(obj, list), "bad_header", "message is not an array")
+    _need(len(obj) in (8, 9), "bad_header", "array of %d elements" % len(obj))
+    _need(obj[0] == VERSION and _is_int(obj[0]), "bad_version", "version %r" % (obj[0],))
+    flags, device, boot, seq, dict_epoch, t0, body = obj[1:8]
+    _need(_is_uint(flags, 8) and not flags & ~FLAG_DEFLATE, "bad_header", "flags %r" % (flags,))
+    _need(isinstance(device, str) and 0 < len(device) <= 128, "bad_header", "device id")
+    for name, value in (("boot", boot), ("seq", seq), ("dict", dict_epoch), ("t0", t0)):
+        _need(_is_uint(value), "bad_header", "%s is not an unsigned integer" % name)
+    ext = obj[8] if len(obj) == 9 else {}
+    _need(isinstance(ext, dict), "bad_header", "ext is not a map")
+    if flags & FLAG_DEFLATE:
+        _need(isinstance(body, bytes), "bad_body", "compressed body is not bin")
+        try:
+            body = unpack(inflate(body, max_inflated))
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError("bad_body", "inflated body: %s" % str(exc)[:120])
+    _need(isinstance(body, list) and len(body) == 2, "bad_body", "body is not [ticks, columns]")
+    deltas, raw_columns = body
+    _need(isinstance(deltas, list) and 0 < len(deltas) <= MAX_TICKS, "bad_body", "tick count")
+    ticks = []
+    ts = t0
+    for delta in deltas:
+        _need(_is_uint(delta, 32), "bad_body", "tick delta %r" % (delta,))
+        ts += delta
+        ticks.append(ts)
+    _need(isinstance(raw_columns, list), "bad_body", "columns is not an array")
+    n = len(ticks)
+    full = (1 << n) - 1
+    columns = []
+    seen = set()
+    for column in raw_columns:
+        _need(isinstance(column, list) and len(column) >= 3, "bad_column", "column shape")
+        sid, mask = column[0], column[1]
+        _need(_is_uint(sid, 32) and sid not in seen, "bad_column", "series id %r" % (sid,))
+        seen.add(sid)
+        _need(_is_uint(mask) and mask <= full, "bad_column", "mask of series %d" % sid)
+        indexes = [i for i in range(n) if (mask or full) >> i & 1]
+        values = column[2:]
+        _need(len(values) == len(indexes), "bad_column", "series %d: %d values for %d ticks" % (sid, len(values), len(indexes)))
+        columns.append((sid, indexes, _undelta(sid, values)))
+    return Batch(flags, device, boot, seq, dict_epoch, ticks, columns, ext)
+
+
+def _undelta(sid, values):
+    out = []
+    prev = None
+    for value in values:
+        if isinstance(value, list):
+            _need(len(value) >= 3 and all([_is_int(x) for x in value]), "bad_value", "series %d histogram" % sid)
+            if prev is not None:
+                _need(isinstance(prev, list) and len(prev) == len(value), "bad_value", "series %d histogram shape" % sid)
+                value = [prev[i] + value[i] for i in range(len(value))]
+        else:
+            _need(_is_int(value), "bad_value", "series %d value %r" % (sid, value))
+            if prev is not None:
+                _need(not isinstance(prev, list), "bad_value", "series %d mixes kinds" % sid)
+                value = prev + value
+        out.append(value)
+        prev = value
+    return out
+
+
+def parse_birth(obj, max_series=10000):
+    _need(isinstance(obj, dict), "bad_birth", "birth is not a map")
+    _need(obj.get("v") == VERSION, "bad_version", "birth version %r" % (obj.get("v"),))
+    _need(isinstance(obj.get("dev"), str) and 0 < len(obj["dev"]) <= 128, "bad_birth", "device id")
+    _need(isinstance(obj.get("boot"), str), "bad_birth", "boot id")
+    for key in ("bt", "btime", "dict"):
+        _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)
+    raw = obj.get("series")
+    _need(isinstance(raw, list) and len(raw) <= max_series, "bad_birth", "series list")
+    series = {}
+    for entry in raw:
+        _need(isinstance(entry, list) and len(entry) == 8, "bad_birth", "series entry shape")
+        sid, name, unit, kind, attrs, scale, bounds, source = entry
+        _need(_is_uint(sid, 32) and sid not in series, "bad_birth", "series id %r" % (sid,))
+        _need(isinstance(name, str) and 0 < len(name) <= 255, "bad_birth", "series %d name" % sid)
+        _need(isinstance(unit, str) and len(unit) <= 63, "bad_birth", "series %d unit" % sid)
+        _need(kind in (GAUGE, COUNTER, HISTOGRAM), "bad_birth", "series %d kind %r" % (sid, kind))
+        _need(isinstance(attrs, dict) and all([isinstance(k, str) and isinstance(v, (str, int)) for k, v in attrs.items()]), "bad_birth", "series %d attributes" % sid)
+        _need(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 and scale == scale and scale != float("inf"), "bad_birth", "series %d scale" % sid)
+        if kind == HISTOGRAM:
+            _need(isinstance(bounds, list) and all([isinstance(b, (int, float)) for b in bounds]), "bad_birth", "series %d bounds" % sid)
+        s = Series(name, kind, unit, attrs, scale, bounds, source if isinstance(source, str) else "")
+        s.id = sid
+        series[sid] = s
+    return Birth(obj, series)

@@ -1,0 +1,1 @@
+"""gateway: the cloud side. MQTT in, strict decode, OTLP out."""
