@@ -126,6 +126,7 @@ def encode_birth(info, table):
         "bt": boot_tag(info["boot_id"]),
         "btime": info["boot_time_ms"],
         "dict": table.epoch,
+        "base": table.base if getattr(table, "base", None) is not None else table.epoch,
         "agent": info.get("agent", ""),
         "os": info.get("os", ""),
         "platform": info.get("platform", ""),
@@ -202,6 +203,9 @@ class Birth:
         self.boot = obj["bt"]
         self.boot_time_ms = obj["btime"]
         self.dict_epoch = obj["dict"]
+        # the dictionary is append-only from epoch `base` on: it also resolves batches quoting
+        # any epoch in [base, dict] (batches buffered while the dictionary grew)
+        self.base = obj.get("base", obj["dict"])
         self.agent = obj.get("agent", "")
         self.os = obj.get("os", "")
         self.platform = obj.get("platform", "")
@@ -307,6 +311,7 @@ def parse_birth(obj, max_series=10000):
     _need(isinstance(obj.get("boot"), str), "bad_birth", "boot id")
     for key in ("bt", "btime", "dict"):
         _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)
+    _need(_is_uint(obj.get("base", 0)) and obj.get("base", 0) <= obj["dict"], "bad_birth", "base epoch")
     raw = obj.get("series")
     _need(isinstance(raw, list) and len(raw) <= max_series, "bad_birth", "series list")
     series = {}
