@@ -1,0 +1,318 @@
+"""The agent loop: read collectors when due, keep what the sampler selects, batch, send.
+
+    tick:  sampler.due() -> collector.collect() -> sampler.select() -> BatchBuilder.add_tick()
+    flush: BatchBuilder.encode() -> Outbox (store-and-forward)
+    pump:  Outbox -> transport.publish (QoS 1) ... PUBACK -> removed from the Outbox
+
+Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
+by the entry point; this module is part of the MicroPython-compatible core.
+"""
+
+import os
+
+from edge_agent import wire
+from edge_agent.clock import mono_ms, wall_ms
+from edge_agent.model import SeriesTable
+from edge_agent.outbox import Outbox
+
+IN_FLIGHT_WINDOW = 8  # unacknowledged data batches on the wire at once
+EVENT_POLL_S = 0.25  # how often collectors with events (netlink link changes) are polled
+
+
+def write_atomic(path, data):
+    """Write a small file so a crash leaves either the old or the new content, never half."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+        except (AttributeError, OSError):
+            pass  # MicroPython has no fsync
+    os.rename(tmp, path)
+
+
+class SeqSource:
+    """Batch sequence numbers that only grow, across agent restarts too.
+
+    With a state directory, numbers are reserved in blocks written to `<state_dir>/seq`, so a flash
+    device is written once per BLOCK batches. The base is never below unix seconds * 256, so even
+    without saved state (or after it is wiped) a restarted agent continues above its last number as
+    long as the clock is sane; a device without a clock keeps the saved reservation.
+    """
+
+    BLOCK = 1024
+
+    def __init__(self, state_dir, now_s):
+        self.path = state_dir + "/seq" if state_dir else None
+        saved = 0
+        if self.path:
+            try:
+                with open(self.path) as f:
+                    saved = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                saved = 0
+        self.next = max(saved, now_s * 256)
+        self.limit = self.next
+
+    def take(self):
+        if self.path and self.next >= self.limit:
+            self.limit = self.next + self.BLOCK
+            write_atomic(self.path, str(self.limit))
+        seq = self.next
+        self.next += 1
+        return seq
+
+
+class EveryInterval:
+    """The simplest sampler: every collector at one fixed interval, every sample kept."""
+
+    def __init__(self, names, interval_ms):
+        self.names = list(names)
+        self.interval_ms = interval_ms
+        self.next_ms = None
+
+    def due(self, now_ms):
+        if self.next_ms is None:
+            self.next_ms = now_ms
+        if now_ms < self.next_ms:
+            return []
+        self.next_ms += self.interval_ms
+        if self.next_ms <= now_ms:  # fell behind (suspend, overload): skip, do not catch up
+            self.next_ms = now_ms + self.interval_ms
+        return self.names
+
+    def next_due_ms(self):
+        return self.next_ms if self.next_ms is not None else 0
+
+    def observe_load(self, now_ms, cpu_util, runq, mem_avail_ratio, self_cpu):
+        pass
+
+    def select(self, now_ms, collector, samples):
+        return samples
+
+    def effective_interval_ms(self, series):
+        return self.interval_ms
+
+    def snapshot(self):
+        return {"policy": "fixed", "interval_ms": self.interval_ms}
+
+
+class Agent:
+    def __init__(self, config, collectors, transport, info, sampler=None, loadwatch=None,
+                 commands=None, spool=None, log=None):
+        self.config = config
+        self.collectors = dict([(c.name, c) for c in collectors])
+        self.transport = transport
+        self.info = info
+        self.device = info["device"]
+        base_interval_ms = int(config["interval_s"] * 1000)
+        self.sampler = sampler or EveryInterval(self.collectors.keys(), base_interval_ms)
+        self.loadwatch = loadwatch
+        self.commands = commands
+        self.log = log or _print_log
+        self.batch_ms = int(config["batch_s"] * 1000)
+        self.compress = config["compress"]
+        prefix = config["topic_prefix"] + "/" + self.device + "/"
+        self.topics = {}
+        for name in ("birth", "data", "state", "cmd", "ack"):
+            self.topics[name] = prefix + name
+        self.boot = wire.boot_tag(info["boot_id"])
+        self.seq = SeqSource(config["state_dir"], wall_ms() // 1000)
+        self.table = SeriesTable()
+        self.table.base = None
+        self.builder = wire.BatchBuilder()
+        self.outbox = Outbox(config["buffer"]["max_batches"], spool)
+        self.flush_at = None
+        self.running = False
+        self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
+                      "bytes": 0, "births": 0, "collector_errors": 0}
+        self.errors_by_collector = {}
+        self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, names, now_ms=None):
+        """Read the named collectors once and add what the sampler keeps as one tick."""
+        now = mono_ms() if now_ms is None else now_ms
+        ts = wall_ms()
+        kept = []
+        for name in names:
+            collector = self.collectors.get(name)
+            if collector is None:
+                continue
+            try:
+                samples = collector.collect()
+            except (OSError, ValueError) as exc:
+                self.stats["collector_errors"] += 1
+                self.errors_by_collector[name] = self.errors_by_collector.get(name, 0) + 1
+                self.log("collector_error", collector=name, error=str(exc))
+                continue
+            self.stats["samples_read"] += len(samples)
+            for pair in self.sampler.select(now, name, samples):
+                if pair[0].id < 0:
+                    self.table.intern(pair[0])
+                kept.append(pair)
+        self.stats["ticks"] += 1
+        if kept:
+            if len(self.builder) >= wire.MAX_TICKS:
+                self.flush()
+            self.builder.add_tick(ts, kept)
+            self.stats["samples_kept"] += len(kept)
+        return kept
+
+    def observe_load(self, now):
+        if self.loadwatch is None:
+            return
+        try:
+            signals = self.loadwatch.read()
+        except (OSError, ValueError):
+            return
+        self.sampler.observe_load(now, signals[0], signals[1], signals[2], signals[3])
+
+    # ------------------------------------------------------------------ batching
+
+    def flush(self):
+        """Encode the pending ticks as one batch into the outbox (birth first if the dictionary grew)."""
+        if not len(self.builder):
+            return None
+        seq = self.seq.take()
+        if self.table.changed:
+            self.table.epoch = seq
+            if self.table.base is None:
+                self.table.base = seq
+            self.table.changed = False
+            self.publish_birth()
+        ext = self.batch_ext()
+        payload = self.builder.encode(self.device, self.boot, seq, self.table.epoch, self.compress, ext)
+        samples = self.builder.samples
+        self.outbox.push(seq, payload, samples)
+        self.stats["batches"] += 1
+        self.stats["bytes"] += len(payload)
+        self.builder = wire.BatchBuilder()
+        return payload
+
+    def batch_ext(self):
+        ext = {}
+        if self.outbox.dropped_batches:
+            ext["lost"] = [self.outbox.dropped_batches, self.outbox.dropped_samples]
+        intervals = {}
+        base = int(self.config["interval_s"] * 1000)
+        for sid in self.builder.columns:
+            ms = self.sampler.effective_interval_ms(self.table.series[sid])
+            if ms != base:
+                group = intervals.get(ms)
+                if group is None:
+                    intervals[ms] = [ms, sid]
+                else:
+                    group.append(sid)
+        if intervals:
+            ext["iv"] = [intervals[ms] for ms in sorted(intervals)]
+        return ext
+
+    def birth_payload(self):
+        info = dict(self.info)
+        info["interval_ms"] = int(self.config["interval_s"] * 1000)
+        info["sampling"] = self.sampler.snapshot()
+        return wire.encode_birth(info, self.table)
+
+    def publish_birth(self):
+        if self.transport.connected and len(self.table):
+            self.transport.publish(self.topics["birth"], self.birth_payload(), 1, True)
+            self.stats["births"] += 1
+
+    # ------------------------------------------------------------------ network
+
+    def on_connect(self):
+        self.transport.publish(self.topics["state"], b"online", 1, True)
+        if self.table.base is not None:
+            self.publish_birth()
+        if self.commands is not None:
+            for topic in self.commands.topics():
+                self.transport.subscribe(topic, 1)
+        self.log("connected", device=self.device)
+
+    def on_message(self, topic, payload):
+        if self.commands is None:
+            return
+        ack = self.commands.handle(topic, payload, self)
+        if ack is not None:
+            self.transport.publish(self.topics["ack"], ack, 1, False)
+
+    def pump(self):
+        if not self.transport.connected:
+            return
+        self.outbox.collect_acks(self.transport.acked)
+        now = mono_ms()
+        for entry in self.outbox.unsent(IN_FLIGHT_WINDOW, now):
+            token = self.transport.publish(self.topics["data"], entry.payload, 1, False)
+            if token is None:
+                break
+            entry.token = token
+            entry.sent_ms = now
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self):
+        """One pass of the loop; returns how long the caller may wait before the next pass (s)."""
+        now = mono_ms()
+        if self.flush_at is None:
+            self.flush_at = now + self.batch_ms
+        for source in self.event_sources:
+            changed = source.poll_events()
+            if changed:  # a link went up or down: sample it now and send without waiting
+                self.sample([source.name], now)
+                self.flush()
+                self.flush_at = now + self.batch_ms
+        due = self.sampler.due(now)
+        if due:
+            self.observe_load(now)
+            self.sample(due, now)
+        if now >= self.flush_at:
+            self.flush()
+            self.flush_at += self.batch_ms
+            if self.flush_at <= now:
+                self.flush_at = now + self.batch_ms
+        self.pump()
+        wake = min(self.sampler.next_due_ms(), self.flush_at)
+        wait = max(0, wake - mono_ms()) / 1000.0
+        if self.event_sources:
+            wait = min(wait, EVENT_POLL_S)
+        return wait
+
+    def run(self, max_seconds=None):
+        self.running = True
+        self.transport.start(self.on_connect, self.on_message)
+        started = mono_ms()
+        try:
+            while self.running:
+                wait = self.step()
+                if max_seconds is not None and mono_ms() - started >= max_seconds * 1000:
+                    break
+                self.transport.poll(wait)
+        finally:
+            self.shutdown()
+
+    def shutdown(self):
+        """Send what is pending for a short while, then close the collectors and the transport."""
+        self.flush()
+        deadline = mono_ms() + 2000
+        while len(self.outbox) and self.transport.connected and mono_ms() < deadline:
+            self.pump()
+            self.transport.poll(0.05)
+        if self.transport.connected:  # a clean stop says so; the will covers the unclean ones
+            self.transport.publish(self.topics["state"], b"offline", 1, True)
+            self.transport.poll(0.1)
+        for collector in self.collectors.values():
+            try:
+                collector.close()
+            except OSError:
+                pass
+        self.transport.stop()
+
+    def stop(self):
+        self.running = False
+
+
+def _print_log(event, **fields):
+    print(event + " " + " ".join(["%s=%s" % (k, fields[k]) for k in fields]))

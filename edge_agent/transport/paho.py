@@ -1,0 +1,119 @@
+"""MQTT transport over paho-mqtt 2.x (CPython), behind the agent's Transport contract.
+
+A token (the message id) stays valid across reconnects: paho keeps unacknowledged QoS 1
+messages and sends them again (DUP) when the connection comes back.
+
+paho runs its network loop in a thread of its own; connection and message events are queued here
+and delivered by `poll()` in the agent's thread, so the agent core never needs a lock.
+"""
+
+import collections
+import ssl
+import threading
+
+import paho.mqtt.client as mqtt
+
+
+class PahoTransport:
+    def __init__(self, host, port, client_id, keepalive=30, username="", password="", tls=None,
+                 will=None, reconnect=(1, 60)):
+        self.host = host
+        self.port = port
+        self.keepalive = keepalive
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv311, clean_session=True)
+        if username:
+            self.client.username_pw_set(username, password or None)
+        if tls is not None:
+            self.client.tls_set(ca_certs=tls.get("ca") or None, certfile=tls.get("cert") or None,
+                                keyfile=tls.get("key") or None, cert_reqs=ssl.CERT_REQUIRED)
+            if tls.get("insecure"):
+                self.client.tls_insecure_set(True)
+        if will is not None:
+            topic, payload, qos, retain = will
+            self.client.will_set(topic, payload, qos, retain)
+        self.client.reconnect_delay_set(reconnect[0], reconnect[1])
+        self.client.max_inflight_messages_set(20)
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.client.on_message = self._message
+        self.client.on_publish = self._published
+        self.connected = False
+        self.events = collections.deque()
+        self.wakeup = threading.Condition()
+        self.acked_mids = {}  # mid -> None, insertion-ordered; capped (see _published)
+        self.on_connect = None
+        self.on_message = None
+
+    # paho's thread -------------------------------------------------------------------------
+
+    def _push(self, event):
+        with self.wakeup:
+            self.events.append(event)
+            self.wakeup.notify()
+
+    def _connected(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            self._push(("connect", None, None))
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties):
+        self._push(("disconnect", None, None))
+
+    def _message(self, client, userdata, message):
+        self._push(("message", message.topic, message.payload))
+
+    def _published(self, client, userdata, mid, reason_code, properties):
+        with self.wakeup:
+            self.acked_mids[mid] = None
+            if len(self.acked_mids) > 4096:  # acks nobody asks about (births, state): forget the oldest
+                del self.acked_mids[next(iter(self.acked_mids))]
+
+    # the agent's thread -------------------------------------------------------------------
+
+    def start(self, on_connect, on_message):
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.client.connect_async(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        if not self.connected:
+            return None
+        info = self.client.publish(topic, payload, qos, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return info.mid
+
+    def acked(self, token):
+        with self.wakeup:
+            if token in self.acked_mids:
+                del self.acked_mids[token]
+                return True
+        return False
+
+    def subscribe(self, topic, qos=1):
+        if self.connected:
+            self.client.subscribe(topic, qos)
+
+    def poll(self, timeout_s):
+        with self.wakeup:
+            if not self.events and timeout_s > 0:
+                self.wakeup.wait(timeout_s)
+            events = list(self.events)
+            self.events.clear()
+        for kind, topic, payload in events:
+            if kind == "connect":
+                self.connected = True
+                if self.on_connect:
+                    self.on_connect()
+            elif kind == "disconnect":
+                self.connected = False
+            elif self.on_message:
+                self.on_message(topic, payload)
+
+    def stop(self):
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+        self.connected = False
