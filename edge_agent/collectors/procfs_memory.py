@@ -1,0 +1,97 @@
+"""Memory usage, limit and availability, from /proc/meminfo.
+
+Metrics (see docs/architecture.md), all values in kB as the kernel prints them, hence scale 1024:
+
+    system.memory.usage             gauge  By  scale 1024  state=used|free|buffers|cached
+    system.memory.limit             gauge  By  scale 1024  -
+    system.linux.memory.available   gauge  By  scale 1024  -
+
+The four usage states partition MemTotal, as the OpenTelemetry convention asks, following the
+"cache" column of procps `free -w`: cached = Cached + SReclaimable, used = MemTotal - free -
+buffers - cached (never below 0; inside some containers the fields do not add up).
+
+Kernels before 3.14 have no MemAvailable. We then estimate it like the kernel's own
+si_mem_available() without the zone watermarks (which /proc/meminfo does not show):
+MemFree + Active(file) + Inactive(file) + SReclaimable, or MemFree + Buffers + Cached before
+2.6.28 where the file LRU lines are missing; capped at MemTotal. It is an upper bound of what
+the kernel would report.
+
+Options: none.
+
+Example output:
+
+    system.memory.usage{state=used}      590096
+    system.memory.usage{state=free}      23725212
+    system.memory.usage{state=buffers}   14448
+    system.memory.usage{state=cached}    354328
+    system.memory.limit                  24684084
+    system.linux.memory.available        24321292
+"""
+
+from edge_agent.collectors.procfs import read_text
+from edge_agent.model import GAUGE, SeriesCache
+
+
+def parse_meminfo(text):
+    """/proc/meminfo -> {field: int kB}, e.g. {"MemTotal": 24684084, "HugePages_Total": 0, ...}."""
+    fields = {}
+    for line in text.split("\n"):
+        colon = line.find(":")
+        if colon <= 0:
+            continue
+        tokens = line[colon + 1 :].split()
+        if tokens:
+            fields[line[:colon]] = int(tokens[0])
+    return fields
+
+
+def available(fields):
+    """MemAvailable, or the estimate described in the module docstring on older kernels."""
+    if "MemAvailable" in fields:
+        return fields["MemAvailable"]
+    free = fields.get("MemFree", 0)
+    if "Active(file)" in fields and "Inactive(file)" in fields:
+        estimate = free + fields["Active(file)"] + fields["Inactive(file)"] + fields.get("SReclaimable", 0)
+    else:
+        estimate = free + fields.get("Buffers", 0) + fields.get("Cached", 0)
+    return min(estimate, fields.get("MemTotal", estimate))
+
+
+def usage(fields):
+    """(used, free, buffers, cached) in kB, summing to MemTotal when the kernel's numbers allow."""
+    total = fields.get("MemTotal", 0)
+    free = fields.get("MemFree", 0)
+    buffers = fields.get("Buffers", 0)
+    cached = fields.get("Cached", 0) + fields.get("SReclaimable", 0)
+    return (max(total - free - buffers - cached, 0), free, buffers, cached)
+
+
+class MemoryCollector:
+    name = "memory"
+    source = "procfs"
+    OPTIONS = {}
+
+    def __init__(self, root="/proc"):
+        self.root = root
+        cache = SeriesCache(self.source)
+        self.usage = [
+            cache.get("system.memory.usage", GAUGE, "By", {"state": state}, 1024)
+            for state in ("used", "free", "buffers", "cached")
+        ]
+        self.limit = cache.get("system.memory.limit", GAUGE, "By", None, 1024)
+        self.available = cache.get("system.linux.memory.available", GAUGE, "By", None, 1024)
+
+    def collect(self):
+        fields = parse_meminfo(read_text(self.root, "meminfo"))
+        if "MemTotal" not in fields:
+            raise OSError("meminfo: no MemTotal")
+        out = []
+        values = usage(fields)
+        for i in range(4):
+            out.append((self.usage[i], values[i]))
+        out.append((self.limit, fields["MemTotal"]))
+        out.append((self.available, available(fields)))
+        return out
+
+    def close(self):
+        pass

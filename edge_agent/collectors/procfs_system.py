@@ -1,0 +1,63 @@
+"""Uptime, boot id and boot time, from /proc/uptime, /proc/sys/kernel/random/boot_id, /proc/stat.
+
+Metrics (see docs/architecture.md):
+
+    system.uptime   gauge  s  scale 0.01  -
+
+The boot id and boot time are not samples: the agent puts them in the batch header and the birth
+message, so the collector offers them as `boot_id()` and `boot_time()` (read from the same root).
+
+Options: none.
+
+Example output for "215.06 368.04":
+
+    system.uptime   21506
+"""
+
+from edge_agent.collectors.procfs import hundredths, read_text
+from edge_agent.model import GAUGE, SeriesCache
+
+
+def parse_uptime(text):
+    """'215.06 368.04' -> 21506: seconds since boot in hundredths."""
+    tokens = text.split()
+    if not tokens:
+        raise ValueError("uptime: empty")
+    return hundredths(tokens[0])
+
+
+def read_boot_id(root="/proc"):
+    """The kernel's random boot id ('c0a1…-…'), from sys/kernel/random/boot_id under `root`.
+
+    Raises OSError when the file is missing (kernels without CONFIG_PROC_SYSCTL)."""
+    return read_text(root, "sys/kernel/random/boot_id").strip()
+
+
+def read_boot_time(root="/proc"):
+    """Boot time in seconds since the epoch: the btime line of `root`/stat; OSError without one."""
+    for line in read_text(root, "stat").split("\n"):
+        if line.startswith("btime "):
+            return int(line[6:])
+    raise OSError("stat: no btime line")
+
+
+class SystemCollector:
+    name = "system"
+    source = "procfs"
+    OPTIONS = {}
+
+    def __init__(self, root="/proc"):
+        self.root = root
+        self.uptime = SeriesCache(self.source).get("system.uptime", GAUGE, "s", None, 0.01)
+
+    def collect(self):
+        return [(self.uptime, parse_uptime(read_text(self.root, "uptime")))]
+
+    def boot_id(self):
+        return read_boot_id(self.root)
+
+    def boot_time(self):
+        return read_boot_time(self.root)
+
+    def close(self):
+        pass
