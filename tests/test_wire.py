@@ -1,0 +1,195 @@
+"""Wire format v1: encode/decode round trips (property-based), boundaries, and strict rejection."""
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent import umsgpack, wire
+from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, SeriesCache, SeriesTable
+
+U64 = (1 << 64) - 1
+
+
+def make_series(n_gauges, n_counters, with_hist=False):
+    cache = SeriesCache("procfs")
+    table = SeriesTable()
+    series = []
+    for i in range(n_gauges):
+        series.append(cache.get("g", GAUGE, "1", {"i": str(i)}, 0.0001))
+    for i in range(n_counters):
+        series.append(cache.get("c", COUNTER, "By", {"i": str(i)}))
+    if with_hist:
+        series.append(cache.get("h", HISTOGRAM, "s", None, 1e-6, [1e-6, 2e-6, 4e-6]))
+    for s in series:
+        table.intern(s)
+    return table, series
+
+
+# a tick is a list of optional values per series (None: series absent at that tick)
+gauge_values = st.integers(min_value=-(1 << 62), max_value=(1 << 62))
+counter_start = st.integers(min_value=0, max_value=(1 << 63))
+tick_gaps = st.integers(min_value=0, max_value=(1 << 31))
+
+
+@st.composite
+def batches(draw):
+    n_ticks = draw(st.integers(min_value=1, max_value=wire.MAX_TICKS))
+    n_g = draw(st.integers(min_value=0, max_value=4))
+    n_c = draw(st.integers(min_value=0, max_value=4))
+    table, series = make_series(n_g, n_c, with_hist=draw(st.booleans()))
+    t = draw(st.integers(min_value=0, max_value=(1 << 50)))
+    ticks = []
+    counters = [draw(counter_start) for _ in range(n_c)]
+    hist = [0, 0, 0, 0, 0, 0]
+    for _ in range(n_ticks):
+        t += draw(tick_gaps)
+        row = []
+        for i, s in enumerate(series):
+            if not draw(st.integers(min_value=0, max_value=3)):
+                continue  # absent at this tick
+            if s.kind == GAUGE:
+                row.append((s, draw(gauge_values)))
+            elif s.kind == COUNTER:
+                k = i - n_g
+                counters[k] = min(U64, counters[k] + draw(st.integers(min_value=0, max_value=1 << 40)))
+                row.append((s, counters[k]))
+            else:
+                hist = [h + draw(st.integers(min_value=0, max_value=1000)) for h in hist]
+                row.append((s, (hist[0], hist[1], hist[2:])))
+        ticks.append((t, row))
+    return table, ticks
+
+
+def expected_columns(ticks):
+    cols = {}
+    for index, (_, row) in enumerate(ticks):
+        for s, v in row:
+            v = [v[0], v[1]] + list(v[2]) if isinstance(v, tuple) else v
+            cols.setdefault(s.id, ([], []))
+            cols[s.id][0].append(index)
+            cols[s.id][1].append(v)
+    return cols
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches(), st.booleans(), st.integers(min_value=0, max_value=U64))
+def test_round_trip(data, compress, seq):
+    table, ticks = data
+    builder = wire.BatchBuilder()
+    for ts, row in ticks:
+        builder.add_tick(ts, row)
+    payload = builder.encode("dev-1", 0xFFFFFFFF, seq, 7, compress=compress)
+    for unpack in (umsgpack.unpackb, lambda b: msgpack.unpackb(b, strict_map_key=False)):
+        batch = wire.parse_batch(wire.decode(payload, unpack), unpack)
+        assert batch.seq == seq and batch.device == "dev-1" and batch.dict_epoch == 7
+        assert batch.ticks == [ts for ts, _ in ticks]
+        got = dict([(sid, (idx, vals)) for sid, idx, vals in batch.columns])
+        assert got == expected_columns(ticks)
+
+
+def test_steady_stream_is_small():
+    """Steady counters and gauges cost about one or two bytes per sample."""
+    table, series = make_series(20, 40)
+    builder = wire.BatchBuilder()
+    for tick in range(10):
+        builder.add_tick(1_700_000_000_000 + tick * 1000,
+                         [(s, 5000 + tick * 3 if s.kind == GAUGE else 10**9 + tick * 120) for s in series])
+    payload = builder.encode("device-0001", 123456789, 1 << 40, 1 << 40)
+    per_sample = len(payload) / 600
+    assert per_sample < 2.0, per_sample
+    assert len(builder.encode("device-0001", 1, 1, 1, compress=True)) < len(payload)
+
+
+def test_masks_mark_absent_samples():
+    table, series = make_series(2, 0)
+    builder = wire.BatchBuilder()
+    builder.add_tick(1000, [(series[0], 1), (series[1], 1)])
+    builder.add_tick(2000, [(series[0], 2)])
+    builder.add_tick(3000, [(series[0], 3), (series[1], 5)])
+    raw = msgpack.unpackb(builder.encode("d", 1, 1, 1))
+    columns = raw[7][1]
+    assert columns[0][:2] == [series[0].id, 0]  # present at every tick: mask 0
+    assert columns[1][:2] == [series[1].id, 0b101]
+    assert columns[1][2:] == [1, 4]  # first absolute, then the delta
+
+
+def test_clock_step_backwards_is_clamped():
+    table, series = make_series(1, 0)
+    builder = wire.BatchBuilder()
+    builder.add_tick(5000, [(series[0], 1)])
+    builder.add_tick(4000, [(series[0], 1)])
+    batch = wire.parse_batch(wire.decode(builder.encode("d", 1, 1, 1)))
+    assert batch.ticks == [5000, 5000]
+
+
+def good_message():
+    table, series = make_series(1, 1)
+    builder = wire.BatchBuilder()
+    builder.add_tick(1000, [(series[0], 1), (series[1], 10)])
+    builder.add_tick(2000, [(series[0], 2), (series[1], 20)])
+    return msgpack.unpackb(builder.encode("d", 1, 1, 1))
+
+
+def mutated(path, value):
+    msg = good_message()
+    node = msg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return msgpack.packb(msg)
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"\xc1", "not_msgpack"),
+    (b"\x98\x01", "not_msgpack"),  # truncated
+    (msgpack.packb({"a": 1}), "bad_header"),
+    (msgpack.packb([2, 0, "d", 1, 1, 1, 1, [[0], []]]), "bad_version"),
+    (mutated([1], 2), "bad_header"),  # unknown flag
+    (mutated([2], 5), "bad_header"),  # device id not a string
+    (mutated([4], -1), "bad_header"),  # negative seq
+    (mutated([7, 0], []), "bad_body"),  # no ticks
+    (mutated([7, 0, 1], -5), "bad_body"),  # negative tick delta
+    (mutated([7, 1, 0, 1], 0b100), "bad_column"),  # mask beyond the ticks
+    (mutated([7, 1, 0, 3], "x"), "bad_value"),
+    (mutated([7, 1, 0, 3], 1.5), "bad_value"),
+    (mutated([7, 1, 1], [0, 0, 1]), "bad_column"),  # duplicate series id
+    (mutated([7, 1, 0], [0, 0, 1, 2, 3]), "bad_column"),  # more values than ticks
+    (mutated([1], 1), "bad_body"),  # says deflated, is not
+    (b"\x00" * 70000, "too_large"),
+])
+def test_rejections_name_their_reason(payload, reason):
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_batch(wire.decode(payload))
+    assert err.value.reason == reason
+
+
+def test_deflate_bomb_is_refused():
+    import zlib
+
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = bomb.compress(msgpack.packb([[0], [[0, 0, 1]]]) + b"\x00" * (4 << 20)) + bomb.flush()
+    payload = msgpack.packb([1, 1, "d", 1, 1, 1, 1, body])
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_batch(wire.decode(payload))
+    assert err.value.reason == "too_large"
+
+
+def test_birth_round_trip_and_checks():
+    table, series = make_series(1, 1, with_hist=True)
+    table.epoch, table.base = 42, 40
+    info = {"device": "d1", "boot_id": "0b5e-boot", "boot_time_ms": 1_700_000_000_000, "agent": "0.1.0",
+            "collectors": {"cpu": "procfs"}}
+    birth = wire.parse_birth(wire.decode(wire.encode_birth(info, table)))
+    assert birth.device == "d1" and birth.dict_epoch == 42 and birth.base == 40
+    assert birth.boot == wire.boot_tag("0b5e-boot")
+    assert [s.key for s in birth.series.values()] == [s.key for s in series]
+    assert birth.series[2].bounds == [1e-6, 2e-6, 4e-6]
+    raw = msgpack.unpackb(wire.encode_birth(info, table))
+    raw["series"][0][5] = float("nan")
+    with pytest.raises(wire.WireError):
+        wire.parse_birth(raw)
+    raw["series"][0][5] = 1
+    raw["series"][0][3] = 9
+    with pytest.raises(wire.WireError):
+        wire.parse_birth(raw)
