@@ -8,28 +8,16 @@ Everything platform-specific (collectors, MQTT transport, sampler, command handl
 by the entry point; this module is part of the MicroPython-compatible core.
 """
 
-import os
-
 from edge_agent import wire
 from edge_agent.clock import mono_ms, wall_ms
+from edge_agent.commands import save_overrides
+from edge_agent.config import BACKENDS, COLLECTORS
 from edge_agent.model import SeriesTable
 from edge_agent.outbox import Outbox
+from edge_agent.statefile import write_atomic
 
 IN_FLIGHT_WINDOW = 8  # unacknowledged data batches on the wire at once
 EVENT_POLL_S = 0.25  # how often collectors with events (netlink link changes) are polled
-
-
-def write_atomic(path, data):
-    """Write a small file so a crash leaves either the old or the new content, never half."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(data)
-        try:
-            f.flush()
-            os.fsync(f.fileno())
-        except (AttributeError, OSError):
-            pass  # MicroPython has no fsync
-    os.rename(tmp, path)
 
 
 class SeqSource:
@@ -100,8 +88,10 @@ class EveryInterval:
 
 class Agent:
     def __init__(self, config, collectors, transport, info, sampler=None, loadwatch=None,
-                 commands=None, spool=None, log=None):
+                 commands=None, spool=None, log=None, collector_factory=None, overrides=None):
         self.config = config
+        self.collector_factory = collector_factory  # collectors config -> (collectors, effective)
+        self.overrides = overrides if overrides is not None else {}  # accepted remote changes
         self.collectors = dict([(c.name, c) for c in collectors])
         self.transport = transport
         self.info = info
@@ -251,6 +241,65 @@ class Agent:
             entry.token = token
             entry.sent_ms = now
 
+    # ------------------------------------------------------------------ remote tuning
+
+    def effective_config(self):
+        return {
+            "interval_s": self.config["interval_s"],
+            "batch_s": self.config["batch_s"],
+            "sampling": self.sampler.snapshot(),
+            "collectors": self.info.get("collectors", {}),
+        }
+
+    def rebirth(self):
+        if self.table.base is None:
+            self.table.changed = True  # nothing announced yet: the next flush announces
+        else:
+            self.publish_birth()
+
+    def set_sampling(self, params):
+        update = getattr(self.sampler, "update", None)
+        if update is None:
+            return ["this agent's sampler cannot be tuned remotely"]
+        errors = update(params)
+        if not errors:
+            merged = dict(self.overrides.get("sampling", {}))
+            merged.update(params)
+            self.overrides["sampling"] = merged
+            save_overrides(self.config["state_dir"], self.overrides)
+        return errors
+
+    def set_collectors(self, changes):
+        errors = check_collector_changes(changes)
+        if not errors and self.collector_factory is None:
+            errors = ["collectors cannot be changed on this platform"]
+        if errors:
+            return errors
+        section = {}
+        for name in self.config["collectors"]:
+            section[name] = dict(self.config["collectors"][name])
+            section[name].update(changes.get(name, {}))
+        try:
+            collectors, effective = self.collector_factory(section)
+        except (OSError, ValueError) as exc:
+            return ["collectors: %s" % exc]
+        for old in self.collectors.values():
+            try:
+                old.close()
+            except OSError:
+                pass
+        self.collectors = dict([(c.name, c) for c in collectors])
+        self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+        self.config["collectors"] = section
+        self.info["collectors"] = effective
+        saved = self.overrides.get("collectors", {})
+        for name in changes:
+            saved.setdefault(name, {}).update(changes[name])
+        self.overrides["collectors"] = saved
+        save_overrides(self.config["state_dir"], self.overrides)
+        self.rebirth()
+        return []
+
     # ------------------------------------------------------------------ the loop
 
     def step(self):
@@ -312,6 +361,29 @@ class Agent:
 
     def stop(self):
         self.running = False
+
+
+def check_collector_changes(changes):
+    """Validate a set_collectors argument: {name: {"enabled": bool, "backend": str}}."""
+    errors = []
+    if not isinstance(changes, dict) or not changes:
+        return ["args must map collector names to {enabled, backend}"]
+    for name in changes:
+        change = changes[name]
+        if name not in COLLECTORS:
+            errors.append("%s: unknown collector (known: %s)" % (name, ", ".join(COLLECTORS)))
+        elif not isinstance(change, dict):
+            errors.append("%s: must be an object" % name)
+        else:
+            for key in change:
+                value = change[key]
+                if key == "enabled" and not isinstance(value, bool):
+                    errors.append("%s.enabled: must be true or false" % name)
+                elif key == "backend" and value not in BACKENDS:
+                    errors.append("%s.backend: must be one of %s" % (name, ", ".join(BACKENDS)))
+                elif key not in ("enabled", "backend"):
+                    errors.append("%s.%s: cannot be changed remotely" % (name, key))
+    return errors
 
 
 def _print_log(event, **fields):

@@ -17,6 +17,7 @@ import time
 from edge_agent import __version__, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
+from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.model import KIND_NAMES
 
 # flag -> dotted config key; flags override the file, which overrides the defaults
@@ -153,14 +154,36 @@ def build_transport(cfg, device):
                          will=(state_topic, b"offline", 1, True))
 
 
+def apply_overrides(cfg, overrides):
+    """Remote changes accepted before a restart win over the file (they were newer)."""
+    cfg["sampling"].update(overrides.get("sampling", {}))
+    for name, change in overrides.get("collectors", {}).items():
+        if name in cfg["collectors"]:
+            cfg["collectors"][name].update(change)
+
+
 def command_run(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
+    if cfg["state_dir"]:
+        os.makedirs(cfg["state_dir"], exist_ok=True)
+    overrides = load_overrides(cfg["state_dir"])
+    apply_overrides(cfg, overrides)
     collectors, effective = build_collectors(cfg, log)
     info = device_info(cfg, effective)
     transport = build_transport(cfg, info["device"])
     sampler = build_sampler(cfg, [c.name for c in collectors])
-    agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log)
+    commands = None
+    if cfg["commands"]["enabled"]:
+        if not cfg["commands"]["require_signature"]:
+            log("commands_unsigned", warning="command signatures are OFF (commands.require_signature=false)")
+        commands = CommandHandler(cfg, info["device"], lambda: int(time.time()), log)
+
+    def factory(section):
+        return build_collectors(dict(cfg, collectors=section), log)
+
+    agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
+                  collector_factory=factory, overrides=overrides)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True))
@@ -192,7 +215,7 @@ def command_once(args):
     birth = wire.parse_birth(wire.decode(agent.birth_payload()))
     batch = wire.parse_batch(wire.decode(payload))
     rows = []
-    for sid, indexes, values in batch.columns:
+    for sid, _indexes, values in batch.columns:
         series = birth.series[sid]
         value = values[-1]
         real = [v * series.scale for v in value[:2]] if isinstance(value, list) else value * series.scale
