@@ -1,0 +1,191 @@
+"""Payload -> validated batch, resolved against the device's birth dictionary.
+
+Decoding itself is `edge_agent.wire` (the reference implementation, written once); this module
+adds what only the gateway knows: which dictionary each device announced, and whether a batch's
+values make sense for the series they claim to be. Every refusal is a `Rejected` carrying a short,
+stable `reason` label that metrics count by.
+
+Births are kept per device under (boot tag, dictionary epoch), the last few of them, so a batch
+published just before a new birth (or queued across a reboot) still resolves.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import msgpack
+
+from edge_agent import wire
+from edge_agent.model import COUNTER, HISTOGRAM, Series
+
+MAX_PAYLOAD = 65536
+MAX_ARRAY = 10000  # columns and series lists; a column holds at most 66 elements
+MAX_MAP = 1024
+KEEP_EPOCHS = 4
+UINT64 = 1 << 64
+
+
+class Rejected(Exception):
+    """A payload the gateway refuses; `reason` is a metric label, `detail` is for the log."""
+
+    def __init__(self, reason: str, detail: str = "", device: str = "") -> None:
+        super().__init__(reason + (": " + detail if detail else ""))
+        self.reason = reason
+        self.detail = detail
+        self.device = device
+
+
+class UnknownDictionary(Rejected):
+    """The batch names a (boot, dictionary epoch) whose birth has not been seen (yet)."""
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    raise ValueError("msgpack extension type %d is not allowed" % code)
+
+
+def unpack(payload: bytes) -> object:
+    """The msgpack C extension with bounded container sizes and no extension types."""
+    return msgpack.unpackb(
+        payload, raw=False, strict_map_key=True, ext_hook=_no_ext,
+        max_array_len=MAX_ARRAY, max_map_len=MAX_MAP, max_ext_len=0,
+    )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A valid batch with its birth; `points` is a list of (Series, tick indexes, absolute values)."""
+
+    batch: wire.Batch
+    birth: wire.Birth
+    points: list[tuple[Series, list[int], list]]
+    size: int  # payload bytes
+
+    @property
+    def device(self) -> str:
+        return self.batch.device
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.batch.device, self.batch.boot, self.batch.seq)
+
+    def samples(self) -> int:
+        return sum(len(indexes) for _, indexes, _ in self.points)
+
+    def last_tick_ms(self) -> int:
+        return self.batch.ticks[-1]
+
+
+class Dictionaries:
+    """Per-device birth dictionaries and the strict resolution of data batches against them.
+
+    Thread-safe: births arrive on the MQTT thread, lookups may come from others.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, max_series: int = 10000,
+                 max_devices: int = 100000, keep: int = KEEP_EPOCHS) -> None:
+        self.max_payload = max_payload
+        self.max_series = max_series
+        self.max_devices = max_devices
+        self.keep = keep
+        self._births: dict[str, OrderedDict[tuple[int, int], wire.Birth]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ births
+
+    def add_birth(self, topic_device: str, payload: bytes) -> wire.Birth:
+        try:
+            birth = wire.parse_birth(wire.decode(payload, unpack, self.max_payload), self.max_series)
+        except wire.WireError as exc:
+            raise Rejected(exc.reason, exc.detail, topic_device)
+        if birth.device != topic_device:
+            raise Rejected("device_mismatch", "birth for %r on the topic of %r" % (birth.device, topic_device), topic_device)
+        for series in birth.series.values():
+            if series.kind == HISTOGRAM and not _increasing(series.bounds):
+                raise Rejected("bad_birth", "series %d: bounds must be finite and increasing" % series.id, topic_device)
+        with self._lock:
+            epochs = self._births.get(birth.device)
+            if epochs is None:
+                if len(self._births) >= self.max_devices:
+                    raise Rejected("too_many_devices", "limit %d" % self.max_devices, topic_device)
+                epochs = self._births[birth.device] = OrderedDict()
+            key = (birth.boot, birth.dict_epoch)
+            epochs.pop(key, None)
+            epochs[key] = birth
+            while len(epochs) > self.keep:
+                epochs.popitem(last=False)
+        return birth
+
+    def latest(self, device: str) -> wire.Birth | None:
+        with self._lock:
+            epochs = self._births.get(device)
+            return next(reversed(epochs.values())) if epochs else None
+
+    def devices(self) -> list[str]:
+        with self._lock:
+            return list(self._births)
+
+    def _birth(self, device: str, boot: int, epoch: int) -> wire.Birth | None:
+        with self._lock:
+            epochs = self._births.get(device)
+            return epochs.get((boot, epoch)) if epochs else None
+
+    # ------------------------------------------------------------ data
+
+    def resolve(self, topic_device: str, payload: bytes) -> Resolved:
+        try:
+            batch = wire.parse_batch(wire.decode(payload, unpack, self.max_payload), unpack)
+        except wire.WireError as exc:
+            raise Rejected(exc.reason, exc.detail, topic_device)
+        if batch.device != topic_device:
+            raise Rejected("device_mismatch", "header says %r" % batch.device, topic_device)
+        birth = self._birth(batch.device, batch.boot, batch.dict_epoch)
+        if birth is None:
+            raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch), topic_device)
+        points = []
+        for sid, indexes, values in batch.columns:
+            series = birth.series.get(sid)
+            if series is None:
+                raise Rejected("unknown_series", "series id %d" % sid, topic_device)
+            try:
+                _check_values(series, values)
+            except Rejected as exc:
+                exc.device = topic_device
+                raise
+            points.append((series, indexes, values))
+        return Resolved(batch, birth, points, len(payload))
+
+
+def _increasing(bounds: object) -> bool:
+    if not isinstance(bounds, list):
+        return False
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
+        return False
+    return all(a < b for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def _check_values(series: Series, values: list) -> None:
+    name = series.key
+    if series.kind == HISTOGRAM:
+        width = len(series.bounds) + 3  # count, sum, one bucket per bound and +Inf
+        prev = None
+        for value in values:
+            if not isinstance(value, list) or len(value) != width:
+                raise Rejected("histogram_shape", "%s: %d values expected" % (name, width))
+            count, buckets = value[0], value[2:]
+            if not all(0 <= x < UINT64 for x in buckets) or sum(buckets) != count:
+                raise Rejected("histogram_shape", "%s: buckets do not add up to count %r" % (name, count))
+            if prev is not None and count < prev:
+                raise Rejected("counter_backwards", "%s: count %d after %d" % (name, count, prev))
+            prev = count
+        return
+    if any(isinstance(v, list) for v in values):
+        raise Rejected("bad_value", "%s: histogram value for a scalar series" % name)
+    if series.kind == COUNTER:
+        if values[0] < 0:
+            raise Rejected("bad_value", "%s: negative counter %d" % (name, values[0]))
+        for a, b in zip(values, values[1:], strict=False):
+            if b < a:
+                raise Rejected("counter_backwards", "%s: %d after %d" % (name, b, a))

@@ -1,0 +1,147 @@
+"""paho-mqtt 2.x adapter: subscribes, hands messages to the `Gateway` core, acks when it says so.
+
+- births `<prefix>/+/birth` are never shared: every replica needs every dictionary;
+- data `<prefix>/+/data`, through `$share/<group>/…` when a share group is given;
+- state `<prefix>/+/state`.
+QoS 1 with `manual_ack=True`: a data message is acked only once its batch is settled (exported,
+or rejected as bad input). The session is persistent (clean_start=False plus a session expiry), so
+a restarted gateway resumes what it had not acked, and Receive Maximum caps the unacked messages
+the broker sends at once, which bounds the work in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.app import Gateway
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("gateway.mqtt")
+
+
+@dataclass
+class BrokerConfig:
+    host: str = "localhost"
+    port: int = 1883
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "edge-gateway"
+    keepalive: int = 30
+    session_expiry_s: int = 3600
+    receive_maximum: int = 64
+
+
+def parse_broker(url: str) -> tuple[str, int, bool]:
+    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls); ports default to 1883/8883."""
+    parts = urllib.parse.urlsplit(url if "://" in url else "mqtt://" + url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("--broker: %r is not mqtt://host:port or mqtts://host:port" % url)
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class MqttIntake:
+    def __init__(self, config: BrokerConfig, gateway: Gateway, metrics: GatewayMetrics,
+                 prefix: str = "edge", share_group: str | None = None) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.metrics = metrics
+        self.prefix = prefix.strip("/")
+        data = "%s/+/data" % self.prefix
+        self.topics = [
+            ("%s/+/birth" % self.prefix, 1),
+            ("$share/%s/%s" % (share_group, data) if share_group else data, 1),
+            ("%s/+/state" % self.prefix, 1),
+        ]
+        self.connected = threading.Event()
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                             protocol=paho.MQTTv5, manual_ack=True)
+        if config.tls or config.ca or config.cert:
+            client.tls_set(ca_certs=config.ca, certfile=config.cert, keyfile=config.key,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    def start(self) -> MqttIntake:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        props.ReceiveMaximum = self.config.receive_maximum
+        self.client.connect_async(self.config.host, self.config.port, self.config.keepalive,
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
+                    reason: paho.ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection", extra={"fields": {"event": "mqtt_refused", "reason": str(reason)}})
+            return
+        client.subscribe(self.topics)
+        self.connected.set()
+        self.metrics.connected.set(1)
+        log.info("connected to the broker", extra={"fields": {
+            "event": "mqtt_connected", "broker": "%s:%d" % (self.config.host, self.config.port),
+            "session_present": bool(flags.session_present), "topics": " ".join(t for t, _ in self.topics)}})
+
+    def _on_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
+                       reason: paho.ReasonCode, properties: Properties | None) -> None:
+        self.connected.clear()
+        self.metrics.connected.set(0)
+        log.warning("disconnected from the broker", extra={"fields": {"event": "mqtt_disconnected", "reason": str(reason)}})
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        mid, qos = message.mid, message.qos
+
+        def ack() -> None:
+            if qos:
+                client.ack(mid, qos)
+
+        try:
+            self._dispatch(message.topic, message.payload, ack)
+        except Exception:  # never let one message kill the network thread
+            log.exception("message handling failed", extra={"fields": {"event": "internal_error", "topic": message.topic}})
+            ack()
+
+    def _dispatch(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+        device, kind = split_topic(self.prefix, topic)
+        if kind == "data":
+            self.gateway.on_data(device, payload, ack)
+            return
+        if kind == "birth":
+            self.gateway.on_birth(device, payload)
+        elif kind == "state":
+            self.gateway.on_state(device, payload)
+        ack()
+
+
+def split_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """`<prefix>/<device>/<kind>` -> (device, kind); ("", "") for anything else."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return "", ""
+    device, _, kind = topic[len(head):].partition("/")
+    return (device, kind) if device and "/" not in kind else ("", "")
