@@ -21,7 +21,7 @@ Decoding is strict: anything that does not match raises `WireError(reason, detai
 
 import binascii
 
-from edge_agent.model import HISTOGRAM, COUNTER, GAUGE, Series
+from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series
 from edge_agent.umsgpack import packb, unpackb
 
 VERSION = 1
@@ -158,6 +158,7 @@ def inflate(data, limit=MAX_INFLATED):
         import zlib
     except ImportError:
         import io
+
         import deflate as _deflate
 
         out = _deflate.DeflateIO(io.BytesIO(data), _deflate.RAW).read(limit + 1)
