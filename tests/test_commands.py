@@ -1,0 +1,144 @@
+"""Signed commands: what is accepted, what is rejected (and acked), what persists."""
+
+import hashlib
+import hmac as std_hmac
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_agent import config
+from edge_agent.agent import Agent
+from edge_agent.commands import CommandHandler, load_overrides, sign
+from edge_agent.hmac import hmac_sha256
+
+NOW = 1_763_740_800
+DEVICE_KEY = "device-secret"
+FLEET_KEY = "hex:00112233445566778899aabbccddeeff"
+
+
+class Collector:
+    def __init__(self, name):
+        self.name = name
+        self.source = "procfs"
+
+    def collect(self):
+        return []
+
+    def close(self):
+        pass
+
+
+class Offline:
+    connected = False
+
+    def publish(self, *args):
+        return None
+
+
+def make_agent(tmp_path, group="edge-west", require=True):
+    cfg = config.build({"device_id": "dev-7", "group": group, "state_dir": str(tmp_path),
+                        "commands": {"device_key": DEVICE_KEY, "fleet_key": FLEET_KEY,
+                                     "require_signature": require}})
+    built = []
+
+    def factory(section):
+        built.append(section)
+        chosen = [Collector(n) for n in section if section[n]["enabled"]]
+        return chosen, dict([(c.name, "procfs") for c in chosen])
+
+    collectors, effective = factory(cfg["collectors"])
+    info = {"device": "dev-7", "boot_id": "b", "boot_time_ms": 0, "collectors": effective}
+    clock = [NOW]
+    handler = CommandHandler(cfg, "dev-7", lambda: clock[0])
+    agent = Agent(cfg, collectors, Offline(), info, commands=handler, collector_factory=factory)
+    return agent, handler, clock, built
+
+
+def body(cmd="ping", args=None, target="dev-7", ts=NOW, nonce="0123456789abcdef", cid="c-1"):
+    return {"id": cid, "cmd": cmd, "args": args or {}, "ts": ts, "nonce": nonce, "target": target}
+
+
+def send(handler, agent, payload, topic="edge/dev-7/cmd"):
+    return json.loads(handler.handle(topic, payload, agent))
+
+
+@given(st.binary(max_size=200), st.binary(max_size=300))
+def test_hmac_matches_the_standard_library(key, message):
+    assert hmac_sha256(key, message) == std_hmac.new(key, message, hashlib.sha256).digest()
+
+
+def test_ping_with_device_key(tmp_path):
+    agent, handler, _, _ = make_agent(tmp_path)
+    ack = send(handler, agent, sign(body(), DEVICE_KEY))
+    assert ack["status"] == "ok" and ack["id"] == "c-1" and ack["result"]["pong"] is True
+    assert ack["config"]["collectors"]["cpu"] == "procfs"
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"not json", "malformed"),
+    (json.dumps({"body": json.dumps(body())}).encode(), "unsigned"),
+    (sign(body(), "wrong-key"), "bad_signature"),
+    (sign(body(ts=NOW - 301), DEVICE_KEY), "stale"),
+    (sign(body(ts=NOW + 3600), DEVICE_KEY), "stale"),
+    (sign(body(target="dev-8"), DEVICE_KEY), "misaddressed"),
+    (sign(body(cmd="reboot"), DEVICE_KEY), "unknown_command"),
+    (sign(body(nonce="short"), DEVICE_KEY), "malformed"),
+    (sign(dict(body(), ts="soon"), DEVICE_KEY), "malformed"),
+    (b"x" * 5000, "malformed"),
+])
+def test_rejections_are_acked_and_counted(tmp_path, payload, reason):
+    agent, handler, _, _ = make_agent(tmp_path)
+    ack = send(handler, agent, payload)
+    assert ack["status"] == "error" and ack["reason"] == reason, ack
+    assert handler.rejected == {reason: 1}
+
+
+def test_tampered_body_is_rejected(tmp_path):
+    agent, handler, _, _ = make_agent(tmp_path)
+    envelope = json.loads(sign(body(cmd="set_sampling", args={"policy": "fixed"}), DEVICE_KEY))
+    envelope["body"] = envelope["body"].replace("fixed", "adaptive")
+    ack = send(handler, agent, json.dumps(envelope).encode())
+    assert ack["reason"] == "bad_signature"
+
+
+def test_replay_is_rejected_even_after_restart(tmp_path):
+    agent, handler, _, _ = make_agent(tmp_path)
+    payload = sign(body(), DEVICE_KEY)
+    assert send(handler, agent, payload)["status"] == "ok"
+    assert send(handler, agent, payload)["reason"] == "replayed"
+    agent2, handler2, _, _ = make_agent(tmp_path)  # same state dir: a restarted agent
+    assert send(handler2, agent2, payload)["reason"] == "replayed"
+
+
+def test_fleet_and_group_topics_need_the_fleet_key(tmp_path):
+    agent, handler, _, _ = make_agent(tmp_path)
+    assert "edge/_group/edge-west/cmd" in handler.topics()
+    fleet = body(target="*", nonce="fleet-nonce-0001")
+    assert send(handler, agent, sign(fleet, DEVICE_KEY), "edge/_fleet/cmd")["reason"] == "bad_signature"
+    assert send(handler, agent, sign(fleet, FLEET_KEY), "edge/_fleet/cmd")["status"] == "ok"
+    group = body(target="group:edge-west", nonce="group-nonce-0001")
+    assert send(handler, agent, sign(group, FLEET_KEY), "edge/_group/edge-west/cmd")["status"] == "ok"
+    # a device command replayed onto the fleet topic does not match its target
+    other = body(nonce="moved-nonce-0001")
+    assert send(handler, agent, sign(other, FLEET_KEY), "edge/_fleet/cmd")["reason"] == "misaddressed"
+
+
+def test_set_collectors_applies_validates_and_persists(tmp_path):
+    agent, handler, _, built = make_agent(tmp_path)
+    bad = send(handler, agent, sign(body("set_collectors", {"cpu": {"backend": "magic"}}, nonce="n-bad-000001"), DEVICE_KEY))
+    assert bad["status"] == "error" and "cpu.backend: must be one of" in bad["message"]
+    assert len(built) == 1  # nothing rebuilt
+    ok = send(handler, agent, sign(body("set_collectors", {"network": {"enabled": False}}, nonce="n-ok-0000001"), DEVICE_KEY))
+    assert ok["status"] == "ok"
+    assert "network" not in agent.collectors and "network" not in ok["config"]["collectors"]
+    assert load_overrides(str(tmp_path)) == {"collectors": {"network": {"enabled": False}}}
+
+
+def test_signing_can_only_be_turned_off_explicitly(tmp_path):
+    agent, handler, _, _ = make_agent(tmp_path, require=False)
+    unsigned = json.dumps({"body": json.dumps(body())}).encode()
+    assert send(handler, agent, unsigned)["status"] == "ok"
+    # a present but wrong signature is still rejected
+    assert send(handler, agent, sign(body(nonce="another-nonce-1"), "wrong"))["reason"] == "bad_signature"
