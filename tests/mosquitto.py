@@ -1,0 +1,53 @@
+"""A real mosquitto for tests, started on a free loopback port.
+
+`start_mosquitto(tmp_path, extra_conf="") -> (proc, port)` returns once the broker accepts
+connections; `stop(proc)` ends it. Anonymous access, no persistence, log in tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None) -> tuple[subprocess.Popen, int]:
+    port = port or free_port()
+    conf = os.path.join(str(tmp_path), "mosquitto-%d.conf" % port)
+    with open(conf, "w") as f:
+        f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s\n" % (port, extra_conf))
+    log_path = os.path.join(str(tmp_path), "mosquitto-%d.log" % port)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log_path))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("mosquitto did not start on port %d" % port)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
