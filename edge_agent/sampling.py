@@ -1,0 +1,448 @@
+"""Sampling policies: when to read each collector and which samples to send.
+
+Reading and sending are separate decisions with separate knobs:
+
+    reading  `due()` / `next_due_ms()`: each collector is read every `<c>_base_ms` (default
+             `interval_ms`). The `load` policy stretches that read interval by `load_step` per
+             step while the device (or the agent itself) is busy, up to `<c>_max_ms`.
+    sending  `select()`: `fixed` and `load` send every sample they read. `adaptive` reads at the
+             read interval but sends a series' sample only when it carries information (it left
+             the series' confidence band) or when the series' heartbeat is due; the heartbeat
+             interval doubles (`adaptive_growth`) while the series stays predictable, from
+             `<c>_min_ms` up to `<c>_max_ms`, and falls back to `<c>_min_ms` at the first surprise.
+
+So `<c>_max_ms` bounds the gap between two sent samples of any series under every policy: a silent
+series is a dead one, never a quiet one. Policies: "fixed", "load", "adaptive", "load+adaptive".
+
+The adaptive forecast. The central stack carries the last sent value forward, so that is the
+forecast the device must keep honest. Per series the sampler tracks a probabilistic EWMA (PEWMA,
+Carter and Streilein 2012: outliers get less weight, so one spike does not blow the band up) of
+the step-to-step change |x[t] - x[t-1]| (the noise scale `d`) and of the value itself (its spread
+`s`). A reading is a surprise, and is sent at once, when
+    |x - last_sent| > band            band = max(adaptive_k * d, adaptive_floor * s)
+or when the signed sum of (x - last_sent) since the last send exceeds `adaptive_drift * band`
+(a slow drift inside the band that the last sent value no longer represents).
+
+Counters (model.COUNTER) are cumulative, so skipping one loses nothing: the decision is made on
+their rate (delta per second between reads) and a sent counter sample always carries the current
+cumulative value; a counter that goes backwards (reset) is sent at once. Histograms are sent when
+they changed or when their heartbeat is due.
+
+MicroPython-compatible core: plain classes, no typing, only `math`.
+"""
+
+import math
+
+from edge_agent.model import COUNTER, HISTOGRAM
+
+COLLECTORS = ("cpu", "memory", "load", "network", "system")
+POLICIES = ("fixed", "load", "adaptive", "load+adaptive")
+
+SAMPLING_DEFAULTS = {
+    "policy": "fixed",
+    # intervals in ms; a per-collector 0 inherits the global value
+    "interval_ms": 10000,  # base read interval of every collector
+    "min_interval_ms": 0,  # adaptive: heartbeat right after a surprise (0: 4 x the base interval)
+    "max_interval_ms": 300000,  # longest gap between two sent samples of a series; load ceiling
+    # load policy
+    "load_high": 0.85,  # pressure at or above which the read interval steps up
+    "load_low": 0.60,  # pressure at or below which it returns to the base interval
+    "load_step": 2.0,  # read interval multiplier per step
+    "load_hold": 2,  # consecutive observations beyond a watermark before acting (hysteresis)
+    "load_runq_full": 2.0,  # runnable threads per CPU that count as pressure 1.0
+    "cpu_budget": 0.01,  # the agent's own CPU, as a fraction of one core
+    # adaptive policy
+    "adaptive_k": 3.0,  # band width in units of the typical step-to-step change
+    "adaptive_floor": 0.1,  # band floor as a fraction of the series' spread (quantised signals)
+    "adaptive_drift": 3.0,  # drift trigger: sum of deviations over band (0: off)
+    "adaptive_growth": 2.0,  # heartbeat multiplier after each quiet heartbeat
+    "adaptive_alpha": 0.95,  # PEWMA history weight (closer to 1: slower)
+    "adaptive_beta": 0.5,  # PEWMA outlier damping (0: plain EWMA)
+}
+for _c in COLLECTORS:
+    SAMPLING_DEFAULTS[_c + "_base_ms"] = 0
+    SAMPLING_DEFAULTS[_c + "_min_ms"] = 0
+    SAMPLING_DEFAULTS[_c + "_max_ms"] = 0
+SAMPLING_DEFAULTS["system_base_ms"] = 60000  # uptime barely changes
+
+MS_LOW = 100
+MS_HIGH = 86400000
+DEFAULT_MIN_FACTOR = 4
+MAX_LEVEL = 16
+
+# key -> (kind, low, high); kind "ms" accepts 0 (inherit) or an integer in [MS_LOW, MS_HIGH]
+_BOUNDS = {
+    "interval_ms": ("int", MS_LOW, MS_HIGH),
+    "min_interval_ms": ("ms",),
+    "max_interval_ms": ("int", MS_LOW, MS_HIGH),
+    "load_high": ("num", 0.05, 1.0),
+    "load_low": ("num", 0.0, 0.95),
+    "load_step": ("num", 1.1, 10.0),
+    "load_hold": ("int", 1, 100),
+    "load_runq_full": ("num", 0.5, 64.0),
+    "cpu_budget": ("num", 0.0001, 1.0),
+    "adaptive_k": ("num", 0.1, 100.0),
+    "adaptive_floor": ("num", 0.0, 10.0),
+    "adaptive_drift": ("num", 0.0, 1000.0),
+    "adaptive_growth": ("num", 1.0, 16.0),
+    "adaptive_alpha": ("num", 0.5, 0.9999),
+    "adaptive_beta": ("num", 0.0, 1.0),
+}
+for _c in COLLECTORS:
+    for _k in ("_base_ms", "_min_ms", "_max_ms"):
+        _BOUNDS[_c + _k] = ("ms",)
+
+
+def _is_number(value):
+    return (isinstance(value, int) or isinstance(value, float)) and not isinstance(value, bool)
+
+
+def _check(key, value):
+    """The problem with one value, or None."""
+    rule = _BOUNDS[key]
+    if rule[0] == "num":
+        if not _is_number(value):
+            return "must be a number"
+        if value != value or value < rule[1] or value > rule[2]:
+            return "must be between %s and %s, got %s" % (rule[1], rule[2], value)
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "must be an integer"
+    if rule[0] == "ms":
+        if value != 0 and (value < MS_LOW or value > MS_HIGH):
+            return "must be 0 (inherit) or between %d and %d ms, got %d" % (MS_LOW, MS_HIGH, value)
+        return None
+    if value < rule[1] or value > rule[2]:
+        return "must be between %d and %d, got %d" % (rule[1], rule[2], value)
+    return None
+
+
+def validate_sampling(params):
+    """Problems with `params` (a full or partial sampling dict) as "key: problem" strings.
+
+    Each given key is checked against its bounds; cross-key rules (low < high watermark, base <=
+    min <= max per collector) are checked on the defaults overlaid with `params`.
+    """
+    if not isinstance(params, dict):
+        return ["sampling: must be an object"]
+    errors = []
+    for key in sorted(params):
+        value = params[key]
+        if key == "policy":
+            if value not in POLICIES:
+                errors.append("policy: must be one of %s, got %r" % (", ".join(POLICIES), value))
+        elif key not in _BOUNDS:
+            errors.append("%s: unknown key" % key)
+        else:
+            problem = _check(key, value)
+            if problem:
+                errors.append("%s: %s" % (key, problem))
+    if errors:
+        return errors
+    merged = dict(SAMPLING_DEFAULTS)
+    merged.update(params)
+    if merged["load_low"] >= merged["load_high"]:
+        errors.append("load_low: must be below load_high (%s), got %s" % (merged["load_high"], merged["load_low"]))
+    for c in COLLECTORS:
+        base, low, high = _intervals(merged, c)
+        if base > high:
+            errors.append("%s_max_ms: the longest interval (%d) is below the base interval (%d)" % (c, high, base))
+        elif low > high:
+            errors.append("%s_min_ms: the heartbeat after a surprise (%d) exceeds the longest interval (%d)"
+                          % (c, low, high))
+    return errors
+
+
+def _intervals(params, c):
+    """(base, min, max) ms of collector `c` after inheritance; min is never below base."""
+    base = params[c + "_base_ms"] or params["interval_ms"]
+    low = params[c + "_min_ms"] or params["min_interval_ms"] or base * DEFAULT_MIN_FACTOR
+    high = params[c + "_max_ms"] or params["max_interval_ms"]
+    if params[c + "_min_ms"] == 0 and params["min_interval_ms"] == 0 and low > high:
+        low = high  # the derived default never breaks the ceiling
+    if low < base:
+        low = base
+    return base, low, high
+
+
+class Pewma:
+    """Probabilistic EWMA of one signal: mean `s1` and second moment `s2`.
+
+    The weight on history is alpha * (1 - beta * P), P the standard normal density at the new
+    point's z-score: typical points move the estimate, outliers barely do. The first points use
+    a plain running mean so the estimate starts from data, not from zero.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.s1 = 0.0
+        self.s2 = 0.0
+
+    def sd(self):
+        v = self.s2 - self.s1 * self.s1
+        return math.sqrt(v) if v > 0 else 0.0
+
+    def update(self, x, alpha, beta):
+        self.n += 1
+        if self.n == 1:
+            self.s1 = x
+            self.s2 = x * x
+            return
+        a = alpha
+        sd = self.sd()
+        if sd > 0:
+            z = (x - self.s1) / sd
+            if z < 8 and z > -8:
+                a = alpha * (1 - beta * 0.3989422804014327 * math.exp(-0.5 * z * z))
+        warm = 1.0 - 1.0 / self.n
+        if warm < a:
+            a = warm
+        self.s1 = a * self.s1 + (1 - a) * x
+        self.s2 = a * self.s2 + (1 - a) * x * x
+
+
+class _SeriesState:
+    """What the adaptive policy keeps per series (about 15 numbers)."""
+
+    def __init__(self, collector):
+        self.collector = collector
+        self.sent_x = None  # the signal (value, or rate for counters) at the last send
+        self.sent_raw = None  # the raw value last sent (histograms compare it)
+        self.sent_ms = 0
+        self.interval_ms = 0  # current heartbeat interval
+        self.prev_x = None
+        self.prev_raw = None
+        self.prev_ms = 0
+        self.drift = 0.0
+        self.noise = Pewma()  # of |x[t] - x[t-1]|
+        self.level = Pewma()  # of x
+
+
+class Sampler:
+    def __init__(self, params=None):
+        self.params = dict(SAMPLING_DEFAULTS)
+        errors = self.update(params or {})
+        if errors:
+            raise ValueError("sampling: " + "; ".join(errors))
+        self.level = 0  # load steps currently applied to the read intervals
+        self.over = 0
+        self.under = 0
+        self.pressure = None
+        self.self_cpu = None
+        self.next_ms = {}
+        self.last_read_ms = {}
+        self.series = {}  # series key -> _SeriesState
+        self.sends = {"surprise": 0, "heartbeat": 0, "skipped": 0}
+        self._apply()
+
+    # ------------------------------------------------------------------ configuration
+
+    def update(self, params):
+        """Apply a (partial) parameter dict if valid; return the list of problems (empty: applied)."""
+        errors = validate_sampling(params)
+        if errors:
+            return errors
+        self.params.update(params)
+        if hasattr(self, "level"):
+            self._apply()
+        return []
+
+    def _apply(self):
+        p = self.params
+        self.adaptive = p["policy"] in ("adaptive", "load+adaptive")
+        self.loaded = p["policy"] in ("load", "load+adaptive")
+        if not self.loaded:
+            self.level = 0
+            self.over = self.under = 0
+        self.iv = {}
+        for c in COLLECTORS:
+            self.iv[c] = _intervals(p, c)
+        self._reschedule()
+
+    def _reschedule(self):
+        """Recompute every collector's next read from its last read: a change applies at once."""
+        for c in COLLECTORS:
+            last = self.last_read_ms.get(c)
+            if last is not None:
+                self.next_ms[c] = last + self.read_interval_ms(c)
+
+    def read_interval_ms(self, collector):
+        base, _, high = self.iv[collector]
+        if self.level == 0:
+            return base
+        ms = base * self.params["load_step"] ** self.level
+        return int(ms) if ms < high else high
+
+    def snapshot(self):
+        """The effective configuration: every knob, plus the current read intervals and load state."""
+        out = dict(self.params)
+        reads = {}
+        for c in COLLECTORS:
+            reads[c] = self.read_interval_ms(c)
+        out["effective"] = {"load_level": self.level, "pressure": self.pressure, "self_cpu": self.self_cpu,
+                            "read_ms": reads}
+        return out
+
+    # ------------------------------------------------------------------ reading
+
+    def due(self, now_ms):
+        """Collector names to read now; each is rescheduled one read interval later (no catch-up)."""
+        names = []
+        for c in COLLECTORS:
+            at = self.next_ms.get(c)
+            if at is None or at <= now_ms:
+                names.append(c)
+                iv = self.read_interval_ms(c)
+                at = now_ms + iv if at is None else at + iv
+                if at <= now_ms:  # fell behind (suspend, overload): skip, do not catch up
+                    at = now_ms + iv
+                self.next_ms[c] = at
+                self.last_read_ms[c] = now_ms
+        return names
+
+    def next_due_ms(self):
+        if not self.next_ms:
+            return 0
+        return min(self.next_ms.values())
+
+    def observe_load(self, now_ms, cpu_util, runq, mem_avail_ratio, self_cpu):
+        """Feed the device's load signals (None when unknown); steps the `load` policy."""
+        p = self.params
+        pressure = None
+        if cpu_util is not None:
+            pressure = cpu_util
+        if runq is not None:
+            q = runq / p["load_runq_full"]
+            pressure = q if pressure is None or q > pressure else pressure
+        if mem_avail_ratio is not None:
+            m = 1.0 - mem_avail_ratio
+            pressure = m if pressure is None or m > pressure else pressure
+        self.pressure = pressure
+        self.self_cpu = self_cpu
+        if not self.loaded:
+            return
+        budget = p["cpu_budget"]
+        over = (pressure is not None and pressure >= p["load_high"]) or (self_cpu is not None and self_cpu > budget)
+        under = (pressure is None or pressure <= p["load_low"]) and (self_cpu is None or self_cpu <= budget * 0.5)
+        if over:
+            self.under = 0
+            self.over += 1
+            if self.over >= p["load_hold"]:
+                self.over = 0
+                if not self._at_ceiling():
+                    self.level += 1
+                    self._reschedule()
+        elif under:
+            self.over = 0
+            self.under += 1
+            if self.under >= p["load_hold"]:
+                self.under = 0
+                if self.level:
+                    self.level = 0
+                    self._reschedule()
+        else:  # between the watermarks: hold the current level
+            self.over = self.under = 0
+
+    def _at_ceiling(self):
+        if self.level >= MAX_LEVEL:
+            return True
+        for c in COLLECTORS:
+            if self.read_interval_ms(c) < self.iv[c][2]:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ sending
+
+    def effective_interval_ms(self, series):
+        """The series' current send interval: its heartbeat (adaptive) or its read interval."""
+        st = self.series.get(series.key)
+        if st is None:
+            return self.read_interval_ms("cpu")
+        if self.adaptive and st.interval_ms:
+            return st.interval_ms
+        return self.read_interval_ms(st.collector)
+
+    def select(self, now_ms, collector, samples):
+        """The samples worth sending out of one read of `collector`."""
+        if collector not in self.iv:
+            return samples
+        if not self.adaptive:
+            for pair in samples:
+                if pair[0].key not in self.series:
+                    self.series[pair[0].key] = _SeriesState(collector)
+            return samples
+        kept = []
+        for pair in samples:
+            if self._keep(now_ms, collector, pair[0], pair[1]):
+                kept.append(pair)
+        return kept
+
+    def _keep(self, now, collector, series, value):
+        st = self.series.get(series.key)
+        if st is None:
+            st = _SeriesState(collector)
+            self.series[series.key] = st
+        st.collector = collector
+        base, low, high = self.iv[collector]
+        p = self.params
+        if series.kind == HISTOGRAM:
+            x = None
+        elif series.kind == COUNTER:
+            if st.prev_raw is None or value < st.prev_raw or now <= st.prev_ms:
+                x = None  # first sight or reset: no rate yet, send to re-anchor
+            else:
+                x = (value - st.prev_raw) * 1000.0 / (now - st.prev_ms)
+        else:
+            x = float(value)
+        first = st.sent_raw is None
+        prev_x = st.prev_x
+        st.prev_raw = value
+        st.prev_ms = now
+        st.prev_x = x
+        if first or (x is None and series.kind != HISTOGRAM):
+            return self._send(st, now, x, value, low)
+        if series.kind == HISTOGRAM:
+            if value != st.sent_raw:
+                return self._send(st, now, x, value, low)
+            return self._heartbeat(st, now, x, value, base, high)
+        if st.sent_x is None:  # a counter's first rate after a send without one
+            st.sent_x = x
+        band = p["adaptive_k"] * st.noise.s1
+        floor = p["adaptive_floor"] * st.level.sd()
+        if floor > band:
+            band = floor
+        dev = x - st.sent_x
+        st.drift += dev
+        if prev_x is not None:
+            step = x - prev_x
+            st.noise.update(step if step >= 0 else -step, p["adaptive_alpha"], p["adaptive_beta"])
+        st.level.update(x, p["adaptive_alpha"], p["adaptive_beta"])
+        if dev > band or -dev > band:
+            return self._send(st, now, x, value, low)
+        drift = p["adaptive_drift"]
+        if drift > 0 and (st.drift > drift * band or -st.drift > drift * band):
+            return self._send(st, now, x, value, low)
+        return self._heartbeat(st, now, x, value, base, high)
+
+    def _send(self, st, now, x, value, low):
+        st.sent_x = x
+        st.sent_raw = value
+        st.sent_ms = now
+        st.interval_ms = low
+        st.drift = 0.0
+        self.sends["surprise"] += 1
+        return True
+
+    def _heartbeat(self, st, now, x, value, base, high):
+        # a quarter of the read interval absorbs scheduling jitter
+        if now - st.sent_ms + self.read_interval_ms(st.collector) // 4 < st.interval_ms:
+            self.sends["skipped"] += 1
+            return False
+        st.sent_x = x
+        st.sent_raw = value
+        st.sent_ms = now
+        st.drift = 0.0
+        grown = int(st.interval_ms * self.params["adaptive_growth"])
+        st.interval_ms = grown if grown < high else high
+        self.sends["heartbeat"] += 1
+        return True
