@@ -40,8 +40,8 @@ def parse_meminfo(text):
         if colon <= 0:
             continue
         tokens = line[colon + 1 :].split()
-        if tokens:
-            fields[line[:colon]] = int(tokens[0])
+        if tokens and tokens[0].isdigit():  # Linux 2.4 opens with a "total: used: ..." header
+            fields[line[:colon].strip()] = int(tokens[0])
     return fields
 
 

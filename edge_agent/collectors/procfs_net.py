@@ -10,15 +10,15 @@ Metrics (see docs/architecture.md), cumulative counters, scale 1:
 Options:
     include       [] (all)  interface names to collect; "name*" matches a prefix
     exclude       [] (none) interface names to skip, same patterns, applied after include
-    counter_bits  None      width at which the kernel's counters wrap: 32, 64, or None to pick it
+    counter_bits  None      width at which the kernel's counters wrap at first: 32, 64, or None to guess
 
 Counter width: /proc/net/dev prints each driver's counters, which are `unsigned long` (32-bit on a
 32-bit kernel) unless the driver keeps 64-bit statistics. With counter_bits None the collector
-starts from the width of this process (64 when sys.maxsize > 2**32, else 32) and moves an
-interface to 64 bits as soon as one of its counters exceeds 2**32 - 1, which only a 64-bit
-counter can do (a 32-bit process on a 64-bit kernel, or a 64-bit driver on a 32-bit kernel).
-The cost of a wrong 32-bit guess is bounded: a reset from above 3 GiB to below 1 GiB before any
-counter passed 4 GiB counts as a wrap (counters.Monotonic's wrap window).
+guesses the width of this process (64 when sys.maxsize > 2**32, else 32). Whatever the start,
+an interface moves to 64 bits as soon as one of its counters exceeds 2**32 - 1, which only a
+64-bit counter can do (a 32-bit process on a 64-bit kernel, or a 64-bit driver on a 32-bit
+kernel). The cost of a wrong 32-bit guess is bounded: a reset from above 3 GiB to below 1 GiB
+before any counter passed 4 GiB counts as a wrap (counters.Monotonic's wrap window).
 
 Interfaces: one that disappears is forgotten (counters.Monotonic.forget) and, when it reappears,
 its totals keep counting upward from where they were. Names are whatever precedes the first ':'
@@ -123,7 +123,6 @@ class NetworkCollector:
         self.root = root
         self.include = list(include or ())
         self.exclude = list(exclude or ())
-        self.auto_bits = counter_bits is None
         self.bits = default_counter_bits() if counter_bits is None else counter_bits
         self.cache = SeriesCache(self.source)
         self.counters = Monotonic()
@@ -147,7 +146,7 @@ class NetworkCollector:
                 continue
             seen[name] = True
             iface.present = True
-            if iface.bits == 32 and self.auto_bits and max(columns) > MAX32:
+            if iface.bits == 32 and max(columns) > MAX32:
                 iface.bits = 64
             for i in range(len(iface.series)):
                 total = self.counters.update(iface.keys[i], columns[iface.columns[i]], iface.bits)
