@@ -118,7 +118,8 @@ def test_parse_meminfo():
 
 def test_available_falls_back_without_memavailable():
     # 3.10: MemFree + Active(file) + Inactive(file) + SReclaimable
-    assert available(parse_meminfo((FIXTURES / "kernel310/t0/meminfo").read_text())) == 500000 + 2000000 + 1800000 + 300000
+    linux310 = parse_meminfo((FIXTURES / "kernel310/t0/meminfo").read_text())
+    assert available(linux310) == 500000 + 2000000 + 1800000 + 300000
     # 2.6.10, no file LRU lines: MemFree + Buffers + Cached
     assert available(parse_meminfo((FIXTURES / "kernel2610/t0/meminfo").read_text())) == 20932 + 41644 + 301856
     # never above MemTotal
@@ -157,7 +158,7 @@ def test_parse_net_dev_names_long_dotted_and_run_into_numbers():
         "tx_drop": 0,
     }
     assert dev["eth1"]["rx_bytes"] == 1234567890 and dev["eth1"]["tx_bytes"] == 987654321
-    assert (dev["eth0"]["rx_errs"], dev["eth0"]["rx_drop"], dev["eth0"]["tx_errs"], dev["eth0"]["tx_drop"]) == (1, 2, 3, 4)
+    assert [dev["eth0"][field] for field in ("rx_errs", "rx_drop", "tx_errs", "tx_drop")] == [1, 2, 3, 4]
     assert dev["br-1a2b3c4d5e6f"]["rx_drop"] == 1
     assert parse_net_dev("x:1 2 3\n") == {}  # too few columns: skipped, not misread
 

@@ -66,6 +66,8 @@ def procfs_collectors(root="/proc", options=None):
         opts = options.get(name) or {}
         for key in opts:
             if key not in cls.OPTIONS:
-                raise ValueError("procfs.%s: unknown option %r (known: %s)" % (name, key, ", ".join(cls.OPTIONS) or "none"))
+                raise ValueError(
+                    "procfs.%s: unknown option %r (known: %s)" % (name, key, ", ".join(cls.OPTIONS) or "none")
+                )
         collectors[name] = cls(root, **opts)
     return collectors

@@ -18,14 +18,14 @@ the kernel would report.
 
 Options: none.
 
-Example output:
+Example output (tests/fixtures/proc/modern/t0/meminfo):
 
-    system.memory.usage{state=used}      590096
-    system.memory.usage{state=free}      23725212
-    system.memory.usage{state=buffers}   14448
-    system.memory.usage{state=cached}    354328
-    system.memory.limit                  24684084
-    system.linux.memory.available        24321292
+    system.memory.usage{state=used}      1400000
+    system.memory.usage{state=free}      1000000
+    system.memory.usage{state=buffers}   100000
+    system.memory.usage{state=cached}    1500000
+    system.memory.limit                  4000000
+    system.linux.memory.available        2500000
 """
 
 from edge_agent.collectors.procfs import read_text
