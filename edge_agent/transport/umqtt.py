@@ -47,6 +47,19 @@ def _bytes(s):
     return s.encode() if isinstance(s, str) else bytes(s)
 
 
+def _der(path):
+    """MicroPython's mbedtls takes DER only: the first PEM block of a file, decoded (or the file as is)."""
+    from binascii import a2b_base64
+
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(b"-----BEGIN")
+    if start < 0:
+        return data
+    start = data.index(b"\n", start) + 1
+    return a2b_base64(data[start:data.index(b"-----END", start)].replace(b"\n", b""))
+
+
 def packet(first, remaining):
     """A bytearray for one packet with its fixed header written; returns (buf, index after it)."""
     if remaining > MAX_REMAINING:
@@ -145,26 +158,31 @@ class MQTTClient:
         if not hasattr(ssl, "SSLContext"):  # older MicroPython ports
             return ssl.wrap_socket(sock, server_hostname=hostname)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        cpython = hasattr(ctx, "load_default_certs")
         if tls.get("insecure"):
-            if hasattr(ctx, "check_hostname"):
+            if cpython:
                 ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
             ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's client default is CERT_NONE
             if tls.get("ca"):
-                ctx.load_verify_locations(cafile=tls["ca"])
-            elif hasattr(ctx, "load_default_certs"):
+                ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(
+                    cadata=_der(tls["ca"]))
+            elif cpython:
                 ctx.load_default_certs()
         if tls.get("cert"):
-            ctx.load_cert_chain(tls["cert"], tls.get("key"))
+            if cpython:
+                ctx.load_cert_chain(tls["cert"], tls.get("key"))
+            else:
+                ctx.load_cert_chain(_der(tls["cert"]), _der(tls.get("key") or tls["cert"]))
         return ctx.wrap_socket(sock, server_hostname=hostname)
 
-    def _attach(self, sock):
+    def _attach(self, sock, poller=None):
         self.sock = sock
         self._recv_into = getattr(sock, "readinto", None) or sock.recv_into
         self._write = getattr(sock, "sendall", None) or sock.write
         self._pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but not handed out
-        self._poller = select.poll()
+        self._poller = poller or select.poll()
         self._poller.register(sock, select.POLLIN)
 
     def close(self):

@@ -1,0 +1,439 @@
+"""edge_agent.transport.umqtt: exact bytes against a fake socket, on CPython and on the real MicroPython;
+then against a real mosquitto: QoS 1 and PUBACK, subscribe, last will, broker restart with retransmit, TLS.
+
+The fake-socket tests (`test_bytes_*`) use nothing but the module and plain asserts, so the same functions
+run under `micropython` (see `run_bytes_tests` and `test_bytes_under_micropython`).
+"""
+
+import sys
+
+from edge_agent.transport.umqtt import MQTTClient, MQTTError, Transport, packet, ticks_ms
+
+try:  # CPython only: MicroPython runs just the fake-socket tests
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    import pytest
+    from mosquitto import MOSQUITTO, start_mosquitto, stop
+except ImportError:
+
+    class pytest:  # noqa: N801 - MicroPython: stands in for the fixture decorator
+        fixture = staticmethod(lambda f: f)
+
+    MOSQUITTO = None
+
+
+def sent(sock):
+    """What the client wrote since the last call."""
+    out = bytes(sock.out)
+    sock.out = bytearray()
+    return out
+
+
+class FakeSocket:
+    """Feeds `data` to the client and records what it writes."""
+
+    def __init__(self, data=b""):
+        self.data = bytearray(data)
+        self.out = bytearray()
+        self.closed = False
+
+    def readinto(self, buf, n):
+        n = min(n, len(self.data))
+        buf[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+    def sendall(self, data):
+        self.out.extend(data)
+
+    def close(self):
+        self.closed = True
+
+
+class FakePoller:
+    def register(self, sock, events):
+        self.sock = sock
+
+    def unregister(self, sock):
+        pass
+
+    def poll(self, ms):
+        return [(self.sock, 1)] if self.sock.data else []
+
+
+def attached(data=b"", **options):
+    client = MQTTClient("dev1", "localhost", **options)
+    sock = FakeSocket(data)
+    client._attach(sock, FakePoller())
+    return client, sock
+
+
+def ago(ms):
+    return ticks_ms() - ms  # ticks_diff copes on MicroPython too
+
+
+# ---------------------------------------------------------------- packets, byte for byte
+
+
+def test_bytes_connect_with_will_and_credentials():
+    client = MQTTClient("dev1", "h", keepalive=60, username="u", password="p", will=("s", b"off", 1, True))
+    expected = (b"\x10\x1e" + b"\x00\x04MQTT\x04" + b"\xee" + b"\x00\x3c" + b"\x00\x04dev1"
+                + b"\x00\x01s" + b"\x00\x03off" + b"\x00\x01u" + b"\x00\x01p")
+    assert bytes(client._connect_packet()) == expected
+
+
+def test_bytes_connect_minimal():
+    client = MQTTClient("c", "h", keepalive=0, clean_session=False)
+    assert bytes(client._connect_packet()) == b"\x10\x0d\x00\x04MQTT\x04\x00\x00\x00\x00\x01c"
+    client = MQTTClient("c", "h", keepalive=300, will=("w", b"", 0, False))
+    assert bytes(client._connect_packet()) == b"\x10\x12\x00\x04MQTT\x04\x06\x01\x2c\x00\x01c\x00\x01w\x00\x00"
+
+
+def test_bytes_password_needs_username():
+    try:
+        MQTTClient("c", "h", password="p")
+    except ValueError:
+        return
+    raise AssertionError("no ValueError")
+
+
+def test_bytes_publish_qos0_and_qos1():
+    client, sock = attached()
+    assert client.publish("a/b", b"hi", qos=0) == 1
+    assert sent(sock) == b"\x30\x07\x00\x03a/bhi"
+    assert client.acked(1)
+    token = client.publish("a/b", b"hi", qos=1, retain=True)
+    assert sent(sock) == b"\x33\x09\x00\x03a/b\x00\x01hi"
+    assert not client.acked(token)
+    client.publish("a/b", "str payload", qos=1)
+    assert sent(sock) == b"\x32\x12\x00\x03a/b\x00\x02str payload"
+
+
+def test_bytes_subscribe_ping_disconnect():
+    client, sock = attached()
+    assert client.subscribe("c", qos=1) == 1
+    assert sent(sock) == b"\x82\x06\x00\x01\x00\x01c\x01"
+    client.subscribe("dev/+/cmd", qos=2)  # QoS 2 is not supported: asks for 1
+    assert sent(sock) == b"\x82\x0e\x00\x02\x00\x09dev/+/cmd\x01"
+    client.ping()
+    assert sent(sock) == b"\xc0\x00"
+    client.disconnect()
+    assert sent(sock) == b"\xe0\x00" and sock.closed and not client.connected
+
+
+def test_bytes_remaining_length_boundaries():
+    cases = [(0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"), (16384, b"\x80\x80\x01"),
+             (2097151, b"\xff\xff\x7f"), (2097152, b"\x80\x80\x80\x01"), (268435455, b"\xff\xff\xff\x7f")]
+    for n, encoded in cases:
+        if n > 20000 and sys.implementation.name == "micropython":
+            continue  # the same code path; spare the small heap
+        buf, i = packet(0x30, n)
+        assert bytes(buf[:i]) == b"\x30" + encoded, n
+        assert len(buf) == i + n
+    try:
+        packet(0x30, 268435456)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("no ValueError")
+    for n in (127, 128, 16383, 16384):  # a whole PUBLISH at the boundary, read back by the client
+        client, sock = attached()
+        payload = b"x" * (n - 3)
+        client.publish("t", payload, qos=0)
+        assert bytes(sock.out[1:len(sock.out) - n]) == dict(cases)[n]
+        got = []
+        reader, _ = attached(bytes(sock.out), rx_size=16384)
+        reader.on_message = lambda topic, data, got=got: got.append((topic, data))
+        reader.wait_msg(0)
+        assert got == [("t", payload)], n
+
+
+def test_bytes_puback_clears_the_window():
+    client, sock = attached(max_inflight=2)
+    first = client.publish("t", b"1")
+    second = client.publish("t", b"2")
+    assert client.publish("t", b"3") is None  # window full
+    sock.data.extend(b"\x40\x02\x00\x01")
+    client.wait_msg(0)
+    assert client.acked(first) and not client.acked(second)
+    assert client.publish("t", b"3") is not None
+
+
+def test_bytes_retransmit_sets_dup():
+    client, sock = attached(retry_s=10)
+    client.publish("t", b"x")
+    sent(sock)
+    client._inflight[1][1] = ago(11000)
+    client._service()
+    assert sent(sock) == b"\x3a\x06\x00\x01t\x00\x01x"
+
+
+def test_bytes_incoming_publish_is_delivered_then_acked():
+    got = []
+    client, sock = attached(b"\x32\x0a\x00\x03c/d\x12\x34cmd" + b"\x30\x04\x00\x01ez")
+    client.on_message = lambda topic, data: got.append((topic, data, bytes(sock.out)))
+    client.wait_msg(0)
+    assert got == [("c/d", b"cmd", b""), ("e", b"z", b"\x40\x02\x12\x34")]
+    assert bytes(sock.out) == b"\x40\x02\x12\x34"
+
+
+def test_bytes_oversized_publish_is_skipped_and_acked():
+    got = []
+    body = b"\x00\x01t\x00\x07" + b"y" * 100
+    client, sock = attached(b"\x32" + bytes([len(body)]) + body + b"\x30\x04\x00\x01tz", rx_size=32)
+    client.on_message = lambda topic, data: got.append((topic, data))
+    client.wait_msg(0)
+    assert client.dropped == 1 and got == [("t", b"z")]
+    assert bytes(sock.out) == b"\x40\x02\x00\x07"
+
+
+def test_bytes_keepalive_ping_and_dead_connection():
+    client, sock = attached(keepalive=10)
+    client._last_tx = ago(9000)
+    client._service()
+    assert sent(sock) == b""
+    client._last_tx = ago(10000)
+    client._service()
+    assert sent(sock) == b"\xc0\x00"
+    sock.data.extend(b"\xd0\x00")
+    client.wait_msg(0)
+    assert client._ping_at is None
+    client.ping()
+    client._ping_at = ago(5000)
+    try:
+        client._service()
+    except MQTTError:
+        return
+    raise AssertionError("a missing PINGRESP went unnoticed")
+
+
+def test_bytes_broken_streams_raise_oserror():
+    for data in (b"", b"\x40", b"\x40\x02\x00", b"\x50\x02\x00\x01", b"\x30\xff\xff\xff\xff\x01"):
+        client, sock = attached(data)
+        try:
+            client._read_packet()
+        except OSError:
+            continue
+        raise AssertionError("no OSError for %r" % data)
+
+
+def test_bytes_not_connected():
+    client = Transport("localhost", 1)
+    assert not client.connected
+    assert client.publish("t", b"x") is None and client.subscribe("t") is None
+
+
+def run_bytes_tests():
+    names = sorted(name for name in globals() if name.startswith("test_bytes_"))
+    for name in names:
+        globals()[name]()
+    print("%d passed" % len(names))
+
+
+# ---------------------------------------------------------------- the same tests under MicroPython
+
+ROOT = __file__.rsplit("/tests/", 1)[0] if "/tests/" in __file__ else "."
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython") if MOSQUITTO else None
+
+
+def run_micropython(script, timeout=60):
+    if not MICROPYTHON or not os.path.exists(MICROPYTHON):
+        pytest.skip("no micropython binary beside the interpreter")
+    prelude = "import sys\nsys.path.insert(0, %r)\n" % ROOT
+    proc = subprocess.run([MICROPYTHON, "-c", prelude + script], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_micropython_runs_the_byte_tests():
+    count = len([name for name in globals() if name.startswith("test_bytes_")])
+    out = run_micropython("sys.path.insert(0, %r)\nimport test_umqtt\ntest_umqtt.run_bytes_tests()" % (ROOT + "/tests"))
+    assert out.strip() == "%d passed" % count
+
+
+# ---------------------------------------------------------------- against a real mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path):
+    if not os.path.exists(MOSQUITTO):
+        pytest.skip("mosquitto is not installed")
+    proc, port = start_mosquitto(tmp_path)
+    yield port
+    stop(proc)
+
+
+def pump(clients, until, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for client in clients:
+            client.poll(0.02)
+        if until():
+            return
+    raise AssertionError("timed out")
+
+
+def make(port, name, topic=None, **options):
+    client = Transport("127.0.0.1", port, client_id=name, **options)
+    client.messages = []
+    client.subscribed = topic is None
+
+    def on_connect():
+        if topic:
+            client.subscribe(topic)
+            client.subscribed = True
+
+    client.start(on_connect, lambda t, p: client.messages.append((t, p)))
+    return client
+
+
+def test_publish_qos1_acked_and_received(broker):
+    sub = make(broker, "sub", "dev/+/data")
+    pub = make(broker, "pub")
+    pump([sub], lambda: sub.connected)
+    sub.poll(0.2)  # SUBACK
+    tokens = [pub.publish("dev/a/data", b"batch-%d" % i) for i in range(3)]
+    assert tokens == [None, None, None]  # not connected yet
+    pump([pub], lambda: pub.connected)
+    tokens = [pub.publish("dev/a/data", b"batch-%d" % i) for i in range(3)] + [pub.publish("dev/b/data", b"q0", 0)]
+    pump([pub, sub], lambda: all(pub.acked(t) for t in tokens) and len(sub.messages) == 4)
+    assert sub.messages == [("dev/a/data", b"batch-0"), ("dev/a/data", b"batch-1"), ("dev/a/data", b"batch-2"),
+                            ("dev/b/data", b"q0")]
+    pub.stop()
+    sub.stop()
+
+
+def test_last_will_when_the_socket_dies(broker):
+    watcher = make(broker, "watcher", "dev/a/state")
+    pump([watcher], lambda: watcher.connected)
+    watcher.poll(0.2)
+    dev = make(broker, "dev-a", will=("dev/a/state", b"offline", 1, True))
+    pump([dev], lambda: dev.connected)
+    dev.publish("dev/a/state", b"online", retain=True)
+    pump([watcher, dev], lambda: watcher.messages)
+    dev.sock.close()  # no DISCONNECT: the broker must publish the will
+    pump([watcher], lambda: len(watcher.messages) == 2)
+    assert watcher.messages == [("dev/a/state", b"online"), ("dev/a/state", b"offline")]
+    watcher.stop()
+
+
+def test_clean_stop_sends_no_will(broker):
+    watcher = make(broker, "watcher", "dev/a/state")
+    dev = make(broker, "dev-a", will=("dev/a/state", b"offline", 1, False))
+    pump([watcher, dev], lambda: watcher.connected and dev.connected)
+    watcher.poll(0.2)
+    dev.stop()
+    watcher.poll(0.5)
+    assert watcher.messages == []
+    watcher.stop()
+
+
+def test_dead_broker_detected_then_reconnect_and_retransmit(tmp_path):
+    if not os.path.exists(MOSQUITTO):
+        pytest.skip("mosquitto is not installed")
+    proc, port = start_mosquitto(tmp_path)
+    options = {"keepalive": 1, "timeout_s": 0.5, "backoff_min_s": 0.1, "backoff_max_s": 0.4}
+    dev = make(port, "dev-a", **options)
+    sub = make(port, "sub", "dev/a/data", **options)
+    try:
+        pump([dev, sub], lambda: dev.connected and sub.subscribed)
+        sub.poll(0.2)
+        os.kill(proc.pid, signal.SIGSTOP)  # the broker hangs: nothing is acked, pings go unanswered
+        token = dev.publish("dev/a/data", b"in-flight")
+        assert token is not None
+        pump([dev], lambda: not dev.connected, timeout=5)
+        assert "PINGRESP" in dev.last_error or "timed out" in dev.last_error, dev.last_error
+        assert not dev.acked(token)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        dev.poll(0.5)  # refused while the broker is gone: backs off
+        assert not dev.connected and dev.backoff_ms > 0
+        proc, port = start_mosquitto(tmp_path, port=port)
+        pump([sub], lambda: sub.connected and sub.subscribed)  # the subscriber first, so it sees the resend
+        sub.poll(0.3)
+        pump([dev, sub], lambda: dev.acked(token) and sub.messages)
+        assert sub.messages == [("dev/a/data", b"in-flight")]
+        assert dev.reconnects >= 2
+    finally:
+        for client in (dev, sub):
+            client.stop()
+        stop(proc)
+
+
+UMQTT_SCRIPT = """
+from edge_agent.transport.umqtt import Transport
+import time
+got = []
+tls = %(tls)r
+t = Transport("127.0.0.1", %(port)d, client_id="mpy", keepalive=5, will=("mpy/state", b"offline", 1, True), tls=tls)
+def on_connect():
+    t.subscribe("mpy/cmd")
+    t.publish("mpy/cmd", b"hello")
+t.start(on_connect, lambda topic, payload: got.append((topic, payload)))
+token = None
+for i in range(100):
+    t.poll(0.05)
+    if got and token is None:
+        token = t.publish("mpy/data", bytes(range(256)) * 8)
+    if token and t.acked(token):
+        break
+print(got, t.acked(token), t.last_error)
+t.stop()
+"""
+
+
+def test_micropython_against_mosquitto(broker):
+    out = run_micropython(UMQTT_SCRIPT % {"port": broker, "tls": None})
+    assert out.strip() == "[('mpy/cmd', b'hello')] True None"
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    if not os.path.exists(MOSQUITTO) or not shutil.which("openssl"):
+        pytest.skip("needs mosquitto and openssl")
+    d = str(tmp_path)
+
+    def openssl(*args):
+        subprocess.run(("openssl",) + args, check=True, capture_output=True, cwd=d)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=dev-a",
+            "-keyout", "dev.key", "-out", "dev.csr")
+    openssl("x509", "-req", "-in", "dev.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-out", "dev.crt")
+    conf = "user root\n" if os.geteuid() == 0 else ""  # else the broker cannot read keys in a private tmp_path
+    conf += "cafile %s/ca.crt\ncertfile %s/server.crt\nkeyfile %s/server.key\nrequire_certificate true\n" % (d, d, d)
+    proc, port = start_mosquitto(tmp_path, extra_conf=conf)
+    yield port, {"ca": d + "/ca.crt", "cert": d + "/dev.crt", "key": d + "/dev.key"}
+    stop(proc)
+
+
+def test_mutual_tls_cpython_and_micropython(tls_broker):
+    port, tls = tls_broker
+    client = make(port, "tls-py", "tls/cmd", tls=tls)
+    pump([client], lambda: client.connected and client.subscribed)
+    client.poll(0.2)
+    token = client.publish("tls/cmd", b"over tls")
+    pump([client], lambda: client.acked(token) and client.messages)
+    assert client.messages == [("tls/cmd", b"over tls")]
+    client.stop()
+    out = run_micropython(UMQTT_SCRIPT % {"port": port, "tls": tls})
+    assert out.strip() == "[('mpy/cmd', b'hello')] True None"
+
+
+def test_tls_rejects_an_unknown_ca(tls_broker):
+    port, tls = tls_broker
+    client = make(port, "tls-bad", tls={"cert": tls["cert"], "key": tls["key"]})  # system CAs only
+    client.poll(0.3)
+    assert not client.connected and "CERTIFICATE_VERIFY_FAILED" in client.last_error
