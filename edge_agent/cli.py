@@ -124,13 +124,27 @@ def read_boot(proc):
 
 
 def build_collectors(cfg, log):
-    from edge_agent.collectors.select import build_collectors as select_backends
+    try:
+        from edge_agent.collectors.select import build_collectors as select_backends
+    except ImportError:  # a trimmed install without the eBPF/netlink adapters: /proc only
+        return procfs_only(cfg)
 
     def say(line):
         log("collector_fallback", detail=line)
 
     collectors, effective = select_backends(cfg["collectors"], proc_root=cfg["proc_root"], log=say)
     return collectors, effective
+
+
+def procfs_only(cfg):
+    from edge_agent.collectors.procfs import procfs_collectors
+
+    options = {}
+    for name, section in cfg["collectors"].items():
+        options[name] = dict([(k, v) for k, v in section.items() if k not in ("enabled", "backend")])
+    collectors = [c for name, c in procfs_collectors(cfg["proc_root"], options).items()
+                  if cfg["collectors"][name]["enabled"]]
+    return collectors, dict([(c.name, c.source) for c in collectors])
 
 
 def build_sampler(cfg, names):

@@ -23,7 +23,7 @@ class Monotonic:
             return total
         if raw >= last:
             delta = raw - last
-        elif last >= (1 << bits) - (1 << (bits - 2)) and raw < (1 << (bits - 2)):
+        elif (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
             delta = (1 << bits) - last + raw  # wrapped at 2**bits
         else:
             delta = raw  # reset: counting again from zero

@@ -1,0 +1,86 @@
+"""A real OTLP/HTTP metrics receiver for tests: POST /v1/metrics, parsed with opentelemetry-proto.
+
+`answer` decides each response (200 by default), so tests can stage outages (503) and recovery.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+from collections.abc import Callable
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+
+
+class OtlpReceiver:
+    def __init__(self) -> None:
+        self.requests: list[ExportMetricsServiceRequest] = []
+        self.refused = 0
+        self.answer: Callable[[], int] = lambda: 200
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                code = receiver.answer() if self.path == "/v1/metrics" else 404
+                if code == 200:
+                    request = ExportMetricsServiceRequest()
+                    request.ParseFromString(body)
+                    with receiver.lock:
+                        receiver.requests.append(request)
+                else:
+                    with receiver.lock:
+                        receiver.refused += 1
+                reply = ExportMetricsServiceResponse().SerializeToString() if code == 200 else b""
+                self.send_response(code)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def points(self, device: str | None = None) -> list[tuple[dict, str, str, object, dict]]:
+        """Every data point received: (resource attrs, metric name, unit, metric, point attrs) + point."""
+        out = []
+        with self.lock:
+            requests = list(self.requests)
+        for request in requests:
+            for rm in request.resource_metrics:
+                resource = {a.key: _value(a.value) for a in rm.resource.attributes}
+                if device is not None and resource.get("service.instance.id") != device:
+                    continue
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        kind = metric.WhichOneof("data")
+                        for point in getattr(metric, kind).data_points:
+                            attrs = {a.key: _value(a.value) for a in point.attributes}
+                            out.append((resource, metric.name, metric.unit, metric, attrs, point))
+        return out
+
+
+def _value(any_value: object) -> object:
+    return getattr(any_value, any_value.WhichOneof("value"))  # type: ignore[attr-defined]
+
+
+def point_value(point: object) -> float:
+    """A NumberDataPoint's value, int or double."""
+    return getattr(point, point.WhichOneof("value"))  # type: ignore[attr-defined]
