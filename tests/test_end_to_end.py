@@ -15,7 +15,6 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
-
 from mosquitto import free_port, start_mosquitto, stop
 from otlp_receiver import OtlpReceiver, point_value
 
@@ -40,7 +39,7 @@ def read_proc(name):
 
 def proc_stat_total():
     fields = read_proc("stat").split("\n")[0].split()[1:9]
-    return dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), map(int, fields)))
+    return dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), map(int, fields), strict=True))
 
 
 def proc_lo_rx_bytes():
@@ -106,7 +105,7 @@ def test_metrics_arrive_as_otlp_and_bad_input_is_counted(pipeline):
     assert resource["host.name"] == DEVICE and resource["service.instance.id"] == DEVICE
 
     by_key = {}
-    for resource, name, unit, metric, attrs, point in points:
+    for _resource, name, unit, metric, attrs, point in points:
         by_key.setdefault((name, tuple(sorted(attrs.items()))), []).append((unit, metric, point))
 
     # CPU idle time: a cumulative monotonic Sum in seconds, between /proc read before and after
