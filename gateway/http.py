@@ -44,7 +44,7 @@ class StatusServer:
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="status-http", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,), name="status-http", daemon=True)
 
     def start(self) -> StatusServer:
         self._thread.start()

@@ -72,7 +72,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self):
         self.server.shutdown()
@@ -342,7 +342,7 @@ def test_queue_is_bounded_and_applies_backpressure(receiver):
     pipeline = ExportPipeline(http(receiver), metrics, queue_size=2, max_batches=1, retry=FAST).start()
     fates = []
     batches = resolved_batches(6)
-    accepted = [pipeline.submit(Item(b, fates.append), timeout=0.3) for b in batches]
+    accepted = [pipeline.submit(Item(b, fates.append), timeout=0.1) for b in batches]
     # one batch is being retried by the worker, two wait in the queue, the rest are refused
     assert accepted == [True, True, True, False, False, False]
     assert pipeline.depth() == 2
