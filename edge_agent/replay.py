@@ -7,7 +7,7 @@ TRACE.csv has a header and `timestamp,value` rows; timestamps are `YYYY-MM-DD HH
 (UTC) or numeric seconds, any step. Rows are sorted by time; a repeated timestamp keeps its first
 row (counted in `duplicates`). The trace's median step is the base read interval: `interval_ms` is
 set to it unless given, and `min_interval_ms` / `max_interval_ms` keep their default ratio to the
-base (4x and 30x) unless given. A gap longer than the step simply has no reading in it.
+base (15x and 30x) unless given. A gap longer than the step simply has no reading in it.
 
 The series is a gauge (`--kind gauge`, default); with `--kind counter` the values are taken as a
 rate per second, integrated into a cumulative counter fed to the sampler, and the reconstruction is

@@ -42,7 +42,7 @@ SAMPLING_DEFAULTS = {
     "policy": "fixed",
     # intervals in ms; a per-collector 0 inherits the global value
     "interval_ms": 10000,  # base read interval of every collector
-    "min_interval_ms": 0,  # adaptive: heartbeat right after a surprise (0: 4 x the base interval)
+    "min_interval_ms": 0,  # adaptive: heartbeat right after a surprise (0: 15 x the base interval)
     "max_interval_ms": 300000,  # longest gap between two sent samples of a series; load ceiling
     # load policy
     "load_high": 0.85,  # pressure at or above which the read interval steps up
@@ -52,11 +52,12 @@ SAMPLING_DEFAULTS = {
     "load_runq_full": 2.0,  # runnable threads per CPU that count as pressure 1.0
     "cpu_budget": 0.01,  # the agent's own CPU, as a fraction of one core
     # adaptive policy
-    "adaptive_k": 3.0,  # band width in units of the typical step-to-step change
+    "adaptive_k": 4.0,  # band width in units of the typical step-to-step change
     "adaptive_floor": 0.1,  # band floor as a fraction of the series' spread (quantised signals)
     "adaptive_drift": 3.0,  # drift trigger: sum of deviations over band (0: off)
+    "adaptive_peak_z": 2.5,  # peak guard: above mean + z * spread, any rise over the last sent value is sent (0: off)
     "adaptive_growth": 2.0,  # heartbeat multiplier after each quiet heartbeat
-    "adaptive_alpha": 0.95,  # PEWMA history weight (closer to 1: slower)
+    "adaptive_alpha": 0.99,  # PEWMA history weight (closer to 1: slower)
     "adaptive_beta": 0.5,  # PEWMA outlier damping (0: plain EWMA)
 }
 for _c in COLLECTORS:
@@ -67,8 +68,9 @@ SAMPLING_DEFAULTS["system_base_ms"] = 60000  # uptime barely changes
 
 MS_LOW = 100
 MS_HIGH = 86400000
-DEFAULT_MIN_FACTOR = 4
+DEFAULT_MIN_FACTOR = 15
 MAX_LEVEL = 16
+PEAK_RISE = 0.25  # a rise in the tail must exceed this share of the band to count
 
 # key -> (kind, low, high); kind "ms" accepts 0 (inherit) or an integer in [MS_LOW, MS_HIGH]
 _BOUNDS = {
@@ -84,6 +86,7 @@ _BOUNDS = {
     "adaptive_k": ("num", 0.1, 100.0),
     "adaptive_floor": ("num", 0.0, 10.0),
     "adaptive_drift": ("num", 0.0, 1000.0),
+    "adaptive_peak_z": ("num", 0.0, 10.0),
     "adaptive_growth": ("num", 1.0, 16.0),
     "adaptive_alpha": ("num", 0.5, 0.9999),
     "adaptive_beta": ("num", 0.0, 1.0),
@@ -413,11 +416,13 @@ class Sampler:
             band = floor
         dev = x - st.sent_x
         st.drift += dev
+        peak_z = p["adaptive_peak_z"]
+        peak = peak_z > 0 and st.level.n > 1 and dev > band * PEAK_RISE and x > st.level.s1 + peak_z * st.level.sd()
         if prev_x is not None:
             step = x - prev_x
             st.noise.update(step if step >= 0 else -step, p["adaptive_alpha"], p["adaptive_beta"])
         st.level.update(x, p["adaptive_alpha"], p["adaptive_beta"])
-        if dev > band or -dev > band:
+        if peak or dev > band or -dev > band:
             return self._send(st, now, x, value, low)
         drift = p["adaptive_drift"]
         if drift > 0 and (st.drift > drift * band or -st.drift > drift * band):
