@@ -112,7 +112,7 @@ class Agent:
         self.table = SeriesTable()
         self.table.base = None
         self.builder = wire.BatchBuilder()
-        self.outbox = Outbox(config["buffer"]["max_batches"], spool)
+        self.outbox = Outbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
         self.flush_at = None
         self.running = False
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
@@ -231,6 +231,7 @@ class Agent:
 
     def pump(self):
         if not self.transport.connected:
+            self.outbox.offline()
             return
         self.outbox.collect_acks(self.transport.acked)
         now = mono_ms()
@@ -349,6 +350,7 @@ class Agent:
         while len(self.outbox) and self.transport.connected and mono_ms() < deadline:
             self.pump()
             self.transport.poll(0.05)
+        self.outbox.save()
         if self.transport.connected:  # a clean stop says so; the will covers the unclean ones
             self.transport.publish(self.topics["state"], b"offline", 1, True)
             self.transport.poll(0.1)

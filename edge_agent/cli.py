@@ -19,13 +19,14 @@ from edge_agent import config as configuration
 from edge_agent.agent import Agent
 from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.model import KIND_NAMES
+from edge_agent.spool import Spool
 
 # flag -> dotted config key; flags override the file, which overrides the defaults
 FLAG_KEYS = {
     "broker": "broker", "device_id": "device_id", "topic_prefix": "topic_prefix", "group": "group",
     "username": "username", "password": "password", "ca": "tls.ca", "cert": "tls.cert", "key": "tls.key",
     "interval": "interval_s", "batch": "batch_s", "state_dir": "state_dir", "proc_root": "proc_root",
-    "log_format": "log_format", "max_batches": "buffer.max_batches",
+    "log_format": "log_format", "max_batches": "buffer.max_batches", "spool_bytes": "buffer.spool_max_bytes",
 }
 
 
@@ -59,6 +60,7 @@ def add_common(parser):
     parser.add_argument("--state-dir", help="directory for sequence numbers, accepted commands, spool")
     parser.add_argument("--proc-root", help="where /proc is (tests point this at fixtures)")
     parser.add_argument("--max-batches", type=int, help="batches kept in RAM while offline")
+    parser.add_argument("--spool-bytes", type=int, help="disk spool cap in bytes (0: no spool; needs --state-dir)")
     parser.add_argument("--log-format", choices=("text", "json"))
 
 
@@ -196,8 +198,11 @@ def command_run(args):
     def factory(section):
         return build_collectors(dict(cfg, collectors=section), log)
 
+    spool = None
+    if cfg["buffer"]["spool_max_bytes"]:
+        spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
-                  collector_factory=factory, overrides=overrides)
+                  collector_factory=factory, overrides=overrides, spool=spool)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True))

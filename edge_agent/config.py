@@ -42,7 +42,9 @@ DEFAULTS = {
         "system": _collector(),
     },
     "sampling": {},  # validated by edge_agent.sampling (policies and their knobs)
-    "buffer": {"max_batches": 360, "spool_max_bytes": 0},  # spool_max_bytes > 0 enables the disk spool
+    # RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in <state_dir>/spool, written
+    # spool_chunk batches at a time while offline (what a power cut may lose)
+    "buffer": {"max_batches": 360, "spool_max_bytes": 0, "spool_chunk": 6},
     "commands": {
         "enabled": True,
         "require_signature": True,  # turning this off must be explicit
@@ -73,6 +75,7 @@ RULES = {
     "proc_root": (str, 1, 1024),
     "buffer.max_batches": (int, 1, 100000),
     "buffer.spool_max_bytes": (int, 0, 1 << 34),
+    "buffer.spool_chunk": (int, 1, 1000),
     "commands.enabled": (bool,),
     "commands.require_signature": (bool,),
     "commands.device_key": (str, None, 256),
@@ -159,6 +162,8 @@ def check(config):
             errors.append("config key '%s': must be a list of strings" % key)
     if not errors and config["batch_s"] < config["interval_s"]:
         errors.append("config key 'batch_s': must not be shorter than interval_s (%s)" % config["interval_s"])
+    if not errors and config["buffer"]["spool_max_bytes"] and not config["state_dir"]:
+        errors.append("config key 'buffer.spool_max_bytes': the spool needs state_dir to be set")
     if config.get("broker") and not _broker_ok(config["broker"]):
         errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % _show(config["broker"]))
     errors.extend(_check_sampling(config.get("sampling")))

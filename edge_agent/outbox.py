@@ -1,12 +1,16 @@
-"""Store-and-forward buffer for encoded data batches.
+"""Store-and-forward buffer for encoded data batches: RAM, plus an optional disk spool.
 
-Batches wait here, oldest first, until the broker acknowledges them (QoS 1 PUBACK). While the
-broker is unreachable they pile up to `max_batches`; beyond that the OLDEST is dropped and the
-loss is counted (batches and samples), so the agent can report it in its next batch instead of
-losing data silently. An optional `spool` (see edge_agent/spool.py) keeps batches across agent
-restarts; the RAM queue is the working set either way.
+Batches wait here, oldest first, until the broker acknowledges them (QoS 1 PUBACK):
 
-MicroPython-compatible.
+    spool segments (oldest) ──► front (one segment loaded) ──┐
+                                                              ├──► transport, oldest first
+    push() ──► RAM queue (newest) ────────────────────────────┘
+
+Without a spool, the RAM queue holds `max_batches`; beyond that the OLDEST batch is dropped and
+counted. With a spool, the oldest RAM batches are moved to disk in one segment instead (also
+while offline, every `spool_chunk` batches, so a power cut loses at most that many), and the
+spool drops its oldest segments past its byte cap, counted likewise. Drops are reported in the
+next batches (`ext.lost`), never silent. MicroPython-compatible.
 """
 
 
@@ -20,32 +24,67 @@ class Entry:
 
 
 class Outbox:
-    def __init__(self, max_batches=360, spool=None):
+    def __init__(self, max_batches=360, spool=None, spool_chunk=6):
         self.max_batches = max_batches
-        self.entries = []
         self.spool = spool
-        self.dropped_batches = 0
-        self.dropped_samples = 0
+        self.spool_chunk = spool_chunk
+        self.entries = []  # RAM, oldest first
+        self.front = []  # the loaded spool segment's batches, older than everything in RAM
+        self.front_segment = None
+        self.own_dropped_batches = 0
+        self.own_dropped_samples = 0
         self.sent = 0
-        if spool is not None:
-            for seq, payload, samples in spool.load():
-                self._append(Entry(seq, payload, samples))
+
+    @property
+    def dropped_batches(self):
+        return self.own_dropped_batches + (self.spool.dropped_batches if self.spool else 0)
+
+    @property
+    def dropped_samples(self):
+        return self.own_dropped_samples + (self.spool.dropped_samples if self.spool else 0)
 
     def __len__(self):
-        return len(self.entries)
+        return len(self.front) + len(self.entries) + (len(self.spool.names) if self.spool else 0)
 
     def push(self, seq, payload, samples):
-        entry = Entry(seq, payload, samples)
-        self._append(entry)
+        self.entries.append(Entry(seq, payload, samples))
+        if len(self.entries) <= self.max_batches:
+            return
         if self.spool is not None:
-            self.spool.append(seq, payload, samples)
-
-    def _append(self, entry):
-        while len(self.entries) >= self.max_batches:
+            self.spill(max(len(self.entries) - self.max_batches, self.spool_chunk))
+        while len(self.entries) > self.max_batches:  # no spool, or all of RAM in flight
             old = self.entries.pop(0)
-            self.dropped_batches += 1
-            self.dropped_samples += old.samples
-        self.entries.append(entry)
+            self.own_dropped_batches += 1
+            self.own_dropped_samples += old.samples
+
+    def spill(self, count=None):
+        """Move the oldest `count` (default: all) RAM batches not in flight to one spool segment."""
+        if self.spool is None:
+            return 0
+        moved = [e for e in self.entries if e.token is None]
+        if count is not None:
+            moved = moved[:count]
+        if not moved:
+            return 0
+        self.spool.write(moved, self.front_segment)
+        self.entries = [e for e in self.entries if e.token is not None or e not in moved]
+        return len(moved)
+
+    def offline(self):
+        """Called while the broker is unreachable: keep at most `spool_chunk` batches only in RAM."""
+        if self.spool is not None and len([e for e in self.entries if e.token is None]) >= self.spool_chunk:
+            self.spill()
+
+    def _load_front(self):
+        if self.front or self.spool is None:
+            return
+        for name in self.spool.segments():
+            records = self.spool.read(name)
+            if records:
+                self.front = [Entry(seq, payload, samples) for seq, payload, samples in records]
+                self.front_segment = name
+                return
+            self.spool.remove(name)  # empty or unreadable
 
     def unsent(self, window, now_ms, resend_ms=120000):
         """Entries to publish now: the oldest not in flight, keeping at most `window` in flight.
@@ -54,9 +93,13 @@ class Outbox:
         unacknowledged after `resend_ms` is handed out again in case the transport lost it (the
         gateway drops the duplicate).
         """
+        self._load_front()
+        queue = self.front
+        if self.spool is None or self.spool.names == [self.front_segment] or not self.spool.names:
+            queue = self.front + self.entries  # RAM batches go only after every older one on disk
         in_flight = 0
         out = []
-        for entry in self.entries:
+        for entry in queue:
             if entry.token is not None and now_ms - entry.sent_ms < resend_ms:
                 in_flight += 1
             elif in_flight + len(out) < window:
@@ -64,20 +107,28 @@ class Outbox:
         return out
 
     def collect_acks(self, acked):
-        """Remove the in-flight entries whose token `acked(token)` confirms; return how many."""
-        keep = []
+        """Remove the in-flight entries that `acked(token)` confirms; return how many."""
         done = 0
-        for entry in self.entries:
-            if entry.token is not None and acked(entry.token):
-                done += 1
-                if self.spool is not None:
-                    self.spool.ack(entry.seq)
-            else:
-                keep.append(entry)
-        if done:
-            self.entries = keep
-            self.sent += done
+        for queue in (self.front, self.entries):
+            keep = []
+            for entry in queue:
+                if entry.token is not None and acked(entry.token):
+                    done += 1
+                else:
+                    keep.append(entry)
+            queue[:] = keep
+        if self.front_segment is not None and not self.front:
+            self.spool.remove(self.front_segment)  # every batch of the segment was acknowledged
+            self.front_segment = None
+        self.sent += done
         return done
 
-    def bytes_queued(self):
-        return sum([len(e.payload) for e in self.entries])
+    def save(self):
+        """On a clean stop: everything still unacknowledged goes to the spool for the next run."""
+        if self.spool is None:
+            return
+        for entry in self.entries:
+            entry.token = None
+        if self.entries:
+            self.spool.write(self.entries, self.front_segment)
+            self.entries = []

@@ -1,0 +1,101 @@
+"""On-disk spool for batches the broker has not acknowledged: segments, written whole, deleted whole.
+
+Flash wears with small writes, so the spool never appends a batch at a time. The outbox moves a
+run of its oldest batches into ONE new segment file (written to a temporary name and renamed, so
+a power cut leaves a whole segment or none), and deletes a segment only when every batch in it
+was acknowledged. The segment's name carries what is needed without reading it:
+
+    <first seq, 20 digits>-<batches>-<samples>.seg
+
+and its content is records of `>IQI` (payload length, seq, samples) followed by the payload.
+When the spool would exceed `max_bytes`, its oldest segments are deleted and their batches and
+samples counted as dropped. MicroPython-compatible.
+"""
+
+import os
+import struct
+
+from edge_agent.statefile import ensure_dir
+
+RECORD = ">IQI"
+RECORD_SIZE = struct.calcsize(RECORD)
+
+
+class Spool:
+    def __init__(self, directory, max_bytes):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.dropped_batches = 0
+        self.dropped_samples = 0
+        ensure_dir(directory)
+        for name in os.listdir(directory):
+            if name.endswith(".tmp"):
+                os.remove(self.path(name))  # a write that a crash interrupted
+        # the listing is kept in memory: the outbox asks for it on every pump
+        self.names = sorted([n for n in os.listdir(directory) if n.endswith(".seg")])
+
+    def path(self, name):
+        return self.directory + "/" + name
+
+    def segments(self):
+        """Segment names, oldest first."""
+        return list(self.names)
+
+    def size(self):
+        return sum([os.stat(self.path(n))[6] for n in self.segments()])
+
+    def write(self, entries, protect=None):
+        """Write entries (objects with seq, payload, samples) as one segment; return its name.
+
+        `protect` names a segment that must not be deleted to make room (it is being sent)."""
+        if not entries:
+            return None
+        samples = sum([e.samples for e in entries])
+        name = "%020d-%d-%d.seg" % (entries[0].seq, len(entries), samples)
+        data = bytearray()
+        for e in entries:
+            data.extend(struct.pack(RECORD, len(e.payload), e.seq, e.samples))
+            data.extend(e.payload)
+        self.make_room(len(data), protect)
+        tmp = self.path(name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, self.path(name))
+        self.names.append(name)
+        self.names.sort()
+        return name
+
+    def make_room(self, incoming, protect=None):
+        """Delete the oldest segments until `incoming` more bytes fit under max_bytes."""
+        names = [n for n in self.segments() if n != protect]
+        total = self.size()
+        while names and total + incoming > self.max_bytes:
+            oldest = names.pop(0)
+            total -= os.stat(self.path(oldest))[6]
+            parts = oldest[:-4].split("-")
+            self.dropped_batches += int(parts[1])
+            self.dropped_samples += int(parts[2])
+            self.remove(oldest)
+
+    def read(self, name):
+        """The (seq, payload, samples) records of a segment; a damaged tail is ignored."""
+        with open(self.path(name), "rb") as f:
+            data = f.read()
+        records = []
+        pos = 0
+        while pos + RECORD_SIZE <= len(data):
+            length, seq, samples = struct.unpack(RECORD, data[pos:pos + RECORD_SIZE])
+            end = pos + RECORD_SIZE + length
+            if end > len(data):
+                break
+            records.append((seq, data[pos + RECORD_SIZE:end], samples))
+            pos = end
+        return records
+
+    def remove(self, name):
+        if name in self.names:
+            self.names.remove(name)
+        try:
+            os.remove(self.path(name))
+        except OSError:
+            pass
