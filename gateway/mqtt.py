@@ -111,7 +111,8 @@ class MqttIntake:
                        reason: paho.ReasonCode, properties: Properties | None) -> None:
         self.connected.clear()
         self.metrics.connected.set(0)
-        log.warning("disconnected from the broker", extra={"fields": {"event": "mqtt_disconnected", "reason": str(reason)}})
+        level = logging.INFO if reason.value == 0 else logging.WARNING
+        log.log(level, "disconnected from the broker", extra={"fields": {"event": "mqtt_disconnected", "reason": str(reason)}})
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         mid, qos = message.mid, message.qos
