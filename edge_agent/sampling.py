@@ -64,7 +64,6 @@ for _c in COLLECTORS:
     SAMPLING_DEFAULTS[_c + "_base_ms"] = 0
     SAMPLING_DEFAULTS[_c + "_min_ms"] = 0
     SAMPLING_DEFAULTS[_c + "_max_ms"] = 0
-SAMPLING_DEFAULTS["system_base_ms"] = 60000  # uptime barely changes
 
 MS_LOW = 100
 MS_HIGH = 86400000
