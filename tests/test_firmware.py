@@ -1,0 +1,252 @@
+"""firmware/: `python -m firmware build` gives the same bytes twice, and what it builds is well formed:
+the .ipk as opkg expects it, the systemd unit, the manifests, and .mpy modules the real MicroPython loads."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+from edge_agent import __version__
+from edge_agent import config as configuration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # an editable install made before firmware/ had an __init__.py sees a namespace there
+    sys.path.insert(0, ROOT)
+from firmware import MPY_BUNDLE_TARGET, build  # noqa: E402
+
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+SDE = "1700000000"
+MPY = "edge-agent-micropython-%s.tar.gz" % __version__
+IPK = "edge-agent_%s-1_all.ipk" % __version__
+PYZ = "edge-agent-%s.pyz" % __version__
+CPY = "edge-agent-cpython-%s.tar.gz" % __version__
+
+
+def run_build(out, **env):
+    full = dict(os.environ, SOURCE_DATE_EPOCH=SDE, **env)
+    proc = subprocess.run([sys.executable, "-m", "firmware", "build", "--out", str(out)], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o077))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    log = run_build(out)
+    return out, log
+
+
+def members(data):
+    """name -> (TarInfo, bytes or None) of a .tar.gz, in archive order."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()}
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_two_builds_give_the_same_bytes(dist, tmp_path):
+    out, _ = dist
+    run_build(tmp_path, TZ="Asia/Kolkata", LC_ALL="C")  # another time zone, locale and umask
+    names = sorted(os.listdir(out))
+    assert names == sorted(os.listdir(tmp_path))
+    assert {MPY, IPK, PYZ, CPY, "SHA256SUMS"} <= set(names)
+    for name in names:
+        assert read(os.path.join(out, name)) == read(os.path.join(tmp_path, name)), name
+
+
+def test_archives_are_normalised(dist):
+    out, _ = dist
+    for name in (MPY, IPK, CPY):
+        data = read(os.path.join(out, name))
+        assert data[4:8] == b"\x00\x00\x00\x00"  # gzip header mtime 0
+        for info, _content in members(data).values():
+            assert (info.uid, info.gid, info.uname, info.gname, info.mtime) == (0, 0, "", "", int(SDE)), info.name
+            assert info.mode in (0o644, 0o755), (info.name, oct(info.mode))
+    with zipfile.ZipFile(os.path.join(out, PYZ)) as zf:
+        assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+        assert [i.filename for i in zf.infolist()] == sorted(i.filename for i in zf.infolist())
+
+
+def test_source_date_epoch_defaults_to_the_last_commit(monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    commit_time = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True)
+    if commit_time.returncode:
+        pytest.skip("not a git checkout")
+    assert build.source_date_epoch() == int(commit_time.stdout)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
+    assert build.source_date_epoch() == 1234567890
+
+
+def inner_files(name, data):
+    """path -> bytes of every file inside an artifact, with the names its manifest uses."""
+    if name.endswith(".pyz"):
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return {n: zf.read(n) for n in zf.namelist()}
+    files = {}
+    for path, (_info, content) in members(data).items():
+        if name.endswith(".ipk") and path in ("./data.tar.gz", "./control.tar.gz"):
+            prefix = "" if path == "./data.tar.gz" else "CONTROL/"
+            for inner, (_i, c) in members(content).items():
+                if c is not None:
+                    files[prefix + inner[2:]] = c
+        elif content is not None and not name.endswith(".ipk"):
+            files[path[2:]] = content
+    return files
+
+
+def test_manifests_and_checksums_match_the_files(dist):
+    out, _ = dist
+    sums = {}
+    for line in read(os.path.join(out, "SHA256SUMS")).decode().splitlines():
+        digest, name = line.split("  ")
+        sums[name] = digest
+    assert set(sums) == {MPY, IPK, PYZ, CPY}
+    for name in sums:
+        data = read(os.path.join(out, name))
+        manifest = json.loads(read(os.path.join(out, name + ".manifest.json")))
+        assert manifest["version"] == __version__ and manifest["artifact"] == name
+        assert manifest["sha256"] == sums[name] == hashlib.sha256(data).hexdigest()
+        assert manifest["size"] == len(data)
+        files = inner_files(name, data)
+        listed = {f["path"]: f for f in manifest["files"]}
+        assert set(listed) == set(files), name
+        for path, content in files.items():
+            assert listed[path]["size"] == len(content) and listed[path]["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+def sh_syntax_ok(script):
+    proc = subprocess.run(["sh", "-n"], input=script, capture_output=True)
+    return proc.returncode == 0, proc.stderr.decode()
+
+
+def test_ipk_structure(dist):
+    out, _ = dist
+    outer = members(read(os.path.join(out, IPK)))
+    assert list(outer) == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]  # ipkg-build's order
+    assert outer["./debian-binary"][1] == b"2.0\n"
+    control = members(outer["./control.tar.gz"][1])
+    data = members(outer["./data.tar.gz"][1])
+
+    fields = dict(line.split(": ", 1) for line in control["./control"][1].decode().splitlines())
+    assert fields["Package"] == "edge-agent"
+    assert fields["Version"] == __version__ + "-1"
+    assert fields["Architecture"] == "all"
+    assert "micropython" in fields["Depends"]
+    assert int(fields["Installed-Size"]) == sum(len(c) for _i, c in data.values() if c is not None)
+    for name in ("Maintainer", "License", "Section", "Description"):
+        assert fields[name].strip()
+
+    for script in ("./postinst", "./prerm"):
+        info, content = control[script]
+        assert info.mode & 0o111 and content.startswith(b"#!/bin/sh\n"), script
+        assert sh_syntax_ok(content) == (True, ""), script
+    conffiles = control["./conffiles"][1].decode().split()
+    assert conffiles == ["/etc/edge-agent/config.json"]
+    for path in conffiles:
+        assert "." + path in data
+
+    info, init = data["./etc/init.d/edge-agent"]
+    assert info.mode == 0o755 and init.startswith(b"#!/bin/sh /etc/rc.common\n")
+    assert sh_syntax_ok(init) == (True, "")
+    text = init.decode()
+    for needle in ("USE_PROCD=1", "start_service()", "procd_open_instance", "procd_set_param command /usr/bin/",
+                   "procd_set_param respawn", "procd_close_instance"):
+        assert needle in text.replace('"$PROG"', "/usr/bin/edge-agent-mpy"), needle
+    launcher = data["./usr/bin/edge-agent-mpy"]
+    assert launcher[0].mode == 0o755 and sh_syntax_ok(launcher[1]) == (True, "")
+    assert any(name.startswith("./usr/lib/edge-agent/edge_agent/") and name.endswith(".mpy") for name in data)
+    assert not any(name.endswith(".py") for name in data)
+
+
+def test_default_config_is_valid(dist, tmp_path):
+    out, _ = dist
+    for artifact in (MPY, CPY):
+        content = members(read(os.path.join(out, artifact)))["./etc/edge-agent/config.json"][1]
+        path = tmp_path / "config.json"
+        path.write_bytes(content)
+        cfg = configuration.load(str(path))
+        assert cfg["state_dir"] == "/var/lib/edge-agent"
+
+
+def test_systemd_unit(dist, tmp_path):
+    out, _ = dist
+    unit = members(read(os.path.join(out, CPY)))["./etc/systemd/system/edge-agent.service"][1].decode()
+    for line in ("Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+                 "PrivateTmp=yes", "StateDirectory=edge-agent",
+                 "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_RESOURCE",
+                 "AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_RESOURCE"):
+        assert line in unit.splitlines(), line
+    assert "RestartSec=" in unit and "CAP_SYS_ADMIN" not in unit
+    tool = shutil.which("systemd-analyze")
+    if not tool:
+        pytest.skip("systemd-analyze is not installed: unit checked by content only")
+    path = tmp_path / "edge-agent.service"
+    path.write_text(unit)
+    proc = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    if proc.returncode and "python3" in proc.stderr and not os.path.exists("/usr/bin/python3"):
+        pytest.skip("systemd-analyze verify needs /usr/bin/python3, the unit's interpreter: " + proc.stderr)
+    assert proc.returncode == 0 and "edge-agent.service" not in proc.stderr, proc.stderr
+
+
+def test_pyz_runs_with_the_system_python(dist, tmp_path):
+    out, _ = dist
+    pyz = os.path.join(out, PYZ)
+    assert read(pyz).startswith(b"#!/usr/bin/env python3\n")
+    proc = subprocess.run([sys.executable, "-I", pyz, "--version"], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "edge-agent " + __version__, proc.stderr
+    names = inner_files(PYZ, read(pyz))
+    assert "__main__.py" in names and "edge_agent/cli.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    cpy = members(read(os.path.join(out, CPY)))
+    assert cpy["./usr/lib/edge-agent/edge-agent.pyz"][1] == read(pyz)
+
+
+def test_mpy_modules_load_under_micropython(dist, tmp_path):
+    if not os.path.exists(MICROPYTHON):
+        pytest.skip("no micropython binary beside the interpreter")
+    out, log = dist
+    lib = tmp_path / "lib"
+    modules = []
+    for name, (_info, content) in members(read(os.path.join(out, MPY))).items():
+        prefix = "./usr/lib/edge-agent/"
+        if name.startswith(prefix) and content is not None:
+            assert name.endswith(".mpy"), name
+            target = lib / name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            modules.append(name[len(prefix):-4].replace("/", ".").replace(".__init__", ""))
+    assert sorted(p.suffix for p in lib.rglob("*") if p.is_file()) == [".mpy"] * len(modules)
+    script = ("import sys\nsys.path[:] = [%r, '.frozen']\n"
+              "for name in %r:\n    __import__(name)\n    print('ok', name, sys.modules[name].__file__)\n") % (
+        str(lib), sorted(modules))
+    proc = subprocess.run([MICROPYTHON, "-c", script], capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    loaded = [line.split() for line in proc.stdout.splitlines()]
+    assert [m for _ok, m, _f in loaded] == sorted(modules)
+    assert all(f.endswith(".mpy") and f.startswith(str(lib)) for _ok, _m, f in loaded)
+    for must in ("edge_agent.umsgpack", "edge_agent.wire", "edge_agent.transport.umqtt"):
+        assert must in modules
+
+
+def test_bundle_size_and_missing_modules(dist):
+    out, log = dist
+    manifest = json.loads(read(os.path.join(out, MPY + ".manifest.json")))
+    assert manifest["mpy_bytes"] <= MPY_BUNDLE_TARGET
+    assert os.path.getsize(os.path.join(out, MPY)) <= MPY_BUNDLE_TARGET
+    for pattern in manifest["missing_modules"]:
+        assert "warning: %s does not exist yet" % pattern in log
+    gz = gzip.decompress(read(os.path.join(out, MPY)))
+    assert len(gz) % 512 == 0
