@@ -188,7 +188,11 @@ def _check_sampling(section):
         from edge_agent.sampling import validate_sampling
     except ImportError:
         return []
-    return ["config key 'sampling.%s" % e if not e.startswith("config key") else e for e in validate_sampling(section)]
+    errors = []
+    for problem in validate_sampling(section):  # "key: problem"
+        key, _, text = problem.partition(": ")
+        errors.append("config key 'sampling.%s': %s" % (key, text))
+    return errors
 
 
 def parse_broker(url):

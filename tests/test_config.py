@@ -33,6 +33,8 @@ def test_file_then_flags(tmp_path):
     ({"compress": 1}, "config key 'compress': must be true or false"),
     ({"batch_s": 0.5, "interval_s": 1}, "config key 'batch_s': must not be shorter than interval_s"),
     ({"collectors": {"network": {"include": [1]}}}, "config key 'collectors.network.include': must be a list of strings"),
+    ({"sampling": {"policy": "psychic"}}, "config key 'sampling.policy': must be one of fixed"),
+    ({"sampling": {"load_high": 7}}, "config key 'sampling.load_high': "),
 ])
 def test_bad_values_name_the_key(values, message):
     with pytest.raises(config.ConfigError) as err:
