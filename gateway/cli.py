@@ -118,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
     gateway = Gateway(dictionaries, pipeline, metrics, SeqTracker() if args.dedupe else None, args.birth_wait)
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
-        "mqtt_connected": intake.connected.is_set(), "queue_depth": pipeline.depth(),
+        "mqtt_connected": intake.connected, "queue_depth": pipeline.depth(),
         "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()}),
         args.metrics_host, args.metrics_port)
 

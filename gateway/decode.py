@@ -5,8 +5,9 @@ adds what only the gateway knows: which dictionary each device announced, and wh
 values make sense for the series they claim to be. Every refusal is a `Rejected` carrying a short,
 stable `reason` label that metrics count by.
 
-Births are kept per device under (boot tag, dictionary epoch), the last few of them, so a batch
-published just before a new birth (or queued across a reboot) still resolves.
+Births are kept per device and agent run, (boot tag, base epoch), the last few runs. A run's
+dictionary is append-only, so its newest birth resolves every batch quoting an epoch in
+[base, dict], including batches buffered while the dictionary grew (docs/wire-format.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from edge_agent.model import COUNTER, HISTOGRAM, Series
 MAX_PAYLOAD = 65536
 MAX_ARRAY = 10000  # columns and series lists; a column holds at most 66 elements
 MAX_MAP = 1024
-KEEP_EPOCHS = 4
+KEEP_RUNS = 4
 UINT64 = 1 << 64
 
 
@@ -85,7 +86,7 @@ class Dictionaries:
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, max_series: int = 10000,
-                 max_devices: int = 100000, keep: int = KEEP_EPOCHS) -> None:
+                 max_devices: int = 100000, keep: int = KEEP_RUNS) -> None:
         self.max_payload = max_payload
         self.max_series = max_series
         self.max_devices = max_devices
@@ -106,31 +107,35 @@ class Dictionaries:
             if series.kind == HISTOGRAM and not _increasing(series.bounds):
                 raise Rejected("bad_birth", "series %d: bounds must be finite and increasing" % series.id, topic_device)
         with self._lock:
-            epochs = self._births.get(birth.device)
-            if epochs is None:
+            runs = self._births.get(birth.device)
+            if runs is None:
                 if len(self._births) >= self.max_devices:
                     raise Rejected("too_many_devices", "limit %d" % self.max_devices, topic_device)
-                epochs = self._births[birth.device] = OrderedDict()
-            key = (birth.boot, birth.dict_epoch)
-            epochs.pop(key, None)
-            epochs[key] = birth
-            while len(epochs) > self.keep:
-                epochs.popitem(last=False)
+                runs = self._births[birth.device] = OrderedDict()
+            key = (birth.boot, birth.base)
+            known = runs.pop(key, None)
+            # within one run the dictionary only grows: a late, older birth adds nothing
+            runs[key] = known if known is not None and known.dict_epoch > birth.dict_epoch else birth
+            while len(runs) > self.keep:
+                runs.popitem(last=False)
         return birth
 
     def latest(self, device: str) -> wire.Birth | None:
         with self._lock:
-            epochs = self._births.get(device)
-            return next(reversed(epochs.values())) if epochs else None
+            runs = self._births.get(device)
+            return next(reversed(runs.values())) if runs else None
 
     def devices(self) -> list[str]:
         with self._lock:
             return list(self._births)
 
     def _birth(self, device: str, boot: int, epoch: int) -> wire.Birth | None:
+        """The birth of the agent run whose append-only dictionary covers `epoch`: base <= epoch <= dict."""
         with self._lock:
-            epochs = self._births.get(device)
-            return epochs.get((boot, epoch)) if epochs else None
+            for (run_boot, base), birth in (self._births.get(device) or {}).items():
+                if run_boot == boot and base <= epoch <= birth.dict_epoch:
+                    return birth
+        return None
 
     # ------------------------------------------------------------ data
 

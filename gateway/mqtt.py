@@ -1,19 +1,22 @@
 """paho-mqtt 2.x adapter: subscribes, hands messages to the `Gateway` core, acks when it says so.
 
-- births `<prefix>/+/birth` are never shared: every replica needs every dictionary;
-- data `<prefix>/+/data`, through `$share/<group>/…` when a share group is given;
-- state `<prefix>/+/state`.
-QoS 1 with `manual_ack=True`: a data message is acked only once its batch is settled (exported,
-or rejected as bad input). The session is persistent (clean_start=False plus a session expiry), so
-a restarted gateway resumes what it had not acked, and Receive Maximum caps the unacked messages
-the broker sends at once, which bounds the work in flight.
+Two MQTT v5 connections, both QoS 1 with `manual_ack=True` and a persistent session
+(clean_start=False plus a session expiry), so a restarted gateway resumes what it had not acked:
+
+- `<client-id>-meta`: births `<prefix>/+/birth` (never shared: every replica needs every
+  dictionary) and state `<prefix>/+/state`, acked as soon as they are processed;
+- `<client-id>`: data `<prefix>/+/data`, through `$share/<group>/…` when a share group is given.
+  A data message is acked only once its batch is settled (exported, or rejected as bad input).
+  Receive Maximum caps the unacked messages the broker sends, which bounds the work in flight.
+
+Births travel apart from data so that they are never stuck behind a window full of unacked data
+batches that are themselves waiting for those births (a restart with a backlog would deadlock).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +56,15 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
+def split_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """`<prefix>/<device>/<kind>` -> (device, kind); ("", "") for anything else."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return "", ""
+    device, _, kind = topic[len(head):].partition("/")
+    return (device, kind) if device and "/" not in kind else ("", "")
+
+
 class MqttIntake:
     def __init__(self, config: BrokerConfig, gateway: Gateway, metrics: GatewayMetrics,
                  prefix: str = "edge", share_group: str | None = None) -> None:
@@ -61,13 +73,51 @@ class MqttIntake:
         self.metrics = metrics
         self.prefix = prefix.strip("/")
         data = "%s/+/data" % self.prefix
-        self.topics = [
-            ("%s/+/birth" % self.prefix, 1),
-            ("$share/%s/%s" % (share_group, data) if share_group else data, 1),
-            ("%s/+/state" % self.prefix, 1),
-        ]
-        self.connected = threading.Event()
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=config.client_id,
+        self.meta = _Link(self, config.client_id + "-meta",
+                          ["%s/+/birth" % self.prefix, "%s/+/state" % self.prefix], 65535)
+        self.data = _Link(self, config.client_id,
+                          ["$share/%s/%s" % (share_group, data) if share_group else data], config.receive_maximum)
+        self.topics = self.meta.topics + self.data.topics
+
+    @property
+    def connected(self) -> bool:
+        return self.meta.connected and self.data.connected
+
+    def start(self) -> MqttIntake:
+        self.meta.start()
+        self.data.start()
+        return self
+
+    def stop(self) -> None:
+        self.data.stop()
+        self.meta.stop()
+
+    def _connection_changed(self) -> None:
+        self.metrics.connected.set(1 if self.connected else 0)
+
+    def dispatch(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+        device, kind = split_topic(self.prefix, topic)
+        if kind == "data":
+            self.gateway.on_data(device, payload, ack)
+            return
+        if kind == "birth":
+            self.gateway.on_birth(device, payload)
+        elif kind == "state":
+            self.gateway.on_state(device, payload)
+        ack()
+
+
+class _Link:
+    """One paho client: connect with a persistent session, subscribe in on_connect, dispatch."""
+
+    def __init__(self, intake: MqttIntake, client_id: str, topics: list[str], receive_maximum: int) -> None:
+        self.intake = intake
+        self.client_id = client_id
+        self.topics = topics
+        self.receive_maximum = receive_maximum
+        self.connected = False
+        config = intake.config
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=paho.MQTTv5, manual_ack=True)
         if config.tls or config.ca or config.cert:
             client.tls_set(ca_certs=config.ca, certfile=config.cert, keyfile=config.key,
@@ -80,14 +130,13 @@ class MqttIntake:
         client.on_message = self._on_message
         self.client = client
 
-    def start(self) -> MqttIntake:
+    def start(self) -> None:
+        config = self.intake.config
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.session_expiry_s
-        props.ReceiveMaximum = self.config.receive_maximum
-        self.client.connect_async(self.config.host, self.config.port, self.config.keepalive,
-                                  clean_start=False, properties=props)
+        props.SessionExpiryInterval = config.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
+        self.client.connect_async(config.host, config.port, config.keepalive, clean_start=False, properties=props)
         self.client.loop_start()
-        return self
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -97,22 +146,25 @@ class MqttIntake:
 
     def _on_connect(self, client: paho.Client, userdata: object, flags: paho.ConnectFlags,
                     reason: paho.ReasonCode, properties: Properties | None) -> None:
+        fields = {"client_id": self.client_id, "reason": str(reason)}
         if reason.is_failure:
-            log.error("broker refused the connection", extra={"fields": {"event": "mqtt_refused", "reason": str(reason)}})
+            log.error("broker refused the connection", extra={"fields": {"event": "mqtt_refused", **fields}})
             return
-        client.subscribe(self.topics)
-        self.connected.set()
-        self.metrics.connected.set(1)
+        client.subscribe([(topic, 1) for topic in self.topics])
+        self.connected = True
+        self.intake._connection_changed()
+        config = self.intake.config
         log.info("connected to the broker", extra={"fields": {
-            "event": "mqtt_connected", "broker": "%s:%d" % (self.config.host, self.config.port),
-            "session_present": bool(flags.session_present), "topics": " ".join(t for t, _ in self.topics)}})
+            "event": "mqtt_connected", "broker": "%s:%d" % (config.host, config.port), **fields,
+            "session_present": bool(flags.session_present), "topics": " ".join(self.topics)}})
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
                        reason: paho.ReasonCode, properties: Properties | None) -> None:
-        self.connected.clear()
-        self.metrics.connected.set(0)
+        self.connected = False
+        self.intake._connection_changed()
         level = logging.INFO if reason.value == 0 else logging.WARNING
-        log.log(level, "disconnected from the broker", extra={"fields": {"event": "mqtt_disconnected", "reason": str(reason)}})
+        log.log(level, "disconnected from the broker", extra={"fields": {
+            "event": "mqtt_disconnected", "client_id": self.client_id, "reason": str(reason)}})
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         mid, qos = message.mid, message.qos
@@ -122,27 +174,7 @@ class MqttIntake:
                 client.ack(mid, qos)
 
         try:
-            self._dispatch(message.topic, message.payload, ack)
+            self.intake.dispatch(message.topic, message.payload, ack)
         except Exception:  # never let one message kill the network thread
             log.exception("message handling failed", extra={"fields": {"event": "internal_error", "topic": message.topic}})
             ack()
-
-    def _dispatch(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
-        device, kind = split_topic(self.prefix, topic)
-        if kind == "data":
-            self.gateway.on_data(device, payload, ack)
-            return
-        if kind == "birth":
-            self.gateway.on_birth(device, payload)
-        elif kind == "state":
-            self.gateway.on_state(device, payload)
-        ack()
-
-
-def split_topic(prefix: str, topic: str) -> tuple[str, str]:
-    """`<prefix>/<device>/<kind>` -> (device, kind); ("", "") for anything else."""
-    head = prefix + "/"
-    if not topic.startswith(head):
-        return "", ""
-    device, _, kind = topic[len(head):].partition("/")
-    return (device, kind) if device and "/" not in kind else ("", "")

@@ -116,6 +116,21 @@ def test_recent_epochs_are_kept_and_old_ones_forgotten():
         dicts.resolve("dev-1", batch(steady(tables[0][1]), epoch=0))
 
 
+def test_a_grown_dictionary_resolves_batches_buffered_under_older_epochs():
+    table, series = make_table()
+    table.base, table.epoch = 100, 100
+    first = birth(table)
+    table.epoch = 130  # the dictionary grew (same agent run, append-only)
+    dicts = Dictionaries()
+    dicts.add_birth("dev-1", birth(table))
+    dicts.add_birth("dev-1", first)  # a late, older birth of the same run does not shrink it
+    for epoch in (100, 117, 130):
+        assert dicts.resolve("dev-1", batch(steady(series), epoch=epoch)).birth.dict_epoch == 130
+    for epoch in (99, 131):  # before this run, or a growth not announced yet
+        with pytest.raises(UnknownDictionary):
+            dicts.resolve("dev-1", batch(steady(series), epoch=epoch))
+
+
 def test_device_limit():
     dicts = Dictionaries(max_devices=1)
     dicts.add_birth("dev-1", birth(make_table()[0]))

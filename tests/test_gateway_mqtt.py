@@ -22,18 +22,19 @@ from gateway.pipeline import ExportPipeline
 class Running:
     """One in-process gateway: decode, pipeline to an OTLP/HTTP receiver, MQTT intake, /metrics."""
 
-    def __init__(self, port, receiver, client_id="gw-test", share_group=None, birth_wait_s=2.0, max_payload=65536):
-        self.dicts = Dictionaries(max_payload=max_payload)
+    def __init__(self, port, receiver, client_id="gw-test", share_group=None, birth_wait_s=2.0, receive_maximum=64):
+        self.dicts = Dictionaries()
         self.metrics = GatewayMetrics(devices=lambda: len(self.dicts.devices()))
         exporter = HttpExporter(OtlpConfig(endpoint=receiver.url + "/v1/metrics", timeout_s=5))
         self.pipeline = ExportPipeline(exporter, self.metrics, retry=FAST, linger_s=0.01).start()
         self.gateway = Gateway(self.dicts, self.pipeline, self.metrics, birth_wait_s=birth_wait_s)
-        config = BrokerConfig(host="127.0.0.1", port=port, client_id=client_id, session_expiry_s=300)
+        config = BrokerConfig(host="127.0.0.1", port=port, client_id=client_id, session_expiry_s=300,
+                              receive_maximum=receive_maximum)
         self.intake = MqttIntake(config, self.gateway, self.metrics, "edge", share_group).start()
         self.status = StatusServer(self.metrics.render, lambda: (True, {}), port=0).start()
         self.stopping = threading.Event()
         threading.Thread(target=self._tick, daemon=True).start()
-        assert self.intake.connected.wait(5)
+        assert wait_for(lambda: self.intake.connected, 5)
 
     def _tick(self):  # what the CLI's main loop does
         while not self.stopping.wait(0.1):
@@ -206,3 +207,21 @@ def test_replicas_in_a_share_group_split_data_and_both_know_every_birth(broker, 
         pub.loop_stop()
         for g in gws:
             g.stop()
+
+
+def test_a_restart_with_a_backlog_larger_than_the_window_loses_nothing(broker, receiver):
+    pub = publisher(broker)
+    table, series = make_table()
+    publish(pub, "edge/dev-1/birth", birth(table), retain=True)
+    gw = Running(broker, receiver, client_id="gw-backlog", receive_maximum=4)
+    assert wait_for(lambda: gw.dicts.devices() == ["dev-1"])
+    gw.stop()  # the sessions exist; now the gateway is down and the birth is only retained
+    for seq in range(12):
+        publish(pub, "edge/dev-1/data", batch(steady(series), seq=seq))
+    gw = Running(broker, receiver, client_id="gw-backlog", receive_maximum=4)  # knows no births yet
+    try:
+        assert wait_for(lambda: gw.metrics.exported_batches.value() == 12)
+        assert gw.metrics.rejected.value(reason="unknown_dict") == 0
+    finally:
+        pub.loop_stop()
+        gw.stop()
