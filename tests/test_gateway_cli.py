@@ -12,27 +12,20 @@ import paho.mqtt.client as paho
 import pytest
 from gateway_support import batch, birth, make_table, steady
 from google.protobuf import json_format
-from mosquitto import free_port, start_mosquitto, stop
+from mosquitto import free_port
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from test_gateway_export import Receiver
 
 from gateway.cli import build_parser
 
 
-@pytest.fixture
-def broker(tmp_path):
-    proc, port = start_mosquitto(tmp_path)
-    yield port
-    stop(proc)
-
-
-def gateway_process(tmp_path, broker, *extra, env=None):
+def gateway_process(tmp_path, mosquitto_broker, *extra, env=None):
     metrics_port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     clean.update(env or {})
     stderr = open(tmp_path / "gateway.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--broker", "mqtt://127.0.0.1:%d" % broker,
+        [sys.executable, "-m", "gateway.cli", "run", "--broker", "mqtt://127.0.0.1:%d" % mosquitto_broker,
          "--metrics-port", str(metrics_port), "--log-format", "json", "--client-id", "gw-cli", *extra],
         stdout=subprocess.DEVNULL, stderr=stderr, env=clean)
     stderr.close()
@@ -85,13 +78,13 @@ def terminate(proc):
             proc.wait()
 
 
-def test_run_with_file_output_json_logs_and_status_endpoints(tmp_path, broker):
+def test_run_with_file_output_json_logs_and_status_endpoints(tmp_path, mosquitto_broker):
     out = tmp_path / "otlp.jsonl"
-    proc, metrics_port = gateway_process(tmp_path, broker, "--output", str(out))
+    proc, metrics_port = gateway_process(tmp_path, mosquitto_broker, "--output", str(out))
     try:
         assert wait_for(lambda: get(metrics_port, "/healthz")[0] == 200)
         assert wait_for(lambda: any(e.get("event") == "mqtt_connected" for e in log_events(tmp_path)))
-        send_device_data(broker)
+        send_device_data(mosquitto_broker)
         assert wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 1)
         assert wait_for(lambda: "edge_gateway_samples_exported_total 30" in get(metrics_port, "/metrics")[1])
         status, health = get(metrics_port, "/healthz")
@@ -114,13 +107,13 @@ def test_run_with_file_output_json_logs_and_status_endpoints(tmp_path, broker):
     assert points == 30
 
 
-def test_run_exports_over_otlp_http_from_the_environment(tmp_path, broker):
+def test_run_exports_over_otlp_http_from_the_environment(tmp_path, mosquitto_broker):
     receiver = Receiver()
-    proc, metrics_port = gateway_process(tmp_path, broker, env={
+    proc, metrics_port = gateway_process(tmp_path, mosquitto_broker, env={
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=t1"})
     try:
         assert wait_for(lambda: any(e.get("event") == "mqtt_connected" for e in log_events(tmp_path)))
-        send_device_data(broker, n=1)
+        send_device_data(mosquitto_broker, n=1)
         assert wait_for(lambda: len(receiver.requests) >= 1)
         path, headers, request = receiver.requests[0]
         assert path == "/v1/metrics" and headers["x-tenant"] == "t1"

@@ -7,7 +7,6 @@ import urllib.request
 import paho.mqtt.client as paho
 import pytest
 from gateway_support import batch, birth, make_table, steady
-from mosquitto import start_mosquitto, stop
 from test_gateway_export import FAST, Receiver
 
 from gateway.app import Gateway
@@ -80,13 +79,6 @@ def exported_points(receiver):
 
 
 @pytest.fixture
-def broker(tmp_path):
-    proc, port = start_mosquitto(tmp_path)
-    yield port
-    stop(proc)
-
-
-@pytest.fixture
 def receiver():
     r = Receiver()
     yield r
@@ -104,9 +96,9 @@ def test_topics_and_broker_urls():
     assert split_topic("edge", "other/dev-1/data") == ("", "")
 
 
-def test_good_data_flows_and_malformed_payloads_are_counted(broker, receiver):
-    gw = Running(broker, receiver)
-    pub = publisher(broker)
+def test_good_data_flows_and_malformed_payloads_are_counted(mosquitto_broker, receiver):
+    gw = Running(mosquitto_broker, receiver)
+    pub = publisher(mosquitto_broker)
     try:
         table, series = make_table()
         publish(pub, "edge/dev-1/birth", birth(table), retain=True)
@@ -152,9 +144,9 @@ def test_good_data_flows_and_malformed_payloads_are_counted(broker, receiver):
         gw.stop()
 
 
-def test_data_that_arrives_before_its_birth_waits_for_it(broker, receiver):
-    gw = Running(broker, receiver, birth_wait_s=5)
-    pub = publisher(broker)
+def test_data_that_arrives_before_its_birth_waits_for_it(mosquitto_broker, receiver):
+    gw = Running(mosquitto_broker, receiver, birth_wait_s=5)
+    pub = publisher(mosquitto_broker)
     try:
         table, series = make_table()
         publish(pub, "edge/dev-1/data", batch(steady(series)))
@@ -167,10 +159,10 @@ def test_data_that_arrives_before_its_birth_waits_for_it(broker, receiver):
         gw.stop()
 
 
-def test_unexported_data_is_not_acked_and_a_restarted_gateway_gets_it(broker, receiver):
+def test_unexported_data_is_not_acked_and_a_restarted_gateway_gets_it(mosquitto_broker, receiver):
     receiver.script = [(503, {})] * 10000  # the OTLP endpoint is down
-    gw = Running(broker, receiver, client_id="gw-resume")
-    pub = publisher(broker)
+    gw = Running(mosquitto_broker, receiver, client_id="gw-resume")
+    pub = publisher(mosquitto_broker)
     table, series = make_table()
     publish(pub, "edge/dev-1/birth", birth(table), retain=True)
     publish(pub, "edge/dev-1/data", batch(steady(series), seq=7))
@@ -179,7 +171,7 @@ def test_unexported_data_is_not_acked_and_a_restarted_gateway_gets_it(broker, re
     publish(pub, "edge/dev-1/data", batch(steady(series), seq=8))  # queued for the offline session
     receiver.script = []  # the endpoint recovers
     receiver.requests.clear()
-    gw = Running(broker, receiver, client_id="gw-resume")
+    gw = Running(mosquitto_broker, receiver, client_id="gw-resume")
     try:
         assert wait_for(lambda: exported_points(receiver) == 30)
         assert gw.metrics.exported_batches.value() == 2
@@ -188,9 +180,9 @@ def test_unexported_data_is_not_acked_and_a_restarted_gateway_gets_it(broker, re
         gw.stop()
 
 
-def test_replicas_in_a_share_group_split_data_and_both_know_every_birth(broker, receiver):
-    gws = [Running(broker, receiver, client_id="gw-%d" % i, share_group="g") for i in range(2)]
-    pub = publisher(broker)
+def test_replicas_in_a_share_group_split_data_and_both_know_every_birth(mosquitto_broker, receiver):
+    gws = [Running(mosquitto_broker, receiver, client_id="gw-%d" % i, share_group="g") for i in range(2)]
+    pub = publisher(mosquitto_broker)
     try:
         table, series = make_table()
         for device in ("dev-1", "dev-2"):
@@ -209,16 +201,16 @@ def test_replicas_in_a_share_group_split_data_and_both_know_every_birth(broker, 
             g.stop()
 
 
-def test_a_restart_with_a_backlog_larger_than_the_window_loses_nothing(broker, receiver):
-    pub = publisher(broker)
+def test_a_restart_with_a_backlog_larger_than_the_window_loses_nothing(mosquitto_broker, receiver):
+    pub = publisher(mosquitto_broker)
     table, series = make_table()
     publish(pub, "edge/dev-1/birth", birth(table), retain=True)
-    gw = Running(broker, receiver, client_id="gw-backlog", receive_maximum=4)
+    gw = Running(mosquitto_broker, receiver, client_id="gw-backlog", receive_maximum=4)
     assert wait_for(lambda: gw.dicts.devices() == ["dev-1"])
     gw.stop()  # the sessions exist; now the gateway is down and the birth is only retained
     for seq in range(12):
         publish(pub, "edge/dev-1/data", batch(steady(series), seq=seq))
-    gw = Running(broker, receiver, client_id="gw-backlog", receive_maximum=4)  # knows no births yet
+    gw = Running(mosquitto_broker, receiver, client_id="gw-backlog", receive_maximum=4)  # knows no births yet
     try:
         assert wait_for(lambda: gw.metrics.exported_batches.value() == 12)
         assert gw.metrics.rejected.value(reason="unknown_dict") == 0
