@@ -23,6 +23,7 @@ from edge_agent import wire
 from edge_agent.model import COUNTER, HISTOGRAM, Series
 
 MAX_PAYLOAD = 65536
+MAX_BIRTH = 1 << 20  # a birth lists every series: hundreds of CPUs and interfaces make it large
 MAX_ARRAY = 10000  # columns and series lists; a column holds at most 66 elements
 MAX_MAP = 1024
 KEEP_RUNS = 4
@@ -86,8 +87,9 @@ class Dictionaries:
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, max_series: int = 10000,
-                 max_devices: int = 100000, keep: int = KEEP_RUNS) -> None:
+                 max_devices: int = 100000, keep: int = KEEP_RUNS, max_birth: int = MAX_BIRTH) -> None:
         self.max_payload = max_payload
+        self.max_birth = max_birth
         self.max_series = max_series
         self.max_devices = max_devices
         self.keep = keep
@@ -98,7 +100,7 @@ class Dictionaries:
 
     def add_birth(self, topic_device: str, payload: bytes) -> wire.Birth:
         try:
-            birth = wire.parse_birth(wire.decode(payload, unpack, self.max_payload), self.max_series)
+            birth = wire.parse_birth(wire.decode(payload, unpack, self.max_birth), self.max_series)
         except wire.WireError as exc:
             raise Rejected(exc.reason, exc.detail, topic_device)
         if birth.device != topic_device:

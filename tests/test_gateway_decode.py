@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import wire
+from edge_agent.model import COUNTER, Series, SeriesTable
 from gateway.decode import Dictionaries, Rejected, UnknownDictionary
 
 
@@ -129,6 +130,18 @@ def test_a_grown_dictionary_resolves_batches_buffered_under_older_epochs():
     for epoch in (99, 131):  # before this run, or a growth not announced yet
         with pytest.raises(UnknownDictionary):
             dicts.resolve("dev-1", batch(steady(series), epoch=epoch))
+
+
+def test_births_may_be_larger_than_batches_but_are_bounded_too():
+    table = SeriesTable()
+    for i in range(2000):  # a big host: many CPUs and interfaces
+        table.intern(Series("system.network.io", COUNTER, "By", {"device": "veth%08d" % i, "direction": "receive"}))
+    payload = birth(table)
+    assert len(payload) > 65536
+    assert len(Dictionaries().add_birth("dev-1", payload).series) == 2000
+    with pytest.raises(Rejected) as info:
+        Dictionaries(max_birth=65536).add_birth("dev-1", payload)
+    assert info.value.reason == "too_large"
 
 
 def test_device_limit():
