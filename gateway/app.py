@@ -22,6 +22,7 @@ Ack = Callable[[], None]
 log = logging.getLogger("gateway")
 
 MAX_PARKED = 64  # per device
+MAX_PARKED_TOTAL = 1024  # QoS 0 data is not bounded by Receive Maximum
 
 
 class Gateway:
@@ -120,8 +121,11 @@ class Gateway:
         if self.birth_wait_s <= 0:
             return False
         with self._lock:
+            total = sum(len(v) for v in self._parked.values())
             parked = self._parked.setdefault(device, [])
-            if len(parked) >= MAX_PARKED:
+            if len(parked) >= MAX_PARKED or total >= MAX_PARKED_TOTAL:
+                if not parked:
+                    del self._parked[device]
                 return False
             parked.append((time.monotonic() + self.birth_wait_s, payload, ack))
             return True
