@@ -268,6 +268,7 @@ class Agent:
             merged.update(params)
             self.overrides["sampling"] = merged
             save_overrides(self.config["state_dir"], self.overrides)
+            self.rebirth()  # the retained birth shows the effective sampling to `edge-gateway devices`
         return errors
 
     def set_collectors(self, changes):

@@ -105,6 +105,7 @@ def device_info(cfg, effective):
         "os": "linux",
         "platform": "%s-%s" % (platform.python_implementation().lower(), platform.python_version()),
         "collectors": effective,
+        "group": cfg["group"],
     }
 
 

@@ -135,7 +135,7 @@ def encode_birth(info, table):
             [s.id, s.name, s.unit, s.kind, s.attrs, s.scale, s.bounds, s.source] for s in table.series
         ],
     }
-    for key in ("interval_ms", "sampling"):
+    for key in ("interval_ms", "sampling", "group"):
         if key in info:
             birth[key] = info[key]
     return packb(birth)
