@@ -221,6 +221,11 @@ def test_bytes_broken_streams_raise_oserror():
         raise AssertionError("no OSError for %r" % data)
 
 
+def test_bytes_empty_credentials_are_none():
+    client = Transport("h", 1, client_id="c", keepalive=0, username="", password="")
+    assert bytes(client._connect_packet()) == b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c"
+
+
 def test_bytes_not_connected():
     client = Transport("localhost", 1)
     assert not client.connected
@@ -253,6 +258,16 @@ def test_micropython_runs_the_byte_tests():
     count = len([name for name in globals() if name.startswith("test_bytes_")])
     out = run_micropython("sys.path.insert(0, %r)\nimport test_umqtt\ntest_umqtt.run_bytes_tests()" % (ROOT + "/tests"))
     assert out.strip() == "%d passed" % count
+
+
+def test_same_arguments_as_the_paho_adapter():
+    import inspect
+
+    from edge_agent.transport.paho import PahoTransport
+
+    ours = list(inspect.signature(Transport.__init__).parameters)
+    theirs = list(inspect.signature(PahoTransport.__init__).parameters)
+    assert ours[:len(theirs)] == theirs
 
 
 # ---------------------------------------------------------------- against a real mosquitto
@@ -336,7 +351,7 @@ def test_dead_broker_detected_then_reconnect_and_retransmit(tmp_path):
     if not os.path.exists(MOSQUITTO):
         pytest.skip("mosquitto is not installed")
     proc, port = start_mosquitto(tmp_path)
-    options = {"keepalive": 1, "timeout_s": 0.5, "backoff_min_s": 0.1, "backoff_max_s": 0.4}
+    options = {"keepalive": 1, "timeout_s": 0.5, "reconnect": (0.1, 0.4)}
     dev = make(port, "dev-a", **options)
     sub = make(port, "sub", "dev/a/data", **options)
     try:

@@ -88,14 +88,14 @@ def put_str(buf, i, data):
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, keepalive=60, username=None, password=None, will=None,
                  tls=None, clean_session=True, max_inflight=16, rx_size=2048, timeout_s=5, retry_s=20):
-        if password is not None and username is None:
+        if password and not username:
             raise ValueError("MQTT 3.1.1 needs a username to send a password")
         self.client_id = _bytes(client_id)
         self.host = host
         self.port = port
         self.keepalive = keepalive
-        self.username = None if username is None else _bytes(username)
-        self.password = None if password is None else _bytes(password)
+        self.username = _bytes(username) if username else None  # "" is none, as in the config file
+        self.password = _bytes(password) if password else None
         self.will = None if will is None else (_bytes(will[0]), _bytes(will[1]), will[2], bool(will[3]))
         self.tls = tls  # None, or a dict: ca, cert, key, insecure, server_hostname
         self.clean_session = clean_session
@@ -418,13 +418,17 @@ class MQTTClient:
 
 
 class Transport(MQTTClient):
-    """The agent's transport: MQTTClient plus reconnection with exponential backoff and jitter."""
+    """The agent's transport: MQTTClient plus reconnection with exponential backoff and jitter.
+
+    Takes the same arguments as the paho adapter (edge_agent/transport/paho.py), so either can be
+    handed to the agent; `reconnect` is (first, longest) delay in seconds.
+    """
 
     def __init__(self, host, port=1883, client_id="edge-agent", keepalive=60, username=None, password=None,
-                 will=None, tls=None, backoff_min_s=1, backoff_max_s=60, **options):
+                 tls=None, will=None, reconnect=(1, 60), **options):
         MQTTClient.__init__(self, client_id, host, port, keepalive, username, password, will, tls, **options)
-        self.backoff_min_ms = int(backoff_min_s * 1000)
-        self.backoff_max_ms = int(backoff_max_s * 1000)
+        self.backoff_min_ms = int(reconnect[0] * 1000)
+        self.backoff_max_ms = int(reconnect[1] * 1000)
         self.backoff_ms = 0  # 0: try at once
         self.retry_in_ms = 0
         self.down_at = ticks_ms()
