@@ -92,7 +92,7 @@ class CommandHandler:
             raise Rejected("malformed", "command larger than %d bytes" % MAX_COMMAND_BYTES)
         try:
             envelope = json.loads(payload)
-        except ValueError:
+        except (ValueError, RuntimeError):  # RuntimeError: RecursionError on deeply nested arrays
             raise Rejected("malformed", "not JSON")
         if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), str):
             raise Rejected("malformed", "envelope must be {\"body\": \"<json>\", \"sig\": \"<hex>\"}")
@@ -105,7 +105,7 @@ class CommandHandler:
             raise Rejected("bad_signature", "signature does not match")
         try:
             body = json.loads(envelope["body"])
-        except ValueError:
+        except (ValueError, RuntimeError):
             raise Rejected("malformed", "body is not JSON")
         self.check_body(body, scope)
         return body
@@ -143,8 +143,8 @@ class CommandHandler:
         if not 0 < len(body["id"]) <= 64:
             raise Rejected("malformed", "field 'id' must be 1 to 64 characters")
         ts = body.get("ts")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-            raise Rejected("malformed", "field 'ts' missing or not a number")
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not _finite(ts):
+            raise Rejected("malformed", "field 'ts' missing or not a finite number")
         if not isinstance(body.get("args", {}), dict):
             raise Rejected("malformed", "field 'args' must be an object")
         if not 8 <= len(body["nonce"]) <= 64:
@@ -212,8 +212,13 @@ def _peek_id(payload):
         body = json.loads(json.loads(payload)["body"])
         command_id = body.get("id", "")
         return command_id if isinstance(command_id, str) else ""
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError):
         return ""
+
+
+def _finite(number):
+    """False for NaN (which compares false with everything, so it is never stale) and the infinities."""
+    return number == number and number - number == 0
 
 
 def load_overrides(state_dir):

@@ -228,6 +228,14 @@ def _need(ok, reason, detail):
         raise WireError(reason, detail)
 
 
+def _brief(value):
+    """A short text for a rejected value: never the repr of a whole, possibly deeply nested, container."""
+    if isinstance(value, (list, dict)):
+        return "%s of %d" % (type(value).__name__, len(value))
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def decode(payload, unpack=unpackb, max_size=65536):
     """Bytes -> msgpack object, with the size limit and one error type."""
     _need(len(payload) <= max_size, "too_large", "%d bytes > limit %d" % (len(payload), max_size))
@@ -243,9 +251,11 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
     """Validate a decoded data message and expand it to absolute timestamps and values."""
     _need(isinstance(obj, list), "bad_header", "message is not an array")
     _need(len(obj) in (8, 9), "bad_header", "array of %d elements" % len(obj))
-    _need(obj[0] == VERSION and _is_int(obj[0]), "bad_version", "version %r" % (obj[0],))
+    if not (obj[0] == VERSION and _is_int(obj[0])):
+        raise WireError("bad_version", "version %s" % _brief(obj[0]))
     flags, device, boot, seq, dict_epoch, t0, body = obj[1:8]
-    _need(_is_uint(flags, 8) and not flags & ~FLAG_DEFLATE, "bad_header", "flags %r" % (flags,))
+    if not (_is_uint(flags, 8) and not flags & ~FLAG_DEFLATE):
+        raise WireError("bad_header", "flags %s" % _brief(flags))
     _need(isinstance(device, str) and 0 < len(device) <= 128, "bad_header", "device id")
     for name, value in (("boot", boot), ("seq", seq), ("dict", dict_epoch), ("t0", t0)):
         _need(_is_uint(value), "bad_header", "%s is not an unsigned integer" % name)
@@ -265,7 +275,8 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
     ticks = []
     ts = t0
     for delta in deltas:
-        _need(_is_uint(delta, 32), "bad_body", "tick delta %r" % (delta,))
+        if not _is_uint(delta, 32):
+            raise WireError("bad_body", "tick delta %s" % _brief(delta))
         ts += delta
         ticks.append(ts)
     _need(isinstance(raw_columns, list), "bad_body", "columns is not an array")
@@ -276,7 +287,8 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
     for column in raw_columns:
         _need(isinstance(column, list) and len(column) >= 3, "bad_column", "column shape")
         sid, mask = column[0], column[1]
-        _need(_is_uint(sid, 32) and sid not in seen, "bad_column", "series id %r" % (sid,))
+        if not (_is_uint(sid, 32) and sid not in seen):
+            raise WireError("bad_column", "series id %s" % _brief(sid))
         seen.add(sid)
         _need(_is_uint(mask) and mask <= full, "bad_column", "mask of series %d" % sid)
         indexes = [i for i in range(n) if (mask or full) >> i & 1]
@@ -296,7 +308,8 @@ def _undelta(sid, values):
                 _need(isinstance(prev, list) and len(prev) == len(value), "bad_value", "series %d histogram shape" % sid)
                 value = [prev[i] + value[i] for i in range(len(value))]
         else:
-            _need(_is_int(value), "bad_value", "series %d value %r" % (sid, value))
+            if not _is_int(value):
+                raise WireError("bad_value", "series %d value %s" % (sid, _brief(value)))
             if prev is not None:
                 _need(not isinstance(prev, list), "bad_value", "series %d mixes kinds" % sid)
                 value = prev + value
@@ -307,22 +320,29 @@ def _undelta(sid, values):
 
 def parse_birth(obj, max_series=10000):
     _need(isinstance(obj, dict), "bad_birth", "birth is not a map")
-    _need(obj.get("v") == VERSION, "bad_version", "birth version %r" % (obj.get("v"),))
+    if obj.get("v") != VERSION or not _is_int(obj.get("v")):
+        raise WireError("bad_version", "birth version %s" % _brief(obj.get("v")))
     _need(isinstance(obj.get("dev"), str) and 0 < len(obj["dev"]) <= 128, "bad_birth", "device id")
     _need(isinstance(obj.get("boot"), str), "bad_birth", "boot id")
     for key in ("bt", "btime", "dict"):
         _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)
     _need(_is_uint(obj.get("base", 0)) and obj.get("base", 0) <= obj["dict"], "bad_birth", "base epoch")
+    for key in ("agent", "os", "platform"):  # free text the gateway puts into OTLP resource attributes
+        _need(isinstance(obj.get(key, ""), str) and len(obj.get(key, "")) <= 255, "bad_birth", key)
+    _need(isinstance(obj.get("collectors", {}), dict), "bad_birth", "collectors is not a map")
     raw = obj.get("series")
-    _need(isinstance(raw, list) and len(raw) <= max_series, "bad_birth", "series list")
+    _need(isinstance(raw, list), "bad_birth", "series list")
+    _need(len(raw) <= max_series, "too_many_series", "%d series > limit %d" % (len(raw), max_series))
     series = {}
     for entry in raw:
         _need(isinstance(entry, list) and len(entry) == 8, "bad_birth", "series entry shape")
         sid, name, unit, kind, attrs, scale, bounds, source = entry
-        _need(_is_uint(sid, 32) and sid not in series, "bad_birth", "series id %r" % (sid,))
+        if not (_is_uint(sid, 32) and sid not in series):
+            raise WireError("bad_birth", "series id %s" % _brief(sid))
         _need(isinstance(name, str) and 0 < len(name) <= 255, "bad_birth", "series %d name" % sid)
         _need(isinstance(unit, str) and len(unit) <= 63, "bad_birth", "series %d unit" % sid)
-        _need(kind in (GAUGE, COUNTER, HISTOGRAM), "bad_birth", "series %d kind %r" % (sid, kind))
+        if not (_is_int(kind) and kind in (GAUGE, COUNTER, HISTOGRAM)):
+            raise WireError("bad_birth", "series %d kind %s" % (sid, _brief(kind)))
         _need(isinstance(attrs, dict) and all([isinstance(k, str) and isinstance(v, (str, int)) for k, v in attrs.items()]), "bad_birth", "series %d attributes" % sid)
         _need(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 and scale == scale and scale != float("inf"), "bad_birth", "series %d scale" % sid)
         if kind == HISTOGRAM:
