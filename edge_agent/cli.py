@@ -17,7 +17,9 @@ import time
 from edge_agent import __version__, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
+from edge_agent.collectors.procfs_system import read_boot_id, read_boot_time
 from edge_agent.commands import CommandHandler, load_overrides
+from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
 from edge_agent.spool import Spool
 
@@ -111,18 +113,13 @@ def device_info(cfg, effective):
 
 def read_boot(proc):
     try:
-        with open(os.path.join(proc, "sys/kernel/random/boot_id")) as f:
-            boot_id = f.read().strip()
+        boot_id = read_boot_id(proc)
     except OSError:
         boot_id = "unknown"
-    boot_time_ms = 0
     try:
-        with open(os.path.join(proc, "stat")) as f:
-            for line in f.read().split("\n"):
-                if line.startswith("btime "):
-                    boot_time_ms = int(line.split()[1]) * 1000
-    except (OSError, ValueError):
-        pass
+        boot_time_ms = read_boot_time(proc) * 1000
+    except (OSError, ValueError, TypeError):
+        boot_time_ms = 0
     return boot_id, boot_time_ms
 
 
@@ -130,24 +127,15 @@ def build_collectors(cfg, log):
     try:
         from edge_agent.collectors.select import build_collectors as select_backends
     except ImportError:  # a trimmed install without the eBPF/netlink adapters: /proc only
-        return procfs_only(cfg)
+        from edge_agent.collectors.procfs import enabled_procfs
+
+        return enabled_procfs(cfg["collectors"], cfg["proc_root"])
 
     def say(line):
         log("collector_fallback", detail=line)
 
     collectors, effective = select_backends(cfg["collectors"], proc_root=cfg["proc_root"], log=say)
     return collectors, effective
-
-
-def procfs_only(cfg):
-    from edge_agent.collectors.procfs import procfs_collectors
-
-    options = {}
-    for name, section in cfg["collectors"].items():
-        options[name] = dict([(k, v) for k, v in section.items() if k not in ("enabled", "backend")])
-    collectors = [c for name, c in procfs_collectors(cfg["proc_root"], options).items()
-                  if cfg["collectors"][name]["enabled"]]
-    return collectors, dict([(c.name, c.source) for c in collectors])
 
 
 def build_sampler(cfg, names):
@@ -203,7 +191,8 @@ def command_run(args):
     if cfg["buffer"]["spool_max_bytes"]:
         spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
-                  collector_factory=factory, overrides=overrides, spool=spool)
+                  collector_factory=factory, overrides=overrides, spool=spool,
+                  loadwatch=LoadWatch(cfg["proc_root"]))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True))

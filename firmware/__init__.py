@@ -18,6 +18,7 @@ MPY_MODULES = [
     "edge_agent/sampling.py",
     "edge_agent/loadwatch.py",
     "edge_agent/outbox.py",
+    "edge_agent/spool.py",
     "edge_agent/commands.py",
     "edge_agent/hmac.py",
     "edge_agent/mpy_main.py",

@@ -71,3 +71,17 @@ def procfs_collectors(root="/proc", options=None):
                 )
         collectors[name] = cls(root, **opts)
     return collectors
+
+
+def enabled_procfs(section, root="/proc"):
+    """The collectors a config's `collectors` section enables, all read from /proc.
+
+    Returns (list of collectors, {name: "procfs"}); `enabled` and `backend` are the section's own
+    keys, everything else is passed to the collector as an option.
+    """
+    options = {}
+    for name in section:
+        options[name] = dict([(k, v) for k, v in section[name].items() if k not in ("enabled", "backend")])
+    built = procfs_collectors(root, options)
+    chosen = [built[name] for name in section if name in built and section[name].get("enabled", True)]
+    return chosen, dict([(c.name, c.source) for c in chosen])
