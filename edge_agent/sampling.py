@@ -52,10 +52,13 @@ SAMPLING_DEFAULTS = {
     "load_runq_full": 2.0,  # runnable threads per CPU that count as pressure 1.0
     "cpu_budget": 0.01,  # the agent's own CPU, as a fraction of one core
     # adaptive policy
-    "adaptive_k": 4.0,  # band width in units of the typical step-to-step change
+    "adaptive_k": 3.0,  # band width in units of the typical step-to-step change
     "adaptive_floor": 0.1,  # band floor as a fraction of the series' spread (quantised signals)
+    "adaptive_range": 0.01,  # band floor as a fraction of the series' running p5-p95 range
     "adaptive_drift": 3.0,  # drift trigger: sum of deviations over band (0: off)
-    "adaptive_peak_z": 2.5,  # peak guard: above mean + z * spread, any rise over the last sent value is sent (0: off)
+    "adaptive_peak_q": 0.97,  # peak guard: above this running quantile, a rise is sent (0: off)
+    "adaptive_peak_rise": 0.04,  # peak guard: the rise over the last sent value, in running ranges
+    "adaptive_peak_z": 0.0,  # older peak guard: above mean + z * spread (0: off)
     "adaptive_growth": 2.0,  # heartbeat multiplier after each quiet heartbeat
     "adaptive_alpha": 0.99,  # PEWMA history weight (closer to 1: slower)
     "adaptive_beta": 0.5,  # PEWMA outlier damping (0: plain EWMA)
@@ -69,7 +72,9 @@ MS_LOW = 100
 MS_HIGH = 86400000
 DEFAULT_MIN_FACTOR = 15
 MAX_LEVEL = 16
-PEAK_RISE = 0.25  # a rise in the tail must exceed this share of the band to count
+PEAK_RISE = 0.25  # adaptive_peak_z: a rise in the tail must exceed this share of the band to count
+RANGE_Q = 0.95  # the running range is the p5-p95 spread of the series
+QGAIN = 0.005  # quantile trackers: step per read, as a share of the running range
 
 # key -> (kind, low, high); kind "ms" accepts 0 (inherit) or an integer in [MS_LOW, MS_HIGH]
 _BOUNDS = {
@@ -84,7 +89,10 @@ _BOUNDS = {
     "cpu_budget": ("num", 0.0001, 1.0),
     "adaptive_k": ("num", 0.1, 100.0),
     "adaptive_floor": ("num", 0.0, 10.0),
+    "adaptive_range": ("num", 0.0, 10.0),
     "adaptive_drift": ("num", 0.0, 1000.0),
+    "adaptive_peak_q": ("num", 0.0, 0.9999),
+    "adaptive_peak_rise": ("num", 0.0, 10.0),
     "adaptive_peak_z": ("num", 0.0, 10.0),
     "adaptive_growth": ("num", 1.0, 16.0),
     "adaptive_alpha": ("num", 0.5, 0.9999),
@@ -204,7 +212,7 @@ class Pewma:
 
 
 class _SeriesState:
-    """What the adaptive policy keeps per series (about 15 numbers)."""
+    """What the adaptive policy keeps per series (about 20 numbers)."""
 
     def __init__(self, collector):
         self.collector = collector
@@ -218,6 +226,36 @@ class _SeriesState:
         self.drift = 0.0
         self.noise = Pewma()  # of |x[t] - x[t-1]|
         self.level = Pewma()  # of x
+        self.lo = Quantile(1 - RANGE_Q)  # running p5 and p95: the series' own scale
+        self.hi = Quantile(RANGE_Q)
+        self.top = Quantile(0.98)  # running high quantile for the peak guard (q from the knob)
+
+
+class Quantile:
+    """A running quantile `q` of one signal, O(1) per point (stochastic approximation).
+
+    Each point moves the estimate up by q * step when it lies above, down by (1 - q) * step
+    otherwise, so it settles where a share q of the points lies below. The step is QGAIN of the
+    series' running range (or of the distance to the point when that is larger, so a new regime is
+    reached quickly); the first points use a 1/n gain so the estimate starts from data.
+    """
+
+    def __init__(self, q):
+        self.q = q
+        self.v = None
+
+    def update(self, x, scale, n):
+        if self.v is None:
+            self.v = x
+            return
+        g = QGAIN if QGAIN > 1.0 / n else 1.0 / n
+        d = x - self.v
+        if d > 0:
+            self.v += self.q * g * (d if d > scale else scale)
+        elif d < 0:
+            self.v -= (1 - self.q) * g * (-d if -d > scale else scale)
+        else:
+            self.v -= (1 - self.q) * g * scale
 
 
 class Sampler:
@@ -409,20 +447,39 @@ class Sampler:
             return self._heartbeat(st, now, x, value, base, high)
         if st.sent_x is None:  # a counter's first rate after a send without one
             st.sent_x = x
+        rng = st.hi.v - st.lo.v if st.hi.v is not None else 0.0
+        if rng < 0:
+            rng = 0.0
         band = p["adaptive_k"] * st.noise.s1
         floor = p["adaptive_floor"] * st.level.sd()
         if floor > band:
             band = floor
+        floor = p["adaptive_range"] * rng
+        if floor > band:
+            band = floor
         dev = x - st.sent_x
         st.drift += dev
+        peak = False
+        peak_q = p["adaptive_peak_q"]
+        rise = p["adaptive_peak_rise"] * rng
+        if peak_q > 0 and st.top.v is not None and x > st.top.v and dev > rise:
+            peak = True  # above the running high quantile, and risen since the last send
         peak_z = p["adaptive_peak_z"]
-        peak = peak_z > 0 and st.level.n > 1 and dev > band * PEAK_RISE and x > st.level.s1 + peak_z * st.level.sd()
+        if peak_z > 0 and st.level.n > 1 and dev > band * PEAK_RISE and x > st.level.s1 + peak_z * st.level.sd():
+            peak = True
         if prev_x is not None:
             step = x - prev_x
             st.noise.update(step if step >= 0 else -step, p["adaptive_alpha"], p["adaptive_beta"])
         st.level.update(x, p["adaptive_alpha"], p["adaptive_beta"])
-        if peak or dev > band or -dev > band:
+        n = st.level.n
+        st.lo.update(x, rng, n)
+        st.hi.update(x, rng, n)
+        st.top.q = peak_q
+        st.top.update(x, rng, n)
+        if dev > band or -dev > band:
             return self._send(st, now, x, value, low)
+        if peak:  # a tail capture, not a sign of unpredictability: the heartbeat keeps its pace
+            return self._send(st, now, x, value, st.interval_ms or low)
         drift = p["adaptive_drift"]
         if drift > 0 and (st.drift > drift * band or -st.drift > drift * band):
             return self._send(st, now, x, value, low)
