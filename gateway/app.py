@@ -4,6 +4,14 @@
 when the batch is settled: exported, a duplicate of one exported, or rejected as bad input. A
 batch whose birth is not known yet waits up to `birth_wait_s` for it (after a gateway restart the
 broker may deliver queued data before the retained births).
+
+Per accepted export request, in this order: the receiver accepted it -> `_exported` marks its
+batches in the dedupe tracker and appends them to the state log (fsync) -> the MQTT acks. A
+crash between the receiver's answer and the state write can export that one request twice.
+
+Per device the core also keeps what the fleet view shows (`status`): last tick seen, lag, seq,
+counts, gaps, duplicates and the agent's own drop count (batch ext `lost`), published through
+`publish_status(device, doc)` on the first batch and then at most every STATUS_EVERY_S.
 """
 
 from __future__ import annotations
@@ -16,26 +24,79 @@ from collections.abc import Callable
 from gateway.decode import Dictionaries, Rejected, Resolved, UnknownDictionary
 from gateway.dedupe import SeqTracker
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import EXPORTED, ExportPipeline, Item
+from gateway.pipeline import ExportPipeline, Item
+from gateway.state import GatewayState
 
 Ack = Callable[[], None]
 log = logging.getLogger("gateway")
 
 MAX_PARKED = 64  # per device
 MAX_PARKED_TOTAL = 1024  # QoS 0 data is not bounded by Receive Maximum
+STATUS_EVERY_S = 10.0
+
+
+class DeviceStatus:
+    """What the gateway knows about one device, as published under `<prefix>/_status/<device>`."""
+
+    def __init__(self) -> None:
+        self.last_seen = 0.0  # unix seconds of the newest batch's last tick
+        self.lag_ms = 0
+        self.seq = -1
+        self.batches = 0
+        self.samples = 0
+        self.gaps = 0
+        self.duplicates = 0
+        self.lost = (0, 0)
+        self.published = None  # time.monotonic() of the last publication
+        self.dirty = False
+
+    def doc(self) -> dict:
+        return {"last_seen": self.last_seen, "lag_ms": self.lag_ms, "seq": self.seq, "batches": self.batches,
+                "samples": self.samples, "gaps": self.gaps, "duplicates": self.duplicates, "lost": list(self.lost)}
+
+
+def reported_lost(ext: dict) -> tuple[int, int]:
+    """The agent's cumulative drop count from a batch's ext: `lost` = [batches, samples]."""
+    lost = ext.get("lost")
+    if (isinstance(lost, list) and len(lost) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63 for v in lost)):
+        return lost[0], lost[1]
+    return 0, 0
 
 
 class Gateway:
     def __init__(self, dictionaries: Dictionaries, pipeline: ExportPipeline, metrics: GatewayMetrics,
-                 dedupe: SeqTracker | None = None, birth_wait_s: float = 10.0) -> None:
+                 dedupe: SeqTracker | None = None, birth_wait_s: float = 10.0, state: GatewayState | None = None,
+                 publish_status: Callable[[str, dict], bool] | None = None) -> None:
         self.dictionaries = dictionaries
         self.pipeline = pipeline
         self.metrics = metrics
         self.dedupe = dedupe
         self.birth_wait_s = birth_wait_s
+        self.state = state
+        self.publish_status = publish_status  # (device, doc) -> published; set once MQTT is up
         self._inflight: dict[tuple[str, int, int], list[Ack]] = {}
         self._parked: dict[str, list[tuple[float, bytes, Ack]]] = {}
+        self._status: dict[str, DeviceStatus] = {}
         self._lock = threading.Lock()
+        pipeline.on_exported = self._exported
+
+    def restore(self) -> tuple[int, int]:
+        """Load --state-dir: saved births into the dictionaries, the dedupe log into the tracker.
+
+        Returns (births, batches replayed from the log)."""
+        if self.state is None:
+            return 0, 0
+        births = 0
+        for device, payload in self.state.births():
+            try:
+                birth = self.dictionaries.add_birth(device, payload)
+            except Rejected:
+                continue
+            self.state.remember_birth(device, payload, birth)
+            births += 1
+        replayed = self.state.load_dedupe(self.dedupe) if self.dedupe is not None else 0
+        return births, replayed
 
     # ------------------------------------------------------------ births and state
 
@@ -51,6 +112,12 @@ class Gateway:
             return
         _event(logging.INFO, "birth", "birth", device=device, boot=birth.boot_id, dict=birth.dict_epoch,
                series=len(birth.series), agent=birth.agent)
+        if self.state is not None:
+            try:
+                self.state.save_birth(device, payload, birth)  # before the ack: a crash cannot forget it
+            except OSError as exc:
+                self.metrics.state_errors.inc()
+                _event(logging.ERROR, "state write failed", "state_error", what="birth", error=str(exc))
         with self._lock:
             parked = self._parked.pop(device, [])
         for _, data, ack in parked:
@@ -86,6 +153,8 @@ class Gateway:
                 self._inflight[key] = [ack]
         if duplicate:
             self.metrics.duplicates.inc()
+            with self._lock:
+                self._device(device).duplicates += 1
             if waiting is None:
                 ack()
             return
@@ -93,22 +162,98 @@ class Gateway:
             with self._lock:
                 self._inflight.pop(key, None)  # stopping: leave it unacked for redelivery
 
-    def _settled(self, resolved: Resolved, fate: str) -> None:
-        gap = 0
+    def _exported(self, batches: list[Resolved]) -> None:
+        """Called by the pipeline once the receiver accepted a request, before any of its acks."""
+        gaps = []
         with self._lock:
-            if fate == EXPORTED and self.dedupe is not None:
-                gap = self.dedupe.mark(*resolved.key)
+            for resolved in batches:
+                gap = 0
+                if self.dedupe is not None:
+                    gap = self.dedupe.mark(*resolved.key, base=resolved.birth.base)
+                gaps.append(gap)
+        if self.state is not None and self.dedupe is not None:
+            try:
+                self.state.record([r.key for r in batches], self.dedupe)
+            except OSError as exc:  # exported all the same; only a crash could now duplicate it
+                self.metrics.state_errors.inc()
+                _event(logging.ERROR, "state write failed", "state_error", what="dedupe", error=str(exc))
+        now = time.time()
+        for resolved, gap in zip(batches, gaps, strict=True):
+            self._account(resolved, gap, now)
+
+    def _account(self, resolved: Resolved, gap: int, now: float) -> None:
+        device, batch = resolved.device, resolved.batch
+        lag_s = max(0.0, now - resolved.last_tick_ms() / 1000.0)
+        self.metrics.exported_batches.inc()
+        self.metrics.lag.observe(lag_s)
+        if gap:
+            self.metrics.gaps.inc(gap, device=device)
+        lost = reported_lost(batch.ext)
+        with self._lock:
+            status = self._device(device)
+            status.batches += 1
+            status.samples += resolved.samples()
+            status.gaps += gap
+            newest = batch.seq > status.seq
+            if newest:
+                status.seq = batch.seq
+                status.last_seen = resolved.last_tick_ms() / 1000.0
+                status.lag_ms = int(lag_s * 1000)
+            changed = newest and lost != status.lost
+            if changed:
+                previous, status.lost = status.lost, lost
+            status.dirty = True
+        _event(logging.INFO, "batch", "batch", device=device, seq=batch.seq,
+               samples=resolved.samples(), bytes=resolved.size, lag_ms=int(lag_s * 1000))
+        if changed:
+            self.metrics.lost_batches.set(lost[0], device=device)
+            self.metrics.lost_samples.set(lost[1], device=device)
+            _event(logging.WARNING if lost[0] > previous[0] else logging.INFO, "device reports lost data", "lost",
+                   device=device, seq=batch.seq, batches=lost[0], samples=lost[1],
+                   note="cumulative for the agent run" if lost[0] >= previous[0] else "a new agent run")
+        self._maybe_publish(device)
+
+    def _settled(self, resolved: Resolved, fate: str) -> None:
+        with self._lock:
             acks = self._inflight.pop(resolved.key, [])
-        if fate == EXPORTED:
-            self.metrics.exported_batches.inc()
-            lag_s = max(0.0, time.time() - resolved.last_tick_ms() / 1000.0)
-            self.metrics.lag.observe(lag_s)
-            if gap:
-                self.metrics.gaps.inc(gap, device=resolved.device)
-            _event(logging.INFO, "batch", "batch", device=resolved.device, seq=resolved.batch.seq,
-                   samples=resolved.samples(), bytes=resolved.size, lag_ms=int(lag_s * 1000))
         for ack in acks:
             ack()
+
+    # ------------------------------------------------------------ device status
+
+    def _device(self, device: str) -> DeviceStatus:
+        status = self._status.get(device)
+        if status is None:
+            status = self._status[device] = DeviceStatus()
+        return status
+
+    def status(self, device: str) -> dict | None:
+        with self._lock:
+            status = self._status.get(device)
+            return status.doc() if status else None
+
+    def _maybe_publish(self, device: str, now: float | None = None) -> None:
+        if self.publish_status is None:
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            status = self._status.get(device)
+            if status is None or not status.dirty:
+                return
+            if status.published is not None and now - status.published < STATUS_EVERY_S:
+                return
+            doc = status.doc()
+            status.published, status.dirty = now, False
+        if not self.publish_status(device, doc):
+            with self._lock:
+                status.published, status.dirty = None, True  # not connected: try again later
+
+    def publish_due(self, now: float | None = None) -> None:
+        """Publish the statuses that changed since their last publication, at most every STATUS_EVERY_S."""
+        with self._lock:
+            devices = [d for d, s in self._status.items() if s.dirty]
+        for device in devices:
+            self._maybe_publish(device, now)
 
     def _reject(self, exc: Rejected, ack: Ack) -> None:
         self.metrics.rejected.inc(reason=exc.reason)
@@ -145,6 +290,7 @@ class Gateway:
                     del self._parked[device]
         for device, (_, payload, ack) in expired:
             self.on_data(device, payload, ack, parked=True)
+        self.publish_due(now=None)
 
     def parked(self) -> int:
         with self._lock:

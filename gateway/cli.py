@@ -25,6 +25,7 @@ from gateway.http import StatusServer
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker
 from gateway.pipeline import ExportPipeline
+from gateway.state import GatewayState, StateError
 
 OPTIONAL_COMMANDS = ("gateway.tune", "gateway.devices")
 log = logging.getLogger("gateway")
@@ -82,10 +83,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--queue-size", type=int, default=64, help="batches between MQTT and the exporter")
     run.add_argument("--max-batches", type=int, default=32, help="device batches per export request")
     run.add_argument("--max-payload", type=int, default=65536, help="largest accepted MQTT payload in bytes")
+    run.add_argument("--max-new-series", type=int, default=1000, metavar="N",
+                     help="new series a device may announce per minute after its first birth (0: no limit)")
     run.add_argument("--birth-wait", type=float, default=10.0, metavar="S",
                      help="how long a batch waits for its device's birth before it is rejected")
-    run.add_argument("--dedupe", action="store_true",
-                     help="drop batches whose (device, boot, seq) was already exported")
+    run.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=True,
+                     help="drop batches whose (device, boot, seq) was already exported (default: on)")
+    run.add_argument("--state-dir", metavar="DIR",
+                     help="keep the dedupe state and the births here, so a crash neither exports a batch twice "
+                     "nor forgets a dictionary (one gateway per directory)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
     run.set_defaults(func=run_command)
 
@@ -109,14 +115,23 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     broker.session_expiry_s = args.session_expiry
     broker.receive_maximum = args.queue_size
-    dictionaries = Dictionaries(max_payload=args.max_payload)
+    try:
+        state = GatewayState(args.state_dir) if args.state_dir else None
+    except (StateError, OSError) as exc:
+        print("edge-gateway: --state-dir: %s" % exc, file=sys.stderr)
+        return 2
+    dictionaries = Dictionaries(max_payload=args.max_payload, max_new_series=args.max_new_series)
     pipeline: ExportPipeline | None = None
     metrics = GatewayMetrics(queue_depth=lambda: pipeline.depth() if pipeline else 0,
                              devices=lambda: len(dictionaries.devices()))
     pipeline = ExportPipeline(exporter, metrics, queue_size=args.queue_size, max_batches=args.max_batches,
                               retry=RetryPolicy(), workers=args.workers)
-    gateway = Gateway(dictionaries, pipeline, metrics, SeqTracker() if args.dedupe else None, args.birth_wait)
+    # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
+    dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state)
+    births, replayed = gateway.restore()
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
+    gateway.publish_status = intake.publish_status
     status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
         "mqtt_connected": intake.connected, "queue_depth": pipeline.depth(),
         "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()}),
@@ -130,13 +145,16 @@ def run_command(args: argparse.Namespace) -> int:
     intake.start()
     log.info("gateway started", extra={"fields": {
         "event": "started", "broker": args.broker, "exporter": described, "metrics_port": status.port,
-        "client_id": intake.config.client_id}})
+        "client_id": intake.config.client_id, "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
+        "births_restored": births, "batches_replayed": replayed}})
     while not stop.wait(1.0):
         gateway.expire()
     log.info("gateway stopping", extra={"fields": {"event": "stopping"}})
     pipeline.stop(timeout=5.0)  # flush while still connected, so the acks reach the broker
     intake.stop()
     status.stop()
+    if state is not None:
+        state.close()
     return 0
 
 

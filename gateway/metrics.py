@@ -71,6 +71,17 @@ class Gauge(Counter):
         return ["%s %s" % (self.name, _number(self.value()))]
 
 
+class LabeledGauge(Counter):
+    """A gauge per label set, e.g. per device."""
+
+    kind = "gauge"
+
+    def set(self, value: float, **labels: str) -> None:
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        with self._lock:
+            self._values[key] = value
+
+
 class Histogram:
     kind = "histogram"
 
@@ -121,6 +132,10 @@ class GatewayMetrics:
         self.export_requests = Counter(p + "export_requests_total", "Export requests sent successfully")
         self.export_failures = Counter(p + "export_failures_total", "Failed export attempts, by reason", ("reason",))
         self.retries = Counter(p + "export_retries_total", "Export attempts retried after a retryable answer")
+        self.lost_batches = LabeledGauge(p + "device_lost_batches", "Batches the device's agent dropped from its "
+                                         "buffer, as it last reported (cumulative per agent run)", ("device",))
+        self.lost_samples = LabeledGauge(p + "device_lost_samples", "Samples in those batches", ("device",))
+        self.state_errors = Counter(p + "state_errors_total", "Failed writes to --state-dir")
         self.queue_depth = Gauge(p + "queue_depth", "Batches waiting for the exporter", queue_depth)
         self.queue_capacity = Gauge(p + "queue_capacity", "Capacity of the export queue")
         self.devices = Gauge(p + "devices_seen", "Devices with a known birth dictionary", devices)

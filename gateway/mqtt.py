@@ -11,10 +11,14 @@ Two MQTT v5 connections, both QoS 1 with `manual_ack=True` and a persistent sess
 
 Births travel apart from data so that they are never stuck behind a window full of unacked data
 batches that are themselves waiting for those births (a restart with a backlog would deadlock).
+
+The meta connection also publishes each device's status, retained, on `<prefix>/_status/<device>`
+(QoS 0: a newer one follows; nothing piles up while disconnected).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import urllib.parse
@@ -91,6 +95,14 @@ class MqttIntake:
     def stop(self) -> None:
         self.data.stop()
         self.meta.stop()
+
+    def publish_status(self, device: str, doc: dict) -> bool:
+        """Publish a device's status retained; False when the broker is not reachable right now."""
+        if not self.meta.connected:
+            return False
+        payload = json.dumps(dict(doc, gateway=self.config.client_id), separators=(",", ":"))
+        info = self.meta.client.publish("%s/_status/%s" % (self.prefix, device), payload, qos=0, retain=True)
+        return info.rc == paho.MQTT_ERR_SUCCESS
 
     def _connection_changed(self) -> None:
         self.metrics.connected.set(1 if self.connected else 0)

@@ -4,7 +4,9 @@
 queued batches (lingering briefly for more), converts them into one OTLP request, sends it with
 retries, then reports each item's fate through its `done` callback:
 
-- "exported": accepted by the receiver; the caller acks the MQTT message;
+- "exported": accepted by the receiver; the caller acks the MQTT message. Before any of those
+  callbacks, `on_exported(resolved batches)` runs once for the whole request (the gateway marks
+  them as exported and makes that durable there, so one fsync covers a request);
 - "dropped":  a non-retryable failure or bad data; counted, and acked so it is not redelivered;
 - nothing at all when the pipeline stops mid-retry: the message stays unacked and the broker
   redelivers it to the persistent session later.
@@ -46,6 +48,7 @@ class ExportPipeline:
         self.linger_s = linger_s
         self.retry = retry or RetryPolicy()
         self.stopping = threading.Event()
+        self.on_exported: Callable[[list[Resolved]], None] | None = None
         self._threads = [threading.Thread(target=self._run, name="exporter-%d" % i, daemon=True)
                          for i in range(workers)]
         self.metrics.queue_capacity.set(queue_size)
@@ -126,6 +129,8 @@ class ExportPipeline:
             if outcome.rejected_points:
                 self.metrics.dropped.inc(outcome.rejected_points)
             fate = EXPORTED
+            if self.on_exported is not None:
+                self.on_exported([item.resolved for item in good])
         elif outcome.retryable:
             return  # stopping: leave the messages unacked for redelivery
         else:
