@@ -21,7 +21,12 @@ the step-to-step change |x[t] - x[t-1]| (the noise scale `d`) and of the value i
 `s`). A reading is a surprise, and is sent at once, when
     |x - last_sent| > band            band = max(adaptive_k * d, adaptive_floor * s)
 or when the signed sum of (x - last_sent) since the last send exceeds `adaptive_drift * band`
-(a slow drift inside the band that the last sent value no longer represents).
+(a slow drift inside the band that the last sent value no longer represents). A floor of
+`adaptive_range` x the series' running p5-p95 range stops the band collapsing on flat signals.
+Peak guard: a reading above the series' running `adaptive_peak_q` quantile that has risen more
+than `adaptive_peak_rise` running ranges over the last sent value is sent too, so a rising peak is
+followed to its top; such a tail capture does not reset the heartbeat. The quantiles are O(1)
+stochastic-approximation trackers (class Quantile): strictly causal, a few numbers per series.
 
 Counters (model.COUNTER) are cumulative, so skipping one loses nothing: the decision is made on
 their rate (delta per second between reads) and a sent counter sample always carries the current

@@ -229,3 +229,18 @@ def test_load_plus_adaptive_stretches_reads_and_keeps_the_heartbeat_bound():
         if "cpu" in s.due(t) and s.select(t, "cpu", [(g, 1.0)]):
             sent_at.append(t)
     assert max(b - a for a, b in zip(sent_at, sent_at[1:], strict=False)) <= 80 * S
+
+
+def test_adaptive_peak_guard_follows_a_slow_peak_to_its_top():
+    # a wide band (noisy series) would skip a slow 3-unit rise; the running-p97 guard sends it
+    s = adaptive(adaptive_k=20.0, adaptive_drift=0)
+    g = gauge()
+    values = [50.0 + (1.0 if i % 2 else -1.0) for i in range(300)]
+    for j in range(12):
+        values[200 + j] = 51.0 + 0.25 * (j + 1)  # up to 54: above every earlier value
+    sent = run(s, g, values)
+    top = max(values[i] for i in sent if 200 <= i < 212)
+    assert top == 54.0  # each rise of more than peak_rise x range above the running p97 is sent
+    s = adaptive(adaptive_k=20.0, adaptive_drift=0, adaptive_peak_q=0, min_interval_ms=160 * S)
+    off = run(s, gauge("h"), values)
+    assert max([values[i] for i in off if 200 <= i < 212] or [0]) < 54.0  # only a heartbeat: top missed
