@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -27,6 +29,7 @@ MAX_BIRTH = 1 << 20  # a birth lists every series: hundreds of CPUs and interfac
 MAX_ARRAY = 10000  # columns and series lists; a column holds at most 66 elements
 MAX_MAP = 1024
 KEEP_RUNS = 4
+MAX_NEW_SERIES = 1000  # per device and minute, after its first birth
 UINT64 = 1 << 64
 
 
@@ -84,16 +87,27 @@ class Dictionaries:
     """Per-device birth dictionaries and the strict resolution of data batches against them.
 
     Thread-safe: births arrive on the MQTT thread, lookups may come from others.
+
+    Limits: `max_series` per birth, `max_devices`, and after a device's first birth, new series
+    (keys that none of its kept dictionaries has) at `max_new_series` a minute, in bursts of as many;
+    0 turns the rate limit off. A birth over a limit is rejected whole (`too_many_series`,
+    `too_many_devices`, `series_rate`) and changes nothing; the newest birth refused for the rate is
+    kept aside and admitted when a batch needs it and the allowance has refilled.
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, max_series: int = 10000,
-                 max_devices: int = 100000, keep: int = KEEP_RUNS, max_birth: int = MAX_BIRTH) -> None:
+                 max_devices: int = 100000, keep: int = KEEP_RUNS, max_birth: int = MAX_BIRTH,
+                 max_new_series: int = MAX_NEW_SERIES, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_payload = max_payload
         self.max_birth = max_birth
         self.max_series = max_series
         self.max_devices = max_devices
+        self.max_new_series = max_new_series
         self.keep = keep
+        self.clock = clock
         self._births: dict[str, OrderedDict[tuple[int, int], wire.Birth]] = {}
+        self._allowance: dict[str, tuple[float, float]] = {}  # device -> (new series allowed, when)
+        self._pending: dict[str, wire.Birth] = {}  # device -> its newest birth refused for series_rate
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ births
@@ -114,13 +128,42 @@ class Dictionaries:
                 if len(self._births) >= self.max_devices:
                     raise Rejected("too_many_devices", "limit %d" % self.max_devices, topic_device)
                 runs = self._births[birth.device] = OrderedDict()
-            key = (birth.boot, birth.base)
-            known = runs.pop(key, None)
-            # within one run the dictionary only grows: a late, older birth adds nothing
-            runs[key] = known if known is not None and known.dict_epoch > birth.dict_epoch else birth
-            while len(runs) > self.keep:
-                runs.popitem(last=False)
+            try:
+                self._admit_new_series(birth, runs)
+            except Rejected:
+                self._pending[birth.device] = birth  # retried when a batch needs it (see resolve)
+                raise
+            self._pending.pop(birth.device, None)
+            self._store(runs, birth)
         return birth
+
+    def _store(self, runs: OrderedDict, birth: wire.Birth) -> None:
+        key = (birth.boot, birth.base)
+        known = runs.pop(key, None)
+        # within one run the dictionary only grows: a late, older birth adds nothing
+        runs[key] = known if known is not None and known.dict_epoch > birth.dict_epoch else birth
+        while len(runs) > self.keep:
+            runs.popitem(last=False)
+
+    def _admit_new_series(self, birth: wire.Birth, runs: OrderedDict) -> None:
+        """Charge the birth's new series to its device's allowance, a token bucket of `max_new_series`
+        refilled per minute; a birth with more new series than that passes only on a full bucket and
+        leaves it in debt, so a burst is paid for by waiting. Raises `series_rate` when short."""
+        if self.max_new_series <= 0 or not runs:  # a device's first birth is bounded by max_series alone
+            return
+        known = set()
+        for run in runs.values():
+            known.update(s.key for s in run.series.values())
+        new = sum(1 for s in birth.series.values() if s.key not in known)
+        now = self.clock()
+        rate = self.max_new_series
+        allowed, then = self._allowance.get(birth.device, (rate, now))
+        allowed = min(rate, allowed + (now - then) * rate / 60.0)
+        if new > allowed and allowed < rate:
+            self._allowance[birth.device] = (allowed, now)
+            raise Rejected("series_rate", "%d new series, %d allowed now (limit %d a minute)"
+                           % (new, allowed, self.max_new_series), birth.device)
+        self._allowance[birth.device] = (allowed - new, now)
 
     def latest(self, device: str) -> wire.Birth | None:
         with self._lock:
@@ -139,6 +182,20 @@ class Dictionaries:
                     return birth
         return None
 
+    def _admit_pending(self, device: str, boot: int, epoch: int) -> wire.Birth | None:
+        """A birth refused for series_rate that a batch needs: admitted once the allowance has refilled."""
+        with self._lock:
+            pending = self._pending.get(device)
+            if pending is None or pending.boot != boot or not pending.base <= epoch <= pending.dict_epoch:
+                return None
+            try:
+                self._admit_new_series(pending, self._births[device])
+            except Rejected:
+                return None
+            del self._pending[device]
+            self._store(self._births[device], pending)
+        return self._birth(device, boot, epoch)
+
     # ------------------------------------------------------------ data
 
     def resolve(self, topic_device: str, payload: bytes) -> Resolved:
@@ -149,6 +206,8 @@ class Dictionaries:
         if batch.device != topic_device:
             raise Rejected("device_mismatch", "header says %r" % batch.device, topic_device)
         birth = self._birth(batch.device, batch.boot, batch.dict_epoch)
+        if birth is None and self._pending:
+            birth = self._admit_pending(batch.device, batch.boot, batch.dict_epoch)
         if birth is None:
             raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch), topic_device)
         points = []
