@@ -40,6 +40,7 @@ from google.protobuf import json_format  # noqa: E402
 from edge_agent import cli, wire  # noqa: E402
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
+from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
 from gateway.decode import Dictionaries  # noqa: E402
 from gateway.otlp import to_request  # noqa: E402
 
@@ -99,7 +100,7 @@ def make_agent(seconds_interval=1.0, batch_s=10.0, device_id="pi-0001", compress
     """The agent `edge-agent run` would build from the embedded defaults, with an offline transport."""
     cfg = configuration.build({}, {"interval_s": float(seconds_interval), "batch_s": float(batch_s),
                                    "device_id": device_id, "compress": compress})
-    collectors, effective = cli.procfs_only(cfg)  # edge_agent.collectors.procfs.procfs_collectors
+    collectors, effective = enabled_procfs(cfg["collectors"], cfg["proc_root"])  # -> procfs_collectors
     info = cli.device_info(cfg, effective)
     sampler = cli.build_sampler(cfg, [c.name for c in collectors])
     return RecordingAgent(cfg, collectors, OfflineTransport(), info, sampler=sampler, log=lambda *a, **k: None)
