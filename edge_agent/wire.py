@@ -17,24 +17,22 @@ counters and gauges cost one or two bytes a sample.
 
 Decoding is strict: anything that does not match raises `WireError(reason, detail)`, where
 `reason` is a short stable label a gateway can count by.
+
+This module holds what a device needs (constants, `BatchBuilder`, `encode_birth`, `boot_tag`,
+`deflate`); the decoder (`decode`, `parse_batch`, `parse_birth`, `Batch`, `Birth`, `WireError`,
+`inflate`) is edge_agent/wire_decode.py, which the MicroPython bundle leaves out. `wire.parse_batch`
+and the other decoder names still work: the module's `__getattr__` (PEP 562, also in MicroPython)
+loads wire_decode on first use.
 """
 
 import binascii
 
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series
-from edge_agent.umsgpack import packb, unpackb
+from edge_agent.umsgpack import packb
 
 VERSION = 1
 FLAG_DEFLATE = 1
 MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
 MAX_INFLATED = 1 << 20
-
-
-class WireError(ValueError):
-    def __init__(self, reason, detail=""):
-        ValueError.__init__(self, reason + (": " + detail if detail else ""))
-        self.reason = reason
-        self.detail = detail
 
 
 def boot_tag(boot_id):
@@ -141,7 +139,7 @@ def encode_birth(info, table):
     return packb(birth)
 
 
-# ---------------------------------------------------------------- deflate, on either interpreter
+# ---------------------------------------------------------------- deflate (CPython agents with compress)
 
 
 def deflate(data):
@@ -153,201 +151,15 @@ def deflate(data):
     return compressor.compress(data) + compressor.flush()
 
 
-def inflate(data, limit=MAX_INFLATED):
+def __getattr__(name):
+    """The decoder's names (parse_batch, WireError, ...) from edge_agent/wire_decode.py, on first use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from edge_agent import wire_decode
+
     try:
-        import zlib
-    except ImportError:
-        import io
-
-        import deflate as _deflate
-
-        out = _deflate.DeflateIO(io.BytesIO(data), _deflate.RAW).read(limit + 1)
-        if len(out) > limit:
-            raise WireError("too_large", "inflates beyond %d bytes" % limit)
-        return out
-    decompressor = zlib.decompressobj(-15)
-    try:
-        out = decompressor.decompress(data, limit)
-    except zlib.error as exc:
-        raise WireError("bad_deflate", str(exc))
-    if decompressor.unconsumed_tail:
-        raise WireError("too_large", "inflates beyond %d bytes" % limit)
-    if not decompressor.eof:
-        raise WireError("bad_deflate", "truncated stream")
-    return out
-
-
-# ---------------------------------------------------------------- gateway side: strict decoding
-
-
-class Batch:
-    """A decoded data batch. `columns` is a list of (series_id, tick_indexes, absolute_values)."""
-
-    def __init__(self, flags, device, boot, seq, dict_epoch, ticks, columns, ext):
-        self.flags = flags
-        self.device = device
-        self.boot = boot
-        self.seq = seq
-        self.dict_epoch = dict_epoch
-        self.ticks = ticks
-        self.columns = columns
-        self.ext = ext
-
-    def sample_count(self):
-        return sum([len(c[1]) for c in self.columns])
-
-
-class Birth:
-    def __init__(self, obj, series):
-        self.device = obj["dev"]
-        self.boot_id = obj["boot"]
-        self.boot = obj["bt"]
-        self.boot_time_ms = obj["btime"]
-        self.dict_epoch = obj["dict"]
-        # the dictionary is append-only from epoch `base` on: it also resolves batches quoting
-        # any epoch in [base, dict] (batches buffered while the dictionary grew)
-        self.base = obj.get("base", obj["dict"])
-        self.agent = obj.get("agent", "")
-        self.os = obj.get("os", "")
-        self.platform = obj.get("platform", "")
-        self.collectors = obj.get("collectors", {})
-        self.raw = obj
-        self.series = series  # id -> Series
-
-
-def _is_uint(value, bits=64):
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << bits)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _need(ok, reason, detail):
-    if not ok:
-        raise WireError(reason, detail)
-
-
-def _brief(value):
-    """A short text for a rejected value: never the repr of a whole, possibly deeply nested, container."""
-    if isinstance(value, (list, dict)):
-        return "%s of %d" % (type(value).__name__, len(value))
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def decode(payload, unpack=unpackb, max_size=65536):
-    """Bytes -> msgpack object, with the size limit and one error type."""
-    _need(len(payload) <= max_size, "too_large", "%d bytes > limit %d" % (len(payload), max_size))
-    try:
-        return unpack(payload)
-    except WireError:
-        raise
-    except Exception as exc:  # any decoder failure is one kind of rejection
-        raise WireError("not_msgpack", str(exc)[:120])
-
-
-def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
-    """Validate a decoded data message and expand it to absolute timestamps and values."""
-    _need(isinstance(obj, list), "bad_header", "message is not an array")
-    _need(len(obj) in (8, 9), "bad_header", "array of %d elements" % len(obj))
-    if not (obj[0] == VERSION and _is_int(obj[0])):
-        raise WireError("bad_version", "version %s" % _brief(obj[0]))
-    flags, device, boot, seq, dict_epoch, t0, body = obj[1:8]
-    if not (_is_uint(flags, 8) and not flags & ~FLAG_DEFLATE):
-        raise WireError("bad_header", "flags %s" % _brief(flags))
-    _need(isinstance(device, str) and 0 < len(device) <= 128, "bad_header", "device id")
-    for name, value in (("boot", boot), ("seq", seq), ("dict", dict_epoch), ("t0", t0)):
-        _need(_is_uint(value), "bad_header", "%s is not an unsigned integer" % name)
-    ext = obj[8] if len(obj) == 9 else {}
-    _need(isinstance(ext, dict), "bad_header", "ext is not a map")
-    if flags & FLAG_DEFLATE:
-        _need(isinstance(body, bytes), "bad_body", "compressed body is not bin")
-        try:
-            body = unpack(inflate(body, max_inflated))
-        except WireError:
-            raise
-        except Exception as exc:
-            raise WireError("bad_body", "inflated body: %s" % str(exc)[:120])
-    _need(isinstance(body, list) and len(body) == 2, "bad_body", "body is not [ticks, columns]")
-    deltas, raw_columns = body
-    _need(isinstance(deltas, list) and 0 < len(deltas) <= MAX_TICKS, "bad_body", "tick count")
-    ticks = []
-    ts = t0
-    for delta in deltas:
-        if not _is_uint(delta, 32):
-            raise WireError("bad_body", "tick delta %s" % _brief(delta))
-        ts += delta
-        ticks.append(ts)
-    _need(isinstance(raw_columns, list), "bad_body", "columns is not an array")
-    n = len(ticks)
-    full = (1 << n) - 1
-    columns = []
-    seen = set()
-    for column in raw_columns:
-        _need(isinstance(column, list) and len(column) >= 3, "bad_column", "column shape")
-        sid, mask = column[0], column[1]
-        if not (_is_uint(sid, 32) and sid not in seen):
-            raise WireError("bad_column", "series id %s" % _brief(sid))
-        seen.add(sid)
-        _need(_is_uint(mask) and mask <= full, "bad_column", "mask of series %d" % sid)
-        indexes = [i for i in range(n) if (mask or full) >> i & 1]
-        values = column[2:]
-        _need(len(values) == len(indexes), "bad_column", "series %d: %d values for %d ticks" % (sid, len(values), len(indexes)))
-        columns.append((sid, indexes, _undelta(sid, values)))
-    return Batch(flags, device, boot, seq, dict_epoch, ticks, columns, ext)
-
-
-def _undelta(sid, values):
-    out = []
-    prev = None
-    for value in values:
-        if isinstance(value, list):
-            _need(len(value) >= 3 and all([_is_int(x) for x in value]), "bad_value", "series %d histogram" % sid)
-            if prev is not None:
-                _need(isinstance(prev, list) and len(prev) == len(value), "bad_value", "series %d histogram shape" % sid)
-                value = [prev[i] + value[i] for i in range(len(value))]
-        else:
-            if not _is_int(value):
-                raise WireError("bad_value", "series %d value %s" % (sid, _brief(value)))
-            if prev is not None:
-                _need(not isinstance(prev, list), "bad_value", "series %d mixes kinds" % sid)
-                value = prev + value
-        out.append(value)
-        prev = value
-    return out
-
-
-def parse_birth(obj, max_series=10000):
-    _need(isinstance(obj, dict), "bad_birth", "birth is not a map")
-    if obj.get("v") != VERSION or not _is_int(obj.get("v")):
-        raise WireError("bad_version", "birth version %s" % _brief(obj.get("v")))
-    _need(isinstance(obj.get("dev"), str) and 0 < len(obj["dev"]) <= 128, "bad_birth", "device id")
-    _need(isinstance(obj.get("boot"), str), "bad_birth", "boot id")
-    for key in ("bt", "btime", "dict"):
-        _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)
-    _need(_is_uint(obj.get("base", 0)) and obj.get("base", 0) <= obj["dict"], "bad_birth", "base epoch")
-    for key in ("agent", "os", "platform"):  # free text the gateway puts into OTLP resource attributes
-        _need(isinstance(obj.get(key, ""), str) and len(obj.get(key, "")) <= 255, "bad_birth", key)
-    _need(isinstance(obj.get("collectors", {}), dict), "bad_birth", "collectors is not a map")
-    raw = obj.get("series")
-    _need(isinstance(raw, list), "bad_birth", "series list")
-    _need(len(raw) <= max_series, "too_many_series", "%d series > limit %d" % (len(raw), max_series))
-    series = {}
-    for entry in raw:
-        _need(isinstance(entry, list) and len(entry) == 8, "bad_birth", "series entry shape")
-        sid, name, unit, kind, attrs, scale, bounds, source = entry
-        if not (_is_uint(sid, 32) and sid not in series):
-            raise WireError("bad_birth", "series id %s" % _brief(sid))
-        _need(isinstance(name, str) and 0 < len(name) <= 255, "bad_birth", "series %d name" % sid)
-        _need(isinstance(unit, str) and len(unit) <= 63, "bad_birth", "series %d unit" % sid)
-        if not (_is_int(kind) and kind in (GAUGE, COUNTER, HISTOGRAM)):
-            raise WireError("bad_birth", "series %d kind %s" % (sid, _brief(kind)))
-        _need(isinstance(attrs, dict) and all([isinstance(k, str) and isinstance(v, (str, int)) for k, v in attrs.items()]), "bad_birth", "series %d attributes" % sid)
-        _need(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 and scale == scale and scale != float("inf"), "bad_birth", "series %d scale" % sid)
-        if kind == HISTOGRAM:
-            _need(isinstance(bounds, list) and all([isinstance(b, (int, float)) for b in bounds]), "bad_birth", "series %d bounds" % sid)
-        s = Series(name, kind, unit, attrs, scale, bounds, source if isinstance(source, str) else "")
-        s.id = sid
-        series[sid] = s
-    return Birth(obj, series)
+        value = getattr(wire_decode, name)
+    except AttributeError:
+        raise AttributeError("module 'edge_agent.wire' has no attribute '%s'" % name)
+    globals()[name] = value
+    return value
