@@ -1,0 +1,165 @@
+"""Interface statistics and link events over rtnetlink (pyroute2).
+
+One RTM_GETLINK dump per read gives every interface's 64-bit statistics (IFLA_STATS64), its
+operational state, carrier and MTU. A second socket, bound to RTMGRP_LINK, receives link changes:
+`poll_events()` returns the names of interfaces whose link changed since the last call without
+blocking, and `fileno()` lets a caller wait on it with select().
+
+Metrics (the first four as procfs' /proc/net/dev, same attributes, units and scale):
+
+    system.network.io                    counter  By        device, direction=receive|transmit
+    system.network.packets               counter  {packet}  device, direction
+    system.network.errors                counter  {error}   device, direction
+    system.network.dropped               counter  {packet}  device, direction
+    system.linux.network.errors          counter  {error}   device, direction, type=length|over|crc|frame|
+                                                            fifo|missed (receive), aborted|carrier|fifo|
+                                                            heartbeat|window (transmit)
+    system.linux.network.multicast       counter  {packet}  device, direction=receive
+    system.linux.network.collisions      counter  {collision} device
+    system.linux.network.compressed      counter  {packet}  device, direction
+    system.linux.network.dropped         counter  {packet}  device, type=nohandler|otherhost (when offered)
+    system.linux.network.operstate       gauge    1         device  (RFC 2863: 0 unknown .. 2 down .. 6 up)
+    system.linux.network.carrier         gauge    1         device  (1 carrier, 0 none)
+    system.linux.network.mtu             gauge    By        device
+
+Options: include, exclude as the procfs network collector ("name*" matches a prefix).
+
+Example output:
+
+    system.network.io{device=eth0,direction=receive}                   178361262
+    system.linux.network.errors{device=eth0,direction=receive,type=crc}  0
+    system.linux.network.operstate{device=eth0}                        6
+    system.linux.network.mtu{device=eth0}                              1500
+"""
+
+import select
+
+from edge_agent.counters import Monotonic
+from edge_agent.model import COUNTER, GAUGE, SeriesCache
+
+# IFLA_STATS64 field -> (metric, unit, direction or None, type or None)
+STATS64 = {
+    "rx_bytes": ("system.network.io", "By", "receive", None),
+    "tx_bytes": ("system.network.io", "By", "transmit", None),
+    "rx_packets": ("system.network.packets", "{packet}", "receive", None),
+    "tx_packets": ("system.network.packets", "{packet}", "transmit", None),
+    "rx_errors": ("system.network.errors", "{error}", "receive", None),
+    "tx_errors": ("system.network.errors", "{error}", "transmit", None),
+    "rx_dropped": ("system.network.dropped", "{packet}", "receive", None),
+    "tx_dropped": ("system.network.dropped", "{packet}", "transmit", None),
+    "multicast": ("system.linux.network.multicast", "{packet}", "receive", None),
+    "collisions": ("system.linux.network.collisions", "{collision}", None, None),
+    "rx_compressed": ("system.linux.network.compressed", "{packet}", "receive", None),
+    "tx_compressed": ("system.linux.network.compressed", "{packet}", "transmit", None),
+    "rx_nohandler": ("system.linux.network.dropped", "{packet}", None, "nohandler"),
+    "rx_otherhost_dropped": ("system.linux.network.dropped", "{packet}", None, "otherhost"),
+}
+for _t in ("length", "over", "crc", "frame", "fifo", "missed"):
+    STATS64["rx_%s_errors" % _t] = ("system.linux.network.errors", "{error}", "receive", _t)
+for _t in ("aborted", "carrier", "fifo", "heartbeat", "window"):
+    STATS64["tx_%s_errors" % _t] = ("system.linux.network.errors", "{error}", "transmit", _t)
+
+OPERSTATE = {"UNKNOWN": 0, "NOTPRESENT": 1, "DOWN": 2, "LOWERLAYERDOWN": 3, "TESTING": 4, "DORMANT": 5, "UP": 6}
+
+
+def parse_link(msg):
+    """One RTM_NEWLINK message -> {"name", "index", "stats": {field: int}, "operstate", "carrier", "mtu"}."""
+    stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS") or {}
+    carrier = msg.get_attr("IFLA_CARRIER")
+    return {
+        "name": msg.get_attr("IFLA_IFNAME"),
+        "index": msg.get("index"),
+        "stats": dict(stats),
+        "operstate": OPERSTATE.get(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN", 0),
+        "carrier": 1 if carrier else 0,
+        "mtu": msg.get_attr("IFLA_MTU") or 0,
+    }
+
+
+def to_samples(links, cache, counters=None):
+    """Samples for parsed links; `counters` (a counters.Monotonic) makes counters monotonic."""
+    out = []
+    for link in links:
+        name = link["name"]
+        for field, raw in link["stats"].items():
+            spec = STATS64.get(field)
+            if spec is None or not isinstance(raw, int):
+                continue
+            metric, unit, direction, kind = spec
+            attrs = {"device": name}
+            if direction:
+                attrs["direction"] = direction
+            if kind:
+                attrs["type"] = kind
+            series = cache.get(metric, COUNTER, unit, attrs)
+            out.append((series, counters.update(series.key, raw, 64) if counters is not None else raw))
+        attrs = {"device": name}
+        out.append((cache.get("system.linux.network.operstate", GAUGE, "1", attrs), link["operstate"]))
+        out.append((cache.get("system.linux.network.carrier", GAUGE, "1", attrs), link["carrier"]))
+        out.append((cache.get("system.linux.network.mtu", GAUGE, "By", attrs), link["mtu"]))
+    return out
+
+
+def _matches(name, patterns):
+    for pattern in patterns:
+        if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+            return True
+    return False
+
+
+class NetlinkCollector:
+    name = "network"
+    source = "netlink"
+    OPTIONS = {"include": [], "exclude": []}
+
+    def __init__(self, include=None, exclude=None, events=True):
+        from pyroute2 import IPRoute
+
+        self.include = list(include or ())
+        self.exclude = list(exclude or ())
+        self.cache = SeriesCache(self.source)
+        self.counters = Monotonic()
+        self.names = set()
+        self.query = IPRoute()
+        self.events = None
+        if events:
+            from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+            self.events = IPRoute()
+            self.events.bind(groups=RTMGRP_LINK)
+
+    def _wanted(self, name):
+        return (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
+
+    def links(self):
+        return [link for link in (parse_link(m) for m in self.query.get_links()) if link["name"] and self._wanted(link["name"])]
+
+    def collect(self):
+        links = self.links()
+        names = set(link["name"] for link in links)
+        for gone in self.names - names:  # an interface deleted: its totals continue if it returns
+            for key in [k for k in self.counters.last_raw if "device=%s," % gone in k or k.endswith("device=%s}" % gone)]:
+                self.counters.forget(key)
+        self.names = names
+        return to_samples(links, self.cache, self.counters)
+
+    def fileno(self):
+        return self.events.fileno() if self.events is not None else -1
+
+    def poll_events(self):
+        """Names of interfaces whose link changed (created, deleted, up, down), without blocking."""
+        changed = []
+        if self.events is None:
+            return changed
+        while select.select([self.events], [], [], 0)[0]:
+            for msg in self.events.get():
+                name = msg.get_attr("IFLA_IFNAME")
+                if name and name not in changed and self._wanted(name):
+                    changed.append(name)
+        return changed
+
+    def close(self):
+        for sock in (self.query, self.events):
+            if sock is not None:
+                sock.close()
+        self.query = self.events = None

@@ -1,0 +1,130 @@
+"""Choose each collector's backend (ebpf, netlink, procfs) from the config, with fallbacks.
+
+    collectors, effective = build_collectors(config["collectors"], proc_root="/proc", log=print)
+
+`config` maps a collector name to its section, e.g. {"cpu": {"enabled": true, "backend": "auto",
+"per_cpu": true}, "network": {"enabled": true, "backend": "auto", "include": [], "exclude": []}}.
+The result is the list of collector objects (model.Collector contract) and `effective`, name ->
+backend actually used, for the birth message and `edge-agent once`.
+
+    collector  auto tries          other backends
+    cpu        ebpf, procfs        -
+    network    ebpf, netlink, procfs
+    memory, load, system: procfs only
+
+When a preferred backend cannot be used (bcc missing, no privileges, a tracepoint or the kernel
+headers absent, the program failing to load, pyroute2 missing) `log` gets ONE line saying what is
+missing and which backend is used instead. Asking explicitly for an unavailable backend falls back
+the same way (with the same kind of line) rather than failing: the agent never stops for it.
+
+The eBPF network collector keeps a netlink (else procfs) collector as companion for the per-device
+errors and drops no tracepoint sees, and for link events (`poll_events()`, `fileno()`).
+
+Options beyond the procfs ones: cpu.top_processes (0: off) reports the N commands with the most
+CPU time from eBPF.
+"""
+
+BACKENDS = ("auto", "ebpf", "netlink", "procfs")
+PREFERENCE = {"cpu": ("ebpf", "procfs"), "network": ("ebpf", "netlink", "procfs")}
+EBPF_PROGRAM = {"cpu": "cpu", "network": "net"}
+EXTRA_OPTIONS = {"cpu": ("top_processes",)}
+
+
+def _first_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _ebpf(name, section, proc_root, companion):
+    """(collector, None) or (None, what is missing)."""
+    from edge_agent.collectors import bpf_loader
+
+    reason = bpf_loader.missing(EBPF_PROGRAM[name])
+    if reason:
+        return None, reason
+    try:
+        if name == "cpu":
+            from edge_agent.collectors.ebpf_cpu import EbpfCpuCollector
+
+            top_n = int(section.get("top_processes") or 0)
+            program = bpf_loader.CpuProgram(top_pids=4096 if top_n else 0)
+            return EbpfCpuCollector(program, per_cpu=section.get("per_cpu", True), top_n=top_n, proc_root=proc_root), None
+        from edge_agent.collectors.ebpf_net import EbpfNetCollector
+
+        program = bpf_loader.NetProgram()
+        return EbpfNetCollector(program, companion(), section.get("include"), section.get("exclude")), None
+    except Exception as e:  # compile, verifier or attach failure: report and fall back
+        return None, "the eBPF program failed to load (%s)" % _first_line(e)
+
+
+def _netlink(section):
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        return None, "pyroute2 is not installed"
+    try:
+        from edge_agent.collectors.netlink import NetlinkCollector
+
+        return NetlinkCollector(section.get("include"), section.get("exclude")), None
+    except Exception as e:  # no netlink socket (sandbox, non-Linux)
+        return None, "netlink failed (%s)" % _first_line(e)
+
+
+def build_collectors(collectors_config, proc_root="/proc", log=print):
+    from edge_agent.collectors.procfs import procfs_collectors
+
+    enabled = {}
+    for name, section in (collectors_config or {}).items():
+        section = section or {}
+        if section.get("enabled", True):
+            enabled[name] = section
+    options = {}
+    for name, section in enabled.items():
+        extra = EXTRA_OPTIONS.get(name, ())
+        options[name] = dict([(k, v) for k, v in section.items() if k not in ("enabled", "backend") and k not in extra])
+    procfs = procfs_collectors(proc_root, options)
+
+    def companion():
+        collector, _ = _netlink(enabled.get("network", {}))
+        return collector if collector is not None else procfs_network()
+
+    def procfs_network():
+        kept.add("network")
+        return procfs["network"]
+
+    kept = set()
+
+    collectors, effective = [], {}
+    for name, section in enabled.items():
+        wanted = section.get("backend", "auto")
+        if wanted not in BACKENDS:
+            raise ValueError("collectors.%s.backend: %r is not one of %s" % (name, wanted, ", ".join(BACKENDS)))
+        order = PREFERENCE.get(name, ("procfs",))
+        if wanted != "auto":
+            order = (wanted,) + tuple(b for b in order if b != wanted) if wanted in order else order
+        chosen, problems = None, []
+        for backend in order:
+            if backend == "procfs":
+                chosen = procfs[name]
+            elif backend == "ebpf":
+                chosen, why = _ebpf(name, section, proc_root, companion)
+                if chosen is None:
+                    problems.append("eBPF unavailable (%s)" % why)
+            elif backend == "netlink" and name == "network":
+                chosen, why = _netlink(section)
+                if chosen is None:
+                    problems.append("netlink unavailable (%s)" % why)
+            if chosen is not None:
+                break
+        if wanted not in ("auto", "procfs") and wanted not in PREFERENCE.get(name, ()):
+            problems.insert(0, "%s has no %s backend" % (name, wanted))
+        if problems:
+            log("collector %s: %s; using %s" % (name, ", ".join(problems), chosen.source))
+        if chosen.source == "procfs":
+            kept.add(name)
+        collectors.append(chosen)
+        effective[name] = chosen.source
+    for name in procfs:
+        if name not in kept and effective.get(name) != "procfs":
+            procfs[name].close()
+    return collectors, effective
