@@ -5,13 +5,15 @@
     pump:  Outbox -> transport.publish (QoS 1) ... PUBACK -> removed from the Outbox
 
 Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
-by the entry point; this module is part of the MicroPython-compatible core.
+by the entry point; this module is part of the MicroPython-compatible core. What only remote tuning
+needs (edge_agent.commands, edge_agent.config, edge_agent.sampling) is imported when a command
+asks for it, so a device that is never tuned never loads it.
 """
+
+import gc
 
 from edge_agent import wire
 from edge_agent.clock import mono_ms, wall_ms
-from edge_agent.commands import save_overrides
-from edge_agent.config import BACKENDS, COLLECTORS
 from edge_agent.model import SeriesTable
 from edge_agent.outbox import Outbox
 from edge_agent.statefile import write_atomic
@@ -52,19 +54,36 @@ class SeqSource:
         return seq
 
 
-class EveryInterval:
-    """The simplest sampler: every collector at one fixed interval, every sample kept."""
+COLLECTOR_NAMES = ("cpu", "memory", "load", "network", "system")  # as config.COLLECTORS, without importing it
 
-    def __init__(self, names, interval_ms):
+
+class EveryInterval:
+    """The `fixed` sampling policy without edge_agent.sampling: every collector at one interval, every
+    sample kept. It reads when sampling.Sampler with policy `fixed` reads (the first call is due, then
+    every `interval_ms` on the same grid, a late call skips instead of catching up, a change applies
+    from the last read) and is tuned by the same `update()`; the agent swaps in a sampling.Sampler
+    when a command asks for more than this can do (another policy, per-collector intervals).
+
+    `snapshot()` holds the parameters given (policy, interval_ms and any others set remotely) and the
+    effective read intervals; unlike Sampler's it does not list the defaults of the other policies'
+    knobs, and `pressure`/`self_cpu` stay None (the fixed policy reads no load signals).
+    """
+
+    def __init__(self, names=COLLECTOR_NAMES, interval_ms=1000, params=None):
         self.names = list(names)
-        self.interval_ms = interval_ms
+        self.params = {"policy": "fixed", "interval_ms": interval_ms}
+        if params:
+            self.params.update(params)
+        self.interval_ms = self.params["interval_ms"]
         self.next_ms = None
+        self.last_ms = None
 
     def due(self, now_ms):
         if self.next_ms is None:
             self.next_ms = now_ms
         if now_ms < self.next_ms:
-            return []
+            return ()
+        self.last_ms = now_ms
         self.next_ms += self.interval_ms
         if self.next_ms <= now_ms:  # fell behind (suspend, overload): skip, do not catch up
             self.next_ms = now_ms + self.interval_ms
@@ -82,8 +101,36 @@ class EveryInterval:
     def effective_interval_ms(self, series):
         return self.interval_ms
 
+    def covers(self, params):
+        """True when `params` (applied on top of ours) still describe a plain fixed policy."""
+        for key in params:
+            if key == "policy":
+                if params[key] != "fixed":
+                    return False
+            elif key.endswith("_base_ms") and params[key]:
+                return False
+        return True
+
+    def update(self, params):
+        """Apply a (partial) sampling dict, validated as sampling.Sampler does; return the problems."""
+        from edge_agent.sampling import validate_sampling
+
+        errors = validate_sampling(params)
+        if errors or not self.covers(params):
+            return errors or ["policy: this sampler runs the fixed policy only"]
+        self.params.update(params)
+        self.interval_ms = self.params["interval_ms"]
+        if self.last_ms is not None:  # as Sampler: the next read is one new interval after the last
+            self.next_ms = self.last_ms + self.interval_ms
+        return []
+
     def snapshot(self):
-        return {"policy": "fixed", "interval_ms": self.interval_ms}
+        out = dict(self.params)
+        reads = {}
+        for name in COLLECTOR_NAMES:
+            reads[name] = self.interval_ms
+        out["effective"] = {"load_level": 0, "pressure": None, "self_cpu": None, "read_ms": reads}
+        return out
 
 
 class Agent:
@@ -97,7 +144,7 @@ class Agent:
         self.info = info
         self.device = info["device"]
         base_interval_ms = int(config["interval_s"] * 1000)
-        self.sampler = sampler or EveryInterval(self.collectors.keys(), base_interval_ms)
+        self.sampler = sampler or EveryInterval(COLLECTOR_NAMES, base_interval_ms)
         self.loadwatch = loadwatch
         self.commands = commands
         self.log = log or _print_log
@@ -115,6 +162,7 @@ class Agent:
         self.outbox = Outbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
         self.flush_at = None
         self.running = False
+        self.collect_after_flush = False  # gc.collect() once a batch is encoded (small heaps: MicroPython)
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0}
         self.errors_by_collector = {}
@@ -180,6 +228,8 @@ class Agent:
         self.stats["batches"] += 1
         self.stats["bytes"] += len(payload)
         self.builder = wire.BatchBuilder()
+        if self.collect_after_flush:
+            gc.collect()  # the old builder and the encoder's garbage go now, while the heap is quiet
         return payload
 
     def batch_ext(self):
@@ -259,11 +309,21 @@ class Agent:
             self.publish_birth()
 
     def set_sampling(self, params):
-        update = getattr(self.sampler, "update", None)
+        if not isinstance(params, dict):
+            return ["sampling: must be an object"]
+        sampler = self.sampler
+        if isinstance(sampler, EveryInterval) and not sampler.covers(params):
+            sampler = self.full_sampler(params)  # another policy: the full sampler from now on
+            if isinstance(sampler, list):
+                return sampler
+        update = getattr(sampler, "update", None)
         if update is None:
             return ["this agent's sampler cannot be tuned remotely"]
         errors = update(params)
         if not errors:
+            self.sampler = sampler
+            from edge_agent.commands import save_overrides
+
             merged = dict(self.overrides.get("sampling", {}))
             merged.update(params)
             self.overrides["sampling"] = merged
@@ -298,9 +358,24 @@ class Agent:
         for name in changes:
             saved.setdefault(name, {}).update(changes[name])
         self.overrides["collectors"] = saved
+        from edge_agent.commands import save_overrides
+
         save_overrides(self.config["state_dir"], self.overrides)
         self.rebirth()
         return []
+
+    def full_sampler(self, params):
+        """A sampling.Sampler continuing EveryInterval's schedule, or the list of problems."""
+        from edge_agent.sampling import Sampler, validate_sampling
+
+        errors = validate_sampling(params)
+        if errors:
+            return errors
+        old = self.sampler
+        sampler = Sampler(old.params)
+        if old.last_ms is not None:
+            sampler.due(old.last_ms)  # the last read was then: the next one is an interval later
+        return sampler
 
     # ------------------------------------------------------------------ the loop
 
@@ -368,6 +443,8 @@ class Agent:
 
 def check_collector_changes(changes):
     """Validate a set_collectors argument: {name: {"enabled": bool, "backend": str}}."""
+    from edge_agent.config import BACKENDS, COLLECTORS
+
     errors = []
     if not isinstance(changes, dict) or not changes:
         return ["args must map collector names to {enabled, backend}"]
