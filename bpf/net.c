@@ -56,6 +56,12 @@ static __always_inline void bump(u32 index)
 
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
+#if HAVE_RETRANS_ERR
+    if (args->err != 0) { /* not sent (e.g. -EBUSY: the original still queued) */
+        bump(TCP_RETRANS_FAILED);
+        return 0;
+    }
+#endif
     bump(TCP_RETRANSMITS);
     return 0;
 }

@@ -74,6 +74,11 @@ struct dev_val {
 #define TCP_OPEN_ACTIVE 1  /* SYN_SENT -> ESTABLISHED */
 #define TCP_OPEN_PASSIVE 2 /* SYN_RECV -> ESTABLISHED */
 #define TCP_CLOSED 3       /* -> CLOSE from a synchronised state */
-#define TCP_EVENTS 4
+#define TCP_RETRANS_FAILED 4 /* retransmit attempts the stack refused (err != 0, 6.x `err` field) */
+#define TCP_EVENTS 5
+
+#ifndef HAVE_RETRANS_ERR /* 1 when tcp:tcp_retransmit_skb has the `err` field */
+#define HAVE_RETRANS_ERR 0
+#endif
 
 #endif

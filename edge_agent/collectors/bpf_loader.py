@@ -45,6 +45,10 @@ def parse_symbolic(format_text, field):
     return {int(code): name for code, name in re.findall(r'\{\s*(-?\d+),\s*"([^"]*)"\s*\}', match.group(1))}
 
 
+def _has_field(format_text, field):
+    return re.search(r"field:[^;]*\b%s(\[\d+\])?;" % re.escape(field), format_text) is not None
+
+
 def _has_caps():
     try:
         with open("/proc/self/status") as f:
@@ -147,7 +151,7 @@ class CpuProgram(BccProgram):
         """
         now = time.monotonic_ns()  # CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns()
         cpus = []
-        for cpu, acct in enumerate(self.bpf["cpu_acct"].getvalue(self.bpf["cpu_acct"].Key(0))):
+        for cpu, acct in enumerate(self.bpf[b"cpu_acct"].getvalue(self.bpf[b"cpu_acct"].Key(0))):
             busy, idle, last = acct.busy_ns, acct.idle_ns, acct.last_ns
             if last and now > last:
                 if acct.idle_now:
@@ -158,12 +162,12 @@ class CpuProgram(BccProgram):
         online = _online_cpus()
         if online is not None:
             cpus = [c for c in cpus if c[0] in online]
-        hist = _percpu_array(self.bpf["runq_hist"], RUNQ_SLOTS + 1)
-        soft = _percpu_array(self.bpf["softirq_ns"], SOFTIRQ_SLOTS)
+        hist = _percpu_array(self.bpf[b"runq_hist"], RUNQ_SLOTS + 1)
+        soft = _percpu_array(self.bpf[b"softirq_ns"], SOFTIRQ_SLOTS)
         softirq = [(self.softirq_names.get(vec, "vec%d" % vec), ns) for vec, ns in enumerate(soft) if vec in self.softirq_names or ns]
         top = []
         if self.top_pids:
-            top = [(bytes(v.comm).split(b"\0", 1)[0].decode("utf-8", "replace"), v.ns) for _, v in _drain(self.bpf["pid_time"])]
+            top = [(bytes(v.comm).split(b"\0", 1)[0].decode("utf-8", "replace"), v.ns) for _, v in _drain(self.bpf[b"pid_time"])]
         return {"cpus": cpus, "runq": (hist[:RUNQ_SLOTS], hist[RUNQ_SLOTS]), "softirq": softirq, "top": top}
 
 
@@ -201,9 +205,12 @@ class NetProgram(BccProgram):
         root = tracefs() or TRACEFS_DIRS[0]
         with open(os.path.join(root, "events/skb/kfree_skb/format")) as f:
             fmt = f.read()
-        has_reason = re.search(r"field:[^;]*\breason;", fmt) is not None
+        has_reason = _has_field(fmt, "reason")
         self.drop_names = {k: v.lower() for k, v in parse_symbolic(fmt, "reason").items()} if has_reason else {0: "unknown"}
-        BccProgram.__init__(self, {"MAX_DEVICES": max_devices, "HAVE_DROP_REASON": int(has_reason)})
+        with open(os.path.join(root, "events/tcp/tcp_retransmit_skb/format")) as f:
+            has_err = _has_field(f.read(), "err")
+        defines = {"MAX_DEVICES": max_devices, "HAVE_DROP_REASON": int(has_reason), "HAVE_RETRANS_ERR": int(has_err)}
+        BccProgram.__init__(self, defines)
         self.max_devices = max_devices
 
     def read(self):
@@ -213,7 +220,7 @@ class NetProgram(BccProgram):
         Counts since the program's load, summed over CPUs and over network namespaces (devices
         are keyed by name). rx bytes exclude the link-layer header; the converter adds it.
         """
-        table = self.bpf["dev_stats"]
+        table = self.bpf[b"dev_stats"]
         devices = []
         try:
             items = list(table.items_lookup_batch())
@@ -225,11 +232,11 @@ class NetProgram(BccProgram):
                             sum(v.tx_bytes for v in per_cpu), sum(v.tx_packets for v in per_cpu)))
         if len(items) > self.max_devices * 3 // 4:
             self._prune(table, items)
-        ev = _percpu_array(self.bpf["tcp_events"], 4)
-        tcp = {"retransmits": ev[0], "opened_active": ev[1], "opened_passive": ev[2], "closed": ev[3]}
-        states = _percpu_array(self.bpf["tcp_state_in"], 16)
+        ev = _percpu_array(self.bpf[b"tcp_events"], 5)
+        tcp = {"retransmits": ev[0], "opened_active": ev[1], "opened_passive": ev[2], "closed": ev[3], "retransmit_failures": ev[4]}
+        states = _percpu_array(self.bpf[b"tcp_state_in"], 16)
         tcp_states = [(TCP_STATE_NAMES[s], n) for s, n in enumerate(states) if s in TCP_STATE_NAMES]
-        drops = _percpu_array(self.bpf["drop_reason"], DROP_REASONS)
+        drops = _percpu_array(self.bpf[b"drop_reason"], DROP_REASONS)
         named = [(self.drop_names.get(r, "reason%d" % r), n) for r, n in enumerate(drops) if n]
         return {"devices": devices, "tcp": tcp, "tcp_states": tcp_states, "drops": named}
 

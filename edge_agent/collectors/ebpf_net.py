@@ -5,6 +5,7 @@ Metrics (the first two as procfs/netlink, same attributes, units and scale):
     system.network.io                        counter  By            device, direction=receive|transmit
     system.network.packets                   counter  {packet}      device, direction
     system.network.tcp.retransmits           counter  {segment}     -
+    system.network.tcp.retransmits.failed    counter  {segment}     -   (attempts the stack refused)
     system.network.tcp.connections.opened    counter  {connection}  type=active|passive
     system.network.tcp.connections.closed    counter  {connection}  -
     system.network.tcp.transitions           counter  {transition}  state=established|syn_sent|...|close
@@ -64,6 +65,9 @@ def to_samples(reading, cache, header=None, devices=None, base=None):
     tcp = reading.get("tcp")
     if tcp is not None:
         out.append((cache.get("system.network.tcp.retransmits", COUNTER, "{segment}"), tcp["retransmits"]))
+        if "retransmit_failures" in tcp:
+            series = cache.get("system.network.tcp.retransmits.failed", COUNTER, "{segment}")
+            out.append((series, tcp["retransmit_failures"]))
         for kind in ("active", "passive"):
             series = cache.get("system.network.tcp.connections.opened", COUNTER, "{connection}", {"type": kind})
             out.append((series, tcp["opened_" + kind]))
