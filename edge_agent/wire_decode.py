@@ -127,6 +127,7 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
         _need(_is_uint(value), "bad_header", "%s is not an unsigned integer" % name)
     ext = obj[8] if len(obj) == 9 else {}
     _need(isinstance(ext, dict), "bad_header", "ext is not a map")
+    _check_ext(ext)
     if flags & FLAG_DEFLATE:
         _need(isinstance(body, bytes), "bad_body", "compressed body is not bin")
         try:
@@ -162,6 +163,20 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
         _need(len(values) == len(indexes), "bad_column", "series %d: %d values for %d ticks" % (sid, len(values), len(indexes)))
         columns.append((sid, indexes, _undelta(sid, values)))
     return Batch(flags, device, boot, seq, dict_epoch, ticks, columns, ext)
+
+
+def _check_ext(ext):
+    """The known ext fields must be well formed; unknown ones are ignored (forward compatibility)."""
+    lost = ext.get("lost")
+    if lost is not None:
+        _need(isinstance(lost, list) and len(lost) == 2 and _is_uint(lost[0]) and _is_uint(lost[1]),
+              "bad_ext", "lost must be [batches, samples]")
+    groups = ext.get("iv")
+    if groups is not None:
+        _need(isinstance(groups, list) and len(groups) <= 4096, "bad_ext", "iv must be a list")
+        for group in groups:
+            _need(isinstance(group, list) and len(group) >= 2 and all([_is_uint(x, 32) for x in group]),
+                  "bad_ext", "iv entries are [interval_ms, series_id, ...]")
 
 
 def _undelta(sid, values):

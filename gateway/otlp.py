@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.decode import Resolved
 
 SCOPE = "edge-telemetry"
+INTERVAL_METRIC = "edge.sampling.interval"
 SERVICE = "edge-agent"
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -50,7 +51,36 @@ def to_request(batches: Iterable[Resolved]) -> ExportMetricsServiceRequest:
                 _points(metric, series, [ticks[i] * 1_000_000 for i in indexes], values, start_ns)
             except (ValueError, TypeError, OverflowError) as exc:
                 raise ValueError("device %s, series %s: %s" % (birth.device, series.key, exc)) from exc
+        _intervals(scope, metrics, resolved)
     return request
+
+
+def _intervals(scope: pb.ScopeMetrics, metrics: dict, resolved: Resolved) -> None:
+    """`edge.sampling.interval`: the effective send interval of series the sampler stretched.
+
+    The base interval is the resource attribute `edge.sampling.interval_ms`; a series whose
+    samples are further apart than that (adaptive policy, load back-off) is listed in the batch's
+    `ext.iv`, and gets a point here, at the batch's last tick, with the series' own name and
+    attributes as attributes (`metric.name`, ...). Downstream, a gap no longer than this interval
+    is sampling; a longer one is a fault.
+    """
+    groups = resolved.batch.ext.get("iv") or []
+    if not groups:
+        return
+    series = resolved.birth.series
+    key = (INTERVAL_METRIC, GAUGE, "ms")
+    metric = metrics.get(key)
+    if metric is None:
+        metric = metrics[key] = scope.metrics.add(name=INTERVAL_METRIC, unit="ms")
+        metric.gauge.SetInParent()
+    t = resolved.batch.ticks[-1] * 1_000_000
+    for group in groups:
+        for sid in group[1:]:
+            known = series.get(sid)
+            if known is None:
+                continue
+            point = metric.gauge.data_points.add(time_unix_nano=t, as_int=group[0])
+            _attributes(point.attributes, dict(known.attrs, **{"metric.name": known.name}))
 
 
 def _resource(rm: pb.ResourceMetrics, birth) -> None:
@@ -62,8 +92,9 @@ def _resource(rm: pb.ResourceMetrics, birth) -> None:
         "os.type": birth.os.lower(),
         "os.description": birth.platform,
         "host.boot.id": birth.boot_id,
+        "edge.sampling.interval_ms": birth.raw.get("interval_ms"),
     }
-    _attributes(rm.resource.attributes, {k: v for k, v in attrs.items() if v})
+    _attributes(rm.resource.attributes, {k: v for k, v in attrs.items() if v is not None and v != ""})
 
 
 def _attributes(target, attrs: dict) -> None:
