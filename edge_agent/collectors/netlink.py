@@ -1,7 +1,8 @@
 """Interface statistics and link events over rtnetlink (pyroute2).
 
-One RTM_GETLINK dump per read gives every interface's 64-bit statistics (IFLA_STATS64), its
-operational state, carrier and MTU. A second socket, bound to RTMGRP_LINK, receives link changes:
+One RTM_GETLINK dump per read (pyroute2) gives every interface's 64-bit statistics (IFLA_STATS64),
+its operational state, carrier and MTU. A second, plain netlink socket bound to RTMGRP_LINK
+receives link changes (created, deleted, up, down, carrier):
 `poll_events()` returns the names of interfaces whose link changed since the last call without
 blocking, and `fileno()` lets a caller wait on it with select().
 
@@ -32,7 +33,8 @@ Example output:
     system.linux.network.mtu{device=eth0}                              1500
 """
 
-import select
+import socket
+import struct
 
 from edge_agent.counters import Monotonic
 from edge_agent.model import COUNTER, GAUGE, SeriesCache
@@ -59,6 +61,9 @@ for _t in ("length", "over", "crc", "frame", "fifo", "missed"):
 for _t in ("aborted", "carrier", "fifo", "heartbeat", "window"):
     STATS64["tx_%s_errors" % _t] = ("system.linux.network.errors", "{error}", "transmit", _t)
 
+RTMGRP_LINK = 1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+IFLA_IFNAME = 3
 OPERSTATE = {"UNKNOWN": 0, "NOTPRESENT": 1, "DOWN": 2, "LOWERLAYERDOWN": 3, "TESTING": 4, "DORMANT": 5, "UP": 6}
 
 
@@ -74,6 +79,30 @@ def parse_link(msg):
         "carrier": 1 if carrier else 0,
         "mtu": msg.get_attr("IFLA_MTU") or 0,
     }
+
+
+def parse_link_events(data):
+    """Interface names in a datagram of RTM_NEWLINK/RTM_DELLINK messages (nlmsghdr, ifinfomsg, rtattrs)."""
+    names = []
+    offset = 0
+    while offset + 32 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16 or offset + length > len(data):
+            break
+        if kind in (RTM_NEWLINK, RTM_DELLINK):
+            pos, end = offset + 32, offset + length  # after nlmsghdr (16) and ifinfomsg (16)
+            while pos + 4 <= end:
+                alen, atype = struct.unpack_from("=HH", data, pos)
+                if alen < 4:
+                    break
+                if atype == IFLA_IFNAME:
+                    name = data[pos + 4 : pos + alen].split(b"\0", 1)[0].decode("utf-8", "replace")
+                    if name not in names:
+                        names.append(name)
+                    break
+                pos += (alen + 3) & ~3
+        offset += (length + 3) & ~3
+    return names
 
 
 def to_samples(links, cache, counters=None):
@@ -122,11 +151,10 @@ class NetlinkCollector:
         self.names = set()
         self.query = IPRoute()
         self.events = None
-        if events:
-            from pyroute2.netlink.rtnl import RTMGRP_LINK
-
-            self.events = IPRoute()
-            self.events.bind(groups=RTMGRP_LINK)
+        if events:  # a plain non-blocking socket: select() on it is exact, no library-side queue
+            self.events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            self.events.bind((0, RTMGRP_LINK))
+            self.events.setblocking(False)
 
     def _wanted(self, name):
         return (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
@@ -151,10 +179,16 @@ class NetlinkCollector:
         changed = []
         if self.events is None:
             return changed
-        while select.select([self.events], [], [], 0)[0]:
-            for msg in self.events.get():
-                name = msg.get_attr("IFLA_IFNAME")
-                if name and name not in changed and self._wanted(name):
+        while True:
+            try:
+                data = self.events.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ENOBUFS: events were lost; report every known interface
+                changed.extend(n for n in sorted(self.names) if n not in changed)
+                continue
+            for name in parse_link_events(data):
+                if name not in changed and self._wanted(name):
                     changed.append(name)
         return changed
 

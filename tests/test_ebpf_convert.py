@@ -1,0 +1,115 @@
+"""Pure conversion of eBPF map readings to samples: no root, no bcc."""
+
+from edge_agent.collectors import ebpf_cpu, ebpf_net
+from edge_agent.collectors.bpf_loader import parse_symbolic
+from edge_agent.model import COUNTER, HISTOGRAM, SeriesCache
+
+
+def _by_key(samples):
+    return dict((s.key, v) for s, v in samples)
+
+
+CPU_READING = {
+    "cpus": [(0, 2_000_000_000, 8_000_000_000, 150), (1, 1_005_000_000, 9_000_000_000, 50)],
+    "runq": ([0, 3, 5] + [0] * 22 + [1], 12345),
+    "softirq": [("timer", 2_500_000), ("net_rx", 999)],
+    "top": [],
+}
+
+
+def test_cpu_time_uses_procfs_units_and_states():
+    samples = ebpf_cpu.to_samples(CPU_READING, SeriesCache("ebpf"))
+    got = _by_key(samples)
+    assert got["system.cpu.time{cpu=cpu0,state=busy}"] == 200  # ticks of 10 ms, scale 0.01
+    assert got["system.cpu.time{cpu=cpu1,state=busy}"] == 100
+    assert got["system.cpu.time{cpu=total,state=idle}"] == 800 + 900
+    assert got["system.cpu.context_switches{cpu=total}"] == 200
+    series = [s for s, _ in samples if s.name == "system.cpu.time"][0]
+    assert (series.kind, series.unit, series.scale, series.source) == (COUNTER, "s", 0.01, "ebpf")
+    assert got["system.cpu.softirq.time{vector=timer}"] == 2500  # microseconds, scale 1e-6
+
+
+def test_runqueue_histogram_shape():
+    samples = ebpf_cpu.to_samples(CPU_READING, SeriesCache("ebpf"))
+    series, value = [(s, v) for s, v in samples if s.name == "system.cpu.runqueue.latency"][0]
+    assert series.kind == HISTOGRAM and series.unit == "s" and series.scale == 1e-6
+    count, total, buckets = value
+    assert (count, total) == (9, 12345)
+    assert len(buckets) == len(series.bounds) + 1 == ebpf_cpu.RUNQ_SLOTS
+    assert series.bounds[0] == 1e-6 and series.bounds[10] == 1024e-6
+    assert buckets[-1] == 1  # the open-ended last slot is the +Inf bucket
+
+
+def test_cpu_per_cpu_off_and_seed():
+    base = {("cpu0", "busy"): 1000, ("cpu0", "idle"): 5}
+    got = _by_key(ebpf_cpu.to_samples(CPU_READING, SeriesCache("ebpf"), per_cpu=False, base=base))
+    assert "system.cpu.time{cpu=cpu0,state=busy}" not in got
+    assert got["system.cpu.time{cpu=total,state=busy}"] == 1200 + 100
+
+
+def test_seed_from_stat_continues_proc_counts():
+    stat = {"cpu": {"cpu0": [100, 0, 50, 1000, 10, 0, 5, 0], "cpu1": [0] * 8}}
+    base = ebpf_cpu.seed_from_stat(stat, {"cpus": [(0, 20_000_000, 30_000_000, 0)]})
+    assert base == {("cpu0", "busy"): 155 - 2, ("cpu0", "idle"): 1010 - 3}
+
+
+class _Program:
+    def __init__(self, readings):
+        self.readings = readings
+
+    def read(self):
+        return self.readings.pop(0)
+
+    def close(self):
+        pass
+
+
+def test_cpu_collector_utilization_and_monotonic_floor():
+    r0 = {"cpus": [(0, 0, 0, 0)]}
+    r1 = {"cpus": [(0, 1_000_000_000, 1_000_000_000, 5)]}
+    r2 = {"cpus": [(0, 990_000_000, 3_000_000_000, 6)]}  # a torn read: busy went back
+    coll = ebpf_cpu.EbpfCpuCollector(_Program([r0, r1, r2]), proc_root="/nonexistent")
+    coll.collect()
+    got = _by_key(coll.collect())
+    assert got["system.cpu.utilization{cpu=cpu0}"] == 5000
+    got = _by_key(coll.collect())
+    assert got["system.cpu.time{cpu=cpu0,state=busy}"] == 100  # held, not 99
+    assert got["system.cpu.utilization{cpu=cpu0}"] == 0
+
+
+NET_READING = {
+    "devices": [("eth0", 1000, 10, 5000, 20), ("vethX", 1, 1, 1, 1)],
+    "tcp": {"retransmits": 3, "opened_active": 4, "opened_passive": 5, "closed": 6, "retransmit_failures": 1},
+    "tcp_states": [("established", 9), ("close", 6)],
+    "drops": [("no_socket", 7), ("qdisc_drop", 2)],
+}
+
+
+def test_net_device_counters_match_procfs_names():
+    samples = ebpf_net.to_samples(NET_READING, SeriesCache("ebpf"), {"eth0": 14}, {"eth0", "lo"})
+    got = _by_key(samples)
+    assert got["system.network.io{device=eth0,direction=receive}"] == 1000 + 14 * 10
+    assert got["system.network.io{device=eth0,direction=transmit}"] == 5000
+    assert got["system.network.packets{device=eth0,direction=transmit}"] == 20
+    assert got["system.network.packets{device=lo,direction=receive}"] == 0  # present, no traffic yet
+    assert not any("vethX" in k for k in got)  # not in this namespace
+    assert got["system.network.tcp.retransmits"] == 3
+    assert got["system.network.tcp.retransmits.failed"] == 1
+    assert got["system.network.tcp.connections.opened{type=passive}"] == 5
+    assert got["system.network.tcp.connections.closed"] == 6
+    assert got["system.network.tcp.transitions{state=established}"] == 9
+    assert got["system.network.kernel.dropped{reason=no_socket}"] == 7
+
+
+def test_net_seed_is_added():
+    base = {("system.network.io", "eth0", "transmit"): 10**12}
+    got = _by_key(ebpf_net.to_samples(NET_READING, SeriesCache("ebpf"), None, None, base))
+    assert got["system.network.io{device=eth0,direction=transmit}"] == 10**12 + 5000
+    assert got["system.network.io{device=vethX,direction=receive}"] == 1
+
+
+def test_parse_symbolic_from_a_format_file():
+    fmt = ('print fmt: "vec=%u [action=%s]", REC->vec, __print_symbolic(REC->vec, { 0, "HI" }, '
+           '{ 1, "TIMER" }, { 3, "NET_RX" })')
+    assert parse_symbolic(fmt, "vec") == {0: "HI", 1: "TIMER", 3: "NET_RX"}
+    assert parse_symbolic(fmt, "reason") == {}
