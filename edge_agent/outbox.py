@@ -6,8 +6,8 @@ Batches wait here, oldest first, until the broker acknowledges them (QoS 1 PUBAC
                                                               ├──► transport, oldest first
     push() ──► RAM queue (newest) ────────────────────────────┘
 
-Without a spool, the RAM queue holds `max_batches`; beyond that the OLDEST batch is dropped and
-counted. With a spool, the oldest RAM batches are moved to disk in one segment instead (also
+Without a spool, the RAM queue holds `max_batches`; beyond that the OLDEST batch not in flight is
+dropped and counted (a batch handed to the transport is the transport's to deliver). With a spool, the oldest RAM batches are moved to disk in one segment instead (also
 while offline, every `spool_chunk` batches, so a power cut loses at most that many), and the
 spool drops its oldest segments past its byte cap, counted likewise. Drops are reported in the
 next batches (`ext.lost`), never silent. MicroPython-compatible.
@@ -52,8 +52,16 @@ class Outbox:
             return
         if self.spool is not None:
             self.spill(max(len(self.entries) - self.max_batches, self.spool_chunk))
-        while len(self.entries) > self.max_batches:  # no spool, or all of RAM in flight
-            old = self.entries.pop(0)
+        # no spool, or all of RAM in flight: drop the oldest batch not in flight. One in flight is
+        # the transport's to deliver (it sends it again after a reconnect), so dropping it would
+        # count a batch as lost that still arrives; RAM may exceed max_batches by the window.
+        while len(self.entries) > self.max_batches:
+            i = 0
+            while i < len(self.entries) and self.entries[i].token is not None:
+                i += 1
+            if i == len(self.entries):
+                break
+            old = self.entries.pop(i)
             self.own_dropped_batches += 1
             self.own_dropped_samples += old.samples
 

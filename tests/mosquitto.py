@@ -1,7 +1,9 @@
 """A real mosquitto for tests, started on a free loopback port.
 
 `start_mosquitto(tmp_path, extra_conf="") -> (proc, port)` returns once the broker accepts
-connections; `stop(proc)` ends it. Anonymous access, no persistence, log in tmp_path.
+connections; `stop(proc)` ends it. Anonymous access, log in tmp_path; no persistence unless
+`persistence_dir` is given (then sessions and queued messages are saved there every second and
+on a clean stop, and survive a restart on the same port).
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None) -> tuple[subprocess.Popen, int]:
+def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
+                    persistence_dir: str | None = None) -> tuple[subprocess.Popen, int]:
     port = port or free_port()
     conf = os.path.join(str(tmp_path), "mosquitto-%d.conf" % port)
+    persistence = "persistence false\n"
+    if persistence_dir:
+        os.makedirs(persistence_dir, exist_ok=True)
+        persistence = ("persistence true\npersistence_location %s/\nautosave_interval 1\n"
+                       "max_queued_messages 100000\n" % persistence_dir.rstrip("/"))
     with open(conf, "w") as f:
-        f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s\n" % (port, extra_conf))
+        f.write("listener %d 127.0.0.1\nallow_anonymous true\n%s%s\n" % (port, persistence, extra_conf))
     log_path = os.path.join(str(tmp_path), "mosquitto-%d.log" % port)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log, stderr=subprocess.STDOUT)

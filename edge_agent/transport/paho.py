@@ -80,9 +80,12 @@ class PahoTransport:
         if not self.connected:
             return None
         info = self.client.publish(topic, payload, qos, retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return None
-        return info.mid
+        if info.rc == mqtt.MQTT_ERR_SUCCESS or (qos and info.rc == mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN: the connection dropped before we heard of it; paho keeps a QoS 1 message
+            # and sends it on the next connection, so it is in flight all the same (were it not
+            # reported so, the outbox could count it lost, or send it twice)
+            return info.mid
+        return None
 
     def acked(self, token):
         with self.wakeup:
