@@ -21,6 +21,16 @@ def packb(obj):
     return bytes(out)
 
 
+def pack_into(obj, out):
+    """Append the msgpack of `obj` to the bytearray `out` (packb without the copy)."""
+    _pack(obj, out, 0)
+
+
+def pack_array_header(n, out):
+    """Append the header of an n-element array to `out`; its n elements are packed after it."""
+    _pack_len(n, out, 0x90, 0xDC)
+
+
 def _pack(obj, out, depth):
     if depth > MAX_DEPTH:
         raise ValueError("msgpack: nesting deeper than %d" % MAX_DEPTH)

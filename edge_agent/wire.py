@@ -27,7 +27,7 @@ loads wire_decode on first use.
 
 import binascii
 
-from edge_agent.umsgpack import packb
+from edge_agent.umsgpack import pack_array_header, pack_into, packb
 
 VERSION = 1
 FLAG_DEFLATE = 1
@@ -44,11 +44,16 @@ def boot_tag(boot_id):
 
 
 class BatchBuilder:
-    """Accumulates ticks of samples into columns, ready to encode as one data batch."""
+    """Accumulates ticks of samples, ready to encode as one data batch.
+
+    Each series' column is kept as the msgpack of its values as they go on the wire (the first
+    absolute, then differences), so a batch waiting in RAM costs about its encoded size plus a few
+    words a series, not a list of integers: it matters on a 64 KB MicroPython heap.
+    """
 
     def __init__(self):
         self.ticks = []
-        self.columns = {}  # series id -> [mask, [values]]
+        self.columns = {}  # series id -> [mask, previous value, number of values, packed values]
         self.samples = 0
 
     def __len__(self):
@@ -67,46 +72,55 @@ class BatchBuilder:
         for series, value in samples:
             column = columns.get(series.id)
             if column is None:
-                column = [0, []]
+                column = [0, None, 0, bytearray()]
                 columns[series.id] = column
             elif column[0] & bit:
                 continue  # the same series twice in one tick: keep the first
+            prev = column[1]
+            if isinstance(value, tuple):  # histogram (count, sum, buckets)
+                value = [value[0], value[1]] + list(value[2])
+                pack_into(value if prev is None else _diff(value, prev), column[3])
+            else:
+                pack_into(value if prev is None else value - prev, column[3])
             column[0] |= bit
-            column[1].append(value)
+            column[1] = value
+            column[2] += 1
         self.samples += len(samples)
 
     def encode(self, device, boot, seq, dict_epoch, compress=False, ext=None):
         if not self.ticks:
             raise ValueError("empty batch")
-        t0 = self.ticks[0]
-        deltas = []
-        prev = t0
-        for ts in self.ticks:
-            deltas.append(ts - prev)
-            prev = ts
-        full = (1 << len(self.ticks)) - 1
-        columns = []
-        for sid in sorted(self.columns):
-            mask, values = self.columns[sid]
-            column = [sid, 0 if mask == full else mask]
-            prev = None
-            for value in values:
-                if isinstance(value, tuple):  # histogram (count, sum, buckets)
-                    value = [value[0], value[1]] + list(value[2])
-                    column.append(value if prev is None else _diff(value, prev))
-                else:
-                    column.append(value if prev is None else value - prev)
-                prev = value
-            columns.append(column)
-        body = [deltas, columns]
-        flags = 0
+        out = bytearray()
+        pack_array_header(9 if ext else 8, out)
+        for field in (VERSION, FLAG_DEFLATE if compress else 0, device, boot, seq, dict_epoch, self.ticks[0]):
+            pack_into(field, out)
         if compress:
-            body = deflate(packb(body))
-            flags |= FLAG_DEFLATE
-        message = [VERSION, flags, device, boot, seq, dict_epoch, t0, body]
+            body = bytearray()
+            self.pack_body(body)
+            pack_into(deflate(body), out)
+        else:
+            self.pack_body(out)
         if ext:
-            message.append(ext)
-        return packb(message)
+            pack_into(ext, out)
+        return bytes(out)
+
+    def pack_body(self, out):
+        """[tick_deltas, columns] onto `out`."""
+        out.append(0x92)
+        n = len(self.ticks)
+        pack_array_header(n, out)
+        prev = self.ticks[0]
+        for ts in self.ticks:
+            pack_into(ts - prev, out)
+            prev = ts
+        full = (1 << n) - 1
+        pack_array_header(len(self.columns), out)
+        for sid in sorted(self.columns):
+            mask, _, count, values = self.columns[sid]
+            pack_array_header(2 + count, out)
+            pack_into(sid, out)
+            pack_into(0 if mask == full else mask, out)
+            out.extend(values)
 
 
 def _diff(values, prev):
