@@ -10,8 +10,6 @@ needs (edge_agent.commands, edge_agent.config, edge_agent.sampling) is imported 
 asks for it, so a device that is never tuned never loads it.
 """
 
-import gc
-
 from edge_agent import wire
 from edge_agent.clock import mono_ms, wall_ms
 from edge_agent.model import SeriesTable
@@ -162,7 +160,9 @@ class Agent:
         self.outbox = Outbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
         self.flush_at = None
         self.running = False
-        self.collect_after_flush = False  # gc.collect() once a batch is encoded (small heaps: MicroPython)
+        # called once a batch is encoded, while its builder is still alive: the heap's busiest moment
+        # (mpy_main collects garbage and records the heap there)
+        self.after_flush = None
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0}
         self.errors_by_collector = {}
@@ -227,9 +227,9 @@ class Agent:
         self.outbox.push(seq, payload, samples)
         self.stats["batches"] += 1
         self.stats["bytes"] += len(payload)
+        if self.after_flush is not None:
+            self.after_flush()
         self.builder = wire.BatchBuilder()
-        if self.collect_after_flush:
-            gc.collect()  # the old builder and the encoder's garbage go now, while the heap is quiet
         return payload
 
     def batch_ext(self):
@@ -373,6 +373,10 @@ class Agent:
             return errors
         old = self.sampler
         sampler = Sampler(old.params)
+        if self.loadwatch is None:  # the load policies read the device's load; fixed did not
+            from edge_agent.loadwatch import LoadWatch
+
+            self.loadwatch = LoadWatch(self.config["proc_root"])
         if old.last_ms is not None:
             sampler.due(old.last_ms)  # the last read was then: the next one is an interval later
         return sampler

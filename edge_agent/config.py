@@ -184,6 +184,8 @@ def _broker_ok(url):
 def _check_sampling(section):
     if not isinstance(section, dict):
         return ["config key 'sampling': must be an object"]
+    if not section:
+        return []  # nothing to check: edge_agent.sampling is not even loaded (a small device's heap)
     try:
         from edge_agent.sampling import validate_sampling
     except ImportError:
