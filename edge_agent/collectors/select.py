@@ -42,6 +42,7 @@ def _ebpf(name, section, proc_root, companion):
     reason = bpf_loader.missing(EBPF_PROGRAM[name])
     if reason:
         return None, reason
+    program = None
     try:
         if name == "cpu":
             from edge_agent.collectors.ebpf_cpu import EbpfCpuCollector
@@ -54,6 +55,8 @@ def _ebpf(name, section, proc_root, companion):
         program = bpf_loader.NetProgram()
         return EbpfNetCollector(program, companion(), section.get("include"), section.get("exclude")), None
     except Exception as e:  # compile, verifier or attach failure: report and fall back
+        if program is not None:
+            program.close()
         return None, "the eBPF program failed to load (%s)" % _first_line(e)
 
 
