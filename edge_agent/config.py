@@ -35,7 +35,7 @@ DEFAULTS = {
     "state_dir": "",  # sequence numbers, accepted commands, spool; empty: nothing persisted
     "proc_root": "/proc",
     "collectors": {
-        "cpu": _collector({"per_cpu": True}),
+        "cpu": _collector({"per_cpu": True, "top_processes": 0}),  # top_processes: eBPF only
         "memory": _collector(),
         "load": _collector(),
         "network": _collector({"include": [], "exclude": []}),
@@ -87,6 +87,7 @@ for _name in COLLECTORS:
     RULES["collectors." + _name + ".enabled"] = (bool,)
     RULES["collectors." + _name + ".backend"] = (str, BACKENDS)
 RULES["collectors.cpu.per_cpu"] = (bool,)
+RULES["collectors.cpu.top_processes"] = (int, 0, 64)
 RULES["collectors.network.include"] = (list,)
 RULES["collectors.network.exclude"] = (list,)
 

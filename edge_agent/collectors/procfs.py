@@ -81,7 +81,9 @@ def enabled_procfs(section, root="/proc"):
     """
     options = {}
     for name in section:
-        options[name] = dict([(k, v) for k, v in section[name].items() if k not in ("enabled", "backend")])
+        # enabled/backend belong to the section, top_processes to the eBPF backend only
+        options[name] = dict([(k, v) for k, v in section[name].items()
+                              if k not in ("enabled", "backend", "top_processes")])
     built = procfs_collectors(root, options)
     chosen = [built[name] for name in section if name in built and section[name].get("enabled", True)]
     return chosen, dict([(c.name, c.source) for c in chosen])

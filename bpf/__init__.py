@@ -1,0 +1,1 @@
+"""The eBPF programs (C for bcc), shipped as package data next to the agent."""
