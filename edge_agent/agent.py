@@ -309,77 +309,16 @@ class Agent:
             self.publish_birth()
 
     def set_sampling(self, params):
-        if not isinstance(params, dict):
-            return ["sampling: must be an object"]
-        sampler = self.sampler
-        if isinstance(sampler, EveryInterval) and not sampler.covers(params):
-            sampler = self.full_sampler(params)  # another policy: the full sampler from now on
-            if isinstance(sampler, list):
-                return sampler
-        update = getattr(sampler, "update", None)
-        if update is None:
-            return ["this agent's sampler cannot be tuned remotely"]
-        errors = update(params)
-        if not errors:
-            self.sampler = sampler
-            from edge_agent.commands import save_overrides
+        """Tune the sampler (a set_sampling command); returns the problems, empty when applied."""
+        from edge_agent.commands import set_sampling
 
-            merged = dict(self.overrides.get("sampling", {}))
-            merged.update(params)
-            self.overrides["sampling"] = merged
-            save_overrides(self.config["state_dir"], self.overrides)
-            self.rebirth()  # the retained birth shows the effective sampling to `edge-gateway devices`
-        return errors
+        return set_sampling(self, params)
 
     def set_collectors(self, changes):
-        errors = check_collector_changes(changes)
-        if not errors and self.collector_factory is None:
-            errors = ["collectors cannot be changed on this platform"]
-        if errors:
-            return errors
-        section = {}
-        for name in self.config["collectors"]:
-            section[name] = dict(self.config["collectors"][name])
-            section[name].update(changes.get(name, {}))
-        try:
-            collectors, effective = self.collector_factory(section)
-        except (OSError, ValueError) as exc:
-            return ["collectors: %s" % exc]
-        for old in self.collectors.values():
-            try:
-                old.close()
-            except OSError:
-                pass
-        self.collectors = dict([(c.name, c) for c in collectors])
-        self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
-        self.config["collectors"] = section
-        self.info["collectors"] = effective
-        saved = self.overrides.get("collectors", {})
-        for name in changes:
-            saved.setdefault(name, {}).update(changes[name])
-        self.overrides["collectors"] = saved
-        from edge_agent.commands import save_overrides
+        """Enable, disable or switch collectors (a set_collectors command); returns the problems."""
+        from edge_agent.commands import set_collectors
 
-        save_overrides(self.config["state_dir"], self.overrides)
-        self.rebirth()
-        return []
-
-    def full_sampler(self, params):
-        """A sampling.Sampler continuing EveryInterval's schedule, or the list of problems."""
-        from edge_agent.sampling import Sampler, validate_sampling
-
-        errors = validate_sampling(params)
-        if errors:
-            return errors
-        old = self.sampler
-        sampler = Sampler(old.params)
-        if self.loadwatch is None:  # the load policies read the device's load; fixed did not
-            from edge_agent.loadwatch import LoadWatch
-
-            self.loadwatch = LoadWatch(self.config["proc_root"])
-        if old.last_ms is not None:
-            sampler.due(old.last_ms)  # the last read was then: the next one is an interval later
-        return sampler
+        return set_collectors(self, changes)
 
     # ------------------------------------------------------------------ the loop
 
@@ -443,31 +382,6 @@ class Agent:
 
     def stop(self):
         self.running = False
-
-
-def check_collector_changes(changes):
-    """Validate a set_collectors argument: {name: {"enabled": bool, "backend": str}}."""
-    from edge_agent.config import BACKENDS, COLLECTORS
-
-    errors = []
-    if not isinstance(changes, dict) or not changes:
-        return ["args must map collector names to {enabled, backend}"]
-    for name in changes:
-        change = changes[name]
-        if name not in COLLECTORS:
-            errors.append("%s: unknown collector (known: %s)" % (name, ", ".join(COLLECTORS)))
-        elif not isinstance(change, dict):
-            errors.append("%s: must be an object" % name)
-        else:
-            for key in change:
-                value = change[key]
-                if key == "enabled" and not isinstance(value, bool):
-                    errors.append("%s.enabled: must be true or false" % name)
-                elif key == "backend" and value not in BACKENDS:
-                    errors.append("%s.backend: must be one of %s" % (name, ", ".join(BACKENDS)))
-                elif key not in ("enabled", "backend"):
-                    errors.append("%s.%s: cannot be changed remotely" % (name, key))
-    return errors
 
 
 def _print_log(event, **fields):

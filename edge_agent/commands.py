@@ -231,3 +231,108 @@ def save_overrides(state_dir, overrides):
     if state_dir:
         ensure_dir(state_dir)
         write_atomic(state_dir + "/overrides.json", json.dumps(overrides))
+
+
+# ---------------------------------------------------------------- what set_sampling / set_collectors do
+# (here rather than in agent.py: a device loads this module only while it handles a command)
+
+
+def set_sampling(agent, params):
+    """Agent.set_sampling: validate and apply; the fixed policy's EveryInterval hands over to a Sampler."""
+    from edge_agent.agent import EveryInterval
+
+    if not isinstance(params, dict):
+        return ["sampling: must be an object"]
+    sampler = agent.sampler
+    if isinstance(sampler, EveryInterval) and not sampler.covers(params):
+        sampler = full_sampler(agent, params)  # another policy: the full sampler from now on
+        if isinstance(sampler, list):
+            return sampler
+    update = getattr(sampler, "update", None)
+    if update is None:
+        return ["this agent's sampler cannot be tuned remotely"]
+    errors = update(params)
+    if not errors:
+        agent.sampler = sampler
+        merged = dict(agent.overrides.get("sampling", {}))
+        merged.update(params)
+        agent.overrides["sampling"] = merged
+        save_overrides(agent.config["state_dir"], agent.overrides)
+        agent.rebirth()  # the retained birth shows the effective sampling to `edge-gateway devices`
+    return errors
+
+
+def set_collectors(agent, changes):
+    """Agent.set_collectors: validate, rebuild the collectors through the agent's factory, persist."""
+    errors = check_collector_changes(changes)
+    if not errors and agent.collector_factory is None:
+        errors = ["collectors cannot be changed on this platform"]
+    if errors:
+        return errors
+    section = {}
+    for name in agent.config["collectors"]:
+        section[name] = dict(agent.config["collectors"][name])
+        section[name].update(changes.get(name, {}))
+    try:
+        collectors, effective = agent.collector_factory(section)
+    except (OSError, ValueError) as exc:
+        return ["collectors: %s" % exc]
+    for old in agent.collectors.values():
+        try:
+            old.close()
+        except OSError:
+            pass
+    agent.collectors = dict([(c.name, c) for c in collectors])
+    agent.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+    agent.config["collectors"] = section
+    agent.info["collectors"] = effective
+    saved = agent.overrides.get("collectors", {})
+    for name in changes:
+        saved.setdefault(name, {}).update(changes[name])
+    agent.overrides["collectors"] = saved
+    save_overrides(agent.config["state_dir"], agent.overrides)
+    agent.rebirth()
+    return []
+
+
+def full_sampler(agent, params):
+    """A sampling.Sampler continuing EveryInterval's schedule, or the list of problems."""
+    from edge_agent.sampling import Sampler, validate_sampling
+
+    errors = validate_sampling(params)
+    if errors:
+        return errors
+    old = agent.sampler
+    sampler = Sampler(old.params)
+    if agent.loadwatch is None:  # the load policies read the device's load; fixed did not
+        from edge_agent.loadwatch import LoadWatch
+
+        agent.loadwatch = LoadWatch(agent.config["proc_root"])
+    if old.last_ms is not None:
+        sampler.due(old.last_ms)  # the last read was then: the next one is an interval later
+    return sampler
+
+
+def check_collector_changes(changes):
+    """Validate a set_collectors argument: {name: {"enabled": bool, "backend": str}}."""
+    from edge_agent.config import BACKENDS, COLLECTORS
+
+    errors = []
+    if not isinstance(changes, dict) or not changes:
+        return ["args must map collector names to {enabled, backend}"]
+    for name in changes:
+        change = changes[name]
+        if name not in COLLECTORS:
+            errors.append("%s: unknown collector (known: %s)" % (name, ", ".join(COLLECTORS)))
+        elif not isinstance(change, dict):
+            errors.append("%s: must be an object" % name)
+        else:
+            for key in change:
+                value = change[key]
+                if key == "enabled" and not isinstance(value, bool):
+                    errors.append("%s.enabled: must be true or false" % name)
+                elif key == "backend" and value not in BACKENDS:
+                    errors.append("%s.backend: must be one of %s" % (name, ", ".join(BACKENDS)))
+                elif key not in ("enabled", "backend"):
+                    errors.append("%s.%s: cannot be changed remotely" % (name, key))
+    return errors

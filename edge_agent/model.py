@@ -18,13 +18,16 @@ KIND_NAMES = ("gauge", "counter", "histogram")
 
 
 class Series:
+    bounds = None  # set on the instance only when given: an attribute less per series (small heaps)
+
     def __init__(self, name, kind, unit, attrs=None, scale=1, bounds=None, source=""):
         self.name = name
         self.kind = kind
         self.unit = unit
         self.attrs = attrs if attrs else {}
         self.scale = scale
-        self.bounds = bounds
+        if bounds is not None:
+            self.bounds = bounds
         self.source = source  # backend that produced it: "procfs", "netlink", "ebpf"
         self.key = series_key(name, self.attrs)
         self.id = -1  # set by the SeriesTable that announces it

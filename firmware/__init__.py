@@ -22,6 +22,7 @@ MPY_MODULES = [
     "edge_agent/commands.py",
     "edge_agent/hmac.py",
     "edge_agent/mpy_main.py",
+    "edge_agent/mpy_setup.py",
     "edge_agent/collectors/__init__.py",
     "edge_agent/collectors/procfs*.py",
     "edge_agent/transport/__init__.py",
