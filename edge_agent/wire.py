@@ -27,7 +27,7 @@ loads wire_decode on first use.
 
 import binascii
 
-from edge_agent.umsgpack import pack_array_header, pack_into, packb
+from edge_agent.umsgpack import pack_array_header, pack_into
 
 VERSION = 1
 FLAG_DEFLATE = 1
@@ -143,14 +143,21 @@ def encode_birth(info, table):
         "os": info.get("os", ""),
         "platform": info.get("platform", ""),
         "collectors": info.get("collectors", {}),
-        "series": [
-            [s.id, s.name, s.unit, s.kind, s.attrs, s.scale, s.bounds, s.source] for s in table.series
-        ],
     }
     for key in ("interval_ms", "sampling", "group"):
         if key in info:
             birth[key] = info[key]
-    return packb(birth)
+    # the series go last, packed one at a time: the whole list never exists at once (small heaps)
+    out = bytearray()
+    out.append(0x80 | (len(birth) + 1))  # a fixmap: 15 keys at most
+    for key in birth:
+        pack_into(key, out)
+        pack_into(birth[key], out)
+    pack_into("series", out)
+    pack_array_header(len(table.series), out)
+    for s in table.series:
+        pack_into([s.id, s.name, s.unit, s.kind, s.attrs, s.scale, s.bounds, s.source], out)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- deflate (CPython agents with compress)
