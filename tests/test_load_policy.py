@@ -24,6 +24,16 @@ BIN = os.path.dirname(sys.executable)
 HOG = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
 
 
+def machine_ticks() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def machine_util(before: list[int], after: list[int]) -> float:
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return 1 - (delta[3] + delta[4]) / max(1, sum(delta))
+
+
 def cpu_ticks(pid: int) -> int:
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -92,9 +102,18 @@ def test_load_policy_backs_off_under_a_cpu_hog_and_returns(tmp_path, broker):
         assert agent_cpu < 0.02, agent_cpu  # the agent's own CPU, as a share of one core
         for hog in hogs:
             hog.kill()
+        before = machine_ticks()
         recovered = gaps(watch.batches(14))[-4:]
-        assert recovered and max(recovered) < 900, recovered  # back at the base interval
-        print("calm gaps %s, busy gaps %s, agent cpu %.4f of a core" % (calm[:5], busy, agent_cpu))
+        util = machine_util(before, machine_ticks())
+        print("calm gaps %s, busy gaps %s, agent cpu %.4f of a core, machine after the hog %.2f"
+              % (calm[:5], busy, agent_cpu, util))
+        # the policy follows the machine, and this machine may be shared: judge by what it measured
+        if util < 0.4:
+            assert recovered and max(recovered) < 900, recovered  # back at the base interval
+        elif util > 0.85:
+            assert recovered and min(recovered) >= 1900, recovered  # still busy: still backed off
+        else:
+            print("machine between the watermarks (%.2f): the interval may hold either way" % util)
     finally:
         for hog in hogs:
             hog.kill()
