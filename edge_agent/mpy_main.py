@@ -109,12 +109,20 @@ class OnDemandCommands:
         return handler
 
     def topics(self):
-        topics = self.handler().topics()
-        release(*self.MODULES)
+        """As CommandHandler.topics, without loading it at every connection."""
+        prefix = self.cfg["topic_prefix"]
+        topics = [prefix + "/" + self.device + "/cmd", prefix + "/_fleet/cmd"]
+        if self.cfg["group"]:
+            topics.append(prefix + "/_group/" + self.cfg["group"] + "/cmd")
         return topics
 
     def handle(self, topic, payload, agent):
-        handler = self.handler()
+        try:
+            handler = self.handler()
+        except MemoryError:  # no room to load the handler now: the sender times out and may retry
+            release(*self.MODULES)
+            self.log("command_dropped", device=self.device, reason="memory")
+            return None
         try:
             return handler.handle(topic, payload, agent)
         finally:
