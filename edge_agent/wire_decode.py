@@ -94,6 +94,9 @@ def _need(ok, reason, detail):
         raise WireError(reason, detail)
 
 
+MAX_SAMPLES = 100000  # 64 ticks of ~1500 series
+
+
 def _brief(value):
     """A short text for a rejected value: never the repr of a whole, possibly deeply nested, container."""
     if isinstance(value, (list, dict)):
@@ -113,8 +116,11 @@ def decode(payload, unpack=unpackb, max_size=65536):
         raise WireError("not_msgpack", str(exc)[:120])
 
 
-def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
-    """Validate a decoded data message and expand it to absolute timestamps and values."""
+def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED, max_samples=MAX_SAMPLES):
+    """Validate a decoded data message and expand it to absolute timestamps and values.
+
+    `max_samples` bounds the work a single message can cause: deflate makes a 30 KB payload of
+    repeated zero deltas worth hundreds of thousands of samples."""
     _need(isinstance(obj, list), "bad_header", "message is not an array")
     _need(len(obj) in (8, 9), "bad_header", "array of %d elements" % len(obj))
     if not (obj[0] == VERSION and _is_int(obj[0])):
@@ -147,6 +153,10 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED):
         ts += delta
         ticks.append(ts)
     _need(isinstance(raw_columns, list), "bad_body", "columns is not an array")
+    total = 0
+    for column in raw_columns:
+        total += len(column) - 2 if isinstance(column, list) else 0
+    _need(total <= max_samples, "too_many_samples", "%d samples > limit %d" % (total, max_samples))
     n = len(ticks)
     full = (1 << n) - 1
     columns = []

@@ -147,3 +147,25 @@ def test_run_flag_reaches_the_dictionaries():
     args = build_parser().parse_args(["run", "--max-new-series", "7"])
     assert args.max_new_series == 7
     assert build_parser().parse_args(["run"]).max_new_series == 1000
+
+
+def test_a_deflated_flood_of_samples_is_refused_cheaply():
+    """30 KB of deflated zero deltas would be 640,000 samples: refused before any is expanded."""
+    import time
+    import zlib
+
+    import msgpack
+
+    from edge_agent import wire
+
+    columns = [[sid, 0, 1] + [0] * 63 for sid in range(10000)]
+    body = msgpack.packb([[0] + [1000] * 63, columns])
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = compressor.compress(body) + compressor.flush()
+    payload = msgpack.packb([1, 1, "d", 1, 1, 1, 1, deflated])
+    assert len(payload) < 65536
+    started = time.monotonic()
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_batch(wire.decode(payload))
+    assert err.value.reason == "too_many_samples"
+    print("refused in %.3f s" % (time.monotonic() - started))
