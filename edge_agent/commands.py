@@ -35,7 +35,7 @@ def sign(body, key):
 
 class Rejected(Exception):
     def __init__(self, reason, message):
-        Exception.__init__(self, message)
+        super().__init__(message)  # MicroPython has no Exception.__init__ to call
         self.reason = reason
         self.message = message
 

