@@ -217,3 +217,30 @@ def test_a_restart_with_a_backlog_larger_than_the_window_loses_nothing(mosquitto
     finally:
         pub.loop_stop()
         gw.stop()
+
+
+def test_device_status_is_published_retained_for_the_fleet_view(mosquitto_broker, receiver):
+    from gateway.fleet import connect, gather
+
+    gw = Running(mosquitto_broker, receiver)
+    gw.gateway.publish_status = gw.intake.publish_status  # as cli.run_command wires it
+    pub = publisher(mosquitto_broker)
+    try:
+        table, series = make_table()
+        publish(pub, "edge/dev-1/birth", birth(table), retain=True)
+        publish(pub, "edge/dev-1/data", batch(steady(series), seq=7))
+        assert wait_for(lambda: exported_points(receiver) == 15)
+        client, inbox = connect(BrokerConfig(host="127.0.0.1", port=mosquitto_broker, client_id="fleet-view"),
+                                ["edge/_status/+"])
+        try:
+            fleet = gather(inbox, "edge")
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        status = fleet["dev-1"].status
+        assert status["seq"] == 7 and status["batches"] == 1 and status["samples"] == 15
+        assert status["gateway"] == "gw-test" and status["lost"] == [0, 0] and status["gaps"] == 0
+        assert status["last_seen"] == steady(series)[-1][0] / 1000
+    finally:
+        pub.loop_stop()
+        gw.stop()
