@@ -165,6 +165,9 @@ def check(config):
         errors.append("config key 'batch_s': must not be shorter than interval_s (%s)" % config["interval_s"])
     if not errors and config["buffer"]["spool_max_bytes"] and not config["state_dir"]:
         errors.append("config key 'buffer.spool_max_bytes': the spool needs state_dir to be set")
+    device = config.get("device_id")
+    if isinstance(device, str) and device and (device[0] == "_" or [c for c in "/+#" if c in device]):
+        errors.append("config key 'device_id': must not start with '_' nor contain '/', '+' or '#', got %s" % _show(device))
     if config.get("broker") and not _broker_ok(config["broker"]):
         errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % _show(config["broker"]))
     errors.extend(_check_sampling(config.get("sampling")))

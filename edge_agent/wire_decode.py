@@ -94,6 +94,16 @@ def _need(ok, reason, detail):
         raise WireError(reason, detail)
 
 
+def valid_device_id(device):
+    """1-128 characters, no MQTT topic syntax, not starting with '_' (reserved: _fleet, _status…)."""
+    if not isinstance(device, str) or not 0 < len(device) <= 128 or device[0] == "_":
+        return False
+    for ch in "/+#\x00":
+        if ch in device:
+            return False
+    return True
+
+
 MAX_SAMPLES = 100000  # 64 ticks of ~1500 series
 
 
@@ -128,7 +138,7 @@ def parse_batch(obj, unpack=unpackb, max_inflated=MAX_INFLATED, max_samples=MAX_
     flags, device, boot, seq, dict_epoch, t0, body = obj[1:8]
     if not (_is_uint(flags, 8) and not flags & ~FLAG_DEFLATE):
         raise WireError("bad_header", "flags %s" % _brief(flags))
-    _need(isinstance(device, str) and 0 < len(device) <= 128, "bad_header", "device id")
+    _need(valid_device_id(device), "bad_header", "device id")
     for name, value in (("boot", boot), ("seq", seq), ("dict", dict_epoch), ("t0", t0)):
         _need(_is_uint(value), "bad_header", "%s is not an unsigned integer" % name)
     ext = obj[8] if len(obj) == 9 else {}
@@ -213,7 +223,7 @@ def parse_birth(obj, max_series=10000):
     _need(isinstance(obj, dict), "bad_birth", "birth is not a map")
     if obj.get("v") != VERSION or not _is_int(obj.get("v")):
         raise WireError("bad_version", "birth version %s" % _brief(obj.get("v")))
-    _need(isinstance(obj.get("dev"), str) and 0 < len(obj["dev"]) <= 128, "bad_birth", "device id")
+    _need(valid_device_id(obj.get("dev")), "bad_birth", "device id")
     _need(isinstance(obj.get("boot"), str), "bad_birth", "boot id")
     for key in ("bt", "btime", "dict"):
         _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)

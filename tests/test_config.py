@@ -31,6 +31,8 @@ def test_file_then_flags(tmp_path):
     ({"tls": "yes"}, "config key 'tls': must be an object"),
     ({"broker": "http://x"}, "config key 'broker': must look like mqtt://host:port"),
     ({"compress": 1}, "config key 'compress': must be true or false"),
+    ({"device_id": "_status"}, "config key 'device_id': must not start with"),
+    ({"device_id": "a/b"}, "config key 'device_id': must not start with"),
     ({"batch_s": 0.5, "interval_s": 1}, "config key 'batch_s': must not be shorter than interval_s"),
     ({"collectors": {"network": {"include": [1]}}}, "config key 'collectors.network.include': must be a list of strings"),
     ({"sampling": {"policy": "psychic"}}, "config key 'sampling.policy': must be one of fixed"),
