@@ -47,7 +47,7 @@ DEVICE_IMPORTS = [
     "edge_agent.transport", "edge_agent.transport.umqtt", "edge_agent.mpy_main",
 ]
 # loaded only for a while (start-up, a command, another sampling policy) or only with a spool
-TRANSIENT_IMPORTS = ["edge_agent.config", "edge_agent.hmac", "edge_agent.commands", "edge_agent.sampling",
+TRANSIENT_IMPORTS = ["edge_agent.mpy_setup", "edge_agent.config", "edge_agent.hmac", "edge_agent.commands", "edge_agent.sampling",
                      "edge_agent.loadwatch", "edge_agent.spool"]
 
 IMPORT_SCRIPT = """
