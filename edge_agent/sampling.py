@@ -21,8 +21,13 @@ the step-to-step change |x[t] - x[t-1]| (the noise scale `d`) and of the value i
 `s`). A reading is a surprise, and is sent at once, when
     |x - last_sent| > band            band = max(adaptive_k * d, adaptive_floor * s)
 or when the signed sum of (x - last_sent) since the last send exceeds `adaptive_drift * band`
-(a slow drift inside the band that the last sent value no longer represents). A floor of
+(a slow drift inside the band that the last sent value no longer represents). A drift send does
+not overshoot: it goes out on the first reading that is not a new step in the drift's direction
+(a turn), so the held value is not the noise extreme that pushed the sum over the line. A floor of
 `adaptive_range` x the series' running p5-p95 range stops the band collapsing on flat signals.
+Warm-up: while the range trackers still learn (their first 1/QGAIN reads) the band is capped at
+the running range, so a series that starts in a transient does not get a band inflated by its
+first steps.
 Peak guard: a reading above the series' running `adaptive_peak_q` quantile that has risen more
 than `adaptive_peak_rise` running ranges over the last sent value is sent too, so a rising peak is
 followed to its top; such a tail capture does not reset the heartbeat. The quantiles are O(1)
@@ -228,7 +233,7 @@ class _SeriesState:
         self.prev_x = None
         self.prev_raw = None
         self.prev_ms = 0
-        self.drift = 0.0
+        self.drift = 0.0  # signed sum of (x - sent_x) over the reads since the last send
         self.noise = Pewma()  # of |x[t] - x[t-1]|
         self.level = Pewma()  # of x
         self.lo = Quantile(1 - RANGE_Q)  # running p5 and p95: the series' own scale
@@ -459,6 +464,8 @@ class Sampler:
         floor = p["adaptive_floor"] * st.level.sd()
         if floor > band:
             band = floor
+        if 0 < rng < band and st.level.n * QGAIN < 1:
+            band = rng  # warm-up: a band from the first few steps may not exceed the range seen so far
         floor = p["adaptive_range"] * rng
         if floor > band:
             band = floor
@@ -486,9 +493,27 @@ class Sampler:
         if peak:  # a tail capture, not a sign of unpredictability: the heartbeat keeps its pace
             return self._send(st, now, x, value, st.interval_ms or low)
         drift = p["adaptive_drift"]
-        if drift > 0 and (st.drift > drift * band or -st.drift > drift * band):
+        if drift > 0 and (st.drift > drift * band or -st.drift > drift * band) and self._settled(st, x, prev_x, p, rng):
             return self._send(st, now, x, value, low)
         return self._heartbeat(st, now, x, value, base, high)
+
+    def _settled(self, st, x, prev_x, p, rng):
+        """Whether a due drift send goes out on this reading, or waits for the next turn.
+
+        The reading that pushes the drift sum over the trigger tends to be a noise extreme on the
+        drift's side; holding it would move the reconstruction past the new level (on a noisy
+        plateau, below the tops the operator should still see). So the send goes out on the first
+        reading that is not a new step in the drift's direction (not below the previous reading for
+        a downward drift, not above it for an upward one, give or take the `adaptive_range` floor).
+        A trend inside the band waits until it leaves the band, which sends at once; the heartbeat
+        bounds the wait.
+        """
+        if prev_x is None:
+            return True
+        tol = p["adaptive_range"] * rng
+        if st.drift < 0:
+            return x >= prev_x - tol
+        return x <= prev_x + tol
 
     def _send(self, st, now, x, value, low):
         st.sent_x = x
