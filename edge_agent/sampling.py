@@ -62,7 +62,7 @@ SAMPLING_DEFAULTS = {
     "load_runq_full": 2.0,  # runnable threads per CPU that count as pressure 1.0
     "cpu_budget": 0.01,  # the agent's own CPU, as a fraction of one core
     # adaptive policy
-    "adaptive_k": 3.0,  # band width in units of the typical step-to-step change
+    "adaptive_k": 3.1,  # band width in units of the typical step-to-step change (chosen on NAB, see docs)
     "adaptive_floor": 0.1,  # band floor as a fraction of the series' spread (quantised signals)
     "adaptive_range": 0.01,  # band floor as a fraction of the series' running p5-p95 range
     "adaptive_drift": 3.0,  # drift trigger: sum of deviations over band (0: off)
