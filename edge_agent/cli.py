@@ -17,7 +17,7 @@ import time
 from edge_agent import __version__, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
-from edge_agent.collectors.procfs_system import read_boot_id, read_boot_time
+from edge_agent.collectors.procfs_system import read_boot
 from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
@@ -109,18 +109,6 @@ def device_info(cfg, effective):
         "collectors": effective,
         "group": cfg["group"],
     }
-
-
-def read_boot(proc):
-    try:
-        boot_id = read_boot_id(proc)
-    except OSError:
-        boot_id = "unknown"
-    try:
-        boot_time_ms = read_boot_time(proc) * 1000
-    except (OSError, ValueError, TypeError):
-        boot_time_ms = 0
-    return boot_id, boot_time_ms
 
 
 def build_collectors(cfg, log):

@@ -30,20 +30,13 @@ def load_config(path, release):
 
 def device_info(cfg, effective):
     from edge_agent.collectors.procfs import read_text
-    from edge_agent.collectors.procfs_system import read_boot_id, read_boot_time
+    from edge_agent.collectors.procfs_system import read_boot
 
     root = cfg["proc_root"]
     name = cfg["device_id"]
     if not name:
         name = read_text(root, "sys/kernel/hostname").strip()
-    try:
-        boot_id = read_boot_id(root)
-    except OSError:
-        boot_id = "unknown"
-    try:
-        boot_time_ms = read_boot_time(root) * 1000
-    except (OSError, ValueError):
-        boot_time_ms = 0
+    boot_id, boot_time_ms = read_boot(root)
     impl = sys.implementation
     return {
         "device": name, "boot_id": boot_id, "boot_time_ms": boot_time_ms, "agent": __version__,

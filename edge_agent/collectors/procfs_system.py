@@ -41,6 +41,19 @@ def read_boot_time(root="/proc"):
     raise OSError("stat: no btime line")
 
 
+def read_boot(root="/proc"):
+    """(boot id, boot time in ms) for the birth message; ("unknown", 0) where the kernel lacks them."""
+    try:
+        boot_id = read_boot_id(root)
+    except OSError:
+        boot_id = "unknown"
+    try:
+        boot_time_ms = read_boot_time(root) * 1000
+    except (OSError, ValueError):
+        boot_time_ms = 0
+    return boot_id, boot_time_ms
+
+
 class SystemCollector:
     name = "system"
     source = "procfs"
