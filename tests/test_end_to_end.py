@@ -15,21 +15,11 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
-from mosquitto import free_port, start_mosquitto, stop
+from mosquitto import free_port, start_mosquitto, stop, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 BIN = os.path.dirname(sys.executable)
 DEVICE = "e2e-device"
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def read_proc(name):

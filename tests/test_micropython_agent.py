@@ -23,7 +23,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from mosquitto import free_port
+from mosquitto import free_port, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent import wire
@@ -124,16 +124,6 @@ def pipeline(tmp_path, mosquitto_broker, bundle):
     receiver.stop()
     for name in ("agent.out", "gateway.out"):
         print("----", name, "\n", (tmp_path / name).read_text()[-3000:])
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def mem_total_kib():

@@ -26,7 +26,7 @@ import time
 import urllib.request
 
 import pytest
-from mosquitto import free_port, start_mosquitto, stop
+from mosquitto import free_port, start_mosquitto, stop, wait_for
 from otlp_receiver import OtlpReceiver
 
 BIN = os.path.dirname(sys.executable)
@@ -35,16 +35,6 @@ AGENT_CONFIG = {
     "collectors": {name: {"backend": "procfs"} for name in ("cpu", "memory", "load", "network", "system")},
     "commands": {"enabled": False},
 }
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Rig:
