@@ -8,10 +8,23 @@ Everything platform-specific (collectors, MQTT transport, sampler, command handl
 by the entry point; this module is part of the MicroPython-compatible core. What only remote tuning
 needs (edge_agent.commands, edge_agent.config, edge_agent.sampling) is imported when a command
 asks for it, so a device that is never tuned never loads it.
+
+Running out of memory (a small MicroPython heap, fragmented) is survived, not fatal: the loop
+catches MemoryError, collects garbage, drops the least valuable work and carries on (`memory_error`
+is logged once per event and counted in stats["memory_errors"]):
+- a birth (or the announcements made on connecting) that cannot be encoded or sent is tried again
+  at the next pass; data waits for it;
+- a batch that cannot be encoded (or a tick that cannot be added to it) is dropped with its ticks,
+  counted as the outbox counts its drops, so the next batches report it in `ext.lost`;
+- a collector read that fails is skipped for that tick; anything else waits for the next pass.
+With a transport that takes payloads in pieces (`transport.chunked`, transport/umqtt.py) batches
+and births are encoded into wire.Chunks: no allocation holds a whole message.
 """
 
+import gc
+
 from edge_agent import wire
-from edge_agent.clock import mono_ms, wall_ms
+from edge_agent.clock import mono_ms, sleep_s, wall_ms
 from edge_agent.model import SeriesTable
 from edge_agent.outbox import Outbox
 from edge_agent.statefile import write_atomic
@@ -160,11 +173,14 @@ class Agent:
         self.outbox = Outbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
         self.flush_at = None
         self.running = False
+        self.chunked = getattr(transport, "chunked", False)  # publish takes a list of pieces
+        self.birth_due = False  # a birth could not be encoded or sent (memory): data waits for it
+        self.connect_due = False  # the connection's announcements could not all be sent (memory)
         # called once a batch is encoded, while its builder is still alive: the heap's busiest moment
         # (mpy_main collects garbage and records the heap there)
         self.after_flush = None
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
-                      "bytes": 0, "births": 0, "collector_errors": 0}
+                      "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0}
         self.errors_by_collector = {}
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
 
@@ -181,6 +197,9 @@ class Agent:
                 continue
             try:
                 samples = collector.collect()
+            except MemoryError:
+                self.out_of_memory("collect", collector=name)
+                continue
             except (OSError, ValueError) as exc:
                 self.stats["collector_errors"] += 1
                 self.errors_by_collector[name] = self.errors_by_collector.get(name, 0) + 1
@@ -195,7 +214,11 @@ class Agent:
         if kept:
             if len(self.builder) >= wire.MAX_TICKS:
                 self.flush()
-            self.builder.add_tick(ts, kept)
+            try:
+                self.builder.add_tick(ts, kept)
+            except MemoryError:  # the batch may hold half a tick now: drop it with this tick
+                self.drop_batch("tick", len(kept))
+                return kept
             self.stats["samples_kept"] += len(kept)
         return kept
 
@@ -221,23 +244,48 @@ class Agent:
                 self.table.base = seq
             self.table.changed = False
             self.publish_birth()
-        ext = self.batch_ext()
-        payload = self.builder.encode(self.device, self.boot, seq, self.table.epoch, self.compress, ext)
-        samples = self.builder.samples
-        self.outbox.push(seq, payload, samples)
+        try:
+            out = wire.Chunks() if self.chunked else bytearray()
+            self.builder.encode_into(out, self.device, self.boot, seq, self.table.epoch, self.compress,
+                                     self.batch_ext())
+            payload = out.pieces() if self.chunked else bytes(out)
+            out = None
+            self.outbox.push(seq, payload, self.builder.samples)
+        except MemoryError:
+            out = payload = None
+            self.drop_batch("batch")
+            return None
         self.stats["batches"] += 1
-        self.stats["bytes"] += len(payload)
+        self.stats["bytes"] += wire.payload_size(payload)
         if self.after_flush is not None:
             self.after_flush()
         self.builder = wire.BatchBuilder()
         return payload
+
+    def drop_batch(self, where, extra_samples=0):
+        """Out of memory while batching: the pending ticks are dropped and counted as lost (ext.lost)."""
+        ticks = len(self.builder)
+        samples = self.builder.samples + extra_samples
+        self.builder = wire.BatchBuilder()
+        self.outbox.own_dropped_batches += 1
+        self.outbox.own_dropped_samples += samples
+        self.out_of_memory(where, dropped_ticks=ticks, dropped_samples=samples)
+
+    def out_of_memory(self, where, **fields):
+        """A MemoryError was caught at `where`: collect garbage, count it, log one line."""
+        gc.collect()
+        self.stats["memory_errors"] += 1
+        try:
+            self.log("memory_error", at=where, **fields)
+        except MemoryError:
+            pass
 
     def batch_ext(self):
         ext = {}
         if self.outbox.dropped_batches:
             ext["lost"] = [self.outbox.dropped_batches, self.outbox.dropped_samples]
         intervals = {}
-        base = int(self.config["interval_s"] * 1000)
+        base = self.base_interval_ms()
         for sid in self.builder.columns:
             ms = self.sampler.effective_interval_ms(self.table.series[sid])
             if ms != base:
@@ -250,26 +298,50 @@ class Agent:
             ext["iv"] = [intervals[ms] for ms in sorted(intervals)]
         return ext
 
+    def base_interval_ms(self):
+        """The read interval every series starts from: the sampler's (tuned remotely) or the config's."""
+        params = getattr(self.sampler, "params", None)
+        if params and params.get("interval_ms"):
+            return params["interval_ms"]
+        return int(self.config["interval_s"] * 1000)
+
     def birth_payload(self):
         info = dict(self.info)
-        info["interval_ms"] = int(self.config["interval_s"] * 1000)
+        info["interval_ms"] = self.base_interval_ms()
         info["sampling"] = self.sampler.snapshot()
-        return wire.encode_birth(info, self.table)
+        if not self.chunked:
+            return wire.encode_birth(info, self.table)
+        out = wire.Chunks()
+        wire.encode_birth_into(out, info, self.table)
+        return out.pieces()
 
     def publish_birth(self):
+        """Send the birth now; when memory is short it is tried again at the next pass (birth_due)."""
+        self.birth_due = False
         if self.transport.connected and len(self.table):
-            self.transport.publish(self.topics["birth"], self.birth_payload(), 1, True)
+            try:
+                self.transport.publish(self.topics["birth"], self.birth_payload(), 1, True)
+            except MemoryError:
+                self.birth_due = True
+                self.out_of_memory("birth")
+                return
             self.stats["births"] += 1
 
     # ------------------------------------------------------------------ network
 
     def on_connect(self):
-        self.transport.publish(self.topics["state"], b"online", 1, True)
-        if self.table.base is not None:
-            self.publish_birth()
-        if self.commands is not None:
-            for topic in self.commands.topics():
-                self.transport.subscribe(topic, 1)
+        self.connect_due = False
+        try:
+            self.transport.publish(self.topics["state"], b"online", 1, True)
+            if self.table.base is not None:
+                self.publish_birth()
+            if self.commands is not None:
+                for topic in self.commands.topics():
+                    self.transport.subscribe(topic, 1)
+        except MemoryError:  # all of it again at the next pass
+            self.connect_due = True
+            self.out_of_memory("connect")
+            return
         self.log("connected", device=self.device)
 
     def on_message(self, topic, payload):
@@ -284,6 +356,14 @@ class Agent:
             self.outbox.offline()
             return
         self.outbox.collect_acks(self.transport.acked)
+        if self.connect_due:
+            self.on_connect()
+            if self.connect_due:
+                return
+        if self.birth_due:
+            self.publish_birth()
+            if self.birth_due:
+                return  # data batches wait for the dictionary they refer to
         now = mono_ms()
         for entry in self.outbox.unsent(IN_FLIGHT_WINDOW, now):
             token = self.transport.publish(self.topics["data"], entry.payload, 1, False)
@@ -355,10 +435,14 @@ class Agent:
         started = mono_ms()
         try:
             while self.running:
-                wait = self.step()
-                if max_seconds is not None and mono_ms() - started >= max_seconds * 1000:
-                    break
-                self.transport.poll(wait)
+                try:
+                    wait = self.step()
+                    if max_seconds is not None and mono_ms() - started >= max_seconds * 1000:
+                        break
+                    self.transport.poll(wait)
+                except MemoryError:
+                    self.out_of_memory("loop")
+                    sleep_s(0.1)  # whatever failed is tried again at the next pass, not at once
         finally:
             self.shutdown()
 
