@@ -58,8 +58,9 @@ class SeqSource:
 
     def take(self):
         if self.path and self.next >= self.limit:
-            self.limit = self.next + self.BLOCK
-            write_atomic(self.path, str(self.limit))
+            limit = self.next + self.BLOCK
+            write_atomic(self.path, str(limit))  # reserved only once written (it may fail)
+            self.limit = limit
         seq = self.next
         self.next += 1
         return seq
@@ -259,16 +260,17 @@ class Agent:
         self.stats["bytes"] += wire.payload_size(payload)
         if self.after_flush is not None:
             self.after_flush()
-        self.builder = wire.BatchBuilder()
+        self.builder.clear()  # reused: nothing to allocate once the batch is out
         return payload
 
     def drop_batch(self, where, extra_samples=0):
         """Out of memory while batching: the pending ticks are dropped and counted as lost (ext.lost)."""
         ticks = len(self.builder)
         samples = self.builder.samples + extra_samples
-        self.builder = wire.BatchBuilder()
-        self.outbox.own_dropped_batches += 1
-        self.outbox.own_dropped_samples += samples
+        self.builder.clear()
+        if ticks or samples:
+            self.outbox.own_dropped_batches += 1
+            self.outbox.own_dropped_samples += samples
         self.out_of_memory(where, dropped_ticks=ticks, dropped_samples=samples)
 
     def out_of_memory(self, where, **fields):
@@ -448,7 +450,10 @@ class Agent:
 
     def shutdown(self):
         """Send what is pending for a short while, then close the collectors and the transport."""
-        self.flush()
+        try:
+            self.flush()
+        except MemoryError:
+            self.drop_batch("stop")
         deadline = mono_ms() + 2000
         while len(self.outbox) and self.transport.connected and mono_ms() < deadline:
             self.pump()

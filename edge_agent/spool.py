@@ -54,8 +54,10 @@ class Spool:
         name = "%020d-%d-%d.seg" % (entries[0].seq, len(entries), samples)
         data = bytearray()
         for e in entries:
-            data.extend(struct.pack(RECORD, len(e.payload), e.seq, e.samples))
-            data.extend(e.payload)
+            pieces = e.payload if isinstance(e.payload, list) else [e.payload]
+            data.extend(struct.pack(RECORD, sum([len(p) for p in pieces]), e.seq, e.samples))
+            for piece in pieces:
+                data.extend(piece)
         self.make_room(len(data), protect)
         tmp = self.path(name + ".tmp")
         with open(tmp, "wb") as f:

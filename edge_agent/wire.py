@@ -33,6 +33,7 @@ VERSION = 1
 FLAG_DEFLATE = 1
 MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
 MAX_INFLATED = 1 << 20
+CHUNK = 512  # bytes a piece of a chunked payload holds (Chunks)
 
 
 def boot_tag(boot_id):
@@ -41,6 +42,57 @@ def boot_tag(boot_id):
 
 
 # ---------------------------------------------------------------- agent side: building batches
+
+
+class Chunks:
+    """A byte sink (`append`, `extend`, as pack_into needs) that keeps what it is given as pieces of
+    `size` bytes, so no single allocation holds a whole message: on a small, fragmented heap a 4 KB
+    birth may find no 4 KB of contiguous room when 512-byte pieces still fit. `pieces()` is the
+    list to hand to a transport that writes a payload piece by piece (transport/umqtt.py)."""
+
+    def __init__(self, size=CHUNK):
+        self.size = size
+        self.parts = []
+        self.buf = None
+        self.fill = size  # full: the first write starts a piece
+
+    def _next(self):
+        self.buf = bytearray(self.size)
+        self.parts.append(self.buf)
+        self.fill = 0
+
+    def append(self, byte):
+        if self.fill == self.size:
+            self._next()
+        self.buf[self.fill] = byte
+        self.fill += 1
+
+    def extend(self, data):
+        n = len(data)
+        done = 0
+        while done < n:
+            if self.fill == self.size:
+                self._next()
+            k = min(n - done, self.size - self.fill)
+            self.buf[self.fill:self.fill + k] = data if k == n else memoryview(data)[done:done + k]
+            self.fill += k
+            done += k
+
+    def pieces(self):
+        """The payload as a list of byte pieces; the last one is a view of what was written into it."""
+        if self.parts and self.fill < self.size:
+            self.parts[-1] = memoryview(self.buf)[:self.fill]
+        return self.parts
+
+
+def payload_size(payload):
+    """Bytes in a payload given whole or as a list of pieces."""
+    if isinstance(payload, list):
+        n = 0
+        for piece in payload:
+            n += len(piece)
+        return n
+    return len(payload)
 
 
 class BatchBuilder:
@@ -54,6 +106,12 @@ class BatchBuilder:
     def __init__(self):
         self.ticks = []
         self.columns = {}  # series id -> [mask, previous value, number of values, packed values]
+        self.samples = 0
+
+    def clear(self):
+        """Empty, for the next batch, without allocating (the agent reuses one builder)."""
+        self.ticks.clear()
+        self.columns.clear()
         self.samples = 0
 
     def __len__(self):
@@ -88,9 +146,14 @@ class BatchBuilder:
         self.samples += len(samples)
 
     def encode(self, device, boot, seq, dict_epoch, compress=False, ext=None):
+        out = bytearray()
+        self.encode_into(out, device, boot, seq, dict_epoch, compress, ext)
+        return bytes(out)
+
+    def encode_into(self, out, device, boot, seq, dict_epoch, compress=False, ext=None):
+        """The batch onto `out` (a bytearray, or a Chunks to send it in pieces)."""
         if not self.ticks:
             raise ValueError("empty batch")
-        out = bytearray()
         pack_array_header(9 if ext else 8, out)
         for field in (VERSION, FLAG_DEFLATE if compress else 0, device, boot, seq, dict_epoch, self.ticks[0]):
             pack_into(field, out)
@@ -102,7 +165,6 @@ class BatchBuilder:
             self.pack_body(out)
         if ext:
             pack_into(ext, out)
-        return bytes(out)
 
     def pack_body(self, out):
         """[tick_deltas, columns] onto `out`."""
@@ -131,6 +193,13 @@ def _diff(values, prev):
 
 def encode_birth(info, table):
     """The birth message: `info` holds device, boot_id, boot_time_ms, agent, platform, collectors."""
+    out = bytearray()
+    encode_birth_into(out, info, table)
+    return bytes(out)
+
+
+def encode_birth_into(out, info, table):
+    """The birth message onto `out` (a bytearray, or a Chunks to send it in pieces)."""
     birth = {
         "v": VERSION,
         "dev": info["device"],
@@ -148,7 +217,6 @@ def encode_birth(info, table):
         if key in info:
             birth[key] = info[key]
     # the series go last, packed one at a time: the whole list never exists at once (small heaps)
-    out = bytearray()
     out.append(0x80 | (len(birth) + 1))  # a fixmap: 15 keys at most
     for key in birth:
         pack_into(key, out)
@@ -157,7 +225,6 @@ def encode_birth(info, table):
     pack_array_header(len(table.series), out)
     for s in table.series:
         pack_into([s.id, s.name, s.unit, s.kind, s.attrs, s.scale, s.bounds, s.source], out)
-    return bytes(out)
 
 
 # ---------------------------------------------------------------- deflate (CPython agents with compress)

@@ -39,6 +39,8 @@ class FakeSocket:
     def __init__(self, data=b""):
         self.data = bytearray(data)
         self.out = bytearray()
+        self.writes = []  # the size of every write
+        self.fail_at = None  # the write (index into writes) that raises MemoryError
         self.closed = False
 
     def readinto(self, buf, n):
@@ -48,6 +50,9 @@ class FakeSocket:
         return n
 
     def sendall(self, data):
+        if self.fail_at == len(self.writes):
+            raise MemoryError("fake")
+        self.writes.append(len(data))
         self.out.extend(data)
 
     def close(self):
@@ -111,6 +116,61 @@ def test_bytes_publish_qos0_and_qos1():
     assert not client.acked(token)
     client.publish("a/b", "str payload", qos=1)
     assert sent(sock) == b"\x32\x12\x00\x03a/b\x00\x02str payload"
+
+
+def test_bytes_publish_in_pieces():
+    # a payload given as a list of pieces is written after the header piece by piece, never joined
+    client, sock = attached()
+    pieces = [b"ab", bytearray(b"cd"), memoryview(b"xef")[1:]]
+    token = client.publish("t", pieces, qos=1, retain=True)
+    assert sent(sock) == b"\x33\x0b\x00\x01t\x00\x01abcdef"
+    assert sock.writes == [7, 2, 2, 2]
+    assert not client.acked(token)
+    # QoS 1 keeps the pieces until the PUBACK: the retransmit sends them again with DUP set
+    sock.writes = []
+    client._inflight[1][1] = ago(30000)
+    client._service()
+    assert sent(sock) == b"\x3b\x0b\x00\x01t\x00\x01abcdef" and sock.writes == [7, 2, 2, 2]
+    sock.data.extend(b"\x40\x02\x00\x01")
+    client.wait_msg(0)
+    assert client.acked(token) and not client._inflight
+    # QoS 0, and a remaining length past one byte (203 = 0xcb 0x01)
+    sock.writes = []
+    assert client.publish("t", [b"x" * 100, b"", b"y" * 100], qos=0) is not None
+    assert sent(sock) == b"\x30\xcb\x01\x00\x01t" + b"x" * 100 + b"y" * 100
+    assert sock.writes == [6, 100, 0, 100]
+
+
+def test_bytes_large_payload_is_not_copied():
+    # bytes above SMALL go as their own write after the header; small ones in the packet (one write)
+    client, sock = attached()
+    payload = b"z" * 200
+    client.publish("a/b", payload, qos=1)
+    assert sent(sock) == b"\x32\xcf\x01\x00\x03a/b\x00\x01" + payload
+    assert sock.writes == [10, 200] and client._inflight[1][3] is payload
+    sock.writes = []
+    client.publish("a/b", b"hi", qos=1)
+    assert sock.writes == [11]
+
+
+def test_bytes_memory_error_between_pieces_drops_the_connection():
+    # half a packet must never stay on the wire: the client closes, the message stays in flight
+    client, sock = attached()
+    sock.fail_at = 1
+    try:
+        client.publish("t", [b"ab", b"cd"], qos=1)
+    except MQTTError:
+        pass
+    else:
+        raise AssertionError("no MQTTError")
+    assert sock.closed and not client.connected and list(client._inflight) == [1]
+    transport = Transport("h", 1, client_id="c")
+    sock = FakeSocket()
+    transport._attach(sock, FakePoller())
+    sock.fail_at = 2
+    token = transport.publish("t", [b"ab", b"cd"], qos=1)
+    assert token == 1 and not transport.connected and not transport.acked(token)
+    assert transport.publish("t", [b"ab"], qos=0) is None  # not connected
 
 
 def test_bytes_subscribe_ping_disconnect():

@@ -118,6 +118,22 @@ def test_encoding_is_byte_identical_to_msgpack(data, with_ext):
     assert builder.encode("dev-1", 7, 1 << 40, 3, ext=ext) == reference_encode(ticks, "dev-1", 7, 1 << 40, 3, ext)
 
 
+@settings(max_examples=100, deadline=None)
+@given(batches(), st.integers(min_value=1, max_value=40), st.booleans())
+def test_chunked_encoding_is_the_same_bytes_in_pieces(data, size, compress):
+    """encode_into a Chunks: pieces of at most `size` bytes (all full but the last) joining to encode()."""
+    table, ticks = data
+    builder = wire.BatchBuilder()
+    for ts, row in ticks:
+        builder.add_tick(ts, row)
+    out = wire.Chunks(size)
+    builder.encode_into(out, "dev-1", 7, 1 << 40, 3, compress, {"lost": [1, 2]})
+    pieces = out.pieces()
+    assert b"".join(pieces) == builder.encode("dev-1", 7, 1 << 40, 3, compress, {"lost": [1, 2]})
+    assert all(len(p) == size for p in pieces[:-1]) and 0 < len(pieces[-1]) <= size
+    assert wire.payload_size(pieces) == sum(len(p) for p in pieces)
+
+
 def test_steady_stream_is_small():
     """Steady counters and gauges cost about one or two bytes per sample."""
     table, series = make_series(20, 40)
@@ -215,6 +231,10 @@ def test_birth_round_trip_and_checks():
     assert birth.boot == wire.boot_tag("0b5e-boot")
     assert [s.key for s in birth.series.values()] == [s.key for s in series]
     assert birth.series[2].bounds == [1e-6, 2e-6, 4e-6]
+    for size in (1, 7, wire.CHUNK):  # in pieces, the same bytes
+        out = wire.Chunks(size)
+        wire.encode_birth_into(out, info, table)
+        assert b"".join(out.pieces()) == wire.encode_birth(info, table)
     raw = msgpack.unpackb(wire.encode_birth(info, table))
     raw["series"][0][5] = float("nan")
     with pytest.raises(wire.WireError):

@@ -79,6 +79,8 @@ class PahoTransport:
     def publish(self, topic, payload, qos=1, retain=False):
         if not self.connected:
             return None
+        if isinstance(payload, list):  # pieces (umqtt's chunked form): paho takes one buffer
+            payload = b"".join(payload)
         info = self.client.publish(topic, payload, qos, retain)
         if info.rc == mqtt.MQTT_ERR_SUCCESS or (qos and info.rc == mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN: the connection dropped before we heard of it; paho keeps a QoS 1 message

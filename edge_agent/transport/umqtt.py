@@ -10,7 +10,11 @@ Trade-offs, stated first:
 - Unacknowledged messages are sent again (DUP flag set) after `retry_s` and after every reconnect.
 - An incoming packet larger than `rx_size` is skipped (and acknowledged if QoS 1) and counted in
   `dropped`, so one huge message cannot exhaust a small heap.
-- Packets are built into one bytearray; incoming packets are read into one reused buffer.
+- Packets are built into one bytearray, except a PUBLISH payload: it is written after the packet's
+  header as it is given (bytes, or a list of pieces such as wire.Chunks makes), never copied into
+  one buffer, so sending a large message needs no large contiguous allocation. A QoS 1 message keeps
+  its header and payload (the pieces) until its PUBACK. Incoming packets are read into one reused
+  buffer.
 
 Two layers, in the manner of micropython-lib's umqtt.simple and umqtt.robust:
   MQTTClient   the protocol: connect, publish, subscribe, ping and servicing a live connection
@@ -37,6 +41,7 @@ except ImportError:  # CPython
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
 MAX_REMAINING = 268435455
+SMALL = 128  # a payload up to this size is copied into the packet: one write
 
 
 class MQTTError(OSError):
@@ -60,12 +65,14 @@ def _der(path):
     return a2b_base64(data[start:data.index(b"-----END", start)].replace(b"\n", b""))
 
 
-def packet(first, remaining):
-    """A bytearray for one packet with its fixed header written; returns (buf, index after it)."""
+def packet(first, remaining, room=None):
+    """A bytearray for one packet with its fixed header written; returns (buf, index after it).
+
+    The buffer holds `room` bytes after the fixed header (default: all `remaining` of them)."""
     if remaining > MAX_REMAINING:
         raise ValueError("MQTT packet too large")
     size = 1 if remaining < 0x80 else 2 if remaining < 0x4000 else 3 if remaining < 0x200000 else 4
-    buf = bytearray(1 + size + remaining)
+    buf = bytearray(1 + size + (remaining if room is None else room))
     buf[0] = first
     i = 1
     while True:
@@ -86,6 +93,8 @@ def put_str(buf, i, data):
 
 
 class MQTTClient:
+    chunked = True  # publish takes a payload as a list of pieces (the agent then encodes into wire.Chunks)
+
     def __init__(self, client_id, host, port=1883, keepalive=60, username=None, password=None, will=None,
                  tls=None, clean_session=True, max_inflight=16, rx_size=2048, timeout_s=5, retry_s=20):
         if password and not username:
@@ -245,8 +254,28 @@ class MQTTClient:
             raise MQTTError("write timed out")
         self._last_tx = ticks_ms()
 
+    def _send_message(self, head, payload):
+        """Write a packet given as its head and the payload that follows it (None, bytes or pieces).
+
+        A MemoryError between two writes would leave half a packet on the wire: the connection is
+        closed instead (the caller sees an MQTTError; a QoS 1 message goes again after reconnecting).
+        """
+        try:
+            self._send(head)
+            if isinstance(payload, list):
+                for piece in payload:
+                    self._send(piece)
+            elif payload is not None:
+                self._send(payload)
+        except MemoryError:
+            self.close()
+            raise MQTTError("out of memory while sending")
+
     def publish(self, topic, payload, qos=1, retain=False):
-        """Send a message; returns a token for `acked`, or None when not connected or the window is full."""
+        """Send a message; returns a token for `acked`, or None when not connected or the window is full.
+
+        `payload` is bytes, str, or a list of byte pieces (bytes, bytearray, memoryview) sent one
+        after the other as one message; the pieces must not change until the message is acked."""
         if self.sock is None or (qos and len(self._inflight) >= self.max_inflight):
             return None
         if qos not in (0, 1):
@@ -254,17 +283,26 @@ class MQTTClient:
         topic = _bytes(topic)
         if isinstance(payload, str):
             payload = payload.encode()
-        buf, i = packet(PUBLISH | (qos << 1) | (1 if retain else 0), 2 + len(topic) + 2 * qos + len(payload))
+        if isinstance(payload, list):
+            size = 0
+            for piece in payload:
+                size += len(piece)
+        else:
+            size = len(payload)
+        head = 2 + len(topic) + 2 * qos
+        small = size <= SMALL and not isinstance(payload, list)
+        buf, i = packet(PUBLISH | (qos << 1) | (1 if retain else 0), head + size, head + size if small else head)
         i = put_str(buf, i, topic)
-        self._token += 1
+        if small:
+            buf[i + 2 * qos:] = payload
+            payload = None
+        pid = self._next_pid() if qos else 0
         if qos:
-            pid = self._next_pid()
             buf[i] = pid >> 8
             buf[i + 1] = pid & 0xFF
-            i += 2
-            self._inflight[pid] = [self._token, ticks_ms(), buf]
-        buf[i:] = payload
-        self._send(buf)
+            self._inflight[pid] = [self._token + 1, ticks_ms(), buf, payload]
+        self._token += 1
+        self._send_message(buf, payload)
         return self._token
 
     def acked(self, token):
@@ -301,7 +339,7 @@ class MQTTClient:
 
     def _resend(self, entry):
         entry[2][0] |= 0x08  # DUP
-        self._send(entry[2])
+        self._send_message(entry[2], entry[3])
         entry[1] = ticks_ms()
 
     # ------------------------------------------------------------ receiving
