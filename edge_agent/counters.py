@@ -8,7 +8,19 @@ total therefore never goes backwards and stays a count since the series' start.
 """
 
 
+def advance(last, raw, bits=64):
+    """How much a counter grew from its previous raw reading `last` to `raw` (a wrap or a reset)."""
+    if raw >= last:
+        return raw - last
+    if (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
+        return (1 << bits) - last + raw  # wrapped at 2**bits
+    return raw  # reset: counting again from zero
+
+
 class Monotonic:
+    """Running totals by key (collectors with few, changing series; the /proc ones keep flat lists
+    indexed by series and call `advance` themselves)."""
+
     def __init__(self):
         self.last_raw = {}
         self.total = {}
@@ -21,13 +33,7 @@ class Monotonic:
             total = self.total.get(key, 0) + raw
             self.total[key] = total
             return total
-        if raw >= last:
-            delta = raw - last
-        elif (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
-            delta = (1 << bits) - last + raw  # wrapped at 2**bits
-        else:
-            delta = raw  # reset: counting again from zero
-        total = self.total[key] + delta
+        total = self.total[key] + advance(last, raw, bits)
         self.total[key] = total
         return total
 

@@ -173,6 +173,15 @@ def test_bytes_memory_error_between_pieces_drops_the_connection():
     assert transport.publish("t", [b"ab"], qos=0) is None  # not connected
 
 
+def test_bytes_close_after_a_failed_attach():
+    # MemoryError while attaching leaves a socket without a poller: closing it must still work
+    client = MQTTClient("c", "h")
+    sock = FakeSocket()
+    client.sock = sock
+    client.close()
+    assert sock.closed and not client.connected
+
+
 def test_bytes_subscribe_ping_disconnect():
     client, sock = attached()
     assert client.subscribe("c", qos=1) == 1

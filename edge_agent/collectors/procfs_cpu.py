@@ -29,8 +29,7 @@ Example output (first read, per_cpu=False), as (series key, value):
 """
 
 from edge_agent.collectors.procfs import read_text
-from edge_agent.counters import Monotonic
-from edge_agent.model import COUNTER, GAUGE, SeriesCache
+from edge_agent.model import COUNTER, GAUGE, Series, family
 
 STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 IDLE = 3
@@ -77,15 +76,18 @@ def parse_stat(text):
     return result
 
 
-class _Cpu:
-    """One CPU's series, Monotonic keys and the totals of its previous read."""
+TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
+UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
 
-    def __init__(self, cache, name):
-        self.time = [
-            cache.get("system.cpu.time", COUNTER, "s", {"cpu": name, "state": state}, 0.01) for state in STATES
-        ]
-        self.keys = [series.key for series in self.time]
-        self.utilization = cache.get("system.cpu.utilization", GAUGE, "1", {"cpu": name}, 0.0001)
+
+class _Cpu:
+    """One CPU's series, the raw state counters of its last read and their totals (lists by state)."""
+
+    def __init__(self, name):
+        self.time = [Series.of(TIME, {"cpu": name, "state": state}) for state in STATES]
+        self.raw = [-1] * NFIELDS  # -1: not read yet
+        self.total = [0] * NFIELDS
+        self.utilization = Series.of(UTILIZATION, {"cpu": name})
         self.read = -1  # number of the collector's read that last saw this CPU online
         self.prev_all = 0
         self.prev_busy = 0
@@ -99,17 +101,21 @@ class CpuCollector:
     def __init__(self, root="/proc", per_cpu=True):
         self.root = root
         self.per_cpu = per_cpu
-        self.cache = SeriesCache(self.source)
-        self.counters = Monotonic()
         self.cpus = {}  # name -> _Cpu, kept while offline
         self.reads = 0
 
-    def _total(self, key, raw):
+    @staticmethod
+    def _total(cpu, i, raw):
         """Monotonic total of one state counter; a drop is held, not taken as a reset (see above)."""
-        last = self.counters.last_raw.get(key)
-        if last is not None and raw < last:
-            return self.counters.total[key]
-        return self.counters.update(key, raw, 64)
+        last = cpu.raw[i]
+        if last < 0:
+            cpu.total[i] += raw  # first sight counts since boot
+        elif raw >= last:
+            cpu.total[i] += raw - last
+        else:
+            return cpu.total[i]
+        cpu.raw[i] = raw
+        return cpu.total[i]
 
     def collect(self):
         rows, _ = scan_stat(read_text(self.root, "stat"))
@@ -120,13 +126,13 @@ class CpuCollector:
                 continue
             cpu = self.cpus.get(name)
             if cpu is None:
-                cpu = self.cpus[name] = _Cpu(self.cache, name)
+                cpu = self.cpus[name] = _Cpu(name)
             all_ticks = 0
             for i in range(NFIELDS):
-                total = self._total(cpu.keys[i], fields[i])
+                total = self._total(cpu, i, fields[i])
                 out.append((cpu.time[i], total))
                 all_ticks += total
-            busy = all_ticks - self.counters.total[cpu.keys[IDLE]] - self.counters.total[cpu.keys[IOWAIT]]
+            busy = all_ticks - cpu.total[IDLE] - cpu.total[IOWAIT]
             if cpu.read == self.reads - 1 and all_ticks > cpu.prev_all:
                 elapsed = all_ticks - cpu.prev_all
                 ratio = ((busy - cpu.prev_busy) * 10000 + elapsed // 2) // elapsed

@@ -16,7 +16,7 @@ Example output for "0.21 0.16 0.06 2/90 5246":
 """
 
 from edge_agent.collectors.procfs import hundredths, read_text
-from edge_agent.model import GAUGE, SeriesCache
+from edge_agent.model import GAUGE, Series, family
 
 
 def parse_loadavg(text):
@@ -41,9 +41,8 @@ class LoadCollector:
 
     def __init__(self, root="/proc"):
         self.root = root
-        cache = SeriesCache(self.source)
         self.series = [
-            cache.get("system.cpu.load_average." + window, GAUGE, "{thread}", None, 0.01)
+            Series.of(family("system.cpu.load_average." + window, GAUGE, "{thread}", 0.01, self.source))
             for window in ("1m", "5m", "15m")
         ]
 

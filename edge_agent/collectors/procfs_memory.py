@@ -29,7 +29,7 @@ Example output (tests/fixtures/proc/modern/t0/meminfo):
 """
 
 from edge_agent.collectors.procfs import read_text
-from edge_agent.model import GAUGE, SeriesCache
+from edge_agent.model import GAUGE, Series, family
 
 
 def parse_meminfo(text):
@@ -73,13 +73,10 @@ class MemoryCollector:
 
     def __init__(self, root="/proc"):
         self.root = root
-        cache = SeriesCache(self.source)
-        self.usage = [
-            cache.get("system.memory.usage", GAUGE, "By", {"state": state}, 1024)
-            for state in ("used", "free", "buffers", "cached")
-        ]
-        self.limit = cache.get("system.memory.limit", GAUGE, "By", None, 1024)
-        self.available = cache.get("system.linux.memory.available", GAUGE, "By", None, 1024)
+        usage = family("system.memory.usage", GAUGE, "By", 1024, self.source)
+        self.usage = [Series.of(usage, {"state": state}) for state in ("used", "free", "buffers", "cached")]
+        self.limit = Series.of(family("system.memory.limit", GAUGE, "By", 1024, self.source))
+        self.available = Series.of(family("system.linux.memory.available", GAUGE, "By", 1024, self.source))
 
     def collect(self):
         fields = parse_meminfo(read_text(self.root, "meminfo"))

@@ -38,8 +38,8 @@ Example output (one interface):
 import sys
 
 from edge_agent.collectors.procfs import read_text
-from edge_agent.counters import Monotonic
-from edge_agent.model import COUNTER, SeriesCache
+from edge_agent.counters import advance
+from edge_agent.model import COUNTER, Series, family
 
 # metric, unit, column within a direction, parse_net_dev field suffix
 FIELDS = (
@@ -48,6 +48,7 @@ FIELDS = (
     ("system.network.errors", "{error}", 2, "errs"),
     ("system.network.dropped", "{packet}", 3, "drop"),
 )
+FAMILIES = tuple([family(metric, COUNTER, unit, 1, "procfs") for metric, unit, _, _ in FIELDS])
 # direction attribute, first column of that direction, parse_net_dev field prefix
 DIRECTIONS = (("receive", 0, "rx_"), ("transmit", 8, "tx_"))
 NCOLUMNS = 16
@@ -97,19 +98,28 @@ def _matches(name, patterns):
 
 
 class _Iface:
-    """One interface's series (directions x FIELDS), their columns and Monotonic keys."""
+    """One interface's series (directions x FIELDS), their columns, and (lists by series) the raw
+    counters of the last read and the running totals (as counters.Monotonic keeps them)."""
 
-    def __init__(self, cache, name, bits):
+    def __init__(self, name, bits):
         self.series = []
         self.columns = []
         for direction, first, _ in DIRECTIONS:
-            attrs = {"device": name, "direction": direction}
-            for metric, unit, column, _ in FIELDS:
-                self.series.append(cache.get(metric, COUNTER, unit, attrs, 1))
-                self.columns.append(first + column)
-        self.keys = [series.key for series in self.series]
+            attrs = {"device": name, "direction": direction}  # shared by the direction's four series
+            for i in range(len(FIELDS)):
+                self.series.append(Series.of(FAMILIES[i], attrs))
+                self.columns.append(first + FIELDS[i][2])
+        self.raw = [-1] * len(self.series)  # -1: not read since it (re)appeared
+        self.total = [0] * len(self.series)
         self.bits = bits
         self.present = False
+
+    def update(self, i, raw):
+        last = self.raw[i]
+        self.raw[i] = raw
+        # first sight counts since boot; a reappearance counts from zero again
+        self.total[i] += raw if last < 0 else advance(last, raw, self.bits)
+        return self.total[i]
 
 
 class NetworkCollector:
@@ -124,15 +134,13 @@ class NetworkCollector:
         self.include = list(include or ())
         self.exclude = list(exclude or ())
         self.bits = default_counter_bits() if counter_bits is None else counter_bits
-        self.cache = SeriesCache(self.source)
-        self.counters = Monotonic()
         self.ifaces = {}  # name -> _Iface, or None when filtered out
 
     def _iface(self, name):
         if name in self.ifaces:
             return self.ifaces[name]
         wanted = (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
-        iface = _Iface(self.cache, name, self.bits) if wanted else None
+        iface = _Iface(name, self.bits) if wanted else None
         self.ifaces[name] = iface
         return iface
 
@@ -149,14 +157,13 @@ class NetworkCollector:
             if iface.bits == 32 and max(columns) > MAX32:
                 iface.bits = 64
             for i in range(len(iface.series)):
-                total = self.counters.update(iface.keys[i], columns[iface.columns[i]], iface.bits)
-                out.append((iface.series[i], total))
+                out.append((iface.series[i], iface.update(i, columns[iface.columns[i]])))
         for name in self.ifaces:
             iface = self.ifaces[name]
             if iface is not None and iface.present and name not in seen:
                 iface.present = False
-                for key in iface.keys:
-                    self.counters.forget(key)
+                for i in range(len(iface.raw)):
+                    iface.raw[i] = -1  # forgotten, its totals kept for a reappearance
         return out
 
     def close(self):

@@ -15,7 +15,7 @@ Example output for "215.06 368.04":
 """
 
 from edge_agent.collectors.procfs import hundredths, read_text
-from edge_agent.model import GAUGE, SeriesCache
+from edge_agent.model import GAUGE, Series, family
 
 
 def parse_uptime(text):
@@ -61,7 +61,7 @@ class SystemCollector:
 
     def __init__(self, root="/proc"):
         self.root = root
-        self.uptime = SeriesCache(self.source).get("system.uptime", GAUGE, "s", None, 0.01)
+        self.uptime = Series.of(family("system.uptime", GAUGE, "s", 0.01, self.source))
 
     def collect(self):
         return [(self.uptime, parse_uptime(read_text(self.root, "uptime")))]

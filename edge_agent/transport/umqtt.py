@@ -200,11 +200,12 @@ class MQTTClient:
         if sock is None:
             return
         self.sock = None
-        try:
-            self._poller.unregister(sock)
-        except (OSError, KeyError, ValueError):
-            pass
-        self._poller = None
+        poller, self._poller = self._poller, None
+        if poller is not None:  # None when attaching it failed (MemoryError)
+            try:
+                poller.unregister(sock)
+            except (OSError, KeyError, ValueError):
+                pass
         try:
             sock.close()
         except OSError:
