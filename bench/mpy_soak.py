@@ -8,7 +8,8 @@ otherwise: fixed policy, commands enabled, no spool):
 - `micropython -X heapsize=HEAP -m edge_agent.mpy_main` on MPY_MODULES compiled with mpy-cross
   (bench/mpy_heap.py builds them), logging its `heap` line once a minute;
 - `edge-agent run` on CPython (unless --no-cpython), whose RSS and VmHWM are read at the end.
-Reports: whether a MemoryError (or any exit) happened and when, the heap lines (gc.mem_alloc() after
+Reports: whether a MemoryError (or any exit) happened and when, the MemoryErrors the agent caught
+and survived (`memory_errors_caught`, by place), the heap lines (gc.mem_alloc() after
 gc.collect(): `alloc` at the report, `batch` right after a batch is encoded with the builder still
 full, `high` the highest of those), the heap trend (first vs last minute), CPU time per tick of each
 process (utime + stime from /proc/PID/stat over the run / ticks), batches received by a subscriber.
@@ -71,6 +72,17 @@ class Counter:
     def close(self):
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def caught(text):
+    """{where: count} of the agent's `memory_error at=WHERE` lines."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("memory_error "):
+            where = [w[3:] for w in line.split() if w.startswith("at=")]
+            key = where[0] if where else "?"
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 def config(port, device, state_dir):
@@ -145,6 +157,8 @@ def main(argv=None):
         result = {
             "heap": args.heap, "minutes": round(elapsed / 60, 2), "mpy_bytes": size, "mpy_files": count,
             "micropython_exit": exited.get("micropython"), "memory_error": "MemoryError" in text,
+            # MemoryErrors the agent caught and survived (agent.py), by where they happened
+            "memory_errors_caught": caught(text),
             "heap_lines": lines, "batches_received": counter.batches,
         }
         if lines:

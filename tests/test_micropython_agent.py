@@ -6,8 +6,10 @@ empty working directory with MICROPYPATH=<that directory>:.frozen, so no source 
 The gateway (`edge-gateway run`) exports OTLP/HTTP to tests/otlp_receiver.OtlpReceiver. A signed
 set_sampling command changes the interval and is acked "ok"; a badly signed one is rejected.
 
-HEAP is what the agent is measured to run in with this test's job (docs/firmware.md, "MicroPython
-footprint"): the 64 KB target of issue 5 is not met on this 64-bit unix build yet.
+HEAP is the smallest heap this test's job (signed commands included) was measured to pass in
+reliably (docs/firmware.md, "MicroPython footprint"): at 128K the metrics flow but a command finds
+no room to load its handler and is dropped. The 64 KB target of issue 5 is not met on this 64-bit
+unix build.
 
 Also, on CPython: agent.EveryInterval reads exactly when sampling.Sampler's fixed policy reads.
 """
@@ -34,7 +36,7 @@ from firmware.build import compile_mpy, mpy_sources
 
 BIN = os.path.dirname(sys.executable)
 MICROPYTHON = os.path.join(BIN, "micropython")
-HEAP = "256K"
+HEAP = "160K"
 DEVICE = "mpy-e2e"
 DEVICE_KEY = "hex:0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
