@@ -24,6 +24,7 @@ Prints a table, then one JSON line with the figures.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import os
@@ -78,7 +79,7 @@ class RecordingAgent(Agent):
     on_batch = None
 
     def flush(self):
-        builder = self.builder
+        builder = copy.deepcopy(self.builder)  # the agent clears and reuses its builder
         payload = Agent.flush(self)
         if payload is not None and self.on_batch is not None:
             self.on_batch(self, builder, payload)
