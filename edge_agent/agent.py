@@ -11,7 +11,7 @@ asks for it, so a device that is never tuned never loads it.
 
 Running out of memory (a small MicroPython heap, fragmented) is survived, not fatal: the loop
 catches MemoryError, collects garbage, drops the least valuable work and carries on (`memory_error`
-is logged once per event and counted in stats["memory_errors"]):
+is logged at most every 10 s per place, and every one is counted in stats["memory_errors"]):
 - a birth (or the announcements made on connecting) that cannot be encoded or sent is tried again
   at the next pass; data waits for it;
 - a batch that cannot be encoded (or a tick that cannot be added to it) is dropped with its ticks,
@@ -183,6 +183,7 @@ class Agent:
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0}
         self.errors_by_collector = {}
+        self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
 
     # ------------------------------------------------------------------ sampling
@@ -277,6 +278,10 @@ class Agent:
         """A MemoryError was caught at `where`: collect garbage, count it, log one line."""
         gc.collect()
         self.stats["memory_errors"] += 1
+        now = mono_ms()
+        if now < self.memory_log_ms.get(where, 0):  # a starved heap fails every pass: a line per place per 10 s
+            return
+        self.memory_log_ms[where] = now + 10000
         try:
             self.log("memory_error", at=where, **fields)
         except MemoryError:
