@@ -53,31 +53,25 @@ TRANSIENT_IMPORTS = ["edge_agent.mpy_setup", "edge_agent.config", "edge_agent.hm
 IMPORT_SCRIPT = """
 import gc, sys, micropython
 sys.path[:] = [%(lib)r, '.frozen']
-gc.collect()
-base = gc.mem_alloc()
-print('start', base, micropython.mem_peak())
-for name in %(names)r:
+def cost(name, label):
     gc.collect()
     before = gc.mem_alloc()
     try:
         __import__(name)
     except ImportError as exc:
         print('missing', name, exc)
-        continue
+        return
     gc.collect()
-    print('module', name, gc.mem_alloc() - before)
+    print(label, name, gc.mem_alloc() - before)
+gc.collect()
+base = gc.mem_alloc()  # after defining cost(), so its own bytes are not counted
+print('start', base, micropython.mem_peak())
+for name in %(names)r:
+    cost(name, 'module')
 gc.collect()
 print('resident', gc.mem_alloc() - base, micropython.mem_peak())
 for name in %(transient)r:
-    gc.collect()
-    before = gc.mem_alloc()
-    try:
-        __import__(name)
-    except ImportError as exc:
-        print('missing', name, exc)
-        continue
-    gc.collect()
-    print('transient', name, gc.mem_alloc() - before)
+    cost(name, 'transient')
 """
 
 

@@ -51,11 +51,12 @@ def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
     raise RuntimeError("mosquitto did not start on port %d" % port)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout: float = 5) -> None:
+    """Terminate a process started by a test (broker, agent, gateway); kill it if it lingers."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

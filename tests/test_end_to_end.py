@@ -55,11 +55,7 @@ def pipeline(tmp_path):
         stdout=open(tmp_path / "agent.out", "wb"), stderr=subprocess.STDOUT)
     yield {"port": port, "receiver": receiver, "metrics_port": metrics_port, "before": before, "tmp": tmp_path}
     for proc in (agent, gateway):
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 10)
     receiver.stop()
     stop(broker)
     for name in ("agent.out", "gateway.out"):

@@ -90,13 +90,8 @@ class Rig:
 
     def close(self):
         for proc in (self.agent, self.gateway):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                stop(proc, 10)
         self.receiver.stop()
         stop(self.broker)
         for name in ("agent.out", "gateway.out"):
