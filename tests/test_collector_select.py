@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -33,9 +34,9 @@ print(json.dumps({"lines": lines, "effective": effective, "names": sorted(names)
 ALL_AUTO = dict((n, {"enabled": True, "backend": "auto"}) for n in ("cpu", "network", "memory", "load", "system"))
 
 
-def _run(mode, config=None, prefix=()):
-    out = subprocess.run(list(prefix) + [sys.executable, "-c", CHILD, mode, json.dumps(config or ALL_AUTO)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+def _run(mode, config=None, prefix=(), python=sys.executable, cwd=ROOT):
+    out = subprocess.run(list(prefix) + [python, "-c", CHILD, mode, json.dumps(config or ALL_AUTO)],
+                         cwd=cwd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,7 +78,18 @@ def test_ebpf_and_fallback_send_the_same_core_names():
 def test_without_privileges_the_line_says_so():
     setpriv = shutil.which("setpriv")
     _need(os.geteuid() == 0 and setpriv is not None, "needs root and setpriv to drop privileges")
-    got = _run("normal", prefix=(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"))
+    # the unprivileged child may not be able to enter the checkout (a private temp dir, a home):
+    # give it a world-readable copy of the package and the interpreter itself, not the venv's link
+    public = tempfile.mkdtemp(prefix="edge-select-")
+    try:
+        shutil.copytree(os.path.join(ROOT, "edge_agent"), os.path.join(public, "edge_agent"))
+        for base, dirs, files in os.walk(public):
+            for name in dirs + files + [""]:
+                os.chmod(os.path.join(base, name), 0o755)
+        got = _run("normal", prefix=(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"),
+                   python=os.path.realpath(sys.executable), cwd=public)
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
     assert got["effective"]["cpu"] == "procfs" and got["effective"]["network"] in ("netlink", "procfs")
     assert any(line.startswith("collector cpu: eBPF unavailable (no privileges") for line in got["lines"]), got["lines"]
 
