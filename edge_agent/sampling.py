@@ -38,151 +38,21 @@ their rate (delta per second between reads) and a sent counter sample always car
 cumulative value; a counter that goes backwards (reset) is sent at once. Histograms are sent when
 they changed or when their heartbeat is due.
 
+The knobs' defaults and bounds, and `validate_sampling` (importable from here too), live in
+edge_agent.sampling_rules, which checks a sampling section without loading the policies.
+
 MicroPython-compatible core: plain classes, no typing, only `math`.
 """
 
 import math
 
 from edge_agent.model import COUNTER, HISTOGRAM
+from edge_agent.sampling_rules import COLLECTORS, SAMPLING_DEFAULTS, collector_intervals, validate_sampling
 
-COLLECTORS = ("cpu", "memory", "load", "network", "system")
-POLICIES = ("fixed", "load", "adaptive", "load+adaptive")
-
-SAMPLING_DEFAULTS = {
-    "policy": "fixed",
-    # intervals in ms; a per-collector 0 inherits the global value
-    "interval_ms": 10000,  # base read interval of every collector
-    "min_interval_ms": 0,  # adaptive: heartbeat right after a surprise (0: 15 x the base interval)
-    "max_interval_ms": 300000,  # longest gap between two sent samples of a series; load ceiling
-    # load policy
-    "load_high": 0.85,  # pressure at or above which the read interval steps up
-    "load_low": 0.60,  # pressure at or below which it returns to the base interval
-    "load_step": 2.0,  # read interval multiplier per step
-    "load_hold": 2,  # consecutive observations beyond a watermark before acting (hysteresis)
-    "load_runq_full": 2.0,  # runnable threads per CPU that count as pressure 1.0
-    "cpu_budget": 0.01,  # the agent's own CPU, as a fraction of one core
-    # adaptive policy
-    "adaptive_k": 3.1,  # band width in units of the typical step-to-step change (chosen on NAB, see docs)
-    "adaptive_floor": 0.1,  # band floor as a fraction of the series' spread (quantised signals)
-    "adaptive_range": 0.01,  # band floor as a fraction of the series' running p5-p95 range
-    "adaptive_drift": 3.0,  # drift trigger: sum of deviations over band (0: off)
-    "adaptive_peak_q": 0.97,  # peak guard: above this running quantile, a rise is sent (0: off)
-    "adaptive_peak_rise": 0.04,  # peak guard: the rise over the last sent value, in running ranges
-    "adaptive_peak_z": 0.0,  # older peak guard: above mean + z * spread (0: off)
-    "adaptive_growth": 2.0,  # heartbeat multiplier after each quiet heartbeat
-    "adaptive_alpha": 0.99,  # PEWMA history weight (closer to 1: slower)
-    "adaptive_beta": 0.5,  # PEWMA outlier damping (0: plain EWMA)
-}
-for _c in COLLECTORS:
-    SAMPLING_DEFAULTS[_c + "_base_ms"] = 0
-    SAMPLING_DEFAULTS[_c + "_min_ms"] = 0
-    SAMPLING_DEFAULTS[_c + "_max_ms"] = 0
-
-MS_LOW = 100
-MS_HIGH = 86400000
-DEFAULT_MIN_FACTOR = 15
 MAX_LEVEL = 16
 PEAK_RISE = 0.25  # adaptive_peak_z: a rise in the tail must exceed this share of the band to count
 RANGE_Q = 0.95  # the running range is the p5-p95 spread of the series
 QGAIN = 0.005  # quantile trackers: step per read, as a share of the running range
-
-# key -> (kind, low, high); kind "ms" accepts 0 (inherit) or an integer in [MS_LOW, MS_HIGH]
-_BOUNDS = {
-    "interval_ms": ("int", MS_LOW, MS_HIGH),
-    "min_interval_ms": ("ms",),
-    "max_interval_ms": ("int", MS_LOW, MS_HIGH),
-    "load_high": ("num", 0.05, 1.0),
-    "load_low": ("num", 0.0, 0.95),
-    "load_step": ("num", 1.1, 10.0),
-    "load_hold": ("int", 1, 100),
-    "load_runq_full": ("num", 0.5, 64.0),
-    "cpu_budget": ("num", 0.0001, 1.0),
-    "adaptive_k": ("num", 0.1, 100.0),
-    "adaptive_floor": ("num", 0.0, 10.0),
-    "adaptive_range": ("num", 0.0, 10.0),
-    "adaptive_drift": ("num", 0.0, 1000.0),
-    "adaptive_peak_q": ("num", 0.0, 0.9999),
-    "adaptive_peak_rise": ("num", 0.0, 10.0),
-    "adaptive_peak_z": ("num", 0.0, 10.0),
-    "adaptive_growth": ("num", 1.0, 16.0),
-    "adaptive_alpha": ("num", 0.5, 0.9999),
-    "adaptive_beta": ("num", 0.0, 1.0),
-}
-for _c in COLLECTORS:
-    for _k in ("_base_ms", "_min_ms", "_max_ms"):
-        _BOUNDS[_c + _k] = ("ms",)
-
-
-def _is_number(value):
-    return (isinstance(value, int) or isinstance(value, float)) and not isinstance(value, bool)
-
-
-def _check(key, value):
-    """The problem with one value, or None."""
-    rule = _BOUNDS[key]
-    if rule[0] == "num":
-        if not _is_number(value):
-            return "must be a number"
-        if value != value or value < rule[1] or value > rule[2]:
-            return "must be between %s and %s, got %s" % (rule[1], rule[2], value)
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        return "must be an integer"
-    if rule[0] == "ms":
-        if value != 0 and (value < MS_LOW or value > MS_HIGH):
-            return "must be 0 (inherit) or between %d and %d ms, got %d" % (MS_LOW, MS_HIGH, value)
-        return None
-    if value < rule[1] or value > rule[2]:
-        return "must be between %d and %d, got %d" % (rule[1], rule[2], value)
-    return None
-
-
-def validate_sampling(params):
-    """Problems with `params` (a full or partial sampling dict) as "key: problem" strings.
-
-    Each given key is checked against its bounds; cross-key rules (low < high watermark, base <=
-    min <= max per collector) are checked on the defaults overlaid with `params`.
-    """
-    if not isinstance(params, dict):
-        return ["sampling: must be an object"]
-    errors = []
-    for key in sorted(params):
-        value = params[key]
-        if key == "policy":
-            if value not in POLICIES:
-                errors.append("policy: must be one of %s, got %r" % (", ".join(POLICIES), value))
-        elif key not in _BOUNDS:
-            errors.append("%s: unknown key" % key)
-        else:
-            problem = _check(key, value)
-            if problem:
-                errors.append("%s: %s" % (key, problem))
-    if errors:
-        return errors
-    merged = dict(SAMPLING_DEFAULTS)
-    merged.update(params)
-    if merged["load_low"] >= merged["load_high"]:
-        errors.append("load_low: must be below load_high (%s), got %s" % (merged["load_high"], merged["load_low"]))
-    for c in COLLECTORS:
-        base, low, high = _intervals(merged, c)
-        if base > high:
-            errors.append("%s_max_ms: the longest interval (%d) is below the base interval (%d)" % (c, high, base))
-        elif low > high:
-            errors.append("%s_min_ms: the heartbeat after a surprise (%d) exceeds the longest interval (%d)"
-                          % (c, low, high))
-    return errors
-
-
-def _intervals(params, c):
-    """(base, min, max) ms of collector `c` after inheritance; min is never below base."""
-    base = params[c + "_base_ms"] or params["interval_ms"]
-    low = params[c + "_min_ms"] or params["min_interval_ms"] or base * DEFAULT_MIN_FACTOR
-    high = params[c + "_max_ms"] or params["max_interval_ms"]
-    if params[c + "_min_ms"] == 0 and params["min_interval_ms"] == 0 and low > high:
-        low = high  # the derived default never breaks the ceiling
-    if low < base:
-        low = base
-    return base, low, high
 
 
 class Pewma:
@@ -306,7 +176,7 @@ class Sampler:
             self.over = self.under = 0
         self.iv = {}
         for c in COLLECTORS:
-            self.iv[c] = _intervals(p, c)
+            self.iv[c] = collector_intervals(p, c)
         self._reschedule()
 
     def _reschedule(self):
