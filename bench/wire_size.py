@@ -38,7 +38,7 @@ if ROOT not in sys.path:
 
 from google.protobuf import json_format  # noqa: E402
 
-from edge_agent import cli, wire  # noqa: E402
+from edge_agent import cli, lifecycle, wire  # noqa: E402
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
@@ -119,7 +119,7 @@ def record(seconds=60.0, interval=1.0, batch_s=10.0, device_id="pi-0001", progre
     def on_batch(agent, builder, payload):
         epoch = agent.table.epoch
         if epoch not in births:  # the dictionary grew (or the first batch): a birth goes out
-            births[epoch] = agent.birth_payload()
+            births[epoch] = lifecycle.birth_payload(agent)
         recorded.append(Recorded(builder, payload, births[epoch]))
         if progress:
             progress(len(recorded), builder, payload)
@@ -248,7 +248,7 @@ def main(argv=None):
     samples = sum(r.samples for r in recorded)
     ticks = sum(r.ticks for r in recorded)
     series = len(agent.table)
-    birth = agent.birth_payload()
+    birth = lifecycle.birth_payload(agent)
     samples_per_hour = samples / ticks * (3600.0 / args.interval)
     birth_per_sample = len(birth) / samples_per_hour
     per_sample = dict((k, totals[k] / samples) for k in FORMATS)

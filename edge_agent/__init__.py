@@ -1,3 +1,24 @@
 """edge_agent: the device side. Its core modules run on CPython and MicroPython alike."""
 
+import sys
+
 __version__ = "0.1.0"
+
+
+def unload(*names):
+    """Forget modules imported for a while so that MicroPython can collect their code.
+
+    On the MicroPython unix port a module's bytecode lives in the heap; rarely run code (start-up,
+    connecting, commands, births) is imported when needed and unloaded after. Its qstrs stay. On
+    CPython modules stay loaded: memory is not that short and imports are slower there.
+    """
+    if sys.implementation.name != "micropython":
+        return
+    for name in names:
+        sys.modules.pop(name, None)
+        parent, _, leaf = name.rpartition(".")
+        if parent in sys.modules:
+            try:
+                delattr(sys.modules[parent], leaf)
+            except (AttributeError, KeyError):  # MicroPython: KeyError when it is not there
+                pass

@@ -23,11 +23,10 @@ and births are encoded into wire.Chunks: no allocation holds a whole message.
 
 import gc
 
-from edge_agent import wire
+from edge_agent import unload, wire
 from edge_agent.clock import mono_ms, sleep_s, wall_ms
 from edge_agent.model import SeriesTable
 from edge_agent.outbox import Outbox
-from edge_agent.statefile import write_atomic
 
 IN_FLIGHT_WINDOW = 8  # unacknowledged data batches on the wire at once
 EVENT_POLL_S = 0.25  # how often collectors with events (netlink link changes) are polled
@@ -58,9 +57,12 @@ class SeqSource:
 
     def take(self):
         if self.path and self.next >= self.limit:
+            from edge_agent.statefile import write_atomic  # once every BLOCK batches: not resident
+
             limit = self.next + self.BLOCK
             write_atomic(self.path, str(limit))  # reserved only once written (it may fail)
             self.limit = limit
+            unload("edge_agent.statefile")
         seq = self.next
         self.next += 1
         return seq
@@ -171,7 +173,12 @@ class Agent:
         self.table = SeriesTable()
         self.table.base = None
         self.builder = wire.BatchBuilder()
-        self.outbox = Outbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
+        if spool is None:
+            self.outbox = Outbox(config["buffer"]["max_batches"])
+        else:
+            from edge_agent.spool import SpoolOutbox
+
+            self.outbox = SpoolOutbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
         self.flush_at = None
         self.running = False
         self.chunked = getattr(transport, "chunked", False)  # publish takes a list of pieces
@@ -270,8 +277,8 @@ class Agent:
         samples = self.builder.samples + extra_samples
         self.builder.clear()
         if ticks or samples:
-            self.outbox.own_dropped_batches += 1
-            self.outbox.own_dropped_samples += samples
+            self.outbox.dropped_batches += 1
+            self.outbox.dropped_samples += samples
         self.out_of_memory(where, dropped_ticks=ticks, dropped_samples=samples)
 
     def out_of_memory(self, where, **fields):
@@ -289,8 +296,9 @@ class Agent:
 
     def batch_ext(self):
         ext = {}
-        if self.outbox.dropped_batches:
-            ext["lost"] = [self.outbox.dropped_batches, self.outbox.dropped_samples]
+        lost = self.outbox.lost()
+        if lost[0]:
+            ext["lost"] = list(lost)
         intervals = {}
         base = self.base_interval_ms()
         for sid in self.builder.columns:
@@ -312,44 +320,22 @@ class Agent:
             return params["interval_ms"]
         return int(self.config["interval_s"] * 1000)
 
-    def birth_payload(self):
-        info = dict(self.info)
-        info["interval_ms"] = self.base_interval_ms()
-        info["sampling"] = self.sampler.snapshot()
-        if not self.chunked:
-            return wire.encode_birth(info, self.table)
-        out = wire.Chunks()
-        wire.encode_birth_into(out, info, self.table)
-        return out.pieces()
-
     def publish_birth(self):
-        """Send the birth now; when memory is short it is tried again at the next pass (birth_due)."""
-        self.birth_due = False
-        if self.transport.connected and len(self.table):
-            try:
-                self.transport.publish(self.topics["birth"], self.birth_payload(), 1, True)
-            except MemoryError:
-                self.birth_due = True
-                self.out_of_memory("birth")
-                return
-            self.stats["births"] += 1
+        """The birth, now (edge_agent.lifecycle: loaded only while it is needed)."""
+        self.birth_due = True  # until it is sent, even if there is no room to load lifecycle
+        from edge_agent import lifecycle
+
+        lifecycle.publish_birth(self)
+        unload("edge_agent.lifecycle")
 
     # ------------------------------------------------------------------ network
 
     def on_connect(self):
-        self.connect_due = False
-        try:
-            self.transport.publish(self.topics["state"], b"online", 1, True)
-            if self.table.base is not None:
-                self.publish_birth()
-            if self.commands is not None:
-                for topic in self.commands.topics():
-                    self.transport.subscribe(topic, 1)
-        except MemoryError:  # all of it again at the next pass
-            self.connect_due = True
-            self.out_of_memory("connect")
-            return
-        self.log("connected", device=self.device)
+        self.connect_due = True  # until the announcements are made (see publish_birth)
+        from edge_agent import lifecycle
+
+        lifecycle.announce(self)
+        unload("edge_agent.lifecycle")
 
     def on_message(self, topic, payload):
         if self.commands is None:
@@ -454,25 +440,9 @@ class Agent:
             self.shutdown()
 
     def shutdown(self):
-        """Send what is pending for a short while, then close the collectors and the transport."""
-        try:
-            self.flush()
-        except MemoryError:
-            self.drop_batch("stop")
-        deadline = mono_ms() + 2000
-        while len(self.outbox) and self.transport.connected and mono_ms() < deadline:
-            self.pump()
-            self.transport.poll(0.05)
-        self.outbox.save()
-        if self.transport.connected:  # a clean stop says so; the will covers the unclean ones
-            self.transport.publish(self.topics["state"], b"offline", 1, True)
-            self.transport.poll(0.1)
-        for collector in self.collectors.values():
-            try:
-                collector.close()
-            except OSError:
-                pass
-        self.transport.stop()
+        from edge_agent import lifecycle
+
+        lifecycle.shutdown(self)
 
     def stop(self):
         self.running = False

@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from edge_agent import __version__, wire
+from edge_agent import __version__, lifecycle, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
 from edge_agent.collectors.procfs_system import read_boot
@@ -209,7 +209,7 @@ def command_once(args):
             time.sleep(cfg["interval_s"])
         agent.sample([c.name for c in collectors])
     payload = agent.flush()
-    birth = wire.parse_birth(wire.decode(agent.birth_payload()))
+    birth = wire.parse_birth(wire.decode(lifecycle.birth_payload(agent)))
     batch = wire.parse_batch(wire.decode(payload))
     rows = []
     for sid, _indexes, values in batch.columns:

@@ -9,12 +9,14 @@ was acknowledged. The segment's name carries what is needed without reading it:
 
 and its content is records of `>IQI` (payload length, seq, samples) followed by the payload.
 When the spool would exceed `max_bytes`, its oldest segments are deleted and their batches and
-samples counted as dropped. MicroPython-compatible.
+samples counted as dropped. `SpoolOutbox` is the outbox (edge_agent/outbox.py) that uses it.
+MicroPython-compatible.
 """
 
 import os
 import struct
 
+from edge_agent.outbox import Entry, Outbox
 from edge_agent.statefile import ensure_dir
 
 RECORD = ">IQI"
@@ -101,3 +103,75 @@ class Spool:
             os.remove(self.path(name))
         except OSError:
             pass
+
+
+class SpoolOutbox(Outbox):
+    """The outbox with a spool: RAM batches past `max_batches` (and, while offline, every
+    `spool_chunk` batches) go to disk in one segment; the oldest segment is loaded (`front`) and
+    sent before anything newer."""
+
+    def __init__(self, max_batches, spool, spool_chunk=6):
+        Outbox.__init__(self, max_batches)
+        self.spool = spool
+        self.spool_chunk = spool_chunk
+        self.front = []  # the loaded spool segment's batches, older than everything in RAM
+        self.front_segment = None
+
+    def lost(self):
+        return self.dropped_batches + self.spool.dropped_batches, self.dropped_samples + self.spool.dropped_samples
+
+    def __len__(self):
+        return len(self.front) + len(self.entries) + len(self.spool.names)
+
+    def push(self, seq, payload, samples):
+        if len(self.entries) >= self.max_batches:
+            self.spill(max(len(self.entries) + 1 - self.max_batches, self.spool_chunk))
+        # all of RAM in flight: the base outbox drops the oldest batch not in flight
+        Outbox.push(self, seq, payload, samples)
+
+    def spill(self, count=None):
+        """Move the oldest `count` (default: all) RAM batches not in flight to one spool segment."""
+        moved = [e for e in self.entries if e.token is None]
+        if count is not None:
+            moved = moved[:count]
+        if not moved:
+            return 0
+        self.spool.write(moved, self.front_segment)
+        self.entries = [e for e in self.entries if e.token is not None or e not in moved]
+        return len(moved)
+
+    def offline(self):
+        """Keep at most `spool_chunk` batches only in RAM while the broker is unreachable."""
+        if len([e for e in self.entries if e.token is None]) >= self.spool_chunk:
+            self.spill()
+
+    def queue(self):
+        if not self.front:
+            for name in self.spool.segments():
+                records = self.spool.read(name)
+                if records:
+                    self.front = [Entry(seq, payload, samples) for seq, payload, samples in records]
+                    self.front_segment = name
+                    break
+                self.spool.remove(name)  # empty or unreadable
+        if self.spool.names == [self.front_segment] or not self.spool.names:
+            return self.front + self.entries  # RAM batches go only after every older one on disk
+        return self.front
+
+    def collect_acks(self, acked):
+        front = len(self.front)
+        self.front = [e for e in self.front if e.token is None or not acked(e.token)]
+        done = front - len(self.front) + Outbox.collect_acks(self, acked)
+        self.sent += front - len(self.front)
+        if self.front_segment is not None and not self.front:
+            self.spool.remove(self.front_segment)  # every batch of the segment was acknowledged
+            self.front_segment = None
+        return done
+
+    def save(self):
+        """On a clean stop: everything still unacknowledged goes to the spool for the next run."""
+        for entry in self.entries:
+            entry.token = None
+        if self.entries:
+            self.spool.write(self.entries, self.front_segment)
+            self.entries = []

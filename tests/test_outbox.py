@@ -3,7 +3,7 @@
 import os
 
 from edge_agent.outbox import Outbox
-from edge_agent.spool import Spool
+from edge_agent.spool import Spool, SpoolOutbox
 
 
 class Broker:
@@ -52,36 +52,37 @@ def test_window_limits_in_flight():
 
 def test_spool_keeps_order_across_restart(tmp_path):
     spool_dir = str(tmp_path / "spool")
-    outbox = Outbox(max_batches=4, spool=Spool(spool_dir, 1 << 20), spool_chunk=3)
+    outbox = SpoolOutbox(4, Spool(spool_dir, 1 << 20), spool_chunk=3)
     push_n(outbox, 100, 10)
     outbox.offline()  # broker unreachable: RAM goes to disk in segments
     assert len(os.listdir(spool_dir)) >= 2
     outbox.save()  # clean stop
-    restarted = Outbox(max_batches=4, spool=Spool(spool_dir, 1 << 20), spool_chunk=3)
+    restarted = SpoolOutbox(4, Spool(spool_dir, 1 << 20), spool_chunk=3)
     push_n(restarted, 110, 2)
     broker = Broker()
     broker.send_all(restarted)
     assert broker.sent == list(range(100, 112))
     assert os.listdir(spool_dir) == []  # every segment acknowledged and deleted
-    assert restarted.dropped_batches == 0
+    assert restarted.lost() == (0, 0)
 
 
 def test_spool_cap_drops_oldest_segments_exactly(tmp_path):
     record = 16 + len(b"batch-100" + b"." * 100)
     spool = Spool(str(tmp_path / "spool"), max_bytes=record * 6)  # room for 6 batches
-    outbox = Outbox(max_batches=2, spool=spool, spool_chunk=2)
+    outbox = SpoolOutbox(2, spool, spool_chunk=2)
     push_n(outbox, 100, 20, samples=7)
     outbox.offline()
     broker = Broker()
     broker.send_all(outbox)
-    assert len(broker.sent) + outbox.dropped_batches == 20
-    assert outbox.dropped_samples == 7 * outbox.dropped_batches
+    batches, samples = outbox.lost()
+    assert len(broker.sent) + batches == 20 and batches > 0
+    assert samples == 7 * batches
     assert broker.sent == sorted(broker.sent) and broker.sent[-1] == 119
 
 
 def test_damaged_segment_tail_is_ignored(tmp_path):
     spool = Spool(str(tmp_path / "spool"), 1 << 20)
-    outbox = Outbox(max_batches=10, spool=spool)
+    outbox = SpoolOutbox(10, spool)
     push_n(outbox, 1, 3)
     outbox.spill()
     name = spool.segments()[0]

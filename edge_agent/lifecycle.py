@@ -1,0 +1,76 @@
+"""The agent's rare moments, kept out of its loop: a connection starts, the dictionary grows, it stops.
+
+- `announce`: on every (re)connection, the retained "online" state, the latest birth and the
+  command subscriptions;
+- `publish_birth`: the birth message (the series dictionary), when it grew or on connecting;
+- `shutdown`: send what is pending for a short while, save the rest, say "offline", close.
+
+Part of the MicroPython-compatible core. The agent imports this module when one of these happens
+and unloads it afterwards (edge_agent.unload): on a small MicroPython heap its code is not resident.
+Out of memory here is survived as in the loop: what failed is tried again at the next pass.
+"""
+
+from edge_agent import wire
+from edge_agent.clock import mono_ms
+
+
+def announce(agent):
+    agent.connect_due = False
+    try:
+        agent.transport.publish(agent.topics["state"], b"online", 1, True)
+        if agent.table.base is not None:
+            publish_birth(agent)
+        if agent.commands is not None:
+            for topic in agent.commands.topics():
+                agent.transport.subscribe(topic, 1)
+    except MemoryError:  # all of it again at the next pass
+        agent.connect_due = True
+        agent.out_of_memory("connect")
+        return
+    agent.log("connected", device=agent.device)
+
+
+def birth_payload(agent):
+    info = dict(agent.info)
+    info["interval_ms"] = agent.base_interval_ms()
+    info["sampling"] = agent.sampler.snapshot()
+    if not agent.chunked:
+        return wire.encode_birth(info, agent.table)
+    out = wire.Chunks()
+    wire.encode_birth_into(out, info, agent.table)
+    return out.pieces()
+
+
+def publish_birth(agent):
+    """Send the birth now; when memory is short it is tried again at the next pass (birth_due)."""
+    agent.birth_due = False
+    if agent.transport.connected and len(agent.table):
+        try:
+            agent.transport.publish(agent.topics["birth"], birth_payload(agent), 1, True)
+        except MemoryError:
+            agent.birth_due = True
+            agent.out_of_memory("birth")
+            return
+        agent.stats["births"] += 1
+
+
+def shutdown(agent):
+    """Send what is pending for a short while, then close the collectors and the transport."""
+    try:
+        agent.flush()
+    except MemoryError:
+        agent.drop_batch("stop")
+    deadline = mono_ms() + 2000
+    while len(agent.outbox) and agent.transport.connected and mono_ms() < deadline:
+        agent.pump()
+        agent.transport.poll(0.05)
+    agent.outbox.save()
+    if agent.transport.connected:  # a clean stop says so; the will covers the unclean ones
+        agent.transport.publish(agent.topics["state"], b"offline", 1, True)
+        agent.transport.poll(0.1)
+    for collector in agent.collectors.values():
+        try:
+            collector.close()
+        except OSError:
+            pass
+    agent.transport.stop()
