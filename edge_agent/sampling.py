@@ -47,7 +47,16 @@ MicroPython-compatible core: plain classes, no typing, only `math`.
 import math
 
 from edge_agent.model import COUNTER, HISTOGRAM
-from edge_agent.sampling_rules import COLLECTORS, SAMPLING_DEFAULTS, collector_intervals, validate_sampling
+from edge_agent.sampling_rules import COLLECTORS, KNOBS, PER_COLLECTOR, collector_intervals, knob, validate_sampling
+
+SAMPLING_DEFAULTS = {"policy": "fixed"}  # every knob with its default value
+for _line in KNOBS.split("\n"):
+    if _line:
+        _key = _line.split()[0]
+        SAMPLING_DEFAULTS[_key] = knob(_key)[0]
+for _c in COLLECTORS:
+    for _suffix in PER_COLLECTOR:
+        SAMPLING_DEFAULTS[_c + _suffix] = 0
 
 MAX_LEVEL = 16
 PEAK_RISE = 0.25  # adaptive_peak_z: a rise in the tail must exceed this share of the band to count
