@@ -28,6 +28,7 @@ MPY_MODULES = [
     "edge_agent/collectors/procfs*.py",
     "edge_agent/transport/__init__.py",
     "edge_agent/transport/umqtt.py",
+    "edge_agent/transport/umqtt_connect.py",
 ]
 
 # the CPython zipapp carries the whole package except what only a developer runs

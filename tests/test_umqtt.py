@@ -7,7 +7,9 @@ run under `micropython` (see `run_bytes_tests` and `test_bytes_under_micropython
 
 import sys
 
-from edge_agent.transport.umqtt import MQTTClient, MQTTError, Transport, packet, ticks_ms
+from edge_agent.clock import mono_ms
+from edge_agent.transport import umqtt_connect
+from edge_agent.transport.umqtt import Transport, packet
 
 try:  # CPython only: MicroPython runs just the fake-socket tests
     import os
@@ -71,36 +73,36 @@ class FakePoller:
 
 
 def attached(data=b"", **options):
-    client = MQTTClient("dev1", "localhost", **options)
+    client = Transport("localhost", client_id="dev1", **options)
     sock = FakeSocket(data)
-    client._attach(sock, FakePoller())
+    umqtt_connect.attach(client, sock, FakePoller())
     return client, sock
 
 
 def ago(ms):
-    return ticks_ms() - ms  # ticks_diff copes on MicroPython too
+    return mono_ms() - ms
 
 
 # ---------------------------------------------------------------- packets, byte for byte
 
 
 def test_bytes_connect_with_will_and_credentials():
-    client = MQTTClient("dev1", "h", keepalive=60, username="u", password="p", will=("s", b"off", 1, True))
+    client = Transport("h", client_id="dev1", keepalive=60, username="u", password="p", will=("s", b"off", 1, True))
     expected = (b"\x10\x1e" + b"\x00\x04MQTT\x04" + b"\xee" + b"\x00\x3c" + b"\x00\x04dev1"
                 + b"\x00\x01s" + b"\x00\x03off" + b"\x00\x01u" + b"\x00\x01p")
-    assert bytes(client._connect_packet()) == expected
+    assert bytes(umqtt_connect.connect_packet(client)) == expected
 
 
 def test_bytes_connect_minimal():
-    client = MQTTClient("c", "h", keepalive=0, clean_session=False)
-    assert bytes(client._connect_packet()) == b"\x10\x0d\x00\x04MQTT\x04\x00\x00\x00\x00\x01c"
-    client = MQTTClient("c", "h", keepalive=300, will=("w", b"", 0, False))
-    assert bytes(client._connect_packet()) == b"\x10\x12\x00\x04MQTT\x04\x06\x01\x2c\x00\x01c\x00\x01w\x00\x00"
+    client = Transport("h", client_id="c", keepalive=0, clean_session=False)
+    assert bytes(umqtt_connect.connect_packet(client)) == b"\x10\x0d\x00\x04MQTT\x04\x00\x00\x00\x00\x01c"
+    client = Transport("h", client_id="c", keepalive=300, will=("w", b"", 0, False))
+    assert bytes(umqtt_connect.connect_packet(client)) == b"\x10\x12\x00\x04MQTT\x04\x06\x01\x2c\x00\x01c\x00\x01w\x00\x00"
 
 
 def test_bytes_password_needs_username():
     try:
-        MQTTClient("c", "h", password="p")
+        Transport("h", client_id="c", password="p")
     except ValueError:
         return
     raise AssertionError("no ValueError")
@@ -129,10 +131,10 @@ def test_bytes_publish_in_pieces():
     # QoS 1 keeps the pieces until the PUBACK: the retransmit sends them again with DUP set
     sock.writes = []
     client._inflight[1][1] = ago(30000)
-    client._service()
+    client._service(mono_ms())
     assert sent(sock) == b"\x3b\x0b\x00\x01t\x00\x01abcdef" and sock.writes == [7, 2, 2, 2]
     sock.data.extend(b"\x40\x02\x00\x01")
-    client.wait_msg(0)
+    client.poll(0)
     assert client.acked(token) and not client._inflight
     # QoS 0, and a remaining length past one byte (203 = 0xcb 0x01)
     sock.writes = []
@@ -157,16 +159,12 @@ def test_bytes_memory_error_between_pieces_drops_the_connection():
     # half a packet must never stay on the wire: the client closes, the message stays in flight
     client, sock = attached()
     sock.fail_at = 1
-    try:
-        client.publish("t", [b"ab", b"cd"], qos=1)
-    except MQTTError:
-        pass
-    else:
-        raise AssertionError("no MQTTError")
+    assert client.publish("t", [b"ab", b"cd"], qos=1) == 1
     assert sock.closed and not client.connected and list(client._inflight) == [1]
+    assert "out of memory" in client.last_error
     transport = Transport("h", 1, client_id="c")
     sock = FakeSocket()
-    transport._attach(sock, FakePoller())
+    umqtt_connect.attach(transport, sock, FakePoller())
     sock.fail_at = 2
     token = transport.publish("t", [b"ab", b"cd"], qos=1)
     assert token == 1 and not transport.connected and not transport.acked(token)
@@ -175,7 +173,7 @@ def test_bytes_memory_error_between_pieces_drops_the_connection():
 
 def test_bytes_close_after_a_failed_attach():
     # MemoryError while attaching leaves a socket without a poller: closing it must still work
-    client = MQTTClient("c", "h")
+    client = Transport("h", client_id="c")
     sock = FakeSocket()
     client.sock = sock
     client.close()
@@ -183,14 +181,15 @@ def test_bytes_close_after_a_failed_attach():
 
 
 def test_bytes_subscribe_ping_disconnect():
-    client, sock = attached()
+    client, sock = attached(keepalive=10)
     assert client.subscribe("c", qos=1) == 1
     assert sent(sock) == b"\x82\x06\x00\x01\x00\x01c\x01"
     client.subscribe("dev/+/cmd", qos=2)  # QoS 2 is not supported: asks for 1
     assert sent(sock) == b"\x82\x0e\x00\x02\x00\x09dev/+/cmd\x01"
-    client.ping()
+    client._last_tx = ago(10000)  # idle for the keepalive: PINGREQ
+    client._service(mono_ms())
     assert sent(sock) == b"\xc0\x00"
-    client.disconnect()
+    client.stop()
     assert sent(sock) == b"\xe0\x00" and sock.closed and not client.connected
 
 
@@ -217,7 +216,7 @@ def test_bytes_remaining_length_boundaries():
         got = []
         reader, _ = attached(bytes(sock.out), rx_size=16384)
         reader.on_message = lambda topic, data, got=got: got.append((topic, data))
-        reader.wait_msg(0)
+        reader.poll(0)
         assert got == [("t", payload)], n
 
 
@@ -227,7 +226,7 @@ def test_bytes_puback_clears_the_window():
     second = client.publish("t", b"2")
     assert client.publish("t", b"3") is None  # window full
     sock.data.extend(b"\x40\x02\x00\x01")
-    client.wait_msg(0)
+    client.poll(0)
     assert client.acked(first) and not client.acked(second)
     assert client.publish("t", b"3") is not None
 
@@ -237,7 +236,7 @@ def test_bytes_retransmit_sets_dup():
     client.publish("t", b"x")
     sent(sock)
     client._inflight[1][1] = ago(11000)
-    client._service()
+    client._service(mono_ms())
     assert sent(sock) == b"\x3a\x06\x00\x01t\x00\x01x"
 
 
@@ -245,7 +244,7 @@ def test_bytes_incoming_publish_is_delivered_then_acked():
     got = []
     client, sock = attached(b"\x32\x0a\x00\x03c/d\x12\x34cmd" + b"\x30\x04\x00\x01ez")
     client.on_message = lambda topic, data: got.append((topic, data, bytes(sock.out)))
-    client.wait_msg(0)
+    client.poll(0)
     assert got == [("c/d", b"cmd", b""), ("e", b"z", b"\x40\x02\x12\x34")]
     assert bytes(sock.out) == b"\x40\x02\x12\x34"
 
@@ -255,7 +254,7 @@ def test_bytes_oversized_publish_is_skipped_and_acked():
     body = b"\x00\x01t\x00\x07" + b"y" * 100
     client, sock = attached(b"\x32" + bytes([len(body)]) + body + b"\x30\x04\x00\x01tz", rx_size=32)
     client.on_message = lambda topic, data: got.append((topic, data))
-    client.wait_msg(0)
+    client.poll(0)
     assert client.dropped == 1 and got == [("t", b"z")]
     assert bytes(sock.out) == b"\x40\x02\x00\x07"
 
@@ -263,21 +262,23 @@ def test_bytes_oversized_publish_is_skipped_and_acked():
 def test_bytes_keepalive_ping_and_dead_connection():
     client, sock = attached(keepalive=10)
     client._last_tx = ago(9000)
-    client._service()
+    client._service(mono_ms())
     assert sent(sock) == b""
     client._last_tx = ago(10000)
-    client._service()
+    client._service(mono_ms())
     assert sent(sock) == b"\xc0\x00"
     sock.data.extend(b"\xd0\x00")
-    client.wait_msg(0)
+    client.poll(0)
     assert client._ping_at is None
-    client.ping()
     client._ping_at = ago(5000)
     try:
-        client._service()
-    except MQTTError:
-        return
-    raise AssertionError("a missing PINGRESP went unnoticed")
+        client._service(mono_ms())
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a missing PINGRESP went unnoticed")
+    client.poll(0)  # the same through poll: the connection is dropped
+    assert not client.connected and "PINGRESP" in client.last_error
 
 
 def test_bytes_broken_streams_raise_oserror():
@@ -292,7 +293,7 @@ def test_bytes_broken_streams_raise_oserror():
 
 def test_bytes_empty_credentials_are_none():
     client = Transport("h", 1, client_id="c", keepalive=0, username="", password="")
-    assert bytes(client._connect_packet()) == b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c"
+    assert bytes(umqtt_connect.connect_packet(client)) == b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c"
 
 
 def test_bytes_not_connected():

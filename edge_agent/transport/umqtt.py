@@ -15,61 +15,24 @@ Trade-offs, stated first:
   one buffer, so sending a large message needs no large contiguous allocation. A QoS 1 message keeps
   its header and payload (the pieces) until its PUBACK. Incoming packets are read into one reused
   buffer.
+- Built for a small heap (bytecode loaded from .mpy lives in the heap on MicroPython's unix port):
+  what only a connection attempt needs (CONNECT, TLS and certificates, SUBSCRIBE) is in
+  umqtt_connect, imported for the attempt and released afterwards. This module keeps the live
+  connection: publish, PUBACK, incoming messages, keepalive, retransmission, backoff.
 
-Two layers, in the manner of micropython-lib's umqtt.simple and umqtt.robust:
-  MQTTClient   the protocol: connect, publish, subscribe, ping and servicing a live connection
-  Transport    the agent's Transport contract on top of it (docs/architecture.md): start, poll,
-               stop, reconnect with exponential backoff and jitter
+Protocol failures raise OSError, as socket failures do: the connection is unusable afterwards.
 """
 
 import os
-import select
-import socket
-import time
 
-try:
-    from time import ticks_diff, ticks_ms
-except ImportError:  # CPython
-
-    def ticks_ms():
-        return time.monotonic_ns() // 1000000
-
-    def ticks_diff(a, b):
-        return a - b
-
-
-CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
-MAX_REMAINING = 268435455
-SMALL = 128  # a payload up to this size is copied into the packet: one write
-
-
-class MQTTError(OSError):
-    """A protocol failure; the connection is unusable afterwards, like after any OSError."""
-
-
-def _bytes(s):
-    return s.encode() if isinstance(s, str) else bytes(s)
-
-
-def _der(path):
-    """MicroPython's mbedtls takes DER only: the first PEM block of a file, decoded (or the file as is)."""
-    from binascii import a2b_base64
-
-    with open(path, "rb") as f:
-        data = f.read()
-    start = data.find(b"-----BEGIN")
-    if start < 0:
-        return data
-    start = data.index(b"\n", start) + 1
-    return a2b_base64(data[start:data.index(b"-----END", start)].replace(b"\n", b""))
+from edge_agent.clock import mono_ms, sleep_s
 
 
 def packet(first, remaining, room=None):
     """A bytearray for one packet with its fixed header written; returns (buf, index after it).
 
     The buffer holds `room` bytes after the fixed header (default: all `remaining` of them)."""
-    if remaining > MAX_REMAINING:
+    if remaining > 268435455:
         raise ValueError("MQTT packet too large")
     size = 1 if remaining < 0x80 else 2 if remaining < 0x4000 else 3 if remaining < 0x200000 else 4
     buf = bytearray(1 + size + (remaining if room is None else room))
@@ -84,135 +47,62 @@ def packet(first, remaining, room=None):
             return buf, i
 
 
-def put_str(buf, i, data):
-    n = len(data)
-    buf[i] = n >> 8
-    buf[i + 1] = n & 0xFF
-    buf[i + 2:i + 2 + n] = data
-    return i + 2 + n
+class Transport:
+    """The agent's transport (docs/architecture.md): an MQTT client that reconnects by itself with
+    exponential backoff and jitter.
 
+    Takes the same arguments as the paho adapter (edge_agent/transport/paho.py), so either can be
+    handed to the agent; `reconnect` is (first, longest) delay in seconds.
+    """
 
-class MQTTClient:
     chunked = True  # publish takes a payload as a list of pieces (the agent then encodes into wire.Chunks)
 
-    def __init__(self, client_id, host, port=1883, keepalive=60, username=None, password=None, will=None,
-                 tls=None, clean_session=True, max_inflight=16, rx_size=2048, timeout_s=5, retry_s=20):
+    def __init__(self, host, port=1883, client_id="edge-agent", keepalive=60, username=None, password=None,
+                 tls=None, will=None, reconnect=(1, 60), clean_session=True, max_inflight=16, rx_size=2048,
+                 timeout_s=5, retry_s=20):
         if password and not username:
             raise ValueError("MQTT 3.1.1 needs a username to send a password")
-        self.client_id = _bytes(client_id)
+        # what umqtt_connect needs; strings are encoded there ("" username or password: none)
         self.host = host
         self.port = port
-        self.keepalive = keepalive
-        self.username = _bytes(username) if username else None  # "" is none, as in the config file
-        self.password = _bytes(password) if password else None
-        self.will = None if will is None else (_bytes(will[0]), _bytes(will[1]), will[2], bool(will[3]))
+        self.client_id = client_id
+        self.username = username
+        self.password = password
+        self.will = will  # (topic, payload, qos, retain) or None
         self.tls = tls  # None, or a dict: ca, cert, key, insecure, server_hostname
         self.clean_session = clean_session
-        self.max_inflight = max_inflight
         self.timeout_s = timeout_s
+        self.reconnect = reconnect
+        self.keepalive = keepalive
+        self.max_inflight = max_inflight
         self.retry_ms = int(retry_s * 1000)
         self.on_connect = None
         self.on_message = None
         self.sock = None
+        self.connected = False
+        self.running = False
         self.dropped = 0  # incoming packets too large for rx_size
-        self.sub_failures = 0  # SUBACK return code 0x80
+        self.reconnects = 0
+        self.last_error = None
+        self.backoff_ms = 0  # the latest reconnect delay; 0 after a success
+        self.retry_in_ms = 0  # the next attempt, counted from down_at
+        self.down_at = self._last_tx = self._last_rx = mono_ms()
         self._rx = bytearray(rx_size)
-        self._one = bytearray(1)
         self._poller = None
-        self._inflight = {}  # packet id -> [token, last send ms, packet]
+        self._inflight = {}  # packet id -> [token, last send ms, header, payload]
         self._pid = 0
         self._token = 0
         self._ping_at = None
-        self._last_tx = self._last_rx = ticks_ms()
 
-    @property
-    def connected(self):
-        return self.sock is not None
+    def start(self, on_connect, on_message):
+        """Register the callbacks; the first `poll` connects."""
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.running = True
 
-    # ------------------------------------------------------------ connection
-
-    def connect(self):
-        """Open the connection and wait for CONNACK; returns the session-present flag."""
-        self.close()
-        ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
-        sock = socket.socket(ai[0], socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout_s)
-            sock.connect(ai[-1])
-            if self.tls is not None:
-                sock = self._wrap(sock)
-            self._attach(sock)
-            self._send(self._connect_packet())
-            rx = self._rx
-            self._recv(rx, 4)
-            if rx[0] != CONNACK or rx[1] != 2:
-                raise MQTTError("expected CONNACK, got 0x%02x" % rx[0])
-            if rx[3]:
-                raise MQTTError("connection refused, return code %d" % rx[3])
-        except BaseException:
-            self.close()
-            sock.close()
-            raise
-        self._ping_at = None
-        self._last_rx = ticks_ms()
-        for pid in self._inflight:  # the broker may not have them: send again
-            self._resend(self._inflight[pid])
-        return rx[2] & 1
-
-    def _wrap(self, sock):
-        import ssl
-
-        tls = self.tls
-        hostname = tls.get("server_hostname", self.host)
-        if not hasattr(ssl, "SSLContext"):  # older MicroPython ports
-            return ssl.wrap_socket(sock, server_hostname=hostname)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        cpython = hasattr(ctx, "load_default_certs")
-        if tls.get("insecure"):
-            if cpython:
-                ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's client default is CERT_NONE
-            if tls.get("ca"):
-                ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(
-                    cadata=_der(tls["ca"]))
-            elif cpython:
-                ctx.load_default_certs()
-        if tls.get("cert"):
-            if cpython:
-                ctx.load_cert_chain(tls["cert"], tls.get("key"))
-            else:
-                ctx.load_cert_chain(_der(tls["cert"]), _der(tls.get("key") or tls["cert"]))
-        return ctx.wrap_socket(sock, server_hostname=hostname)
-
-    def _attach(self, sock, poller=None):
-        self.sock = sock
-        self._recv_into = getattr(sock, "readinto", None) or sock.recv_into
-        self._write = getattr(sock, "sendall", None) or sock.write
-        self._pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but not handed out
-        self._poller = poller or select.poll()
-        self._poller.register(sock, select.POLLIN)
-
-    def close(self):
-        """Drop the socket without DISCONNECT (the broker then publishes the will)."""
-        sock = self.sock
-        if sock is None:
-            return
-        self.sock = None
-        poller, self._poller = self._poller, None
-        if poller is not None:  # None when attaching it failed (MemoryError)
-            try:
-                poller.unregister(sock)
-            except (OSError, KeyError, ValueError):
-                pass
-        try:
-            sock.close()
-        except OSError:
-            pass
-
-    def disconnect(self):
-        """Say DISCONNECT (the will is discarded) and close."""
+    def stop(self):
+        """Say DISCONNECT (the broker then discards the will), close, and connect no more."""
+        self.running = False
         if self.sock is not None:
             try:
                 self._send(b"\xe0\x00")
@@ -220,68 +110,67 @@ class MQTTClient:
                 pass
         self.close()
 
-    def _connect_packet(self):
-        cid, will, user, pw = self.client_id, self.will, self.username, self.password
-        flags = 0x02 if self.clean_session else 0
-        n = 12 + len(cid)
-        if will:
-            n += 4 + len(will[0]) + len(will[1])
-            flags |= 0x04 | (will[2] << 3) | (will[3] << 5)
-        if user is not None:
-            n += 2 + len(user)
-            flags |= 0x80
-        if pw is not None:
-            n += 2 + len(pw)
-            flags |= 0x40
-        buf, i = packet(CONNECT, n)
-        buf[i:i + 7] = b"\x00\x04MQTT\x04"
-        buf[i + 7] = flags
-        buf[i + 8] = self.keepalive >> 8
-        buf[i + 9] = self.keepalive & 0xFF
-        i = put_str(buf, i + 10, cid)
-        if will:
-            i = put_str(buf, put_str(buf, i, will[0]), will[1])
-        if user is not None:
-            i = put_str(buf, i, user)
-        if pw is not None:
-            put_str(buf, i, pw)
-        return buf
+    def close(self, error=None):
+        """Drop the socket without DISCONNECT (the broker then publishes the will).
+
+        Given the error that broke the connection (or a connection attempt), also schedule the next
+        attempt: the delay doubles from reconnect[0] up to reconnect[1], and a random half of it is
+        taken off so that a fleet does not come back all at once."""
+        sock, poller = self.sock, self._poller
+        self.sock = self._poller = None
+        self.connected = False
+        if poller is not None:  # None when attaching it failed (MemoryError)
+            try:
+                poller.unregister(sock)
+            except (OSError, KeyError, ValueError):
+                pass
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if error is not None:
+            self.last_error = repr(error)
+            self.down_at = mono_ms()
+            delay = min(max(2 * self.backoff_ms, int(self.reconnect[0] * 1000)), int(self.reconnect[1] * 1000))
+            self.backoff_ms = delay
+            self.retry_in_ms = delay // 2 + (delay // 2) * os.urandom(1)[0] // 255
 
     # ------------------------------------------------------------ sending
 
-    def _send(self, data):
-        n = self._write(data)
-        if n is not None and n < len(data):  # MicroPython's write returns short on a timeout
-            raise MQTTError("write timed out")
-        self._last_tx = ticks_ms()
-
-    def _send_message(self, head, payload):
-        """Write a packet given as its head and the payload that follows it (None, bytes or pieces).
+    def _send(self, data, payload=None):
+        """Write one packet: `data`, then `payload` when given (bytes, or a list of pieces).
 
         A MemoryError between two writes would leave half a packet on the wire: the connection is
-        closed instead (the caller sees an MQTTError; a QoS 1 message goes again after reconnecting).
+        closed instead and the caller sees an OSError (a QoS 1 message goes again after reconnecting).
         """
+        pieces = payload if isinstance(payload, list) else () if payload is None else [payload]
+        i = -1  # -1: data, then the pieces
         try:
-            self._send(head)
-            if isinstance(payload, list):
-                for piece in payload:
-                    self._send(piece)
-            elif payload is not None:
-                self._send(payload)
+            while i < len(pieces):
+                piece = pieces[i] if i >= 0 else data
+                i += 1
+                n = self._write(piece)
+                if n is not None and n < len(piece):  # MicroPython's write returns short on a timeout
+                    raise OSError("write timed out")
         except MemoryError:
             self.close()
-            raise MQTTError("out of memory while sending")
+            raise OSError("out of memory while sending")
+        self._last_tx = mono_ms()
 
     def publish(self, topic, payload, qos=1, retain=False):
         """Send a message; returns a token for `acked`, or None when not connected or the window is full.
 
         `payload` is bytes, str, or a list of byte pieces (bytes, bytearray, memoryview) sent one
-        after the other as one message; the pieces must not change until the message is acked."""
+        after the other as one message; the pieces must not change until the message is acked.
+        A QoS 1 message whose sending fails stays in flight (it has a token) and goes again after
+        reconnecting."""
         if self.sock is None or (qos and len(self._inflight) >= self.max_inflight):
             return None
         if qos not in (0, 1):
             raise ValueError("QoS 2 is not supported")
-        topic = _bytes(topic)
+        if isinstance(topic, str):
+            topic = topic.encode()
         if isinstance(payload, str):
             payload = payload.encode()
         if isinstance(payload, list):
@@ -291,19 +180,32 @@ class MQTTClient:
         else:
             size = len(payload)
         head = 2 + len(topic) + 2 * qos
-        small = size <= SMALL and not isinstance(payload, list)
-        buf, i = packet(PUBLISH | (qos << 1) | (1 if retain else 0), head + size, head + size if small else head)
-        i = put_str(buf, i, topic)
+        small = size <= 128 and not isinstance(payload, list)  # copied into the packet: one write
+        buf, i = packet(0x30 | (qos << 1) | (1 if retain else 0), head + size, head + size if small else head)
+        n = len(topic)
+        buf[i] = n >> 8
+        buf[i + 1] = n & 0xFF
+        i += 2 + n
+        buf[i - n:i] = topic
         if small:
             buf[i + 2 * qos:] = payload
             payload = None
-        pid = self._next_pid() if qos else 0
+        self._token += 1
         if qos:
+            pid = self._pid
+            while True:  # the next packet id not in flight
+                pid = pid % 65535 + 1
+                if pid not in self._inflight:
+                    break
+            self._pid = pid
             buf[i] = pid >> 8
             buf[i + 1] = pid & 0xFF
-            self._inflight[pid] = [self._token + 1, ticks_ms(), buf, payload]
-        self._token += 1
-        self._send_message(buf, payload)
+            self._inflight[pid] = [self._token, mono_ms(), buf, payload]
+        try:
+            self._send(buf, payload)
+        except OSError as exc:
+            self.close(exc)
+            return self._token if qos else None
         return self._token
 
     def acked(self, token):
@@ -314,36 +216,72 @@ class MQTTClient:
         return True
 
     def subscribe(self, topic, qos=1):
-        """Send SUBSCRIBE; returns its packet id, or None when not connected."""
+        """Send SUBSCRIBE (QoS 2 asks for 1); returns its packet id, or None when not connected."""
         if self.sock is None:
             return None
-        topic = _bytes(topic)
-        buf, i = packet(SUBSCRIBE, 5 + len(topic))
-        pid = self._next_pid()
-        buf[i] = pid >> 8
-        buf[i + 1] = pid & 0xFF
-        buf[put_str(buf, i + 2, topic)] = min(qos, 1)
-        self._send(buf)
-        return pid
+        import edge_agent.transport.umqtt_connect
 
-    def ping(self):
-        self._send(b"\xc0\x00")
-        self._ping_at = ticks_ms()
+        return edge_agent.transport.umqtt_connect.subscribe(self, topic, qos)
 
-    def _next_pid(self):
-        pid = self._pid
-        while True:
-            pid = pid % 65535 + 1
-            if pid not in self._inflight:
-                self._pid = pid
-                return pid
+    # ------------------------------------------------------------ the live connection
 
-    def _resend(self, entry):
-        entry[2][0] |= 0x08  # DUP
-        self._send_message(entry[2], entry[3])
-        entry[1] = ticks_ms()
+    def poll(self, timeout_s):
+        """Do socket I/O for up to timeout_s, connecting when it is time to; callbacks run here."""
+        end = mono_ms() + int(timeout_s * 1000)
+        budget = 64  # packets handled after the deadline, so a flood cannot hold the caller
+        while budget:
+            now = mono_ms()
+            left = max(0, end - now)
+            if self.sock is None:
+                due = self.down_at + self.retry_in_ms - now
+                if self.running and due <= 0:
+                    # connects (or schedules the next attempt) and calls on_connect; the module
+                    # releases itself when done
+                    import edge_agent.transport.umqtt_connect
 
-    # ------------------------------------------------------------ receiving
+                    edge_agent.transport.umqtt_connect.connect(self)
+                    continue
+                wait = left if not self.running or due > left else due
+                sleep_s(wait / 1000)
+                if wait == left:
+                    return
+                continue
+            try:
+                wait = min(self._service(now), left)
+                if (self._pending and self._pending()) or self._poller.poll(wait):
+                    self._read_packet()
+                    if not left:
+                        budget -= 1
+                elif wait == left:
+                    return
+            except OSError as exc:
+                self.close(exc)
+
+    def _service(self, now):
+        """Keepalive and retransmission; returns the ms until it needs to run again."""
+        wait = 3600000
+        if self.keepalive:
+            ka = self.keepalive * 1000
+            if self._ping_at is not None:
+                wait = max(ka // 2, 1000) - (now - self._ping_at)
+                if wait <= 0:
+                    raise OSError("no PINGRESP: connection is dead")
+            else:
+                wait = ka - (now - min(self._last_tx, self._last_rx))
+                if wait <= 0:
+                    self._send(b"\xc0\x00")  # PINGREQ
+                    self._ping_at = now
+                    wait = max(ka // 2, 1000)
+        for pid in self._inflight:
+            entry = self._inflight[pid]
+            left = self.retry_ms - (now - entry[1])
+            if left <= 0:
+                entry[2][0] |= 0x08  # DUP
+                self._send(entry[2], entry[3])
+                entry[1] = now
+                left = self.retry_ms
+            wait = min(wait, left)
+        return wait
 
     def _recv(self, buf, n):
         """Read exactly n bytes into buf (blocking, bounded by the socket timeout)."""
@@ -354,47 +292,45 @@ class MQTTClient:
                 break
             got += more
         if not got or got < n:
-            raise MQTTError("connection closed by the broker")
+            raise OSError("connection closed by the broker")
 
     def _read_packet(self):
-        one, rx = self._one, self._rx
-        self._recv(one, 1)
-        kind = one[0]
+        """Read one packet and act on it: PUBLISH (delivered, then acked if QoS 1), PUBACK, SUBACK,
+        PINGRESP. A refused subscription (SUBACK 0x80) is not retried."""
+        rx = self._rx
+        self._recv(rx, 1)
+        kind = rx[0]
         n = shift = 0
-        while True:
-            self._recv(one, 1)
-            n |= (one[0] & 0x7F) << shift
-            if not one[0] & 0x80:
+        while True:  # the remaining length, one byte at a time
+            self._recv(rx, 1)
+            n |= (rx[0] & 0x7F) << shift
+            if not rx[0] & 0x80:
                 break
             shift += 7
             if shift > 21:
-                raise MQTTError("malformed remaining length")
+                raise OSError("malformed remaining length")
         head = min(n, len(rx))
         if head:
             self._recv(rx, head)
-        self._last_rx = ticks_ms()
+        self._last_rx = mono_ms()
         op = kind & 0xF0
-        if op == PUBLISH:
-            self._on_publish(kind, n, head)
-        elif op == PUBACK and n == 2:
+        if op == 0x40 and n == 2:  # PUBACK
             self._inflight.pop((rx[0] << 8) | rx[1], None)
-        elif op == SUBACK and n >= 3:
-            if rx[2] & 0x80:
-                self.sub_failures += 1
-        elif op == PINGRESP:
+            return
+        if op == 0xD0:  # PINGRESP
             self._ping_at = None
-        else:
-            raise MQTTError("unexpected packet 0x%02x" % kind)
-
-    def _on_publish(self, kind, n, head):
-        rx = self._rx
-        qos = (kind >> 1) & 3
+            return
+        if op == 0x90 and n >= 3:  # SUBACK
+            return
+        if op != 0x30:
+            raise OSError("unexpected packet 0x%02x" % kind)
+        qos = (kind >> 1) & 3  # a PUBLISH
         tlen = (rx[0] << 8) | rx[1]
         p = 2 + tlen + (2 if qos else 0)
         if qos > 1 or p > n:
-            raise MQTTError("bad PUBLISH")
+            raise OSError("bad PUBLISH")
         if p > head:
-            raise MQTTError("PUBLISH topic longer than the receive buffer")
+            raise OSError("PUBLISH topic longer than the receive buffer")
         pid = (rx[p - 2] << 8) | rx[p - 1] if qos else 0
         try:
             if n > head:  # too large for the buffer: skip the rest of it
@@ -409,133 +345,8 @@ class MQTTClient:
                 try:
                     topic = str(mv[2:2 + tlen], "utf-8")
                 except UnicodeError:
-                    raise MQTTError("PUBLISH topic is not UTF-8")
+                    raise OSError("PUBLISH topic is not UTF-8")
                 self.on_message(topic, bytes(mv[p:n]))
         finally:
             if qos:  # acknowledged once handled, even when the handler failed: no redelivery loop
-                self._send(bytes((PUBACK, 2, pid >> 8, pid & 0xFF)))
-
-    def _service(self):
-        """Keepalive and retransmission; returns the ms until it needs to run again."""
-        now = ticks_ms()
-        wait = 3600000
-        if self.keepalive:
-            ka = self.keepalive * 1000
-            if self._ping_at is not None:
-                wait = max(ka // 2, 1000) - ticks_diff(now, self._ping_at)
-                if wait <= 0:
-                    raise MQTTError("no PINGRESP: connection is dead")
-            else:
-                wait = ka - max(ticks_diff(now, self._last_tx), ticks_diff(now, self._last_rx))
-                if wait <= 0:
-                    self.ping()
-                    wait = max(ka // 2, 1000)
-        for pid in self._inflight:
-            entry = self._inflight[pid]
-            left = self.retry_ms - ticks_diff(now, entry[1])
-            if left <= 0:
-                self._resend(entry)
-                left = self.retry_ms
-            wait = min(wait, left)
-        return wait
-
-    def wait_msg(self, timeout_ms):
-        """Service the live connection for up to timeout_ms; raises OSError when it breaks."""
-        start = ticks_ms()
-        budget = 64  # packets handled after the deadline, so a flood cannot hold the caller
-        while self.sock is not None and budget:
-            wait = self._service()
-            left = max(0, timeout_ms - ticks_diff(ticks_ms(), start))
-            if wait > left:
-                wait = left
-            if (self._pending and self._pending()) or self._poller.poll(wait):
-                self._read_packet()
-                if not left:
-                    budget -= 1
-            elif wait == left:
-                return
-
-
-class Transport(MQTTClient):
-    """The agent's transport: MQTTClient plus reconnection with exponential backoff and jitter.
-
-    Takes the same arguments as the paho adapter (edge_agent/transport/paho.py), so either can be
-    handed to the agent; `reconnect` is (first, longest) delay in seconds.
-    """
-
-    def __init__(self, host, port=1883, client_id="edge-agent", keepalive=60, username=None, password=None,
-                 tls=None, will=None, reconnect=(1, 60), **options):
-        MQTTClient.__init__(self, client_id, host, port, keepalive, username, password, will, tls, **options)
-        self.backoff_min_ms = int(reconnect[0] * 1000)
-        self.backoff_max_ms = int(reconnect[1] * 1000)
-        self.backoff_ms = 0  # 0: try at once
-        self.retry_in_ms = 0
-        self.down_at = ticks_ms()
-        self.reconnects = 0
-        self.last_error = None
-        self.running = False
-
-    def start(self, on_connect, on_message):
-        """Register the callbacks; the first `poll` connects."""
-        self.on_connect = on_connect
-        self.on_message = on_message
-        self.running = True
-
-    def stop(self):
-        self.running = False
-        self.disconnect()
-
-    def _lost(self, exc):
-        self.close()
-        self.last_error = repr(exc)
-        self.down_at = ticks_ms()
-        delay = min(max(2 * self.backoff_ms, self.backoff_min_ms), self.backoff_max_ms)
-        self.backoff_ms = delay
-        self.retry_in_ms = delay // 2 + (delay // 2) * os.urandom(1)[0] // 255
-
-    def poll(self, timeout_s):
-        """Do socket I/O for up to timeout_s, connecting when it is time to; callbacks run here."""
-        timeout_ms = int(timeout_s * 1000)
-        start = ticks_ms()
-        while True:
-            left = timeout_ms - ticks_diff(ticks_ms(), start)
-            if self.sock is None:
-                due = self.retry_in_ms - ticks_diff(ticks_ms(), self.down_at) if self.backoff_ms else 0
-                if self.running and due <= 0:
-                    try:
-                        self.connect()
-                    except OSError as exc:
-                        self._lost(exc)
-                        continue
-                    self.reconnects += 1
-                    self.backoff_ms = 0
-                    if self.on_connect is not None:
-                        self.on_connect()
-                    continue
-                wait = left if not self.running or due > left else due
-                if wait > 0:
-                    time.sleep(wait / 1000)
-                if wait == left:
-                    return
-                continue
-            try:
-                self.wait_msg(max(0, left))
-            except OSError as exc:
-                self._lost(exc)
-                continue
-            return
-
-    def publish(self, topic, payload, qos=1, retain=False):
-        try:
-            return MQTTClient.publish(self, topic, payload, qos, retain)
-        except OSError as exc:  # a QoS 1 message stays in flight and goes again after reconnecting
-            token = self._token
-            self._lost(exc)
-            return token if qos else None
-
-    def subscribe(self, topic, qos=1):
-        try:
-            return MQTTClient.subscribe(self, topic, qos)
-        except OSError as exc:
-            self._lost(exc)
-            return None
+                self._send(bytes((0x40, 2, pid >> 8, pid & 0xFF)))

@@ -1,0 +1,192 @@
+"""What umqtt's Transport needs only while (re)connecting: the socket, TLS and its certificates,
+CONNECT and CONNACK, and SUBSCRIBE (the agent subscribes from on_connect).
+
+Transport.poll imports this module for a connection attempt; when the attempt and the on_connect
+callback are over, the module releases itself (`release`): on MicroPython, forgotten by sys.modules
+and its package, its code is collected (the names it interned stay). A subscribe outside an
+attempt loads it for that one call. On CPython it stays loaded: releasing would save nothing.
+"""
+
+import select
+import socket
+import sys
+
+from edge_agent.clock import mono_ms
+from edge_agent.transport.umqtt import packet
+
+connecting = False  # inside connect(): a subscribe from on_connect leaves the release to it
+
+
+def connect(client):
+    """One connection attempt of umqtt.Transport `client`: connect, CONNECT, CONNACK, send again what
+    is in flight, then call on_connect. A failure (OSError) schedules the next attempt."""
+    global connecting
+    connecting = True
+    sock = None
+    try:
+        try:
+            ai = socket.getaddrinfo(client.host, client.port, 0, socket.SOCK_STREAM)[0]
+            sock = socket.socket(ai[0], socket.SOCK_STREAM)
+            sock.settimeout(client.timeout_s)
+            sock.connect(ai[-1])
+            if client.tls is not None:
+                sock = wrap(client, sock)
+            attach(client, sock)
+            client._send(connect_packet(client))
+            rx = client._rx
+            client._recv(rx, 4)
+            if rx[0] != 0x20 or rx[1] != 2:
+                raise OSError("expected CONNACK, got 0x%02x" % rx[0])
+            if rx[3]:
+                raise OSError("connection refused, return code %d" % rx[3])
+            client._ping_at = None
+            client._last_rx = mono_ms()
+            for pid in client._inflight:  # the broker may not have them: send again, DUP set
+                entry = client._inflight[pid]
+                entry[2][0] |= 0x08
+                client._send(entry[2], entry[3])
+                entry[1] = mono_ms()
+        except BaseException as exc:
+            failed = isinstance(exc, OSError)
+            client.close(exc if failed else None)
+            if sock is not None:
+                sock.close()
+            if failed:
+                return
+            raise
+        client.reconnects += 1
+        client.backoff_ms = 0
+        if client.on_connect is not None:
+            client.on_connect()
+    finally:
+        connecting = False
+        release()
+
+
+def attach(client, sock, poller=None):
+    """Make `sock` the client's connection (the tests hand in a fake socket and poller)."""
+    client.sock = sock
+    client.connected = True
+    client._recv_into = getattr(sock, "readinto", None) or sock.recv_into
+    client._write = getattr(sock, "sendall", None) or sock.write
+    client._pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but not handed out
+    client._poller = poller or select.poll()
+    client._poller.register(sock, select.POLLIN)
+
+
+def wrap(client, sock):
+    """The TLS socket over `sock`, as client.tls says: ca, cert, key, insecure, server_hostname."""
+    import ssl
+
+    tls = client.tls
+    hostname = tls.get("server_hostname", client.host)
+    if not hasattr(ssl, "SSLContext"):  # older MicroPython ports
+        return ssl.wrap_socket(sock, server_hostname=hostname)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cpython = hasattr(ctx, "load_default_certs")
+    if tls.get("insecure"):
+        if cpython:
+            ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's client default is CERT_NONE
+        if tls.get("ca"):
+            ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(
+                cadata=der(tls["ca"]))
+        elif cpython:
+            ctx.load_default_certs()
+    if tls.get("cert"):
+        if cpython:
+            ctx.load_cert_chain(tls["cert"], tls.get("key"))
+        else:
+            ctx.load_cert_chain(der(tls["cert"]), der(tls.get("key") or tls["cert"]))
+    return ctx.wrap_socket(sock, server_hostname=hostname)
+
+
+def der(path):
+    """MicroPython's mbedtls takes DER only: the first PEM block of a file, decoded (or the file as is)."""
+    from binascii import a2b_base64
+
+    with open(path, "rb") as f:
+        data = f.read()
+    start = data.find(b"-----BEGIN")
+    if start < 0:
+        return data
+    start = data.index(b"\n", start) + 1
+    return a2b_base64(data[start:data.index(b"-----END", start)].replace(b"\n", b""))
+
+
+def connect_packet(client):
+    """CONNECT: clean session, keepalive, client id, then the will, username and password if any."""
+    fields = [client.client_id]
+    flags = 0x02 if client.clean_session else 0
+    will = client.will
+    if will:
+        fields += will[0], will[1]
+        flags |= 0x04 | (will[2] << 3) | ((1 if will[3] else 0) << 5)
+    if client.username:  # "" is none, as in the config file
+        fields.append(client.username)
+        flags |= 0x80
+    if client.password:
+        fields.append(client.password)
+        flags |= 0x40
+    n = 10
+    for k in range(len(fields)):
+        if isinstance(fields[k], str):
+            fields[k] = fields[k].encode()
+        n += 2 + len(fields[k])
+    buf, i = packet(0x10, n)
+    buf[i:i + 7] = b"\x00\x04MQTT\x04"
+    buf[i + 7] = flags
+    buf[i + 8] = client.keepalive >> 8
+    buf[i + 9] = client.keepalive & 0xFF
+    i += 10
+    for field in fields:
+        i = put_str(buf, i, field)
+    return buf
+
+
+def put_str(buf, i, data):
+    """Write `data` with its two-byte length at buf[i]; returns the index after it."""
+    n = len(data)
+    buf[i] = n >> 8
+    buf[i + 1] = n & 0xFF
+    buf[i + 2:i + 2 + n] = data
+    return i + 2 + n
+
+
+def subscribe(client, topic, qos):
+    """Transport.subscribe: SUBSCRIBE with the next free packet id; None when the connection broke."""
+    try:
+        if isinstance(topic, str):
+            topic = topic.encode()
+        buf, i = packet(0x82, 5 + len(topic))
+        pid = client._pid
+        while True:  # the next packet id not in flight
+            pid = pid % 65535 + 1
+            if pid not in client._inflight:
+                break
+        client._pid = pid
+        buf[i] = pid >> 8
+        buf[i + 1] = pid & 0xFF
+        buf[put_str(buf, i + 2, topic)] = min(qos, 1)
+        client._send(buf)
+        return pid
+    except OSError as exc:
+        client.close(exc)
+        return None
+    finally:
+        if not connecting:
+            release()
+
+
+def release():
+    """MicroPython: forget this module, so its code is collected once the running call returns."""
+    if sys.implementation.name != "micropython":
+        return
+    sys.modules.pop(__name__, None)
+    parent, _, leaf = __name__.rpartition(".")
+    try:
+        delattr(sys.modules[parent], leaf)
+    except (AttributeError, KeyError):  # KeyError on MicroPython when it is not there
+        pass
