@@ -1,25 +1,20 @@
-"""Turn raw kernel counters into monotonic cumulative values, written once for every collector.
+"""Turn raw kernel counters into monotonic cumulative values, for collectors with few, changing series.
 
 Kernel counters wrap (32-bit fields in /proc/net/dev on 32-bit kernels, 64-bit elsewhere) and
 reset (an interface deleted and created again starts from zero). `Monotonic.update` keeps a
 running total per key: a drop that looks like a wrap of the declared width adds the wrapped
 distance; any other drop is a reset and the new raw value counts as growth since zero. The
 total therefore never goes backwards and stays a count since the series' start.
+
+The rule itself is `advance`, written once in edge_agent.collectors.procfs_net (the /proc network
+collector keeps flat lists by series and calls it directly; a device never loads this module).
 """
 
-
-def advance(last, raw, bits=64):
-    """How much a counter grew from its previous raw reading `last` to `raw` (a wrap or a reset)."""
-    if raw >= last:
-        return raw - last
-    if (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
-        return (1 << bits) - last + raw  # wrapped at 2**bits
-    return raw  # reset: counting again from zero
+from edge_agent.collectors.procfs_net import advance
 
 
 class Monotonic:
-    """Running totals by key (collectors with few, changing series; the /proc ones keep flat lists
-    indexed by series and call `advance` themselves)."""
+    """Running totals by key."""
 
     def __init__(self):
         self.last_raw = {}

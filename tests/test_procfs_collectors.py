@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from edge_agent.collectors import procfs_net
-from edge_agent.collectors.procfs import hundredths, procfs_collectors
+from edge_agent.collectors.procfs import procfs_collectors
 from edge_agent.collectors.procfs_cpu import STATES, CpuCollector, parse_stat
-from edge_agent.collectors.procfs_load import LoadCollector, parse_loadavg
+from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_loadavg
 from edge_agent.collectors.procfs_memory import MemoryCollector, available, parse_meminfo
-from edge_agent.collectors.procfs_net import NetworkCollector, default_counter_bits, parse_net_dev
+from edge_agent.collectors.procfs_net import NetworkCollector, parse_net_dev
 from edge_agent.collectors.procfs_system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
 from edge_agent.model import COUNTER, GAUGE
 
@@ -290,12 +290,11 @@ def test_network_counters_wrap_at_2_32():
 def test_network_counter_width_is_what_makes_a_drop_a_wrap():
     t1 = replay(NetworkCollector(counter_bits=64), "net_wrap32", ("t0", "t1"))[1]
     assert t1[net("io", "eth0", "receive")] == 4294967000 + 704  # a reset on a 64-bit counter
-    assert default_counter_bits(2**63 - 1) == 64 and default_counter_bits(2**31 - 1) == 32
-    assert default_counter_bits() == (64 if sys.maxsize > 2**32 else 32)
+    assert procfs_net.DEFAULT_BITS == (64 if sys.maxsize > 2**32 else 32)
 
 
 def test_network_width_guess_of_32_bits(monkeypatch):
-    monkeypatch.setattr(procfs_net, "default_counter_bits", lambda: 32)
+    monkeypatch.setattr(procfs_net, "DEFAULT_BITS", 32)
     t1 = replay(NetworkCollector(), "net_wrap32", ("t0", "t1"))[1]
     assert t1[net("io", "eth0", "receive")] == 2**32 + 704
     assert t1[net("io", "eth1", "receive")] == 5000001000

@@ -1,4 +1,4 @@
-"""The /proc collectors as a registry, plus the two helpers they share.
+"""The /proc collectors as a registry, plus `read_text` for the readers outside them.
 
     name     class (module)                    reads                 options (defaults)
     cpu      CpuCollector (procfs_cpu)         stat                  per_cpu=True
@@ -8,68 +8,55 @@
     system   SystemCollector (procfs_system)   uptime, boot_id       -
 
 Every collector takes the /proc root (`root`, default "/proc"), so tests point it at fixture trees,
-and keeps it in `self.root`. Each module has a pure `parse_*(text)` beside its reader and documents
-its metrics and options in its docstring.
+and keeps it in `self.root`. Each module has a pure `parse_*(text)` beside its collector and
+documents its metrics and options in its docstring.
 
-MicroPython-compatible core: plain classes, stdlib subset only. Files are read with one `read()`
-(MicroPython reads a text file line by line one byte at a time).
+Needed only to build collectors: no collector imports this module, so a device can release it once
+they are built (and load only the collector modules a config enables). MicroPython-compatible
+core: plain classes, stdlib subset only. Files are read with one `read()` (MicroPython reads a text
+file line by line one byte at a time).
 """
+
+# name, module, class, options it takes
+REGISTRY = (
+    ("cpu", "procfs_cpu", "CpuCollector", ("per_cpu",)),
+    ("memory", "procfs_memory", "MemoryCollector", ()),
+    ("load", "procfs_load", "LoadCollector", ()),
+    ("network", "procfs_net", "NetworkCollector", ("include", "exclude", "counter_bits")),
+    ("system", "procfs_system", "SystemCollector", ()),
+)
 
 
 def read_text(root, name):
     """The whole text of `root/name` in one read; raises OSError when it is missing."""
-    f = open(root + "/" + name)
-    try:
+    with open(root + "/" + name) as f:
         return f.read()
-    finally:
-        f.close()
 
 
-def hundredths(token):
-    """'215.06' -> 21506 without floats (the kernel prints two decimals; more are truncated)."""
-    dot = token.find(".")
-    if dot < 0:
-        return int(token) * 100
-    whole = int(token[:dot]) if dot else 0
-    frac = (token[dot + 1 : dot + 3] + "00")[:2]
-    return whole * 100 + int(frac)
-
-
-def procfs_collectors(root="/proc", options=None):
-    """name -> collector instance for cpu, memory, load, network and system.
+def procfs_collectors(root="/proc", options=None, names=None):
+    """name -> collector instance for cpu, memory, load, network and system (or only `names`).
 
     `options` maps a collector name to its keyword options, e.g.
     {"cpu": {"per_cpu": True}, "network": {"include": [], "exclude": ["lo"]}}.
-    An unknown collector name or option raises ValueError naming it.
+    An unknown collector name or option raises ValueError naming it. Only the modules of the
+    collectors built are imported.
     """
-    # imported here because the collector modules import the helpers above
-    from edge_agent.collectors.procfs_cpu import CpuCollector
-    from edge_agent.collectors.procfs_load import LoadCollector
-    from edge_agent.collectors.procfs_memory import MemoryCollector
-    from edge_agent.collectors.procfs_net import NetworkCollector
-    from edge_agent.collectors.procfs_system import SystemCollector
-
-    registry = (
-        ("cpu", CpuCollector),
-        ("memory", MemoryCollector),
-        ("load", LoadCollector),
-        ("network", NetworkCollector),
-        ("system", SystemCollector),
-    )
     options = options or {}
-    names = [name for name, _ in registry]
+    known = [entry[0] for entry in REGISTRY]
     for name in options:
-        if name not in names:
-            raise ValueError("procfs: unknown collector %r (known: %s)" % (name, ", ".join(names)))
+        if name not in known:
+            raise ValueError("procfs: unknown collector %r (known: %s)" % (name, ", ".join(known)))
     collectors = {}
-    for name, cls in registry:
+    for name, module, cls, allowed in REGISTRY:
         opts = options.get(name) or {}
         for key in opts:
-            if key not in cls.OPTIONS:
+            if key not in allowed:
                 raise ValueError(
-                    "procfs.%s: unknown option %r (known: %s)" % (name, key, ", ".join(cls.OPTIONS) or "none")
+                    "procfs.%s: unknown option %r (known: %s)" % (name, key, ", ".join(allowed) or "none")
                 )
-        collectors[name] = cls(root, **opts)
+        if names is None or name in names:
+            loaded = __import__("edge_agent.collectors." + module, None, None, (cls,))
+            collectors[name] = getattr(loaded, cls)(root, **opts)
     return collectors
 
 
@@ -80,10 +67,13 @@ def enabled_procfs(section, root="/proc"):
     keys, everything else is passed to the collector as an option.
     """
     options = {}
+    enabled = []
     for name in section:
         # enabled/backend belong to the section, top_processes to the eBPF backend only
         options[name] = dict([(k, v) for k, v in section[name].items()
                               if k not in ("enabled", "backend", "top_processes")])
-    built = procfs_collectors(root, options)
-    chosen = [built[name] for name in section if name in built and section[name].get("enabled", True)]
+        if section[name].get("enabled", True):
+            enabled.append(name)
+    built = procfs_collectors(root, options, enabled)
+    chosen = [built[name] for name in section if name in built]
     return chosen, dict([(c.name, c.source) for c in chosen])

@@ -16,9 +16,9 @@ Options: per_cpu (default True) also emits the cpuN lines; False emits only cpu=
 Counters: kernels older than 2.6.11 print fewer than eight fields; the missing trailing ones are 0.
 CPU counters are 64-bit and never reset while the system is up, but idle/iowait may step backwards
 a little on tickless kernels, so a drop is held at the highest value seen instead of being taken
-as a reset (which would add the whole raw value again). An offline CPU keeps its last reading: it
-simply stops being emitted and, when it comes back, counts on from there (the kernel keeps its
-counters across hotplug).
+as a reset (which would add the whole raw value again): each time counter is the highest reading
+so far. An offline CPU keeps its last reading: it simply stops being emitted and, when it comes
+back, counts on from there (the kernel keeps its counters across hotplug).
 
 Example output (first read, per_cpu=False), as (series key, value):
 
@@ -26,37 +26,28 @@ Example output (first read, per_cpu=False), as (series key, value):
     system.cpu.time{cpu=total,state=nice}     0
     ...
     system.cpu.time{cpu=total,state=steal}    20
+
+Small on a device: a CPU's state is 9 slots of two flat lists (`series`, `ticks`), found by name.
 """
 
-from edge_agent.collectors.procfs import read_text
 from edge_agent.model import COUNTER, GAUGE, Series, family
 
 STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 IDLE = 3
 IOWAIT = 4
-NFIELDS = len(STATES)
-
-
-def _cpu_fields(tokens):
-    """The eight state counters of one cpu line's tokens (after the name), padded with 0."""
-    fields = [0] * NFIELDS
-    n = len(tokens)
-    if n > NFIELDS:
-        n = NFIELDS  # guest and guest_nice are already included in user and nice
-    for i in range(n):
-        fields[i] = int(tokens[i])
-    return fields
 
 
 def scan_stat(text):
-    """(cpu rows in file order as [(name, fields)], {other key: int}); name "total" for the aggregate."""
+    """(cpu rows in file order as [(name, [8 ints])], {other key: int}); name "total" for the aggregate."""
     rows = []
     other = {"btime": 0, "procs_running": 0, "procs_blocked": 0, "ctxt": 0}
     for line in text.split("\n"):
         if line.startswith("cpu"):
             tokens = line.split()
-            name = tokens[0]
-            rows.append(("total" if name == "cpu" else name, _cpu_fields(tokens[1:])))
+            fields = [0] * 8  # older kernels print fewer: the missing ones are 0
+            for i in range(min(len(tokens) - 1, 8)):  # guest and guest_nice are already in user and nice
+                fields[i] = int(tokens[i + 1])
+            rows.append(("total" if tokens[0] == "cpu" else tokens[0], fields))
         elif line.startswith("btime") or line.startswith("procs_") or line.startswith("ctxt"):
             # only these few lines are split: the intr and softirq lines are long
             tokens = line.split()
@@ -69,10 +60,7 @@ def parse_stat(text):
     """/proc/stat -> {"cpu": {"total": [8 ints], "cpu0": [...]}, "btime", "procs_running",
     "procs_blocked", "ctxt"} (ints; a missing line gives 0)."""
     rows, result = scan_stat(text)
-    cpus = {}
-    for name, fields in rows:
-        cpus[name] = fields
-    result["cpu"] = cpus
+    result["cpu"] = dict(rows)
     return result
 
 
@@ -80,66 +68,51 @@ TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
 UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
 
 
-class _Cpu:
-    """One CPU's series, the raw state counters of its last read and their totals (lists by state)."""
-
-    def __init__(self, name):
-        self.time = [Series.of(TIME, {"cpu": name, "state": state}) for state in STATES]
-        self.raw = [-1] * NFIELDS  # -1: not read yet
-        self.total = [0] * NFIELDS
-        self.utilization = Series.of(UTILIZATION, {"cpu": name})
-        self.read = -1  # number of the collector's read that last saw this CPU online
-        self.prev_all = 0
-        self.prev_busy = 0
-
-
 class CpuCollector:
+    """The cpu collector; `cpus` maps a CPU name to its first slot in `series` and `ticks`."""
+
     name = "cpu"
     source = "procfs"
-    OPTIONS = {"per_cpu": True}
 
     def __init__(self, root="/proc", per_cpu=True):
         self.root = root
         self.per_cpu = per_cpu
-        self.cpus = {}  # name -> _Cpu, kept while offline
+        self.cpus = {}  # kept while a CPU is offline
+        # per CPU, 9 slots: its 8 time series then its utilization; the 8 counters' highest readings
+        # then the number of the last read that saw it online (-1: none)
+        self.series = []
+        self.ticks = []
         self.reads = 0
 
-    @staticmethod
-    def _total(cpu, i, raw):
-        """Monotonic total of one state counter; a drop is held, not taken as a reset (see above)."""
-        last = cpu.raw[i]
-        if last < 0:
-            cpu.total[i] += raw  # first sight counts since boot
-        elif raw >= last:
-            cpu.total[i] += raw - last
-        else:
-            return cpu.total[i]
-        cpu.raw[i] = raw
-        return cpu.total[i]
-
     def collect(self):
-        rows, _ = scan_stat(read_text(self.root, "stat"))
+        with open(self.root + "/stat") as f:
+            rows = scan_stat(f.read())[0]
         self.reads += 1
+        ticks = self.ticks
         out = []
         for name, fields in rows:
             if name != "total" and not self.per_cpu:
                 continue
-            cpu = self.cpus.get(name)
-            if cpu is None:
-                cpu = self.cpus[name] = _Cpu(name)
-            all_ticks = 0
-            for i in range(NFIELDS):
-                total = self._total(cpu, i, fields[i])
-                out.append((cpu.time[i], total))
-                all_ticks += total
-            busy = all_ticks - cpu.total[IDLE] - cpu.total[IOWAIT]
-            if cpu.read == self.reads - 1 and all_ticks > cpu.prev_all:
-                elapsed = all_ticks - cpu.prev_all
-                ratio = ((busy - cpu.prev_busy) * 10000 + elapsed // 2) // elapsed
-                out.append((cpu.utilization, min(max(ratio, 0), 10000)))
-            cpu.read = self.reads
-            cpu.prev_all = all_ticks
-            cpu.prev_busy = busy
+            first = self.cpus.get(name)
+            if first is None:
+                first = self.cpus[name] = len(ticks)
+                for state in STATES:
+                    self.series.append(Series.of(TIME, {"cpu": name, "state": state}))
+                self.series.append(Series.of(UTILIZATION, {"cpu": name}))
+                ticks += [0] * 8 + [-1]
+            prev_all = sum(ticks[first : first + 8])
+            prev_busy = prev_all - ticks[first + IDLE] - ticks[first + IOWAIT]
+            for i in range(8):
+                if fields[i] > ticks[first + i]:
+                    ticks[first + i] = fields[i]  # a drop is held (see above)
+                out.append((self.series[first + i], ticks[first + i]))
+            all_ticks = sum(ticks[first : first + 8])
+            busy = all_ticks - ticks[first + IDLE] - ticks[first + IOWAIT]
+            if ticks[first + 8] == self.reads - 1 and all_ticks > prev_all:
+                elapsed = all_ticks - prev_all
+                ratio = ((busy - prev_busy) * 10000 + elapsed // 2) // elapsed
+                out.append((self.series[first + 8], min(max(ratio, 0), 10000)))
+            ticks[first + 8] = self.reads
         return out
 
     def close(self):

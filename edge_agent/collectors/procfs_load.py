@@ -15,8 +15,17 @@ Example output for "0.21 0.16 0.06 2/90 5246":
     system.cpu.load_average.15m   6
 """
 
-from edge_agent.collectors.procfs import hundredths, read_text
 from edge_agent.model import GAUGE, Series, family
+
+
+def hundredths(token):
+    """'215.06' -> 21506 without floats (the kernel prints two decimals; more are truncated)."""
+    dot = token.find(".")
+    if dot < 0:
+        return int(token) * 100
+    whole = int(token[:dot]) if dot else 0
+    frac = (token[dot + 1 : dot + 3] + "00")[:2]
+    return whole * 100 + int(frac)
 
 
 def parse_loadavg(text):
@@ -35,20 +44,22 @@ def parse_loadavg(text):
 
 
 class LoadCollector:
+    """The load collector; `series` are the 1m, 5m and 15m averages."""
+
     name = "load"
     source = "procfs"
-    OPTIONS = {}
 
     def __init__(self, root="/proc"):
         self.root = root
-        self.series = [
-            Series.of(family("system.cpu.load_average." + window, GAUGE, "{thread}", 0.01, self.source))
-            for window in ("1m", "5m", "15m")
-        ]
+        self.series = []
+        for window in ("1m", "5m", "15m"):
+            metric = family("system.cpu.load_average." + window, GAUGE, "{thread}", 0.01, "procfs")
+            self.series.append(Series.of(metric))
 
     def collect(self):
-        values = parse_loadavg(read_text(self.root, "loadavg"))
-        return [(self.series[0], values[0]), (self.series[1], values[1]), (self.series[2], values[2])]
+        with open(self.root + "/loadavg") as f:
+            values = parse_loadavg(f.read())
+        return list(zip(self.series, values))  # noqa: B905 (MicroPython: no strict=); the three loads
 
     def close(self):
         pass

@@ -28,7 +28,6 @@ Example output (tests/fixtures/proc/modern/t0/meminfo):
     system.linux.memory.available        2500000
 """
 
-from edge_agent.collectors.procfs import read_text
 from edge_agent.model import GAUGE, Series, family
 
 
@@ -57,38 +56,34 @@ def available(fields):
     return min(estimate, fields.get("MemTotal", estimate))
 
 
-def usage(fields):
-    """(used, free, buffers, cached) in kB, summing to MemTotal when the kernel's numbers allow."""
-    total = fields.get("MemTotal", 0)
-    free = fields.get("MemFree", 0)
-    buffers = fields.get("Buffers", 0)
-    cached = fields.get("Cached", 0) + fields.get("SReclaimable", 0)
-    return (max(total - free - buffers - cached, 0), free, buffers, cached)
-
-
 class MemoryCollector:
+    """The memory collector; `series` are usage used, free, buffers, cached, then limit, available."""
+
     name = "memory"
     source = "procfs"
-    OPTIONS = {}
 
     def __init__(self, root="/proc"):
         self.root = root
-        usage = family("system.memory.usage", GAUGE, "By", 1024, self.source)
-        self.usage = [Series.of(usage, {"state": state}) for state in ("used", "free", "buffers", "cached")]
-        self.limit = Series.of(family("system.memory.limit", GAUGE, "By", 1024, self.source))
-        self.available = Series.of(family("system.linux.memory.available", GAUGE, "By", 1024, self.source))
+        usage = family("system.memory.usage", GAUGE, "By", 1024, "procfs")
+        self.series = []
+        for state in ("used", "free", "buffers", "cached"):
+            self.series.append(Series.of(usage, {"state": state}))
+        self.series.append(Series.of(family("system.memory.limit", GAUGE, "By", 1024, "procfs")))
+        self.series.append(Series.of(family("system.linux.memory.available", GAUGE, "By", 1024, "procfs")))
 
     def collect(self):
-        fields = parse_meminfo(read_text(self.root, "meminfo"))
+        with open(self.root + "/meminfo") as f:
+            fields = parse_meminfo(f.read())
         if "MemTotal" not in fields:
             raise OSError("meminfo: no MemTotal")
-        out = []
-        values = usage(fields)
-        for i in range(4):
-            out.append((self.usage[i], values[i]))
-        out.append((self.limit, fields["MemTotal"]))
-        out.append((self.available, available(fields)))
-        return out
+        total = fields["MemTotal"]
+        free = fields.get("MemFree", 0)
+        buffers = fields.get("Buffers", 0)
+        cached = fields.get("Cached", 0) + fields.get("SReclaimable", 0)
+        # never below 0: inside some containers the fields do not add up
+        used = max(total - free - buffers - cached, 0)
+        values = (used, free, buffers, cached, total, available(fields))
+        return list(zip(self.series, values))  # noqa: B905 (MicroPython: no strict=)
 
     def close(self):
         pass

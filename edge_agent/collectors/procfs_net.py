@@ -18,10 +18,10 @@ guesses the width of this process (64 when sys.maxsize > 2**32, else 32). Whatev
 an interface moves to 64 bits as soon as one of its counters exceeds 2**32 - 1, which only a
 64-bit counter can do (a 32-bit process on a 64-bit kernel, or a 64-bit driver on a 32-bit
 kernel). The cost of a wrong 32-bit guess is bounded: a reset from above 3 GiB to below 1 GiB
-before any counter passed 4 GiB counts as a wrap (counters.Monotonic's wrap window).
+before any counter passed 4 GiB counts as a wrap (`advance`'s wrap window).
 
-Interfaces: one that disappears is forgotten (counters.Monotonic.forget) and, when it reappears,
-its totals keep counting upward from where they were. Names are whatever precedes the first ':'
+Interfaces: one that disappears is forgotten (its raw readings, not its totals) and, when it
+reappears, its totals keep counting upward from where they were. Names are whatever precedes the first ':'
 (the kernel forbids ':' in names), so long names running into the first number
 ("verylongifname0:12345 ...") and names with '.', '-' or '@' parse as they are.
 
@@ -33,35 +33,45 @@ Example output (one interface):
     system.network.dropped{device=eth0,direction=receive}   0
     system.network.io{device=eth0,direction=transmit}       205828
     ...
+
+Small on a device: an interface's state is 8 slots of three flat lists (`series`, `raw`, `total`)
+and a width, found by name; its four series of a direction share one attribute dict.
 """
 
 import sys
 
-from edge_agent.collectors.procfs import read_text
-from edge_agent.counters import advance
 from edge_agent.model import COUNTER, Series, family
 
-# metric, unit, column within a direction, parse_net_dev field suffix
-FIELDS = (
-    ("system.network.io", "By", 0, "bytes"),
-    ("system.network.packets", "{packet}", 1, "packets"),
-    ("system.network.errors", "{error}", 2, "errs"),
-    ("system.network.dropped", "{packet}", 3, "drop"),
+# the metrics of each direction, in series order; column i of a direction in /proc/net/dev, and
+# parse_net_dev's suffix, are those of FAMILIES[i] (receive from column 0, transmit from column 8)
+FAMILIES = (
+    family("system.network.io", COUNTER, "By", 1, "procfs"),
+    family("system.network.packets", COUNTER, "{packet}", 1, "procfs"),
+    family("system.network.errors", COUNTER, "{error}", 1, "procfs"),
+    family("system.network.dropped", COUNTER, "{packet}", 1, "procfs"),
 )
-FAMILIES = tuple([family(metric, COUNTER, unit, 1, "procfs") for metric, unit, _, _ in FIELDS])
-# direction attribute, first column of that direction, parse_net_dev field prefix
-DIRECTIONS = (("receive", 0, "rx_"), ("transmit", 8, "tx_"))
-NCOLUMNS = 16
-MAX32 = 0xFFFFFFFF
+SUFFIXES = ("bytes", "packets", "errs", "drop")
+# the guess before any evidence: the kernel is as wide as this process
+DEFAULT_BITS = 64 if sys.maxsize > 0xFFFFFFFF else 32
 
 
-def default_counter_bits(maxsize=sys.maxsize):
-    """The guess before any evidence: the kernel is as wide as this process."""
-    return 64 if maxsize > MAX32 else 32
+def advance(last, raw, bits=64):
+    """How much a counter grew from its previous raw reading `last` to `raw` (a wrap or a reset).
+
+    A drop that looks like a wrap of the declared width (from the top quarter of the range to the
+    bottom quarter) adds the wrapped distance; any other drop is a reset, and the new raw value is
+    growth since zero. The one rule for every collector (counters.Monotonic uses it too); it lives
+    here, with its one user on a device, so a device need not load edge_agent.counters.
+    """
+    if raw >= last:
+        return raw - last
+    if (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
+        return (1 << bits) - last + raw  # wrapped at 2**bits
+    return raw  # reset: counting again from zero
 
 
 def scan_net_dev(text):
-    """[(iface, [16 ints])] in file order; lines with fewer than 12 numbers are skipped."""
+    """[(iface, [up to 16 ints])] in file order; lines with fewer than 12 numbers are skipped."""
     rows = []
     for line in text.split("\n"):
         colon = line.find(":")
@@ -69,12 +79,8 @@ def scan_net_dev(text):
             continue  # the two header lines
         name = line[:colon].strip()
         tokens = line[colon + 1 :].split()
-        if not name or len(tokens) < 12:
-            continue
-        columns = [0] * NCOLUMNS
-        for i in range(min(len(tokens), NCOLUMNS)):
-            columns[i] = int(tokens[i])
-        rows.append((name, columns))
+        if name and len(tokens) >= 12:
+            rows.append((name, [int(token) for token in tokens[:16]]))
     return rows
 
 
@@ -83,9 +89,9 @@ def parse_net_dev(text):
     result = {}
     for name, columns in scan_net_dev(text):
         fields = {}
-        for _, first, prefix in DIRECTIONS:
-            for _, _, column, suffix in FIELDS:
-                fields[prefix + suffix] = columns[first + column]
+        for i in range(4):
+            fields["rx_" + SUFFIXES[i]] = columns[i]
+            fields["tx_" + SUFFIXES[i]] = columns[8 + i]
         result[name] = fields
     return result
 
@@ -97,35 +103,12 @@ def _matches(name, patterns):
     return False
 
 
-class _Iface:
-    """One interface's series (directions x FIELDS), their columns, and (lists by series) the raw
-    counters of the last read and the running totals (as counters.Monotonic keeps them)."""
-
-    def __init__(self, name, bits):
-        self.series = []
-        self.columns = []
-        for direction, first, _ in DIRECTIONS:
-            attrs = {"device": name, "direction": direction}  # shared by the direction's four series
-            for i in range(len(FIELDS)):
-                self.series.append(Series.of(FAMILIES[i], attrs))
-                self.columns.append(first + FIELDS[i][2])
-        self.raw = [-1] * len(self.series)  # -1: not read since it (re)appeared
-        self.total = [0] * len(self.series)
-        self.bits = bits
-        self.present = False
-
-    def update(self, i, raw):
-        last = self.raw[i]
-        self.raw[i] = raw
-        # first sight counts since boot; a reappearance counts from zero again
-        self.total[i] += raw if last < 0 else advance(last, raw, self.bits)
-        return self.total[i]
-
-
 class NetworkCollector:
+    """The network collector; `ifaces` maps an interface name to its first slot in the flat lists
+    (8 a interface: receive then transmit, FAMILIES in order), or to None when it is filtered out."""
+
     name = "network"
     source = "procfs"
-    OPTIONS = {"include": [], "exclude": [], "counter_bits": None}
 
     def __init__(self, root="/proc", include=None, exclude=None, counter_bits=None):
         if counter_bits not in (None, 32, 64):
@@ -133,37 +116,50 @@ class NetworkCollector:
         self.root = root
         self.include = list(include or ())
         self.exclude = list(exclude or ())
-        self.bits = default_counter_bits() if counter_bits is None else counter_bits
-        self.ifaces = {}  # name -> _Iface, or None when filtered out
-
-    def _iface(self, name):
-        if name in self.ifaces:
-            return self.ifaces[name]
-        wanted = (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
-        iface = _Iface(name, self.bits) if wanted else None
-        self.ifaces[name] = iface
-        return iface
+        self.bits = DEFAULT_BITS if counter_bits is None else counter_bits
+        self.ifaces = {}  # kept while an interface is missing
+        self.series = []
+        self.raw = []  # the raw counters of the last read; -1 while the interface is missing
+        self.total = []  # the running totals
+        self.widths = []  # one per interface: the width its counters wrap at (32 or 64)
 
     def collect(self):
-        rows = scan_net_dev(read_text(self.root, "net/dev"))
+        with open(self.root + "/net/dev") as f:
+            rows = scan_net_dev(f.read())
+        raw = self.raw
+        total = self.total
         out = []
-        seen = {}
+        seen = []
         for name, columns in rows:
-            iface = self._iface(name)
-            if iface is None:
+            if name not in self.ifaces:
+                wanted = (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
+                self.ifaces[name] = len(raw) if wanted else None
+                if wanted:
+                    for direction in ("receive", "transmit"):
+                        attrs = {"device": name, "direction": direction}  # shared by the direction's series
+                        for metric in FAMILIES:
+                            self.series.append(Series.of(metric, attrs))
+                    raw += [-1] * 8
+                    total += [0] * 8
+                    self.widths.append(self.bits)
+            first = self.ifaces[name]
+            if first is None:
                 continue
-            seen[name] = True
-            iface.present = True
-            if iface.bits == 32 and max(columns) > MAX32:
-                iface.bits = 64
-            for i in range(len(iface.series)):
-                out.append((iface.series[i], iface.update(i, columns[iface.columns[i]])))
-        for name in self.ifaces:
-            iface = self.ifaces[name]
-            if iface is not None and iface.present and name not in seen:
-                iface.present = False
-                for i in range(len(iface.raw)):
-                    iface.raw[i] = -1  # forgotten, its totals kept for a reappearance
+            seen.append(first)
+            if max(columns) > 0xFFFFFFFF:
+                self.widths[first // 8] = 64  # only a 64-bit counter gets there
+            bits = self.widths[first // 8]
+            for i in range(8):
+                value = columns[i + 4 * (i // 4)]  # receive columns 0-3, transmit 8-11
+                last = raw[first + i]
+                raw[first + i] = value
+                # first sight counts since boot; a reappearance counts from zero again
+                total[first + i] += value if last < 0 else advance(last, value, bits)
+                out.append((self.series[first + i], total[first + i]))
+        for first in self.ifaces.values():
+            if first is not None and first not in seen:
+                for i in range(first, first + 8):
+                    raw[i] = -1  # forgotten, its totals kept for a reappearance
         return out
 
     def close(self):

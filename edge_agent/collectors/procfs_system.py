@@ -14,7 +14,7 @@ Example output for "215.06 368.04":
     system.uptime   21506
 """
 
-from edge_agent.collectors.procfs import hundredths, read_text
+from edge_agent.collectors.procfs_load import hundredths
 from edge_agent.model import GAUGE, Series, family
 
 
@@ -30,12 +30,15 @@ def read_boot_id(root="/proc"):
     """The kernel's random boot id ('c0a1…-…'), from sys/kernel/random/boot_id under `root`.
 
     Raises OSError when the file is missing (kernels without CONFIG_PROC_SYSCTL)."""
-    return read_text(root, "sys/kernel/random/boot_id").strip()
+    with open(root + "/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
 
 
 def read_boot_time(root="/proc"):
     """Boot time in seconds since the epoch: the btime line of `root`/stat; OSError without one."""
-    for line in read_text(root, "stat").split("\n"):
+    with open(root + "/stat") as f:
+        text = f.read()
+    for line in text.split("\n"):
         if line.startswith("btime "):
             return int(line[6:])
     raise OSError("stat: no btime line")
@@ -55,16 +58,18 @@ def read_boot(root="/proc"):
 
 
 class SystemCollector:
+    """The system collector (uptime), with the boot readers on the same root."""
+
     name = "system"
     source = "procfs"
-    OPTIONS = {}
 
     def __init__(self, root="/proc"):
         self.root = root
-        self.uptime = Series.of(family("system.uptime", GAUGE, "s", 0.01, self.source))
+        self.uptime = Series.of(family("system.uptime", GAUGE, "s", 0.01, "procfs"))
 
     def collect(self):
-        return [(self.uptime, parse_uptime(read_text(self.root, "uptime")))]
+        with open(self.root + "/uptime") as f:
+            return [(self.uptime, parse_uptime(f.read()))]
 
     def boot_id(self):
         return read_boot_id(self.root)
