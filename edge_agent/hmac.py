@@ -9,6 +9,9 @@ BLOCK = 64
 
 
 def hmac_sha256(key, message):
+    """The digest of `message`; `key` is bytes, or text as in config (see key_bytes)."""
+    if isinstance(key, str):
+        key = key_bytes(key)
     if len(key) > BLOCK:
         key = hashlib.sha256(key).digest()
     key = key + b"\x00" * (BLOCK - len(key))
@@ -17,16 +20,6 @@ def hmac_sha256(key, message):
     outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
     outer.update(inner.digest())
     return outer.digest()
-
-
-def equal(a, b):
-    """Compare two digests in time independent of where they differ."""
-    if len(a) != len(b):
-        return False
-    diff = 0
-    for i in range(len(a)):
-        diff |= a[i] ^ b[i]
-    return diff == 0
 
 
 def key_bytes(text):
