@@ -1,8 +1,9 @@
 """Agent configuration: embedded defaults, a JSON file over them, command-line flags over that.
 
-Validation is driven by one table (`RULES`) of key -> (type, bounds or choices), so every problem
-is reported as "config key 'a.b': <what is wrong>" — the key and the problem, nothing vaguer.
-Unknown keys are errors too: a typo must not silently fall back to a default.
+Validation is driven by one table (`SPEC`) that gives each key its default and its bounds or
+choices, so every problem is reported as "config key 'a.b': <what is wrong>" — the key and the
+problem, nothing vaguer. Unknown keys are errors too: a typo must not silently fall back to a default.
+The table is text, each key's type taken from its default: a small device's heap stays small.
 
 MicroPython-compatible (json, no typing).
 """
@@ -11,89 +12,106 @@ import json
 
 BACKENDS = ("auto", "procfs", "netlink", "ebpf")
 COLLECTORS = ("cpu", "memory", "load", "network", "system")
+# The keys, one line each: dotted key, default (JSON), rule (JSON): [low, high] for a number or a
+# string's length (null: no minimum), a list of choices for a string, or nothing (the type only).
+# The type is the default's; "*" stands for every collector. Text rather than nested dicts of
+# tuples: a small heap holds one string. Notes on some keys:
+#   device_id          empty: the host name
+#   group              fleet group for group commands
+#   interval_s         base read interval; sampling.* may tune it per collector
+#   batch_s            a data batch is sent at least this often
+#   compress           deflate the batch body (CPython only)
+#   state_dir          sequence numbers, accepted commands, spool; empty: nothing persisted
+#   collectors.cpu.top_processes   eBPF only
+#   sampling           validated by edge_agent.sampling_rules (policies and their knobs)
+#   buffer.*           RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in
+#                      <state_dir>/spool, written spool_chunk batches at a time while offline (what a
+#                      power cut may lose)
+#   commands.require_signature   turning this off must be explicit
+#   commands.device_key          hex ("hex:00ff…") or text HMAC key for this device
+#   commands.fleet_key           key for fleet and group commands
+SPEC = """
+device_id "" [null, 128]
+broker "mqtt://127.0.0.1:1883" [1, 512]
+topic_prefix "edge" [1, 64]
+group "" [null, 64]
+username "" [null, 256]
+password "" [null, 256]
+tls.ca "" [null, 1024]
+tls.cert "" [null, 1024]
+tls.key "" [null, 1024]
+tls.insecure false
+keepalive_s 30 [5, 3600]
+interval_s 1.0 [0.05, 3600]
+batch_s 10.0 [0.1, 3600]
+compress false
+state_dir "" [null, 1024]
+proc_root "/proc" [1, 1024]
+collectors.*.enabled true
+collectors.*.backend "auto" ["auto", "procfs", "netlink", "ebpf"]
+collectors.cpu.per_cpu true
+collectors.cpu.top_processes 0 [0, 64]
+collectors.network.include []
+collectors.network.exclude []
+sampling {}
+buffer.max_batches 360 [1, 100000]
+buffer.spool_max_bytes 0 [0, 17179869184]
+buffer.spool_chunk 6 [1, 1000]
+commands.enabled true
+commands.require_signature true
+commands.device_key "" [null, 256]
+commands.fleet_key "" [null, 256]
+commands.max_skew_s 300 [1, 86400]
+log_format "text" ["text", "json"]
+"""
 
 
-def _collector(extra=None):
-    section = {"enabled": True, "backend": "auto"}
-    if extra:
-        section.update(extra)
-    return section
-
-
-DEFAULTS = {
-    "device_id": "",  # empty: the host name
-    "broker": "mqtt://127.0.0.1:1883",
-    "topic_prefix": "edge",
-    "group": "",  # fleet group for group commands
-    "username": "",
-    "password": "",
-    "tls": {"ca": "", "cert": "", "key": "", "insecure": False},
-    "keepalive_s": 30,
-    "interval_s": 1.0,  # base read interval; sampling.* may tune it per collector
-    "batch_s": 10.0,  # a data batch is sent at least this often
-    "compress": False,  # deflate the batch body (CPython only)
-    "state_dir": "",  # sequence numbers, accepted commands, spool; empty: nothing persisted
-    "proc_root": "/proc",
-    "collectors": {
-        "cpu": _collector({"per_cpu": True, "top_processes": 0}),  # top_processes: eBPF only
-        "memory": _collector(),
-        "load": _collector(),
-        "network": _collector({"include": [], "exclude": []}),
-        "system": _collector(),
-    },
-    "sampling": {},  # validated by edge_agent.sampling (policies and their knobs)
-    # RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in <state_dir>/spool, written
-    # spool_chunk batches at a time while offline (what a power cut may lose)
-    "buffer": {"max_batches": 360, "spool_max_bytes": 0, "spool_chunk": 6},
-    "commands": {
-        "enabled": True,
-        "require_signature": True,  # turning this off must be explicit
-        "device_key": "",  # hex or text HMAC key for this device
-        "fleet_key": "",  # key for fleet and group commands
-        "max_skew_s": 300,
-    },
-    "log_format": "text",
-}
-
-# key path -> (type, low, high) for numbers, (type, choices) for strings, (type,) otherwise
-RULES = {
-    "device_id": (str, None, 128),
-    "broker": (str, 1, 512),
-    "topic_prefix": (str, 1, 64),
-    "group": (str, None, 64),
-    "username": (str, None, 256),
-    "password": (str, None, 256),
-    "tls.ca": (str, None, 1024),
-    "tls.cert": (str, None, 1024),
-    "tls.key": (str, None, 1024),
-    "tls.insecure": (bool,),
-    "keepalive_s": (int, 5, 3600),
-    "interval_s": (float, 0.05, 3600),
-    "batch_s": (float, 0.1, 3600),
-    "compress": (bool,),
-    "state_dir": (str, None, 1024),
-    "proc_root": (str, 1, 1024),
-    "buffer.max_batches": (int, 1, 100000),
-    "buffer.spool_max_bytes": (int, 0, 1 << 34),
-    "buffer.spool_chunk": (int, 1, 1000),
-    "commands.enabled": (bool,),
-    "commands.require_signature": (bool,),
-    "commands.device_key": (str, None, 256),
-    "commands.fleet_key": (str, None, 256),
-    "commands.max_skew_s": (int, 1, 86400),
-    "log_format": (str, ("text", "json")),
-}
-for _name in COLLECTORS:
-    RULES["collectors." + _name + ".enabled"] = (bool,)
-    RULES["collectors." + _name + ".backend"] = (str, BACKENDS)
-RULES["collectors.cpu.per_cpu"] = (bool,)
-RULES["collectors.cpu.top_processes"] = (int, 0, 64)
-RULES["collectors.network.include"] = (list,)
-RULES["collectors.network.exclude"] = (list,)
+def rules():
+    """(dotted key, default, rule or None) for every key, in SPEC's order."""
+    out = []
+    for line in SPEC.split("\n"):
+        if line:
+            words = line.split(None, 2)
+            rule = json.loads(words[2]) if len(words) > 2 else None
+            names = COLLECTORS if "*" in words[0] else ("",)
+            for name in names:
+                out.append((words[0].replace("*", name), json.loads(words[1]), rule))
+    return out
 
 
 class ConfigError(ValueError):
     pass
+
+
+def defaults():
+    """The default config (a new nested dict)."""
+    config = {}
+    for key, default, _ in rules():
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = default
+    return config
+
+
+def merge(base, override, path="", errors=None):
+    """Deep-merge `override` onto a copy of `base`, recording unknown keys in `errors`."""
+    out = _copy(base)
+    for key in override:
+        where = path + key
+        if key not in base:
+            errors.append("config key '%s': unknown key" % where)
+            continue
+        value = override[key]
+        if isinstance(base[key], dict) and key != "sampling":  # a section; sampling is one value
+            if not isinstance(value, dict):
+                errors.append("config key '%s': must be an object, got %s" % (where, _show(value)))
+                continue
+            out[key] = merge(base[key], value, where + ".", errors)
+        else:
+            out[key] = _copy(value)
+    return out
 
 
 def _copy(value):
@@ -104,61 +122,35 @@ def _copy(value):
     return value
 
 
-def merge(base, override, path="", errors=None):
-    """Deep-merge `override` onto a copy of `base`, recording unknown keys in `errors`."""
-    out = _copy(base)
-    for key in override:
-        where = path + key
-        if key not in base and path != "sampling.":
-            errors.append("config key '%s': unknown key" % where)
-            continue
-        value = override[key]
-        if isinstance(base.get(key), dict) and key != "sampling":
-            if not isinstance(value, dict):
-                errors.append("config key '%s': must be an object, got %s" % (where, _show(value)))
-                continue
-            out[key] = merge(base[key], value, where + ".", errors)
-        else:
-            out[key] = _copy(value)
-    return out
-
-
 def _show(value):
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _get(config, dotted):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def check(config):
     """Return a list of problems, each naming its key; empty when the config is valid."""
     errors = []
-    for key in RULES:
-        rule = RULES[key]
+    for key, default, rule in rules():
+        value = config
         try:
-            value = _get(config, key)
+            for part in key.split("."):
+                value = value[part]
         except (KeyError, TypeError):
             errors.append("config key '%s': missing" % key)
             continue
-        kind = rule[0]
+        kind = type(default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            errors.append("config key '%s': must be %s, got %s" % (key, _KIND_WORDS[kind], _show(value)))
-            continue
-        if kind in (int, float) and not (rule[1] <= value <= rule[2]):
-            errors.append("config key '%s': must be between %s and %s, got %s" % (key, rule[1], rule[2], _show(value)))
-        elif kind is str and len(rule) == 2 and value not in rule[1]:
-            errors.append("config key '%s': must be one of %s, got %s" % (key, ", ".join(rule[1]), _show(value)))
-        elif kind is str and len(rule) == 3:
-            low, high = rule[1] or 0, rule[2]
-            if not low <= len(value) <= high:
-                errors.append("config key '%s': length must be between %d and %d" % (key, low, high))
+            words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+                     dict: "an object"}
+            errors.append("config key '%s': must be %s, got %s" % (key, words[kind], _show(value)))
+        elif kind in (int, float) and not (rule[0] <= value <= rule[1]):
+            errors.append("config key '%s': must be between %s and %s, got %s" % (key, rule[0], rule[1], _show(value)))
+        elif kind is str and rule and isinstance(rule[0], str) and value not in rule:  # choices
+            errors.append("config key '%s': must be one of %s, got %s" % (key, ", ".join(rule), _show(value)))
+        elif kind is str and rule and not isinstance(rule[0], str) and not (rule[0] or 0) <= len(value) <= rule[1]:  # length
+            errors.append("config key '%s': length must be between %d and %d" % (key, rule[0] or 0, rule[1]))
         elif kind is list and not all([isinstance(v, str) for v in value]):
             errors.append("config key '%s': must be a list of strings" % key)
     if not errors and config["batch_s"] < config["interval_s"]:
@@ -168,36 +160,19 @@ def check(config):
     device = config.get("device_id")
     if isinstance(device, str) and device and (device[0] == "_" or [c for c in "/+#" if c in device]):
         errors.append("config key 'device_id': must not start with '_' nor contain '/', '+' or '#', got %s" % _show(device))
-    if config.get("broker") and not _broker_ok(config["broker"]):
-        errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % _show(config["broker"]))
-    errors.extend(_check_sampling(config.get("sampling")))
-    return errors
+    broker = config.get("broker")
+    if broker and isinstance(broker, str):  # not a string: reported above
+        try:
+            parse_broker(broker)
+        except ValueError:
+            errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % _show(broker))
+    sampling = config.get("sampling")
+    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling_rules is not even loaded
+        from edge_agent.sampling_rules import validate_sampling
 
-
-_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
-
-
-def _broker_ok(url):
-    try:
-        parse_broker(url)
-        return True
-    except ValueError:
-        return False
-
-
-def _check_sampling(section):
-    if not isinstance(section, dict):
-        return ["config key 'sampling': must be an object"]
-    if not section:
-        return []  # nothing to check: edge_agent.sampling is not even loaded (a small device's heap)
-    try:
-        from edge_agent.sampling import validate_sampling
-    except ImportError:
-        return []
-    errors = []
-    for problem in validate_sampling(section):  # "key: problem"
-        key, _, text = problem.partition(": ")
-        errors.append("config key 'sampling.%s': %s" % (key, text))
+        for problem in validate_sampling(sampling):  # "key: problem"
+            key, _, text = problem.partition(": ")
+            errors.append("config key 'sampling.%s': %s" % (key, text))
     return errors
 
 
@@ -228,7 +203,7 @@ def parse_broker(url):
 def build(file_values=None, overrides=None):
     """Defaults <- file values <- overrides (both dicts); raise ConfigError listing every problem."""
     errors = []
-    config = merge(DEFAULTS, file_values or {}, "", errors)
+    config = merge(defaults(), file_values or {}, "", errors)
     for dotted in overrides or {}:
         node = config
         parts = dotted.split(".")
