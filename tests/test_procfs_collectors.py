@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.collectors import procfs_net
+from edge_agent.collectors import procfs, procfs_cpu, procfs_net
 from edge_agent.collectors.procfs import procfs_collectors
 from edge_agent.collectors.procfs_cpu import STATES, CpuCollector, parse_stat
 from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_loadavg
@@ -344,6 +344,41 @@ def test_registry():
         procfs_collectors(options={"cpu": {"per_cpus": True}})
     with pytest.raises(ValueError, match="disk"):
         procfs_collectors(options={"disk": {}})
+
+
+def test_registry_builds_and_imports_only_what_is_enabled():
+    code = (
+        "import sys\n"
+        "from edge_agent.collectors.procfs import enabled_procfs\n"
+        "chosen, effective = enabled_procfs({'cpu': {'per_cpu': False}, 'load': {'enabled': False},"
+        " 'network': {'backend': 'procfs', 'top_processes': 3}}, %r)\n"
+        "assert [c.name for c in chosen] == ['cpu', 'network'], chosen\n"
+        "assert effective == {'cpu': 'procfs', 'network': 'procfs'}, effective\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('edge_agent.collectors.procfs_'))\n"
+        "assert loaded == ['edge_agent.collectors.procfs_cpu', 'edge_agent.collectors.procfs_net'], loaded\n"
+    ) % snap("modern", "t0")
+    subprocess.run([sys.executable, "-c", code], cwd=str(REPO), check=True)
+    assert sorted(procfs_collectors(options={"network": {}}, names=["memory"])) == ["memory"]
+    with pytest.raises(ValueError, match="per_cpus"):  # options are checked for every collector
+        procfs_collectors(options={"cpu": {"per_cpus": True}}, names=["memory"])
+
+
+def test_running_collectors_need_neither_the_registry_nor_counters():
+    """A device releases the registry once collectors are built, and never loads counters."""
+    code = (
+        "import sys\n"
+        "from edge_agent.collectors import procfs_cpu, procfs_memory, procfs_net\n"
+        "for c in (procfs_cpu.CpuCollector(%r), procfs_memory.MemoryCollector(%r), procfs_net.NetworkCollector(%r)):\n"
+        "    c.collect(); c.collect(); c.close()\n"
+        "assert 'edge_agent.collectors.procfs' not in sys.modules\n"
+        "assert 'edge_agent.counters' not in sys.modules\n"
+    ) % ((snap("modern", "t0"),) * 3)
+    subprocess.run([sys.executable, "-c", code], cwd=str(REPO), check=True)
+    # the full parsers stay importable where they were
+    text = (FIXTURES / "modern/t0/stat").read_text()
+    assert procfs_cpu.parse_stat(text) == procfs.parse_stat(text)
+    text = (FIXTURES / "modern/t0/net/dev").read_text()
+    assert procfs_net.parse_net_dev(text) == procfs.parse_net_dev(text)
 
 
 # ---- the real /proc -----------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def to_samples(reading, cache, per_cpu=True, base=None):
 def seed_from_stat(stat, reading):
     """The base that makes eBPF's busy/idle continue /proc/stat's counts (both in ticks).
 
-    stat: procfs_cpu.parse_stat() output; reading: the loader's reading at the same moment.
+    stat: procfs.parse_stat() output; reading: the loader's reading at the same moment.
     """
     base = {}
     for cpu, busy_ns, idle_ns, _ in reading.get("cpus", ()):
@@ -106,8 +106,7 @@ class EbpfCpuCollector:
         self.top = {}  # comm -> ns on CPU since start
         self.base = {}
         try:
-            from edge_agent.collectors.procfs import read_text
-            from edge_agent.collectors.procfs_cpu import parse_stat
+            from edge_agent.collectors.procfs import parse_stat, read_text
 
             self.base = seed_from_stat(parse_stat(read_text(proc_root, "stat")), program.read())
         except (OSError, ValueError):

@@ -1,4 +1,4 @@
-"""The /proc collectors as a registry, plus `read_text` for the readers outside them.
+"""The /proc collectors as a registry, plus the whole-file parsers for the readers outside them.
 
     name     class (module)                    reads                 options (defaults)
     cpu      CpuCollector (procfs_cpu)         stat                  per_cpu=True
@@ -17,20 +17,51 @@ core: plain classes, stdlib subset only. Files are read with one `read()` (Micro
 file line by line one byte at a time).
 """
 
-# name, module, class, options it takes
-REGISTRY = (
-    ("cpu", "procfs_cpu", "CpuCollector", ("per_cpu",)),
-    ("memory", "procfs_memory", "MemoryCollector", ()),
-    ("load", "procfs_load", "LoadCollector", ()),
-    ("network", "procfs_net", "NetworkCollector", ("include", "exclude", "counter_bits")),
-    ("system", "procfs_system", "SystemCollector", ()),
-)
+# name, module, class, options it takes (lists: MicroPython loads a constant tuple's strings as
+# separate str objects)
+REGISTRY = [
+    ["cpu", "procfs_cpu", "CpuCollector", ["per_cpu"]],
+    ["memory", "procfs_memory", "MemoryCollector", []],
+    ["load", "procfs_load", "LoadCollector", []],
+    ["network", "procfs_net", "NetworkCollector", ["include", "exclude", "counter_bits"]],
+    ["system", "procfs_system", "SystemCollector", []],
+]
 
 
 def read_text(root, name):
     """The whole text of `root/name` in one read; raises OSError when it is missing."""
     with open(root + "/" + name) as f:
         return f.read()
+
+
+def parse_stat(text):
+    """/proc/stat -> {"cpu": {"total": [8 ints], "cpu0": [...]}, "btime", "procs_running",
+    "procs_blocked", "ctxt"} (ints; a missing line gives 0). The cpu lines as procfs_cpu reads them."""
+    from edge_agent.collectors.procfs_cpu import scan_cpus
+
+    result = {"cpu": dict(scan_cpus(text)), "btime": 0, "procs_running": 0, "procs_blocked": 0, "ctxt": 0}
+    for line in text.split("\n"):
+        # only these few lines are split: the intr and softirq lines are long
+        if line.startswith("btime") or line.startswith("procs_") or line.startswith("ctxt"):
+            tokens = line.split()
+            if len(tokens) == 2 and tokens[0] in result:
+                result[tokens[0]] = int(tokens[1])
+    return result
+
+
+def parse_net_dev(text):
+    """/proc/net/dev -> {iface: {"rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", ...}}
+    (the columns procfs_net reads)."""
+    from edge_agent.collectors.procfs_net import scan_net_dev
+
+    result = {}
+    for name, columns in scan_net_dev(text):
+        fields = {}
+        for i, suffix in enumerate(["bytes", "packets", "errs", "drop"]):
+            fields["rx_" + suffix] = columns[i]
+            fields["tx_" + suffix] = columns[8 + i]
+        result[name] = fields
+    return result
 
 
 def procfs_collectors(root="/proc", options=None, names=None):
@@ -71,7 +102,7 @@ def enabled_procfs(section, root="/proc"):
     for name in section:
         # enabled/backend belong to the section, top_processes to the eBPF backend only
         options[name] = dict([(k, v) for k, v in section[name].items()
-                              if k not in ("enabled", "backend", "top_processes")])
+                              if k not in ["enabled", "backend", "top_processes"]])
         if section[name].get("enabled", True):
             enabled.append(name)
     built = procfs_collectors(root, options, enabled)

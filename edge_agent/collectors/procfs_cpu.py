@@ -32,15 +32,17 @@ Small on a device: a CPU's state is 9 slots of two flat lists (`series`, `ticks`
 
 from edge_agent.model import COUNTER, GAUGE, Series, family
 
-STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# a list, not a tuple: MicroPython loads a constant tuple's strings as separate str objects
+STATES = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
 IDLE = 3
 IOWAIT = 4
+TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
+UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
 
 
-def scan_stat(text):
-    """(cpu rows in file order as [(name, [8 ints])], {other key: int}); name "total" for the aggregate."""
+def scan_cpus(text):
+    """The cpu lines of /proc/stat in file order as [(name, [8 ints])]; name "total" for the aggregate."""
     rows = []
-    other = {"btime": 0, "procs_running": 0, "procs_blocked": 0, "ctxt": 0}
     for line in text.split("\n"):
         if line.startswith("cpu"):
             tokens = line.split()
@@ -48,24 +50,16 @@ def scan_stat(text):
             for i in range(min(len(tokens) - 1, 8)):  # guest and guest_nice are already in user and nice
                 fields[i] = int(tokens[i + 1])
             rows.append(("total" if tokens[0] == "cpu" else tokens[0], fields))
-        elif line.startswith("btime") or line.startswith("procs_") or line.startswith("ctxt"):
-            # only these few lines are split: the intr and softirq lines are long
-            tokens = line.split()
-            if len(tokens) == 2 and tokens[0] in other:
-                other[tokens[0]] = int(tokens[1])
-    return rows, other
+    return rows
 
 
 def parse_stat(text):
     """/proc/stat -> {"cpu": {"total": [8 ints], "cpu0": [...]}, "btime", "procs_running",
-    "procs_blocked", "ctxt"} (ints; a missing line gives 0)."""
-    rows, result = scan_stat(text)
-    result["cpu"] = dict(rows)
-    return result
+    "procs_blocked", "ctxt"} (ints; a missing line gives 0). Kept in edge_agent.collectors.procfs,
+    which a device loads only while it needs it; this name stays for the readers that import it here."""
+    from edge_agent.collectors.procfs import parse_stat as parse
 
-
-TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
-UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
+    return parse(text)
 
 
 class CpuCollector:
@@ -86,7 +80,7 @@ class CpuCollector:
 
     def collect(self):
         with open(self.root + "/stat") as f:
-            rows = scan_stat(f.read())[0]
+            rows = scan_cpus(f.read())
         self.reads += 1
         ticks = self.ticks
         out = []

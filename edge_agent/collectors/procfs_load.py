@@ -52,7 +52,7 @@ class LoadCollector:
     def __init__(self, root="/proc"):
         self.root = root
         self.series = []
-        for window in ("1m", "5m", "15m"):
+        for window in ["1m", "5m", "15m"]:  # a list: see procfs_cpu.STATES
             metric = family("system.cpu.load_average." + window, GAUGE, "{thread}", 0.01, "procfs")
             self.series.append(Series.of(metric))
 

@@ -66,7 +66,7 @@ class MemoryCollector:
         self.root = root
         usage = family("system.memory.usage", GAUGE, "By", 1024, "procfs")
         self.series = []
-        for state in ("used", "free", "buffers", "cached"):
+        for state in ["used", "free", "buffers", "cached"]:  # a list: see procfs_cpu.STATES
             self.series.append(Series.of(usage, {"state": state}))
         self.series.append(Series.of(family("system.memory.limit", GAUGE, "By", 1024, "procfs")))
         self.series.append(Series.of(family("system.linux.memory.available", GAUGE, "By", 1024, "procfs")))

@@ -42,15 +42,13 @@ import sys
 
 from edge_agent.model import COUNTER, Series, family
 
-# the metrics of each direction, in series order; column i of a direction in /proc/net/dev, and
-# parse_net_dev's suffix, are those of FAMILIES[i] (receive from column 0, transmit from column 8)
+# the metrics of each direction, in series order: /proc/net/dev columns 0-3 of a direction
 FAMILIES = (
     family("system.network.io", COUNTER, "By", 1, "procfs"),
     family("system.network.packets", COUNTER, "{packet}", 1, "procfs"),
     family("system.network.errors", COUNTER, "{error}", 1, "procfs"),
     family("system.network.dropped", COUNTER, "{packet}", 1, "procfs"),
 )
-SUFFIXES = ("bytes", "packets", "errs", "drop")
 # the guess before any evidence: the kernel is as wide as this process
 DEFAULT_BITS = 64 if sys.maxsize > 0xFFFFFFFF else 32
 
@@ -85,15 +83,12 @@ def scan_net_dev(text):
 
 
 def parse_net_dev(text):
-    """/proc/net/dev -> {iface: {"rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", ...}}."""
-    result = {}
-    for name, columns in scan_net_dev(text):
-        fields = {}
-        for i in range(4):
-            fields["rx_" + SUFFIXES[i]] = columns[i]
-            fields["tx_" + SUFFIXES[i]] = columns[8 + i]
-        result[name] = fields
-    return result
+    """/proc/net/dev -> {iface: {"rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", ...}}.
+    Kept in edge_agent.collectors.procfs, which a device loads only while it needs it; this name
+    stays for the readers that import it here."""
+    from edge_agent.collectors.procfs import parse_net_dev as parse
+
+    return parse(text)
 
 
 def _matches(name, patterns):
@@ -135,7 +130,7 @@ class NetworkCollector:
                 wanted = (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
                 self.ifaces[name] = len(raw) if wanted else None
                 if wanted:
-                    for direction in ("receive", "transmit"):
+                    for direction in ["receive", "transmit"]:  # a list: see procfs_cpu.STATES
                         attrs = {"device": name, "direction": direction}  # shared by the direction's series
                         for metric in FAMILIES:
                             self.series.append(Series.of(metric, attrs))
