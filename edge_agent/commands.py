@@ -75,8 +75,9 @@ class CommandHandler:
             # authenticated: never again, even if invalid; a nonce is kept (persisted) until its
             # command could no longer be fresh
             horizon = self.now_s() - self.settings["max_skew_s"]
-            for old in [n for n in self.nonces if self.nonces[n] < horizon]:
-                del self.nonces[old]
+            for nonce in list(self.nonces):
+                if self.nonces[nonce] < horizon:
+                    del self.nonces[nonce]
             while len(self.nonces) >= MAX_NONCES:  # keep the newest; older ones soon turn stale anyway
                 oldest = min(self.nonces, key=self.nonces.get)
                 del self.nonces[oldest]

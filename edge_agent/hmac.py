@@ -14,10 +14,14 @@ def hmac_sha256(key, message):
         key = key_bytes(key)
     if len(key) > BLOCK:
         key = hashlib.sha256(key).digest()
-    key = key + b"\x00" * (BLOCK - len(key))
-    inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]))
+    inner_pad = bytearray(b"\x36" * BLOCK)
+    outer_pad = bytearray(b"\x5c" * BLOCK)
+    for i in range(len(key)):  # the key, zero-padded to BLOCK, xor each pad
+        inner_pad[i] ^= key[i]
+        outer_pad[i] ^= key[i]
+    inner = hashlib.sha256(inner_pad)
     inner.update(message)
-    outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
+    outer = hashlib.sha256(outer_pad)
     outer.update(inner.digest())
     return outer.digest()
 

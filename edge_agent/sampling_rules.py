@@ -67,15 +67,17 @@ PER_COLLECTOR = ("_base_ms", "_min_ms", "_max_ms")
 
 
 def knob(key):
-    """(default, low, high) of a knob, (0, "ms") for an "ms" one, None for an unknown key."""
+    """[default, low, high] of a knob, [0, "ms"] for an "ms" one, None for an unknown key."""
     collector, _, rest = key.partition("_")
     if collector in COLLECTORS and "_" + rest in PER_COLLECTOR:
-        return (0, "ms")
+        return [0, "ms"]
     at = KNOBS.find("\n" + key + " ")
     if at < 0:
         return None
-    words = KNOBS[at + 1:KNOBS.find("\n", at + 1)].split()
-    return tuple([word if word == "ms" else float(word) if "." in word else int(word) for word in words[1:]])
+    rule = []
+    for word in KNOBS[at + 1:KNOBS.find("\n", at + 1)].split()[1:]:
+        rule.append(word if word == "ms" else float(word) if "." in word else int(word))
+    return rule
 
 
 def validate_sampling(params):
