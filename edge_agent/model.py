@@ -8,13 +8,18 @@ basis points with scale 0.0001 is a ratio). Integers keep delta encoding exact a
 A histogram sample is a tuple `(count, sum, buckets)` with cumulative integers; `bounds` are the
 buckets' upper bounds in real units (there is one bucket more than bounds, for +Inf).
 
-MicroPython-compatible: plain classes, no typing, no dataclasses.
+The collector contract (edge_agent/collectors): a collector has a `name`, the `source` (backend) it
+reads, `collect()`, which returns a list of (Series, value) pairs read now and may raise OSError when
+its source is gone (the sampler counts that and carries on with the other collectors), and `close()`.
+
+MicroPython-compatible: plain classes, no typing, no dataclasses. Small on a device, where bytecode
+lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is in
+edge_agent/model_extra.py, loaded on first use through this module's `__getattr__` (PEP 562).
 """
 
 GAUGE = 0
 COUNTER = 1  # cumulative and monotonic since `start` (boot time unless stated)
 HISTOGRAM = 2  # cumulative since `start`
-KIND_NAMES = ("gauge", "counter", "histogram")
 
 
 NO_ATTRS = {}  # shared by every series without attributes: never modified
@@ -24,10 +29,11 @@ class Series:
     """One stream of samples: `name`, `kind`, `unit`, `attrs`, `scale`, `bounds`, `source`, `key`, `id`.
 
     Small on a device (a 64 KB MicroPython heap): what series of one metric share (name, kind, unit,
-    scale, source) is one tuple, `family`, that a collector makes once (`family()`) and hands to
-    `Series.of(family, attrs)` for each of its series; the series itself keeps that tuple, its
-    attributes and its id. `key` is built on first use and kept (the device never asks for it unless
-    a sampling policy other than `fixed` runs); the other fields read through the family.
+    scale, source) is one tuple, `family`, that a collector makes once (`family()`) and
+    hands to `Series.of(family, attrs)` for each of its series; the series itself keeps that tuple,
+    its attributes and its id (96 bytes on a 64-bit MicroPython). The family's fields are read
+    through it by `__getattr__` (one method instead of a property each); `key` is built on first
+    use and kept (the device never asks for it unless a sampling policy other than `fixed` runs).
     """
 
     bounds = None  # set on the instance only when given: an attribute less per series (small heaps)
@@ -44,40 +50,15 @@ class Series:
         """A series of a family made by `family()`: nothing but the attributes is allocated."""
         return Series(None, None, None, attrs, bounds=bounds, family=family)
 
-    @property
-    def name(self):
-        return self.family[0]
-
-    @property
-    def kind(self):
-        return self.family[1]
-
-    @property
-    def unit(self):
-        return self.family[2]
-
-    @property
-    def scale(self):
-        return self.family[3]
-
-    @property
-    def source(self):
-        return self.family[4]  # backend that produced it: "procfs", "netlink", "ebpf"
-
-    @property
-    def key(self):
-        try:
-            return self._key
-        except AttributeError:
-            self._key = series_key(self.family[0], self.attrs)
-            return self._key
-
-    def same(self, other):
-        """True when `other` is the same series (name and attributes) as this one."""
-        return other.family[0] == self.family[0] and other.attrs == self.attrs
-
-    def __repr__(self):
-        return "Series(%s)" % self.key
+    def __getattr__(self, name):
+        """`name`, `kind`, `unit`, `scale` and `source` from the family; `key` made once and kept."""
+        if name == "key":
+            self.key = series_key(self.family[0], self.attrs)
+            return self.key
+        fields = ("name", "kind", "unit", "scale", "source")  # the family's, in order
+        if name in fields:
+            return self.family[fields.index(name)]
+        raise AttributeError(name)
 
 
 def family(name, kind, unit, scale=1, source=""):
@@ -90,22 +71,6 @@ def series_key(name, attrs):
     if not attrs:
         return name
     return name + "{" + ",".join([k + "=" + str(attrs[k]) for k in sorted(attrs)]) + "}"
-
-
-class SeriesCache:
-    """Hands out one Series object per key, so collectors allocate nothing on a steady tick."""
-
-    def __init__(self, source):
-        self.source = source
-        self.by_key = {}
-
-    def get(self, name, kind, unit, attrs=None, scale=1, bounds=None):
-        key = series_key(name, attrs)
-        series = self.by_key.get(key)
-        if series is None:
-            series = Series(name, kind, unit, attrs, scale, bounds, self.source)
-            self.by_key[key] = series
-        return series
 
 
 class SeriesTable:
@@ -127,14 +92,15 @@ class SeriesTable:
         self.changed = True
 
     def intern(self, series):
-        if series.id >= 0 and series.id < len(self.series) and self.series[series.id] is series:
+        known = self.series
+        if 0 <= series.id < len(known) and known[series.id] is series:
             return series.id
-        for known in self.series:
-            if known.same(series):
-                series.id = known.id
-                return known.id
-        series.id = len(self.series)
-        self.series.append(series)
+        for other in known:  # the same series (name and attributes) as another object?
+            if other.family[0] == series.family[0] and other.attrs == series.attrs:
+                series.id = other.id
+                return other.id
+        series.id = len(known)
+        known.extend([series])  # a list grows by what it is extended with, not twice its size
         self.changed = True
         return series.id
 
@@ -142,18 +108,10 @@ class SeriesTable:
         return len(self.series)
 
 
-class Collector:
-    """What every collector is: a name, the backend it uses, and `collect()`.
+def __getattr__(name):
+    """The names kept in edge_agent/model_extra.py (SeriesCache, KIND_NAMES), on first use."""
+    if name[0] == "_":  # dunders (and private names) are not theirs
+        raise AttributeError(name)
+    from edge_agent import model_extra
 
-    `collect()` returns a list of (Series, value) pairs read now. It may raise OSError when its
-    source is gone; the sampler counts that and carries on with the other collectors.
-    """
-
-    name = "collector"
-    source = "none"
-
-    def collect(self):
-        raise NotImplementedError
-
-    def close(self):
-        pass
+    return getattr(model_extra, name)

@@ -8,6 +8,9 @@ never raise anything but `ValueError`. A device only encodes, so the decoder is 
 MicroPython bundle; `umsgpack.unpackb` still works wherever the decoder module exists (it is
 loaded on first use through the module's `__getattr__`, PEP 562).
 Supported types: None, bool, int (-2^63 .. 2^64-1), float, str, bytes, list/tuple, dict.
+
+Small on a device (bytecode lives in the heap there): three functions, and every length or integer
+after a head byte is written by one loop (`_put`) rather than through `struct`.
 """
 
 import struct
@@ -17,131 +20,80 @@ MAX_DEPTH = 32
 
 def packb(obj):
     out = bytearray()
-    _pack(obj, out, 0)
+    pack_into(obj, out)
     return bytes(out)
 
 
-def pack_into(obj, out):
-    """Append the msgpack of `obj` to the bytearray `out` (packb without the copy)."""
-    _pack(obj, out, 0)
+def pack_array_header(n, out, head=0x90):
+    """Append the header of an n-element array (of an n-entry map with `head` 0x80, the fixmap's) to
+    `out`; its elements are packed after it."""
+    if n < 16:
+        out.append(head | n)
+    else:  # array 16/32 (0xDC, 0xDD), map 16/32 (0xDE, 0xDF)
+        wide = n > 0xFFFF
+        _put(out, (0xDC if head == 0x90 else 0xDE) + wide, n, 4 if wide else 2)
 
 
-def pack_array_header(n, out):
-    """Append the header of an n-element array to `out`; its n elements are packed after it."""
-    _pack_len(n, out, 0x90, 0xDC)
-
-
-def _pack(obj, out, depth):
+def pack_into(value, out, depth=0):
+    """Append the msgpack of `value` to `out`, a bytearray or anything with `append` and `extend`
+    (packb without the copy)."""
     if depth > MAX_DEPTH:
         raise ValueError("msgpack: nesting deeper than %d" % MAX_DEPTH)
-    if obj is None:
+    if value is None:
         out.append(0xC0)
-    elif obj is True:
+    elif value is True:
         out.append(0xC3)
-    elif obj is False:
+    elif value is False:
         out.append(0xC2)
-    elif isinstance(obj, int):
-        _pack_int(obj, out)
-    elif isinstance(obj, float):
+    elif isinstance(value, int):
+        if -32 <= value < 0x80:
+            out.append(value & 0xFF)  # a fixint is its own byte
+            return
+        for k in range(4):  # the smallest of 1, 2, 4, 8 bytes: uint 0xCC.. when positive, int 0xD0.. when not
+            size = 1 << k
+            if 0 <= value < 1 << 8 * size:
+                return _put(out, 0xCC + k, value, size)
+            if -(1 << 8 * size - 1) <= value < 0:
+                return _put(out, 0xD0 + k, value, size)
+        raise ValueError("msgpack: integer %d does not fit 64 bits" % value)
+    elif isinstance(value, float):
         out.append(0xCB)
-        out.extend(struct.pack(">d", obj))
-    elif isinstance(obj, str):
-        data = obj.encode("utf-8")
+        out.extend(struct.pack(">d", value))
+    elif isinstance(value, (str, bytes, bytearray)):
+        text = isinstance(value, str)
+        data = value.encode() if text else value
         n = len(data)
-        if n < 32:
-            out.append(0xA0 | n)
-        elif n < 0x100:
-            out.append(0xD9)
-            out.append(n)
-        elif n < 0x10000:
-            out.append(0xDA)
-            out.extend(struct.pack(">H", n))
-        else:
-            out.append(0xDB)
-            out.extend(struct.pack(">I", n))
+        if text and n < 32:
+            out.append(0xA0 | n)  # fixstr
+        else:  # str 8/16/32 (0xD9..), bin 8/16/32 (0xC4..)
+            k = 0 if n < 0x100 else 1 if n < 0x10000 else 2
+            _put(out, (0xD9 if text else 0xC4) + k, n, 1 << k)
         out.extend(data)
-    elif isinstance(obj, (bytes, bytearray)):
-        n = len(obj)
-        if n < 0x100:
-            out.append(0xC4)
-            out.append(n)
-        elif n < 0x10000:
-            out.append(0xC5)
-            out.extend(struct.pack(">H", n))
-        else:
-            out.append(0xC6)
-            out.extend(struct.pack(">I", n))
-        out.extend(obj)
-    elif isinstance(obj, (list, tuple)):
-        _pack_len(len(obj), out, 0x90, 0xDC)
-        for item in obj:
-            _pack(item, out, depth + 1)
-    elif isinstance(obj, dict):
-        _pack_len(len(obj), out, 0x80, 0xDE)
-        for key in obj:
-            _pack(key, out, depth + 1)
-            _pack(obj[key], out, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        pack_array_header(len(value), out)
+        for item in value:
+            pack_into(item, out, depth + 1)
+    elif isinstance(value, dict):
+        pack_array_header(len(value), out, 0x80)
+        for key in value:
+            pack_into(key, out, depth + 1)
+            pack_into(value[key], out, depth + 1)
     else:
-        raise ValueError("msgpack: cannot encode %s" % type(obj))
+        raise ValueError("msgpack: cannot encode %s" % type(value))
 
 
-def _pack_len(n, out, fix, wide16):
-    if n < 16:
-        out.append(fix | n)
-    elif n < 0x10000:
-        out.append(wide16)
-        out.extend(struct.pack(">H", n))
-    else:
-        out.append(wide16 + 1)
-        out.extend(struct.pack(">I", n))
-
-
-def _pack_int(n, out):
-    if 0 <= n < 0x80:
-        out.append(n)
-    elif -32 <= n < 0:
-        out.append(n & 0xFF)
-    elif n >= 0:
-        if n < 0x100:
-            out.append(0xCC)
-            out.append(n)
-        elif n < 0x10000:
-            out.append(0xCD)
-            out.extend(struct.pack(">H", n))
-        elif n < 0x100000000:
-            out.append(0xCE)
-            out.extend(struct.pack(">I", n))
-        elif n < 0x10000000000000000:
-            out.append(0xCF)
-            out.extend(struct.pack(">Q", n))
-        else:
-            raise ValueError("msgpack: integer %d does not fit 64 bits" % n)
-    else:
-        if n >= -0x80:
-            out.append(0xD0)
-            out.extend(struct.pack(">b", n))
-        elif n >= -0x8000:
-            out.append(0xD1)
-            out.extend(struct.pack(">h", n))
-        elif n >= -0x80000000:
-            out.append(0xD2)
-            out.extend(struct.pack(">i", n))
-        elif n >= -0x8000000000000000:
-            out.append(0xD3)
-            out.extend(struct.pack(">q", n))
-        else:
-            raise ValueError("msgpack: integer %d does not fit 64 bits" % n)
+def _put(out, head, n, size):
+    """`head`, then `n` big-endian in `size` bytes (two's complement when negative)."""
+    out.append(head)
+    for shift in range(8 * size - 8, -8, -8):
+        out.append(n >> shift & 0xFF)
 
 
 def __getattr__(name):
     """`unpackb` and the decoder's internals, from edge_agent/umsgpack_decode.py on first use."""
-    if name.startswith("__"):
+    if name[0] == "_":  # dunders (and private names) are not the decoder's
         raise AttributeError(name)
     from edge_agent import umsgpack_decode
 
-    try:
-        value = getattr(umsgpack_decode, name)
-    except AttributeError:
-        raise AttributeError("module 'edge_agent.umsgpack' has no attribute '%s'" % name)
-    globals()[name] = value
+    value = globals()[name] = getattr(umsgpack_decode, name)
     return value

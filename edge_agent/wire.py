@@ -18,11 +18,13 @@ counters and gauges cost one or two bytes a sample.
 Decoding is strict: anything that does not match raises `WireError(reason, detail)`, where
 `reason` is a short stable label a gateway can count by.
 
-This module holds what a device needs (constants, `BatchBuilder`, `encode_birth`, `boot_tag`,
-`deflate`); the decoder (`decode`, `parse_batch`, `parse_birth`, `Batch`, `Birth`, `WireError`,
-`inflate`) is edge_agent/wire_decode.py, which the MicroPython bundle leaves out. `wire.parse_batch`
-and the other decoder names still work: the module's `__getattr__` (PEP 562, also in MicroPython)
-loads wire_decode on first use.
+This module holds what a device needs at every batch (constants, `BatchBuilder`, `Chunks`,
+`payload_size`, `boot_tag`). The rest is loaded on first use through the module's `__getattr__`
+(PEP 562, also in MicroPython), so `wire.<name>` works for all of it:
+- `encode_birth`, `encode_birth_into`: edge_agent/wire_birth.py, which a device needs only when it
+  announces its dictionary (at start and when it grows) and may release in between;
+- the decoder (`decode`, `parse_batch`, `parse_birth`, `Batch`, `Birth`, `WireError`, `inflate`)
+  and `deflate`: edge_agent/wire_decode.py, which the MicroPython bundle leaves out.
 """
 
 import binascii
@@ -32,7 +34,6 @@ from edge_agent.umsgpack import pack_array_header, pack_into
 VERSION = 1
 FLAG_DEFLATE = 1
 MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
-MAX_INFLATED = 1 << 20
 CHUNK = 512  # bytes a piece of a chunked payload holds (Chunks)
 
 
@@ -53,35 +54,33 @@ class Chunks:
     def __init__(self, size=CHUNK):
         self.size = size
         self.parts = []
-        self.buf = None
-        self.fill = size  # full: the first write starts a piece
-
-    def _next(self):
-        self.buf = bytearray(self.size)
-        self.parts.append(self.buf)
-        self.fill = 0
-
-    def append(self, byte):
-        if self.fill == self.size:
-            self._next()
-        self.buf[self.fill] = byte
-        self.fill += 1
+        self.fill = size  # the last piece is full: the first write starts one
 
     def extend(self, data):
-        n = len(data)
+        """Write `data` (bytes; or one byte as an int, which makes this `append`)."""
+        one = isinstance(data, int)
+        n = 1 if one else len(data)
         done = 0
         while done < n:
             if self.fill == self.size:
-                self._next()
-            k = min(n - done, self.size - self.fill)
-            self.buf[self.fill:self.fill + k] = data if k == n else memoryview(data)[done:done + k]
+                self.parts.append(bytearray(self.size))
+                self.fill = 0
+            piece = self.parts[-1]
+            if one:
+                piece[self.fill] = data
+                k = 1
+            else:
+                k = min(n - done, self.size - self.fill)
+                piece[self.fill:self.fill + k] = data if k == n else memoryview(data)[done:done + k]
             self.fill += k
             done += k
+
+    append = extend
 
     def pieces(self):
         """The payload as a list of byte pieces; the last one is a view of what was written into it."""
         if self.parts and self.fill < self.size:
-            self.parts[-1] = memoryview(self.buf)[:self.fill]
+            self.parts[-1] = memoryview(self.parts[-1])[:self.fill]
         return self.parts
 
 
@@ -98,24 +97,42 @@ def payload_size(payload):
 class BatchBuilder:
     """Accumulates ticks of samples, ready to encode as one data batch.
 
-    Each series' column is kept as the msgpack of its values as they go on the wire (the first
-    absolute, then differences), so a batch waiting in RAM costs about its encoded size plus a few
-    words a series, not a list of integers: it matters on a 64 KB MicroPython heap.
+    Small on a 64 KB MicroPython heap: a batch waiting in RAM is one bytearray, `data`, holding
+    each tick's values as they go on the wire (msgpack of the first value of a series, then of
+    its differences), tick after tick, in series id order within a tick; per series there are
+    only two list slots, `masks[id]` (the ticks it has a sample at) and `prevs[id]` (its last
+    value). The encoder reads the values back column by column with one cursor per tick. All of
+    it is kept between batches (`clear`), so a steady agent allocates nothing here.
     """
 
     def __init__(self):
-        self.ticks = []
-        self.columns = {}  # series id -> [mask, previous value, number of values, packed values]
+        self.ticks = []  # timestamps, ms
+        self.starts = []  # where each tick's values begin in `data`
+        self.data = bytearray()
+        self.masks = []  # series id -> bit i set when it has a sample at tick i (0: none in this batch)
+        self.prevs = []  # series id -> its last value in this batch
         self.samples = 0
 
     def clear(self):
-        """Empty, for the next batch, without allocating (the agent reuses one builder)."""
-        self.ticks.clear()
-        self.columns.clear()
+        """Empty, for the next batch, keeping the room it has (the agent reuses one builder)."""
+        del self.ticks[:]
+        del self.starts[:]
+        self.data[:] = b""
+        for sid in range(len(self.masks)):
+            self.masks[sid] = self.prevs[sid] = 0
         self.samples = 0
 
     def __len__(self):
         return len(self.ticks)
+
+    @property
+    def columns(self):
+        """The ids of the series that have samples in this batch, ascending."""
+        sids = []
+        for sid in range(len(self.masks)):
+            if self.masks[sid]:
+                sids.append(sid)
+        return sids
 
     def add_tick(self, ts_ms, samples):
         """Add one tick: `samples` is a list of (Series, value) with ids already interned."""
@@ -124,26 +141,49 @@ class BatchBuilder:
             raise ValueError("batch already holds %d ticks" % MAX_TICKS)
         if index and ts_ms < self.ticks[-1]:
             ts_ms = self.ticks[-1]  # a clock step backwards must not make a negative delta
+        n = len(samples)
+        order = range(n)
+        top = -1
+        for series, _ in samples:
+            if series.id > top:
+                top = series.id
+            elif order is not None:
+                order = None  # out of id order (or one series twice)
+        if order is None:  # rare: sort by id, then by position, so the first of a series comes first
+            order = []
+            for i in range(n):
+                order.append(samples[i][0].id * n + i)
+            order.sort()
+        masks, prevs, data = self.masks, self.prevs, self.data
+        if top >= len(masks):
+            grow = [0] * (top + 1 - len(masks))  # extending by a list allocates just what is needed
+            masks.extend(grow)
+            prevs.extend(grow)
         self.ticks.append(ts_ms)
+        self.starts.append(len(data))
         bit = 1 << index
-        columns = self.columns
-        for series, value in samples:
-            column = columns.get(series.id)
-            if column is None:
-                column = [0, None, 0, bytearray()]
-                columns[series.id] = column
-            elif column[0] & bit:
+        for i in order:
+            series, value = samples[i % n]
+            sid = series.id
+            mask = masks[sid]
+            if mask & bit:
                 continue  # the same series twice in one tick: keep the first
-            prev = column[1]
-            if isinstance(value, tuple):  # histogram (count, sum, buckets)
+            prev = prevs[sid]
+            if isinstance(value, tuple):  # histogram (count, sum, buckets): its integers as one list
                 value = [value[0], value[1]] + list(value[2])
-                pack_into(value if prev is None else _diff(value, prev), column[3])
+                delta = value
+                if mask:
+                    if len(value) != len(prev):
+                        raise ValueError("histogram changed its bucket count inside a batch")
+                    delta = []
+                    for k in range(len(value)):
+                        delta.append(value[k] - prev[k])
             else:
-                pack_into(value if prev is None else value - prev, column[3])
-            column[0] |= bit
-            column[1] = value
-            column[2] += 1
-        self.samples += len(samples)
+                delta = value - prev if mask else value
+            pack_into(delta, data)
+            masks[sid] = mask | bit
+            prevs[sid] = value
+        self.samples += n
 
     def encode(self, device, boot, seq, dict_epoch, compress=False, ext=None):
         out = bytearray()
@@ -152,102 +192,70 @@ class BatchBuilder:
 
     def encode_into(self, out, device, boot, seq, dict_epoch, compress=False, ext=None):
         """The batch onto `out` (a bytearray, or a Chunks to send it in pieces)."""
-        if not self.ticks:
+        ticks = self.ticks
+        if not ticks:
             raise ValueError("empty batch")
         pack_array_header(9 if ext else 8, out)
-        for field in (VERSION, FLAG_DEFLATE if compress else 0, device, boot, seq, dict_epoch, self.ticks[0]):
+        for field in (VERSION, FLAG_DEFLATE if compress else 0, device, boot, seq, dict_epoch, ticks[0]):
             pack_into(field, out)
-        if compress:
-            body = bytearray()
-            self.pack_body(body)
+        body = bytearray() if compress else out
+        body.append(0x92)  # [tick_deltas, columns]
+        n = len(ticks)
+        pack_array_header(n, body)
+        prev = ticks[0]
+        for ts in ticks:
+            pack_into(ts - prev, body)
+            prev = ts
+        full = (1 << n) - 1
+        masks, data = self.masks, self.data
+        cursor = self.starts[:]  # the next value of each tick in `data`
+        pack_array_header(len(masks) - masks.count(0), body)
+        for sid in range(len(masks)):
+            mask = masks[sid]
+            if not mask:
+                continue
+            count = 0
+            for t in range(n):
+                count += mask >> t & 1
+            pack_array_header(2 + count, body)
+            pack_into(sid, body)
+            pack_into(0 if mask == full else mask, body)
+            for t in range(n):
+                if mask >> t & 1:  # this series' value is the next one of tick t (ids ascend in a tick)
+                    pos = cursor[t]
+                    items = 1  # msgpack items left to copy: a histogram is an array of integers
+                    while items:
+                        head = data[pos]
+                        items -= 1
+                        size = 1
+                        if 0xCC <= head <= 0xD3:  # uint/int 8..64: 1, 2, 4 or 8 bytes follow
+                            size += 1 << (head & 3)
+                        elif head & 0xF0 == 0x90:  # fixarray
+                            items += head & 0x0F
+                        elif head == 0xDC:  # array 16
+                            items += data[pos + 1] << 8 | data[pos + 2]
+                            size = 3
+                        for i in range(pos, pos + size):
+                            body.append(data[i])
+                        pos += size
+                    cursor[t] = pos
+        if compress:  # CPython agents only: MicroPython has no compressor
+            from edge_agent.wire_decode import deflate
+
             pack_into(deflate(body), out)
-        else:
-            self.pack_body(out)
         if ext:
             pack_into(ext, out)
 
-    def pack_body(self, out):
-        """[tick_deltas, columns] onto `out`."""
-        out.append(0x92)
-        n = len(self.ticks)
-        pack_array_header(n, out)
-        prev = self.ticks[0]
-        for ts in self.ticks:
-            pack_into(ts - prev, out)
-            prev = ts
-        full = (1 << n) - 1
-        pack_array_header(len(self.columns), out)
-        for sid in sorted(self.columns):
-            mask, _, count, values = self.columns[sid]
-            pack_array_header(2 + count, out)
-            pack_into(sid, out)
-            pack_into(0 if mask == full else mask, out)
-            out.extend(values)
-
-
-def _diff(values, prev):
-    if len(values) != len(prev):
-        raise ValueError("histogram changed its bucket count inside a batch")
-    return [values[i] - prev[i] for i in range(len(values))]
-
-
-def encode_birth(info, table):
-    """The birth message: `info` holds device, boot_id, boot_time_ms, agent, platform, collectors."""
-    out = bytearray()
-    encode_birth_into(out, info, table)
-    return bytes(out)
-
-
-def encode_birth_into(out, info, table):
-    """The birth message onto `out` (a bytearray, or a Chunks to send it in pieces)."""
-    birth = {
-        "v": VERSION,
-        "dev": info["device"],
-        "boot": info["boot_id"],
-        "bt": boot_tag(info["boot_id"]),
-        "btime": info["boot_time_ms"],
-        "dict": table.epoch,
-        "base": table.base if getattr(table, "base", None) is not None else table.epoch,
-        "agent": info.get("agent", ""),
-        "os": info.get("os", ""),
-        "platform": info.get("platform", ""),
-        "collectors": info.get("collectors", {}),
-    }
-    for key in ("interval_ms", "sampling", "group"):
-        if key in info:
-            birth[key] = info[key]
-    # the series go last, packed one at a time: the whole list never exists at once (small heaps)
-    out.append(0x80 | (len(birth) + 1))  # a fixmap: 15 keys at most
-    for key in birth:
-        pack_into(key, out)
-        pack_into(birth[key], out)
-    pack_into("series", out)
-    pack_array_header(len(table.series), out)
-    for s in table.series:
-        pack_into([s.id, s.name, s.unit, s.kind, s.attrs, s.scale, s.bounds, s.source], out)
-
-
-# ---------------------------------------------------------------- deflate (CPython agents with compress)
-
-
-def deflate(data):
-    try:
-        import zlib
-    except ImportError:  # MicroPython's `deflate` module has no compressor in most builds
-        raise ValueError("compression is not available on this interpreter")
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return compressor.compress(data) + compressor.flush()
-
 
 def __getattr__(name):
-    """The decoder's names (parse_batch, WireError, ...) from edge_agent/wire_decode.py, on first use."""
-    if name.startswith("__"):
+    """The names kept in edge_agent/wire_birth.py and edge_agent/wire_decode.py, on first use."""
+    if name[0] == "_":  # dunders (and private names) are not theirs
         raise AttributeError(name)
+    if name[:12] == "encode_birth":
+        from edge_agent import wire_birth
+
+        return getattr(wire_birth, name)  # not kept here: a device releases wire_birth between births
     from edge_agent import wire_decode
 
-    try:
-        value = getattr(wire_decode, name)
-    except AttributeError:
-        raise AttributeError("module 'edge_agent.wire' has no attribute '%s'" % name)
-    globals()[name] = value
+    value = globals()[name] = getattr(wire_decode, name)
     return value

@@ -8,7 +8,9 @@ decodes); `from edge_agent import wire; wire.parse_batch(...)` reaches this modu
 
 from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series
 from edge_agent.umsgpack_decode import unpackb
-from edge_agent.wire import FLAG_DEFLATE, MAX_INFLATED, MAX_TICKS, VERSION
+from edge_agent.wire import FLAG_DEFLATE, MAX_TICKS, VERSION
+
+MAX_INFLATED = 1 << 20
 
 
 class WireError(ValueError):
@@ -17,6 +19,16 @@ class WireError(ValueError):
         self.reason = reason
         self.detail = detail
 
+
+
+def deflate(data):
+    """A batch body deflated (raw, as FLAG_DEFLATE says): CPython agents with `compress` use it."""
+    try:
+        import zlib
+    except ImportError:  # MicroPython's `deflate` module has no compressor in most builds
+        raise ValueError("compression is not available on this interpreter")
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
 
 
 def inflate(data, limit=MAX_INFLATED):

@@ -11,6 +11,7 @@ MPY_MODULES = [
     "edge_agent/counters.py",
     "edge_agent/umsgpack.py",
     "edge_agent/wire.py",
+    "edge_agent/wire_birth.py",
     "edge_agent/config.py",
     "edge_agent/agent.py",
     "edge_agent/lifecycle.py",

@@ -134,6 +134,44 @@ def test_chunked_encoding_is_the_same_bytes_in_pieces(data, size, compress):
     assert wire.payload_size(pieces) == sum(len(p) for p in pieces)
 
 
+@settings(max_examples=100, deadline=None)
+@given(batches(), st.data())
+def test_samples_in_any_order_or_twice_and_a_reused_builder(data, draw):
+    """A tick's samples may come in any id order, and a series twice (the first is kept); a cleared
+    builder encodes the next batch as a new one would."""
+    table, ticks = data
+    builder = wire.BatchBuilder()
+    for _ in range(2):
+        shuffled = []
+        for ts, row in ticks:
+            row = draw.draw(st.permutations(row))
+            twice = [(s, (v[0] + 1,) + v[1:] if isinstance(v, tuple) else v + 1)  # another value: not kept
+                     for s, v in row if draw.draw(st.booleans())]
+            shuffled.append((ts, row + draw.draw(st.permutations(twice))))
+        for ts, row in shuffled:
+            builder.add_tick(ts, row)
+        assert builder.samples == sum(len(row) for _, row in shuffled)
+        assert builder.columns == sorted(set(s.id for _, row in ticks for s, _ in row))
+        assert builder.encode("dev-1", 7, 1 << 40, 3) == reference_encode(ticks, "dev-1", 7, 1 << 40, 3)
+        builder.clear()
+        assert len(builder) == 0 and builder.samples == 0 and builder.columns == []
+
+
+def test_wide_histograms_and_large_values():
+    """A histogram of more than 15 integers (an array 16 in the batch) and values of every integer width."""
+    table, series = make_series(1, 1, with_hist=True)
+    gauge, counter, hist = series
+    builder = wire.BatchBuilder()
+    ticks = []
+    for tick in range(5):
+        buckets = [tick * 7 ** k for k in range(20)]
+        row = [(gauge, (-1) ** tick * 3 ** (tick * 9)), (counter, (1 << 63) + tick * (1 << 40)),
+               (hist, (tick * 1000, tick << 33, buckets))]
+        builder.add_tick(1000 * tick, row)
+        ticks.append((1000 * tick, row))
+    assert builder.encode("d", 1, 1, 1) == reference_encode(ticks, "d", 1, 1, 1)
+
+
 def test_steady_stream_is_small():
     """Steady counters and gauges cost about one or two bytes per sample."""
     table, series = make_series(20, 40)

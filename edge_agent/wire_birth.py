@@ -1,0 +1,46 @@
+"""The birth message's encoder (wire format v1, docs/wire-format.md), apart from edge_agent/wire.py.
+
+A device encodes a birth only when it announces its series dictionary (at start, and when the
+dictionary grows), so this code is loaded for that moment and may be released in between
+(mpy_main.release): `wire.encode_birth` and `wire.encode_birth_into` reach it.
+"""
+
+from edge_agent.umsgpack import pack_array_header, pack_into
+from edge_agent.wire import VERSION, boot_tag
+
+
+def encode_birth(info, table):
+    """The birth message: `info` holds device, boot_id, boot_time_ms, agent, platform, collectors."""
+    out = bytearray()
+    encode_birth_into(out, info, table)
+    return bytes(out)
+
+
+def encode_birth_into(out, info, table):
+    """The birth message onto `out` (a bytearray, or a wire.Chunks to send it in pieces)."""
+    birth = {
+        "v": VERSION,
+        "dev": info["device"],
+        "boot": info["boot_id"],
+        "bt": boot_tag(info["boot_id"]),
+        "btime": info["boot_time_ms"],
+        "dict": table.epoch,
+        "base": table.base if getattr(table, "base", None) is not None else table.epoch,
+        "agent": info.get("agent", ""),
+        "os": info.get("os", ""),
+        "platform": info.get("platform", ""),
+        "collectors": info.get("collectors", {}),
+    }
+    for key in ("interval_ms", "sampling", "group"):
+        if key in info:
+            birth[key] = info[key]
+    # the series go last, packed one at a time: the whole list never exists at once (small heaps)
+    out.append(0x80 | (len(birth) + 1))  # a fixmap: 15 keys at most
+    for key in birth:
+        pack_into(key, out)
+        pack_into(birth[key], out)
+    pack_into("series", out)
+    pack_array_header(len(table.series), out)
+    for s in table.series:
+        name, kind, unit, scale, source = s.family
+        pack_into([s.id, name, unit, kind, s.attrs, scale, s.bounds, source], out)
