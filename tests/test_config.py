@@ -64,3 +64,12 @@ def test_bad_file_names_the_file(tmp_path):
 ])
 def test_parse_broker(url, expected):
     assert config.parse_broker(url) == expected
+
+
+def test_copies_of_the_collector_lists_agree():
+    """Modules a small device loads for a command keep their own copies, so as not to load config."""
+    from edge_agent import agent, collector_changes, sampling_rules
+
+    assert collector_changes.BACKENDS == config.BACKENDS
+    assert agent.COLLECTOR_NAMES == sampling_rules.COLLECTORS == config.COLLECTORS
+    assert [r for r in config.rules() if r[0] == "collectors.cpu.backend"][0][2] == list(config.BACKENDS)
