@@ -70,7 +70,12 @@ def series_key(name, attrs):
     """A stable text key for a name and its attributes, independent of attribute order."""
     if not attrs:
         return name
-    return name + "{" + ",".join([k + "=" + str(attrs[k]) for k in sorted(attrs)]) + "}"
+    key = name
+    sep = "{"
+    for k in sorted(attrs):  # a loop, not a comprehension: one code object less on a device
+        key += sep + k + "=" + str(attrs[k])
+        sep = ","
+    return key + "}"
 
 
 class SeriesTable:

@@ -9,19 +9,14 @@ MicroPython bundle; `umsgpack.unpackb` still works wherever the decoder module e
 loaded on first use through the module's `__getattr__`, PEP 562).
 Supported types: None, bool, int (-2^63 .. 2^64-1), float, str, bytes, list/tuple, dict.
 
-Small on a device (bytecode lives in the heap there): three functions, and every length or integer
-after a head byte is written by one loop (`_put`) rather than through `struct`.
+Small on a device (bytecode lives in the heap there): three functions (`packb` is `pack_into`
+without a target), and every length or integer after a head byte is written by one loop (`_put`)
+rather than through `struct`.
 """
 
 import struct
 
 MAX_DEPTH = 32
-
-
-def packb(obj):
-    out = bytearray()
-    pack_into(obj, out)
-    return bytes(out)
 
 
 def pack_array_header(n, out, head=0x90):
@@ -34,9 +29,13 @@ def pack_array_header(n, out, head=0x90):
         _put(out, (0xDC if head == 0x90 else 0xDE) + wide, n, 4 if wide else 2)
 
 
-def pack_into(value, out, depth=0):
-    """Append the msgpack of `value` to `out`, a bytearray or anything with `append` and `extend`
-    (packb without the copy)."""
+def pack_into(value, out=None, depth=0):
+    """Append the msgpack of `value` to `out`, a bytearray or anything with `append` and `extend`;
+    without `out`, return it as bytes (`packb` is this function)."""
+    if out is None:
+        out = bytearray()
+        pack_into(value, out)
+        return bytes(out)
     if depth > MAX_DEPTH:
         raise ValueError("msgpack: nesting deeper than %d" % MAX_DEPTH)
     if value is None:
@@ -80,6 +79,9 @@ def pack_into(value, out, depth=0):
             pack_into(value[key], out, depth + 1)
     else:
         raise ValueError("msgpack: cannot encode %s" % type(value))
+
+
+packb = pack_into  # packb(value): the msgpack of `value`, as bytes
 
 
 def _put(out, head, n, size):

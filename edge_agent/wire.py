@@ -19,15 +19,13 @@ Decoding is strict: anything that does not match raises `WireError(reason, detai
 `reason` is a short stable label a gateway can count by.
 
 This module holds what a device needs at every batch (constants, `BatchBuilder`, `Chunks`,
-`payload_size`, `boot_tag`). The rest is loaded on first use through the module's `__getattr__`
-(PEP 562, also in MicroPython), so `wire.<name>` works for all of it:
-- `encode_birth`, `encode_birth_into`: edge_agent/wire_birth.py, which a device needs only when it
-  announces its dictionary (at start and when it grows) and may release in between;
+`payload_size`). The rest is loaded on first use through the module's `__getattr__` (PEP 562, also
+in MicroPython), so `wire.<name>` works for all of it:
+- `encode_birth`, `encode_birth_into`, `boot_tag`: edge_agent/wire_birth.py, which a device needs
+  only when it starts and when it announces its dictionary, and may release in between;
 - the decoder (`decode`, `parse_batch`, `parse_birth`, `Batch`, `Birth`, `WireError`, `inflate`)
   and `deflate`: edge_agent/wire_decode.py, which the MicroPython bundle leaves out.
 """
-
-import binascii
 
 from edge_agent.umsgpack import pack_array_header, pack_into
 
@@ -35,11 +33,6 @@ VERSION = 1
 FLAG_DEFLATE = 1
 MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
 CHUNK = 512  # bytes a piece of a chunked payload holds (Chunks)
-
-
-def boot_tag(boot_id):
-    """The 32-bit tag of a boot id that data batches carry instead of the full 36-byte UUID."""
-    return binascii.crc32(boot_id.encode()) & 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------- agent side: building batches
@@ -84,14 +77,14 @@ class Chunks:
         return self.parts
 
 
-def payload_size(payload):
-    """Bytes in a payload given whole or as a list of pieces."""
-    if isinstance(payload, list):
+def payload_size(data):
+    """Bytes in a payload given whole (`data`) or as a list of pieces."""
+    if isinstance(data, list):
         n = 0
-        for piece in payload:
+        for piece in data:
             n += len(piece)
         return n
-    return len(payload)
+    return len(data)
 
 
 class BatchBuilder:
@@ -240,9 +233,9 @@ class BatchBuilder:
                         pos += size
                     cursor[t] = pos
         if compress:  # CPython agents only: MicroPython has no compressor
-            from edge_agent.wire_decode import deflate
+            from edge_agent import wire_decode
 
-            pack_into(deflate(body), out)
+            pack_into(wire_decode.deflate(body), out)
         if ext:
             pack_into(ext, out)
 
@@ -251,7 +244,7 @@ def __getattr__(name):
     """The names kept in edge_agent/wire_birth.py and edge_agent/wire_decode.py, on first use."""
     if name[0] == "_":  # dunders (and private names) are not theirs
         raise AttributeError(name)
-    if name[:12] == "encode_birth":
+    if name in ("boot_tag", "encode_birth", "encode_birth_into"):
         from edge_agent import wire_birth
 
         return getattr(wire_birth, name)  # not kept here: a device releases wire_birth between births

@@ -1,12 +1,20 @@
-"""The birth message's encoder (wire format v1, docs/wire-format.md), apart from edge_agent/wire.py.
+"""The birth message's encoder and `boot_tag` (wire format v1, docs/wire-format.md), apart from
+edge_agent/wire.py.
 
-A device encodes a birth only when it announces its series dictionary (at start, and when the
-dictionary grows), so this code is loaded for that moment and may be released in between
-(mpy_main.release): `wire.encode_birth` and `wire.encode_birth_into` reach it.
+A device needs them only when it starts and when it announces its series dictionary (at start, and
+when the dictionary grows), so this code is loaded for those moments and may be released in between
+(mpy_main.release): `wire.encode_birth`, `wire.encode_birth_into` and `wire.boot_tag` reach it.
 """
 
+import binascii
+
 from edge_agent.umsgpack import pack_array_header, pack_into
-from edge_agent.wire import VERSION, boot_tag
+from edge_agent.wire import VERSION
+
+
+def boot_tag(boot_id):
+    """The 32-bit tag of a boot id that data batches carry instead of the full 36-byte UUID."""
+    return binascii.crc32(boot_id.encode()) & 0xFFFFFFFF
 
 
 def encode_birth(info, table):
