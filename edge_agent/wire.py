@@ -244,7 +244,7 @@ def __getattr__(name):
     """The names kept in edge_agent/wire_birth.py and edge_agent/wire_decode.py, on first use."""
     if name[0] == "_":  # dunders (and private names) are not theirs
         raise AttributeError(name)
-    if name in ("boot_tag", "encode_birth", "encode_birth_into"):
+    if name == "boot_tag" or name[:12] == "encode_birth":
         from edge_agent import wire_birth
 
         return getattr(wire_birth, name)  # not kept here: a device releases wire_birth between births
