@@ -169,6 +169,7 @@ class Agent:
         for name in ("birth", "data", "state", "cmd", "ack"):
             self.topics[name] = prefix + name
         self.boot = wire.boot_tag(info["boot_id"])
+        unload("edge_agent.wire_birth")  # boot_tag lives with the birth encoder: needed again for births only
         self.seq = SeqSource(config["state_dir"], wall_ms() // 1000)
         self.table = SeriesTable()
         self.table.base = None
@@ -301,7 +302,10 @@ class Agent:
             ext["lost"] = list(lost)
         intervals = {}
         base = self.base_interval_ms()
-        for sid in self.builder.columns:
+        masks = self.builder.masks  # series id -> its ticks in this batch (0: none)
+        for sid in range(len(masks)):
+            if not masks[sid]:
+                continue
             ms = self.sampler.effective_interval_ms(self.table.series[sid])
             if ms != base:
                 group = intervals.get(ms)
@@ -326,7 +330,7 @@ class Agent:
         from edge_agent import lifecycle
 
         lifecycle.publish_birth(self)
-        unload("edge_agent.lifecycle")
+        unload("edge_agent.lifecycle", "edge_agent.wire_birth")
 
     # ------------------------------------------------------------------ network
 
@@ -335,7 +339,7 @@ class Agent:
         from edge_agent import lifecycle
 
         lifecycle.announce(self)
-        unload("edge_agent.lifecycle")
+        unload("edge_agent.lifecycle", "edge_agent.wire_birth")
 
     def on_message(self, topic, payload):
         if self.commands is None:

@@ -44,7 +44,7 @@ def birth_payload(agent):
 def publish_birth(agent):
     """Send the birth now; when memory is short it is tried again at the next pass (birth_due)."""
     agent.birth_due = False
-    if agent.transport.connected and len(agent.table):
+    if agent.transport.connected and agent.table.series:
         try:
             agent.transport.publish(agent.topics["birth"], birth_payload(agent), 1, True)
         except MemoryError:

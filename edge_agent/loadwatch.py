@@ -17,8 +17,8 @@ need no sleeping; without it the clock module's monotonic milliseconds are used.
 MicroPython-compatible core.
 """
 
-from edge_agent.collectors.procfs import read_text
-from edge_agent.collectors.procfs_cpu import IDLE, IOWAIT, parse_stat
+from edge_agent.collectors.procfs import parse_stat, read_text
+from edge_agent.collectors.procfs_cpu import IDLE, IOWAIT
 from edge_agent.collectors.procfs_memory import available, parse_meminfo
 
 USER_HZ = 100  # fixed by the kernel ABI for /proc tick counts (all but Alpha)

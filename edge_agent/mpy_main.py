@@ -7,7 +7,7 @@ and our own MQTT client (transport/umqtt.py). Logs go to stderr, one line per ev
 Built for a small heap (`-X heapsize=64K`): bytecode loaded from .mpy lives in the heap on the
 unix port, so what is needed only for a while is imported, used and released (`release`):
 - start-up only: edge_agent.mpy_setup (building everything), edge_agent.config (validation),
-  the boot readers and the collector modules no enabled collector uses;
+  the collector registry (edge_agent.collectors.procfs, which imports only enabled collectors);
 - per command: edge_agent.commands and edge_agent.hmac (`OnDemandCommands`); the handler's
   replay-protection state is kept between commands;
 - the `fixed` policy runs on agent.EveryInterval; edge_agent.sampling (and the load signals) is
@@ -131,9 +131,9 @@ class OnDemandCommands:
             release(*self.MODULES)
 
 
-# collector modules that only a collector instance needs once start-up is over (the system one also
-# reads the boot id and time at start)
-SPARE = ("edge_agent.collectors.procfs_load", "edge_agent.collectors.procfs_system")
+# the collector registry, and the boot readers mpy_setup uses: running collectors need neither (a
+# collector instance keeps the code it runs alive without sys.modules)
+REGISTRY = ("edge_agent.collectors.procfs", "edge_agent.collectors.procfs_system", "edge_agent.collectors.procfs_load")
 
 
 def collector_factory(root):
@@ -143,7 +143,7 @@ def collector_factory(root):
         from edge_agent.collectors.procfs import enabled_procfs
 
         built = enabled_procfs(section, root)
-        release(*SPARE)
+        release(*REGISTRY)
         return built
 
     return factory
@@ -155,7 +155,7 @@ def main(argv):
     path = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
     agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
     mpy_setup = None
-    release("edge_agent.mpy_setup", *SPARE)
+    release("edge_agent.mpy_setup", *REGISTRY)
     if agent is None:
         return 2
     log = agent.log

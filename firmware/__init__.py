@@ -8,7 +8,6 @@ that does not exist at build time is reported as a warning and left out.
 MPY_MODULES = [
     "edge_agent/__init__.py",
     "edge_agent/model.py",
-    "edge_agent/counters.py",
     "edge_agent/umsgpack.py",
     "edge_agent/wire.py",
     "edge_agent/wire_birth.py",

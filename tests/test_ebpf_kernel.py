@@ -138,7 +138,7 @@ def _netlink_dev(name):
 
 
 def _proc_dev(name):
-    from edge_agent.collectors.procfs_net import parse_net_dev
+    from edge_agent.collectors.procfs import parse_net_dev
 
     with open("/proc/net/dev") as f:
         row = parse_net_dev(f.read())[name]
@@ -266,7 +266,7 @@ while time.monotonic() < end:
 
 
 def _proc_busy(cpu):
-    from edge_agent.collectors.procfs_cpu import parse_stat
+    from edge_agent.collectors.procfs import parse_stat
 
     with open("/proc/stat") as f:
         fields = parse_stat(f.read())["cpu"]["cpu%d" % cpu]

@@ -72,7 +72,7 @@ def _need_netlink(root=False):
 
 def test_live_read_agrees_with_proc_net_dev():
     _need_netlink()
-    from edge_agent.collectors.procfs_net import parse_net_dev
+    from edge_agent.collectors.procfs import parse_net_dev
 
     coll = netlink.NetlinkCollector(include=["lo"], events=False)
     try:
