@@ -5,9 +5,10 @@
     pump:  Outbox -> transport.publish (QoS 1) ... PUBACK -> removed from the Outbox
 
 Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
-by the entry point; this module is part of the MicroPython-compatible core. What only remote tuning
-needs (edge_agent.commands, edge_agent.config, edge_agent.sampling) is imported when a command
-asks for it, so a device that is never tuned never loads it.
+by the entry point; this module is part of the MicroPython-compatible core. The rare moments
+(connecting, births, stopping) live in edge_agent.lifecycle and remote tuning in
+edge_agent.commands; both are imported when needed, and on MicroPython unloaded afterwards
+(edge_agent.unload), so their code is not resident on a small heap.
 
 Running out of memory (a small MicroPython heap, fragmented) is survived, not fatal: the loop
 catches MemoryError, collects garbage, drops the least valuable work and carries on (`memory_error`
@@ -127,7 +128,7 @@ class EveryInterval:
 
     def update(self, params):
         """Apply a (partial) sampling dict, validated as sampling.Sampler does; return the problems."""
-        from edge_agent.sampling import validate_sampling
+        from edge_agent.sampling_rules import validate_sampling
 
         errors = validate_sampling(params)
         if errors or not self.covers(params):
@@ -368,34 +369,6 @@ class Agent:
                 break
             entry.token = token
             entry.sent_ms = now
-
-    # ------------------------------------------------------------------ remote tuning
-
-    def effective_config(self):
-        return {
-            "interval_s": self.config["interval_s"],
-            "batch_s": self.config["batch_s"],
-            "sampling": self.sampler.snapshot(),
-            "collectors": self.info.get("collectors", {}),
-        }
-
-    def rebirth(self):
-        if self.table.base is None:
-            self.table.changed = True  # nothing announced yet: the next flush announces
-        else:
-            self.publish_birth()
-
-    def set_sampling(self, params):
-        """Tune the sampler (a set_sampling command); returns the problems, empty when applied."""
-        from edge_agent.commands import set_sampling
-
-        return set_sampling(self, params)
-
-    def set_collectors(self, changes):
-        """Enable, disable or switch collectors (a set_collectors command); returns the problems."""
-        from edge_agent.commands import set_collectors
-
-        return set_collectors(self, changes)
 
     # ------------------------------------------------------------------ the loop
 

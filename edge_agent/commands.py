@@ -89,7 +89,7 @@ class CommandHandler:
             if cmd == "ping":
                 ack["result"] = {"pong": True, "stats": agent.stats}
             elif cmd == "rebirth":
-                agent.rebirth()
+                rebirth(agent)
             elif cmd == "flush":
                 agent.flush()
                 agent.pump()
@@ -117,7 +117,7 @@ class CommandHandler:
             ack = {"id": command_id, "device": self.device, "status": "error", "reason": reason, "message": message}
             if self.log:
                 self.log("command_rejected", device=self.device, id=command_id, reason=reason, message=message)
-        ack["config"] = agent.effective_config()
+        ack["config"] = effective_config(agent)
         ack["ts"] = self.now_s()
         return json.dumps(ack).encode()
 
@@ -196,6 +196,24 @@ def load_overrides(state_dir):
     return saved if isinstance(saved, dict) else {}
 
 
+def effective_config(agent):
+    """What every ack carries: the settings the agent runs with now."""
+    return {
+        "interval_s": agent.config["interval_s"],
+        "batch_s": agent.config["batch_s"],
+        "sampling": agent.sampler.snapshot(),
+        "collectors": agent.info.get("collectors", {}),
+    }
+
+
+def rebirth(agent):
+    """Announce the dictionary again: now, or with the next batch when nothing was announced yet."""
+    if agent.table.base is None:
+        agent.table.changed = True
+    else:
+        agent.publish_birth()
+
+
 def save_overrides(agent, section, changes):
     """Merge an accepted change into agent.overrides[section], persist them, announce (rebirth)."""
     saved = dict(agent.overrides.get(section, {}))
@@ -209,7 +227,7 @@ def save_overrides(agent, section, changes):
     if state_dir:
         ensure_dir(state_dir)
         write_atomic(state_dir + "/overrides.json", json.dumps(agent.overrides))
-    agent.rebirth()  # the retained birth shows the effective settings to `edge-gateway devices`
+    rebirth(agent)  # the retained birth shows the effective settings to `edge-gateway devices`
 
 
 # ---------------------------------------------------------------- what set_sampling does

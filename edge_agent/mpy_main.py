@@ -8,8 +8,11 @@ Built for a small heap (`-X heapsize=64K`): bytecode loaded from .mpy lives in t
 unix port, so what is needed only for a while is imported, used and released (`release`):
 - start-up only: edge_agent.mpy_setup (building everything), edge_agent.config (validation),
   the collector registry (edge_agent.collectors.procfs, which imports only enabled collectors);
-- per command: edge_agent.commands and edge_agent.hmac (`OnDemandCommands`); the handler's
-  replay-protection state is kept between commands;
+- per command: edge_agent.commands and edge_agent.hmac, with edge_agent.sampling_rules for
+  set_sampling and edge_agent.collector_changes for set_collectors (`OnDemandCommands`); the
+  handler's replay-protection state is kept between commands;
+- per connection and per birth: edge_agent.lifecycle and edge_agent.wire_birth (the agent
+  unloads them itself, through edge_agent.unload);
 - the `fixed` policy runs on agent.EveryInterval; edge_agent.sampling (and the load signals) is
   loaded only for another policy, at start or when a command asks for one.
 Once a batch is encoded the heap is collected; a `heap` line is logged once a minute
@@ -89,10 +92,12 @@ class DeviceTransport(Transport):
 class OnDemandCommands:
     """The agent's command handler, with edge_agent.commands loaded only while it is needed."""
 
-    # what a command may load: set_collectors validates with config, set_sampling with sampling (a
-    # Sampler taken into use keeps its module alive without sys.modules)
-    MODULES = ("edge_agent.commands", "edge_agent.hmac", "edge_agent.config", "edge_agent.sampling",
-               "edge_agent.loadwatch")
+    # what a command may load: set_sampling validates with sampling_rules (and loads sampling for a
+    # policy other than fixed: a Sampler taken into use keeps its module alive without sys.modules);
+    # set_collectors loads collector_changes, the collector registry and the births' encoder
+    MODULES = ("edge_agent.commands", "edge_agent.hmac", "edge_agent.statefile", "edge_agent.sampling_rules",
+               "edge_agent.collector_changes", "edge_agent.sampling", "edge_agent.loadwatch",
+               "edge_agent.collectors.procfs", "edge_agent.lifecycle", "edge_agent.wire_birth")
 
     def __init__(self, cfg, device, log):
         self.cfg = cfg
@@ -155,7 +160,7 @@ def main(argv):
     path = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
     agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
     mpy_setup = None
-    release("edge_agent.mpy_setup", *REGISTRY)
+    release("edge_agent.mpy_setup", "edge_agent.statefile", *REGISTRY)
     if agent is None:
         return 2
     log = agent.log

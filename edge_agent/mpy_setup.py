@@ -24,7 +24,7 @@ def load_config(path, release):
         return None
     broker = configuration.parse_broker(cfg["broker"])
     configuration = None
-    release("edge_agent.config", "edge_agent.sampling")  # config validates sampling with it
+    release("edge_agent.config", "edge_agent.sampling_rules", "edge_agent.sampling")  # config validates sampling with them
     return cfg, broker
 
 
