@@ -39,15 +39,18 @@ MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 # what a device with the default config loads, dependencies before dependants
 DEVICE_IMPORTS = [
-    "edge_agent", "edge_agent.clock", "edge_agent.statefile", "edge_agent.model", "edge_agent.counters",
-    "edge_agent.umsgpack", "edge_agent.wire", "edge_agent.outbox", "edge_agent.agent",
-    "edge_agent.collectors", "edge_agent.collectors.procfs", "edge_agent.collectors.procfs_cpu",
-    "edge_agent.collectors.procfs_memory", "edge_agent.collectors.procfs_net",
-    "edge_agent.collectors.procfs_load", "edge_agent.collectors.procfs_system",
-    "edge_agent.transport", "edge_agent.transport.umqtt", "edge_agent.mpy_main",
+    "edge_agent", "edge_agent.clock", "edge_agent.model", "edge_agent.umsgpack", "edge_agent.wire",
+    "edge_agent.outbox", "edge_agent.agent", "edge_agent.collectors", "edge_agent.collectors.procfs_cpu",
+    "edge_agent.collectors.procfs_memory", "edge_agent.collectors.procfs_net", "edge_agent.transport",
+    "edge_agent.transport.umqtt", "edge_agent.mpy_main",
 ]
-# loaded only for a while (start-up, a command, another sampling policy) or only with a spool
-TRANSIENT_IMPORTS = ["edge_agent.mpy_setup", "edge_agent.config", "edge_agent.hmac", "edge_agent.commands", "edge_agent.sampling",
+# loaded only for a while (start-up, connecting, a birth, a command, another sampling policy) or only
+# with a spool or with the load/system collectors enabled
+TRANSIENT_IMPORTS = ["edge_agent.mpy_setup", "edge_agent.statefile", "edge_agent.config",
+                     "edge_agent.collectors.procfs", "edge_agent.collectors.procfs_load",
+                     "edge_agent.collectors.procfs_system", "edge_agent.lifecycle", "edge_agent.wire_birth",
+                     "edge_agent.transport.umqtt_connect", "edge_agent.hmac", "edge_agent.commands",
+                     "edge_agent.sampling_rules", "edge_agent.collector_changes", "edge_agent.sampling",
                      "edge_agent.loadwatch", "edge_agent.spool"]
 
 IMPORT_SCRIPT = """
@@ -62,7 +65,16 @@ def cost(name, label):
         print('missing', name, exc)
         return
     gc.collect()
-    print(label, name, gc.mem_alloc() - before)
+    loaded = gc.mem_alloc() - before
+    if label == 'transient':  # released as the device does: what stays is its qstrs
+        sys.modules.pop(name, None)
+        parent, _, leaf = name.rpartition('.')
+        try:
+            delattr(sys.modules[parent], leaf)
+        except (AttributeError, KeyError):
+            pass
+        gc.collect()
+    print(label, name, loaded, gc.mem_alloc() - before)
 gc.collect()
 base = gc.mem_alloc()  # after defining cost(), so its own bytes are not counted
 print('start', base, micropython.mem_peak())
@@ -70,8 +82,10 @@ for name in %(names)r:
     cost(name, 'module')
 gc.collect()
 print('resident', gc.mem_alloc() - base, micropython.mem_peak())
+micropython.qstr_info()
 for name in %(transient)r:
     cost(name, 'transient')
+micropython.qstr_info()
 """
 
 
@@ -100,7 +114,10 @@ def import_costs(lib):
         if words[0] == "module":
             rows["modules"][words[1]] = int(words[2])
         elif words[0] == "transient":
-            rows["transient"][words[1]] = int(words[2])
+            rows["transient"][words[1]] = [int(words[2]), int(words[3])]
+        elif line.startswith("qstr pool:"):  # resident modules, then every module the device may load
+            fields = dict(word.strip(",").split("=") for word in words[2:])
+            rows.setdefault("qstrs", []).append({k: int(v) for k, v in fields.items()})
         elif words[0] == "resident":
             rows["resident"] = int(words[1])
         elif words[0] == "missing":
@@ -170,8 +187,11 @@ def main(argv=None):
         for name, cost in imports["modules"].items():
             print("%-40s %8d" % (name, cost))
         print("%-40s %8d" % ("all of the above", imports["resident"]))
-        for name, cost in imports["transient"].items():
-            print("%-40s %8d  (loaded only for a while)" % (name, cost))
+        for name, (cost, left) in imports["transient"].items():
+            print("%-40s %8d  (loaded only for a while; %d B of qstrs stay)" % (name, cost, left))
+        for label, pool in zip(("resident modules", "+ every transient one"), imports.get("qstrs", []), strict=False):
+            print("qstrs, %s: %d in %d pools, %d B (a pool is allocated at a time, each twice the last)"
+                  % (label, pool["n_qstr"], pool["n_pool"], pool["n_total_bytes"]))
         if not args.imports_only:
             code, text = run_agent(lib, args.heap, args.seconds, tmp)
             lines = heap_lines(text)
