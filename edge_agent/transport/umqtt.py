@@ -23,28 +23,9 @@ Trade-offs, stated first:
 Protocol failures raise OSError, as socket failures do: the connection is unusable afterwards.
 """
 
-import os
+import errno
 
 from edge_agent.clock import mono_ms, sleep_s
-
-
-def packet(first, remaining, room=None):
-    """A bytearray for one packet with its fixed header written; returns (buf, index after it).
-
-    The buffer holds `room` bytes after the fixed header (default: all `remaining` of them)."""
-    if remaining > 268435455:
-        raise ValueError("MQTT packet too large")
-    size = 1 if remaining < 0x80 else 2 if remaining < 0x4000 else 3 if remaining < 0x200000 else 4
-    buf = bytearray(1 + size + (remaining if room is None else room))
-    buf[0] = first
-    i = 1
-    while True:
-        b = remaining & 0x7F
-        remaining >>= 7
-        buf[i] = b | 0x80 if remaining else b
-        i += 1
-        if not remaining:
-            return buf, i
 
 
 class Transport:
@@ -61,7 +42,7 @@ class Transport:
                  tls=None, will=None, reconnect=(1, 60), clean_session=True, max_inflight=16, rx_size=2048,
                  timeout_s=5, retry_s=20):
         if password and not username:
-            raise ValueError("MQTT 3.1.1 needs a username to send a password")
+            raise ValueError("a password needs a username")  # MQTT 3.1.1
         # what umqtt_connect needs; strings are encoded there ("" username or password: none)
         self.host = host
         self.port = port
@@ -84,15 +65,14 @@ class Transport:
         self.dropped = 0  # incoming packets too large for rx_size
         self.reconnects = 0
         self.last_error = None
-        self.backoff_ms = 0  # the latest reconnect delay; 0 after a success
-        self.retry_in_ms = 0  # the next attempt, counted from down_at
-        self.down_at = self._last_tx = self._last_rx = mono_ms()
+        self.backoff_ms = 0  # the latest reconnect delay (umqtt_connect doubles it after a failure)
+        self.retry_in_ms = 0  # when the connection is down, the next attempt, counted from down_at
+        self.down_at = mono_ms()
         self._rx = bytearray(rx_size)
         self._poller = None
         self._inflight = {}  # packet id -> [token, last send ms, header, payload]
         self._pid = 0
         self._token = 0
-        self._ping_at = None
 
     def start(self, on_connect, on_message):
         """Register the callbacks; the first `poll` connects."""
@@ -113,9 +93,8 @@ class Transport:
     def close(self, error=None):
         """Drop the socket without DISCONNECT (the broker then publishes the will).
 
-        Given the error that broke the connection (or a connection attempt), also schedule the next
-        attempt: the delay doubles from reconnect[0] up to reconnect[1], and a random half of it is
-        taken off so that a fleet does not come back all at once."""
+        Given the error that broke the connection (or a connection attempt), also start counting
+        down to the next attempt (`retry_in_ms`, chosen by umqtt_connect)."""
         sock, poller = self.sock, self._poller
         self.sock = self._poller = None
         self.connected = False
@@ -132,9 +111,6 @@ class Transport:
         if error is not None:
             self.last_error = repr(error)
             self.down_at = mono_ms()
-            delay = min(max(2 * self.backoff_ms, int(self.reconnect[0] * 1000)), int(self.reconnect[1] * 1000))
-            self.backoff_ms = delay
-            self.retry_in_ms = delay // 2 + (delay // 2) * os.urandom(1)[0] // 255
 
     # ------------------------------------------------------------ sending
 
@@ -152,10 +128,10 @@ class Transport:
                 i += 1
                 n = self._write(piece)
                 if n is not None and n < len(piece):  # MicroPython's write returns short on a timeout
-                    raise OSError("write timed out")
+                    raise OSError(errno.ETIMEDOUT)
         except MemoryError:
             self.close()
-            raise OSError("out of memory while sending")
+            raise OSError(errno.ENOMEM)
         self._last_tx = mono_ms()
 
     def publish(self, topic, payload, qos=1, retain=False):
@@ -179,9 +155,16 @@ class Transport:
                 size += len(piece)
         else:
             size = len(payload)
-        head = 2 + len(topic) + 2 * qos
+        head = 2 + len(topic) + 2 * qos  # the variable header
         small = size <= 128 and not isinstance(payload, list)  # copied into the packet: one write
-        buf, i = packet(0x30 | (qos << 1) | (1 if retain else 0), head + size, head + size if small else head)
+        n = head + size  # the remaining length, 7 bits a byte in the fixed header
+        if n > 268435455:
+            raise ValueError("packet too large")
+        i = 2 if n < 0x80 else 3 if n < 0x4000 else 4 if n < 0x200000 else 5
+        buf = bytearray(i + (n if small else head))
+        buf[0] = 0x30 | (qos << 1) | (1 if retain else 0)  # PUBLISH
+        for k in range(1, i):
+            buf[k] = (n >> (7 * k - 7)) & 0x7F | (0x80 if k < i - 1 else 0)
         n = len(topic)
         buf[i] = n >> 8
         buf[i + 1] = n & 0xFF
@@ -247,7 +230,29 @@ class Transport:
                     return
                 continue
             try:
-                wait = min(self._service(now), left)
+                wait = left
+                if self.keepalive:  # PINGREQ when idle that long; no PINGRESP in half of it: dead
+                    ka = self.keepalive * 1000
+                    if self._ping_at is not None:
+                        due = max(ka // 2, 1000) - (now - self._ping_at)
+                        if due <= 0:
+                            raise OSError("no PINGRESP")  # the connection is dead
+                    else:
+                        due = ka - (now - min(self._last_tx, self._last_rx))
+                        if due <= 0:
+                            self._send(b"\xc0\x00")  # PINGREQ
+                            self._ping_at = now
+                            due = max(ka // 2, 1000)
+                    wait = min(wait, due)
+                for pid in self._inflight:  # unacknowledged for retry_ms: again, DUP set
+                    entry = self._inflight[pid]
+                    due = self.retry_ms - (now - entry[1])
+                    if due <= 0:
+                        entry[2][0] |= 0x08
+                        self._send(entry[2], entry[3])
+                        entry[1] = now
+                        due = self.retry_ms
+                    wait = min(wait, due)
                 if (self._pending and self._pending()) or self._poller.poll(wait):
                     self._read_packet()
                     if not left:
@@ -256,32 +261,6 @@ class Transport:
                     return
             except OSError as exc:
                 self.close(exc)
-
-    def _service(self, now):
-        """Keepalive and retransmission; returns the ms until it needs to run again."""
-        wait = 3600000
-        if self.keepalive:
-            ka = self.keepalive * 1000
-            if self._ping_at is not None:
-                wait = max(ka // 2, 1000) - (now - self._ping_at)
-                if wait <= 0:
-                    raise OSError("no PINGRESP: connection is dead")
-            else:
-                wait = ka - (now - min(self._last_tx, self._last_rx))
-                if wait <= 0:
-                    self._send(b"\xc0\x00")  # PINGREQ
-                    self._ping_at = now
-                    wait = max(ka // 2, 1000)
-        for pid in self._inflight:
-            entry = self._inflight[pid]
-            left = self.retry_ms - (now - entry[1])
-            if left <= 0:
-                entry[2][0] |= 0x08  # DUP
-                self._send(entry[2], entry[3])
-                entry[1] = now
-                left = self.retry_ms
-            wait = min(wait, left)
-        return wait
 
     def _recv(self, buf, n):
         """Read exactly n bytes into buf (blocking, bounded by the socket timeout)."""
@@ -292,7 +271,7 @@ class Transport:
                 break
             got += more
         if not got or got < n:
-            raise OSError("connection closed by the broker")
+            raise OSError(errno.ECONNRESET)  # closed by the broker
 
     def _read_packet(self):
         """Read one packet and act on it: PUBLISH (delivered, then acked if QoS 1), PUBACK, SUBACK,
@@ -308,7 +287,7 @@ class Transport:
                 break
             shift += 7
             if shift > 21:
-                raise OSError("malformed remaining length")
+                raise OSError("bad remaining length")
         head = min(n, len(rx))
         if head:
             self._recv(rx, head)
@@ -327,10 +306,8 @@ class Transport:
         qos = (kind >> 1) & 3  # a PUBLISH
         tlen = (rx[0] << 8) | rx[1]
         p = 2 + tlen + (2 if qos else 0)
-        if qos > 1 or p > n:
+        if qos > 1 or p > head:  # p > head: as well a topic longer than the receive buffer
             raise OSError("bad PUBLISH")
-        if p > head:
-            raise OSError("PUBLISH topic longer than the receive buffer")
         pid = (rx[p - 2] << 8) | rx[p - 1] if qos else 0
         try:
             if n > head:  # too large for the buffer: skip the rest of it
@@ -345,7 +322,7 @@ class Transport:
                 try:
                     topic = str(mv[2:2 + tlen], "utf-8")
                 except UnicodeError:
-                    raise OSError("PUBLISH topic is not UTF-8")
+                    raise OSError("PUBLISH topic not UTF-8")
                 self.on_message(topic, bytes(mv[p:n]))
         finally:
             if qos:  # acknowledged once handled, even when the handler failed: no redelivery loop

@@ -7,22 +7,27 @@ and its package, its code is collected (the names it interned stay). A subscribe
 attempt loads it for that one call. On CPython it stays loaded: releasing would save nothing.
 """
 
+import os
 import select
 import socket
 import sys
 
 from edge_agent.clock import mono_ms
-from edge_agent.transport.umqtt import packet
 
 connecting = False  # inside connect(): a subscribe from on_connect leaves the release to it
 
 
 def connect(client):
     """One connection attempt of umqtt.Transport `client`: connect, CONNECT, CONNACK, send again what
-    is in flight, then call on_connect. A failure (OSError) schedules the next attempt."""
+    is in flight, then call on_connect. A failure (OSError) schedules the next attempt.
+
+    Reconnect delays: the first is reconnect[0], each failed attempt doubles it up to reconnect[1],
+    and a random part of up to half is taken off so that a fleet does not come back all at once.
+    The delay after a success (reconnect[0]) is chosen now, for when the connection breaks."""
     global connecting
     connecting = True
     sock = None
+    failed = False
     try:
         try:
             ai = socket.getaddrinfo(client.host, client.port, 0, socket.SOCK_STREAM)[0]
@@ -39,7 +44,6 @@ def connect(client):
                 raise OSError("expected CONNACK, got 0x%02x" % rx[0])
             if rx[3]:
                 raise OSError("connection refused, return code %d" % rx[3])
-            client._ping_at = None
             client._last_rx = mono_ms()
             for pid in client._inflight:  # the broker may not have them: send again, DUP set
                 entry = client._inflight[pid]
@@ -51,11 +55,15 @@ def connect(client):
             client.close(exc if failed else None)
             if sock is not None:
                 sock.close()
-            if failed:
-                return
-            raise
+            if not failed:
+                raise
+        lo, hi = client.reconnect
+        delay = min(max(2 * client.backoff_ms, int(lo * 1000)), int(hi * 1000)) if failed else int(lo * 1000)
+        client.backoff_ms = delay
+        client.retry_in_ms = delay // 2 + (delay // 2) * os.urandom(1)[0] // 255
+        if failed:
+            return
         client.reconnects += 1
-        client.backoff_ms = 0
         if client.on_connect is not None:
             client.on_connect()
     finally:
@@ -70,6 +78,8 @@ def attach(client, sock, poller=None):
     client._recv_into = getattr(sock, "readinto", None) or sock.recv_into
     client._write = getattr(sock, "sendall", None) or sock.write
     client._pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but not handed out
+    client._ping_at = None  # no PINGREQ unanswered
+    client._last_tx = client._last_rx = mono_ms()
     client._poller = poller or select.poll()
     client._poller.register(sock, select.POLLIN)
 
@@ -144,6 +154,25 @@ def connect_packet(client):
     for field in fields:
         i = put_str(buf, i, field)
     return buf
+
+
+def packet(first, remaining, room=None):
+    """A bytearray for one packet with its fixed header written; returns (buf, index after it).
+
+    The buffer holds `room` bytes after the fixed header (default: all `remaining` of them)."""
+    if remaining > 268435455:
+        raise ValueError("packet too large")
+    size = 1 if remaining < 0x80 else 2 if remaining < 0x4000 else 3 if remaining < 0x200000 else 4
+    buf = bytearray(1 + size + (remaining if room is None else room))
+    buf[0] = first
+    i = 1
+    while True:
+        b = remaining & 0x7F
+        remaining >>= 7
+        buf[i] = b | 0x80 if remaining else b
+        i += 1
+        if not remaining:
+            return buf, i
 
 
 def put_str(buf, i, data):
