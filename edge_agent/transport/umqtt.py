@@ -143,8 +143,6 @@ class Transport:
         reconnecting."""
         if self.sock is None or (qos and len(self._inflight) >= self.max_inflight):
             return None
-        if qos not in (0, 1):
-            raise ValueError("QoS 2 is not supported")
         if isinstance(topic, str):
             topic = topic.encode()
         if isinstance(payload, str):
@@ -158,9 +156,11 @@ class Transport:
         head = 2 + len(topic) + 2 * qos  # the variable header
         small = size <= 128 and not isinstance(payload, list)  # copied into the packet: one write
         n = head + size  # the remaining length, 7 bits a byte in the fixed header
-        if n > 268435455:
-            raise ValueError("packet too large")
-        i = 2 if n < 0x80 else 3 if n < 0x4000 else 4 if n < 0x200000 else 5
+        if qos not in (0, 1) or n > 268435455:
+            raise ValueError("QoS 2, or a packet over 256 MB")
+        i = 2  # the fixed header's size
+        while n >> 7 * (i - 1):
+            i += 1
         buf = bytearray(i + (n if small else head))
         buf[0] = 0x30 | (qos << 1) | (1 if retain else 0)  # PUBLISH
         for k in range(1, i):
@@ -231,21 +231,19 @@ class Transport:
                 continue
             try:
                 wait = left
-                if self.keepalive:  # PINGREQ when idle that long; no PINGRESP in half of it: dead
-                    ka = self.keepalive * 1000
-                    if self._ping_at is not None:
-                        due = max(ka // 2, 1000) - (now - self._ping_at)
-                        if due <= 0:
-                            raise OSError("no PINGRESP")  # the connection is dead
-                    else:
+                ka = self.keepalive * 1000
+                if ka:  # PINGREQ when idle that long; no PINGRESP in half of it: the connection is dead
+                    if self._ping_at is None:
                         due = ka - (now - min(self._last_tx, self._last_rx))
                         if due <= 0:
                             self._send(b"\xc0\x00")  # PINGREQ
                             self._ping_at = now
-                            due = max(ka // 2, 1000)
+                    if self._ping_at is not None:
+                        due = max(ka // 2, 1000) - (now - self._ping_at)
+                        if due <= 0:
+                            raise OSError("no PINGRESP")
                     wait = min(wait, due)
-                for pid in self._inflight:  # unacknowledged for retry_ms: again, DUP set
-                    entry = self._inflight[pid]
+                for entry in self._inflight.values():  # unacknowledged for retry_ms: again, DUP set
                     due = self.retry_ms - (now - entry[1])
                     if due <= 0:
                         entry[2][0] |= 0x08
@@ -275,7 +273,8 @@ class Transport:
 
     def _read_packet(self):
         """Read one packet and act on it: PUBLISH (delivered, then acked if QoS 1), PUBACK, SUBACK,
-        PINGRESP. A refused subscription (SUBACK 0x80) is not retried."""
+        PINGRESP. A refused subscription (SUBACK 0x80) is not retried. Another packet, or one that
+        does not parse, raises OSError "bad packet" with its first byte."""
         rx = self._rx
         self._recv(rx, 1)
         kind = rx[0]
@@ -286,8 +285,8 @@ class Transport:
             if not rx[0] & 0x80:
                 break
             shift += 7
-            if shift > 21:
-                raise OSError("bad remaining length")
+            if shift > 21:  # more than 4 bytes
+                raise OSError("bad packet 0x%02x" % kind)
         head = min(n, len(rx))
         if head:
             self._recv(rx, head)
@@ -301,13 +300,11 @@ class Transport:
             return
         if op == 0x90 and n >= 3:  # SUBACK
             return
-        if op != 0x30:
-            raise OSError("unexpected packet 0x%02x" % kind)
-        qos = (kind >> 1) & 3  # a PUBLISH
+        qos = (kind >> 1) & 3  # a PUBLISH, if anything
         tlen = (rx[0] << 8) | rx[1]
-        p = 2 + tlen + (2 if qos else 0)
-        if qos > 1 or p > head:  # p > head: as well a topic longer than the receive buffer
-            raise OSError("bad PUBLISH")
+        p = 2 + tlen + (2 if qos else 0)  # where its payload starts
+        if op != 0x30 or qos > 1 or p > head:  # p > head: as well a topic longer than the receive buffer
+            raise OSError("bad packet 0x%02x" % kind)
         pid = (rx[p - 2] << 8) | rx[p - 1] if qos else 0
         try:
             if n > head:  # too large for the buffer: skip the rest of it
@@ -322,7 +319,7 @@ class Transport:
                 try:
                     topic = str(mv[2:2 + tlen], "utf-8")
                 except UnicodeError:
-                    raise OSError("PUBLISH topic not UTF-8")
+                    raise OSError("bad packet 0x%02x" % kind)
                 self.on_message(topic, bytes(mv[p:n]))
         finally:
             if qos:  # acknowledged once handled, even when the handler failed: no redelivery loop

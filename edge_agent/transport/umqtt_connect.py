@@ -17,8 +17,8 @@ from edge_agent.clock import mono_ms
 connecting = False  # inside connect(): a subscribe from on_connect leaves the release to it
 
 
-def connect(client):
-    """One connection attempt of umqtt.Transport `client`: connect, CONNECT, CONNACK, send again what
+def connect(transport):
+    """One connection attempt of `transport` (umqtt.Transport): connect, CONNECT, CONNACK, send again what
     is in flight, then call on_connect. A failure (OSError) schedules the next attempt.
 
     Reconnect delays: the first is reconnect[0], each failed attempt doubles it up to reconnect[1],
@@ -30,66 +30,66 @@ def connect(client):
     failed = False
     try:
         try:
-            ai = socket.getaddrinfo(client.host, client.port, 0, socket.SOCK_STREAM)[0]
+            ai = socket.getaddrinfo(transport.host, transport.port, 0, socket.SOCK_STREAM)[0]
             sock = socket.socket(ai[0], socket.SOCK_STREAM)
-            sock.settimeout(client.timeout_s)
+            sock.settimeout(transport.timeout_s)
             sock.connect(ai[-1])
-            if client.tls is not None:
-                sock = wrap(client, sock)
-            attach(client, sock)
-            client._send(connect_packet(client))
-            rx = client._rx
-            client._recv(rx, 4)
+            if transport.tls is not None:
+                sock = wrap(transport, sock)
+            attach(transport, sock)
+            transport._send(connect_packet(transport))
+            rx = transport._rx
+            transport._recv(rx, 4)
             if rx[0] != 0x20 or rx[1] != 2:
                 raise OSError("expected CONNACK, got 0x%02x" % rx[0])
             if rx[3]:
                 raise OSError("connection refused, return code %d" % rx[3])
-            client._last_rx = mono_ms()
-            for pid in client._inflight:  # the broker may not have them: send again, DUP set
-                entry = client._inflight[pid]
+            transport._last_rx = mono_ms()
+            for pid in transport._inflight:  # the broker may not have them: send again, DUP set
+                entry = transport._inflight[pid]
                 entry[2][0] |= 0x08
-                client._send(entry[2], entry[3])
+                transport._send(entry[2], entry[3])
                 entry[1] = mono_ms()
         except BaseException as exc:
             failed = isinstance(exc, OSError)
-            client.close(exc if failed else None)
+            transport.close(exc if failed else None)
             if sock is not None:
                 sock.close()
             if not failed:
                 raise
-        lo, hi = client.reconnect
-        delay = min(max(2 * client.backoff_ms, int(lo * 1000)), int(hi * 1000)) if failed else int(lo * 1000)
-        client.backoff_ms = delay
-        client.retry_in_ms = delay // 2 + (delay // 2) * os.urandom(1)[0] // 255
+        lo, hi = transport.reconnect
+        delay = min(max(2 * transport.backoff_ms, int(lo * 1000)), int(hi * 1000)) if failed else int(lo * 1000)
+        transport.backoff_ms = delay
+        transport.retry_in_ms = delay // 2 + (delay // 2) * os.urandom(1)[0] // 255
         if failed:
             return
-        client.reconnects += 1
-        if client.on_connect is not None:
-            client.on_connect()
+        transport.reconnects += 1
+        if transport.on_connect is not None:
+            transport.on_connect()
     finally:
         connecting = False
         release()
 
 
-def attach(client, sock, poller=None):
-    """Make `sock` the client's connection (the tests hand in a fake socket and poller)."""
-    client.sock = sock
-    client.connected = True
-    client._recv_into = getattr(sock, "readinto", None) or sock.recv_into
-    client._write = getattr(sock, "sendall", None) or sock.write
-    client._pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but not handed out
-    client._ping_at = None  # no PINGREQ unanswered
-    client._last_tx = client._last_rx = mono_ms()
-    client._poller = poller or select.poll()
-    client._poller.register(sock, select.POLLIN)
+def attach(transport, sock, poller=None):
+    """Make `sock` the transport's connection (the tests hand in a fake socket and poller)."""
+    transport.sock = sock
+    transport.connected = True
+    transport._recv_into = getattr(sock, "readinto", None) or sock.recv_into
+    transport._write = getattr(sock, "sendall", None) or sock.write
+    transport._pending = getattr(sock, "pending", None)  # bytes TLS has decrypted but not handed out
+    transport._ping_at = None  # no PINGREQ unanswered
+    transport._last_tx = transport._last_rx = mono_ms()
+    transport._poller = poller or select.poll()
+    transport._poller.register(sock, select.POLLIN)
 
 
-def wrap(client, sock):
-    """The TLS socket over `sock`, as client.tls says: ca, cert, key, insecure, server_hostname."""
+def wrap(transport, sock):
+    """The TLS socket over `sock`, as transport.tls says: ca, cert, key, insecure, server_hostname."""
     import ssl
 
-    tls = client.tls
-    hostname = tls.get("server_hostname", client.host)
+    tls = transport.tls
+    hostname = tls.get("server_hostname", transport.host)
     if not hasattr(ssl, "SSLContext"):  # older MicroPython ports
         return ssl.wrap_socket(sock, server_hostname=hostname)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -126,19 +126,19 @@ def der(path):
     return a2b_base64(data[start:data.index(b"-----END", start)].replace(b"\n", b""))
 
 
-def connect_packet(client):
+def connect_packet(transport):
     """CONNECT: clean session, keepalive, client id, then the will, username and password if any."""
-    fields = [client.client_id]
-    flags = 0x02 if client.clean_session else 0
-    will = client.will
+    fields = [transport.client_id]
+    flags = 0x02 if transport.clean_session else 0
+    will = transport.will
     if will:
         fields += will[0], will[1]
         flags |= 0x04 | (will[2] << 3) | ((1 if will[3] else 0) << 5)
-    if client.username:  # "" is none, as in the config file
-        fields.append(client.username)
+    if transport.username:  # "" is none, as in the config file
+        fields.append(transport.username)
         flags |= 0x80
-    if client.password:
-        fields.append(client.password)
+    if transport.password:
+        fields.append(transport.password)
         flags |= 0x40
     n = 10
     for k in range(len(fields)):
@@ -148,11 +148,15 @@ def connect_packet(client):
     buf, i = packet(0x10, n)
     buf[i:i + 7] = b"\x00\x04MQTT\x04"
     buf[i + 7] = flags
-    buf[i + 8] = client.keepalive >> 8
-    buf[i + 9] = client.keepalive & 0xFF
+    buf[i + 8] = transport.keepalive >> 8
+    buf[i + 9] = transport.keepalive & 0xFF
     i += 10
-    for field in fields:
-        i = put_str(buf, i, field)
+    for field in fields:  # each with its two-byte length
+        n = len(field)
+        buf[i] = n >> 8
+        buf[i + 1] = n & 0xFF
+        buf[i + 2:i + 2 + n] = field
+        i += 2 + n
     return buf
 
 
@@ -175,34 +179,26 @@ def packet(first, remaining, room=None):
             return buf, i
 
 
-def put_str(buf, i, data):
-    """Write `data` with its two-byte length at buf[i]; returns the index after it."""
-    n = len(data)
-    buf[i] = n >> 8
-    buf[i + 1] = n & 0xFF
-    buf[i + 2:i + 2 + n] = data
-    return i + 2 + n
-
-
-def subscribe(client, topic, qos):
+def subscribe(transport, topic, qos):
     """Transport.subscribe: SUBSCRIBE with the next free packet id; None when the connection broke."""
     try:
         if isinstance(topic, str):
             topic = topic.encode()
-        buf, i = packet(0x82, 5 + len(topic))
-        pid = client._pid
+        n = len(topic)
+        buf, i = packet(0x82, 5 + n)
+        pid = transport._pid
         while True:  # the next packet id not in flight
             pid = pid % 65535 + 1
-            if pid not in client._inflight:
+            if pid not in transport._inflight:
                 break
-        client._pid = pid
-        buf[i] = pid >> 8
-        buf[i + 1] = pid & 0xFF
-        buf[put_str(buf, i + 2, topic)] = min(qos, 1)
-        client._send(buf)
+        transport._pid = pid
+        buf[i:i + 4] = bytes((pid >> 8, pid & 0xFF, n >> 8, n & 0xFF))  # then the topic's length
+        buf[i + 4:-1] = topic
+        buf[-1] = min(qos, 1)
+        transport._send(buf)
         return pid
     except OSError as exc:
-        client.close(exc)
+        transport.close(exc)
         return None
     finally:
         if not connecting:
