@@ -82,13 +82,9 @@ class Transport:
 
     def stop(self):
         """Say DISCONNECT (the broker then discards the will), close, and connect no more."""
-        self.running = False
-        if self.sock is not None:
-            try:
-                self._send(b"\xe0\x00")
-            except OSError:
-                pass
-        self.close()
+        import edge_agent.transport.umqtt_connect
+
+        edge_agent.transport.umqtt_connect.stop(self)
 
     def close(self, error=None):
         """Drop the socket without DISCONNECT (the broker then publishes the will).

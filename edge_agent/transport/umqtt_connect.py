@@ -1,10 +1,12 @@
 """What umqtt's Transport needs only while (re)connecting: the socket, TLS and its certificates,
-CONNECT and CONNACK, and SUBSCRIBE (the agent subscribes from on_connect).
+CONNECT and CONNACK, SUBSCRIBE (the agent subscribes from on_connect), the reconnect delays; and
+DISCONNECT, when the transport stops.
 
 Transport.poll imports this module for a connection attempt; when the attempt and the on_connect
 callback are over, the module releases itself (`release`): on MicroPython, forgotten by sys.modules
 and its package, its code is collected (the names it interned stay). A subscribe outside an
-attempt loads it for that one call. On CPython it stays loaded: releasing would save nothing.
+attempt, or a stop, loads it for that one call. On CPython it stays loaded: releasing would save
+nothing.
 """
 
 import os
@@ -14,7 +16,7 @@ import sys
 
 from edge_agent.clock import mono_ms
 
-connecting = False  # inside connect(): a subscribe from on_connect leaves the release to it
+connecting = False  # inside connect(): a subscribe from on_connect leaves the release to it (`release`)
 
 
 def connect(transport):
@@ -201,13 +203,25 @@ def subscribe(transport, topic, qos):
         transport.close(exc)
         return None
     finally:
-        if not connecting:
-            release()
+        release()
+
+
+def stop(transport):
+    """Transport.stop: say DISCONNECT (the broker then discards the will), close, connect no more."""
+    transport.running = False
+    try:
+        if transport.sock is not None:
+            transport._send(b"\xe0\x00")
+    except OSError:
+        pass
+    transport.close()
+    release()
 
 
 def release():
-    """MicroPython: forget this module, so its code is collected once the running call returns."""
-    if sys.implementation.name != "micropython":
+    """MicroPython: forget this module, so its code is collected once the running call returns;
+    not during a connection attempt (connect releases it at its end)."""
+    if connecting or sys.implementation.name != "micropython":
         return
     sys.modules.pop(__name__, None)
     parent, _, leaf = __name__.rpartition(".")
