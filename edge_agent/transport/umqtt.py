@@ -16,11 +16,13 @@ Trade-offs, stated first:
   its header and payload (the pieces) until its PUBACK. Incoming packets are read into one reused
   buffer.
 - Built for a small heap (bytecode loaded from .mpy lives in the heap on MicroPython's unix port):
-  what only a connection attempt needs (CONNECT, TLS and certificates, SUBSCRIBE) is in
-  umqtt_connect, imported for the attempt and released afterwards. This module keeps the live
-  connection: publish, PUBACK, incoming messages, keepalive, retransmission, backoff.
+  what only a connection attempt needs (socket, TLS and certificates, CONNECT, SUBSCRIBE, the
+  reconnect delays) and DISCONNECT are in umqtt_connect, imported for the attempt (or the stop) and
+  released afterwards. This module keeps the live connection: publish and PUBACK, incoming
+  messages, keepalive, retransmission.
 
-Protocol failures raise OSError, as socket failures do: the connection is unusable afterwards.
+Protocol failures raise OSError, as socket failures do: the connection is unusable afterwards
+(`poll` closes it and `last_error` says why).
 """
 
 import errno
