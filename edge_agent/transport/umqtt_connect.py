@@ -47,8 +47,7 @@ def connect(transport):
             if rx[3]:
                 raise OSError("connection refused, return code %d" % rx[3])
             transport._last_rx = mono_ms()
-            for pid in transport._inflight:  # the broker may not have them: send again, DUP set
-                entry = transport._inflight[pid]
+            for entry in transport._inflight.values():  # the broker may not have them: again, DUP set
                 entry[2][0] |= 0x08
                 transport._send(entry[2], entry[3])
                 entry[1] = mono_ms()
