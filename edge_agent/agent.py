@@ -6,7 +6,7 @@
 
 Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
 by the entry point; this module is part of the MicroPython-compatible core. The rare moments
-(connecting, births, stopping) live in edge_agent.lifecycle and remote tuning in
+(connecting, births) live in edge_agent.lifecycle and remote tuning in
 edge_agent.commands; both are imported when needed, and on MicroPython unloaded afterwards
 (edge_agent.unload), so their code is not resident on a small heap.
 
@@ -55,15 +55,23 @@ class SeqSource:
                 saved = 0
         self.next = max(saved, now_s * 256)
         self.limit = self.next
+        if self.path:
+            try:
+                self.reserve()  # now, while start-up has memory to spare; else at the first batch
+            except OSError:
+                pass
+
+    def reserve(self):
+        from edge_agent.statefile import write_atomic  # once every BLOCK batches: not resident
+
+        limit = self.next + self.BLOCK
+        write_atomic(self.path, str(limit))  # reserved only once written (it may fail)
+        self.limit = limit
+        unload("edge_agent.statefile")
 
     def take(self):
         if self.path and self.next >= self.limit:
-            from edge_agent.statefile import write_atomic  # once every BLOCK batches: not resident
-
-            limit = self.next + self.BLOCK
-            write_atomic(self.path, str(limit))  # reserved only once written (it may fail)
-            self.limit = limit
-            unload("edge_agent.statefile")
+            self.reserve()
         seq = self.next
         self.next += 1
         return seq
@@ -328,8 +336,11 @@ class Agent:
     def publish_birth(self):
         """The birth, now (edge_agent.lifecycle: loaded only while it is needed)."""
         self.birth_due = True  # until it is sent, even if there is no room to load lifecycle
-        from edge_agent import lifecycle
-
+        try:
+            from edge_agent import lifecycle
+        except MemoryError:
+            self.out_of_memory("birth")
+            return
         lifecycle.publish_birth(self)
         unload("edge_agent.lifecycle", "edge_agent.wire_birth")
 
@@ -337,8 +348,11 @@ class Agent:
 
     def on_connect(self):
         self.connect_due = True  # until the announcements are made (see publish_birth)
-        from edge_agent import lifecycle
-
+        try:
+            from edge_agent import lifecycle
+        except MemoryError:
+            self.out_of_memory("connect")
+            return
         lifecycle.announce(self)
         unload("edge_agent.lifecycle", "edge_agent.wire_birth")
 
@@ -417,9 +431,27 @@ class Agent:
             self.shutdown()
 
     def shutdown(self):
-        from edge_agent import lifecycle
+        """Send what is pending for a short while, then close the collectors and the transport.
 
-        lifecycle.shutdown(self)
+        Resident, not in lifecycle: a stop may come when the heap has no room to load a module."""
+        try:
+            self.flush()
+        except MemoryError:
+            self.drop_batch("stop")
+        deadline = mono_ms() + 2000
+        while len(self.outbox) and self.transport.connected and mono_ms() < deadline:
+            self.pump()
+            self.transport.poll(0.05)
+        self.outbox.save()
+        if self.transport.connected:  # a clean stop says so; the will covers the unclean ones
+            self.transport.publish(self.topics["state"], b"offline", 1, True)
+            self.transport.poll(0.1)
+        for collector in self.collectors.values():
+            try:
+                collector.close()
+            except OSError:
+                pass
+        self.transport.stop()
 
     def stop(self):
         self.running = False

@@ -1,9 +1,8 @@
-"""The agent's rare moments, kept out of its loop: a connection starts, the dictionary grows, it stops.
+"""The agent's rare moments, kept out of its loop: a connection starts, the dictionary grows.
 
 - `announce`: on every (re)connection, the retained "online" state, the latest birth and the
   command subscriptions;
-- `publish_birth`: the birth message (the series dictionary), when it grew or on connecting;
-- `shutdown`: send what is pending for a short while, save the rest, say "offline", close.
+- `publish_birth`: the birth message (the series dictionary), when it grew or on connecting.
 
 Part of the MicroPython-compatible core. The agent imports this module when one of these happens
 and unloads it afterwards (edge_agent.unload): on a small MicroPython heap its code is not resident.
@@ -11,7 +10,6 @@ Out of memory here is survived as in the loop: what failed is tried again at the
 """
 
 from edge_agent import wire
-from edge_agent.clock import mono_ms
 
 
 def announce(agent):
@@ -52,25 +50,3 @@ def publish_birth(agent):
             agent.out_of_memory("birth")
             return
         agent.stats["births"] += 1
-
-
-def shutdown(agent):
-    """Send what is pending for a short while, then close the collectors and the transport."""
-    try:
-        agent.flush()
-    except MemoryError:
-        agent.drop_batch("stop")
-    deadline = mono_ms() + 2000
-    while len(agent.outbox) and agent.transport.connected and mono_ms() < deadline:
-        agent.pump()
-        agent.transport.poll(0.05)
-    agent.outbox.save()
-    if agent.transport.connected:  # a clean stop says so; the will covers the unclean ones
-        agent.transport.publish(agent.topics["state"], b"offline", 1, True)
-        agent.transport.poll(0.1)
-    for collector in agent.collectors.values():
-        try:
-            collector.close()
-        except OSError:
-            pass
-    agent.transport.stop()

@@ -220,13 +220,13 @@ def squeezed(real, every, phase):
         count[0] += 1
         if count[0] %% every != phase:
             return real(self)
+        sys.stderr.write("squeeze pass=%%d\\n" %% count[0])  # before the squeeze: only the agent runs in it
         ballast = None
         try:
             while True:
                 ballast = [ballast, bytearray(256)]  # linked: no list to grow
         except MemoryError:
             pass
-        sys.stderr.write("squeeze pass=%%d\\n" %% count[0])
         try:
             return real(self)
         finally:
@@ -264,25 +264,22 @@ def test_mpy_agent_survives_memory_errors_and_keeps_sending(tmp_path, mosquitto_
         [MICROPYTHON, "-X", "heapsize=" + HEAP, str(driver), str(config)],
         env=dict(os.environ, MICROPYPATH="%s:.frozen" % bundle), cwd=str(work),
         stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    lost = []
+    births = []
     try:
-        def errors():
-            return [line for line in log_path.read_text().splitlines() if line.startswith("memory_error ")]
-
-        wait_for(lambda: len([e for e in errors() if "at=batch" in e]) >= 2, 40, "two batches lost to memory")
-        after = time.monotonic()
-        lost = []
-        births = []
-
-        def newer_batches():
+        def lost_reported():
             while not received.empty():
-                at, topic, payload = received.get()
+                _, topic, payload = received.get()
                 if topic.endswith("/birth"):
                     births.append(payload)
-                elif at > after:
+                else:
+                    assert births, "a data batch came before the birth it refers to"
                     lost.append(wire.parse_batch(wire.decode(payload)).ext.get("lost"))
-            return len(lost) >= 2
+            return any(entry and entry[0] >= 2 for entry in lost)
 
-        wait_for(newer_batches, 20, "batches after the memory errors")
+        # the squeezed flushes drop their batch (the `memory_error` log line itself may not fit in a
+        # squeezed heap: the batches that follow are what reports the loss, exactly)
+        wait_for(lost_reported, 60, "two batches lost to memory reported in ext.lost")
         assert agent.poll() is None, "the agent exited"
     finally:
         client.loop_stop()
@@ -293,10 +290,8 @@ def test_mpy_agent_survives_memory_errors_and_keeps_sending(tmp_path, mosquitto_
     log = log_path.read_text()
     print(log[-3000:])
     assert "Traceback" not in log and "squeeze pass=" in log
-    # the first batch's birth did not fit either: it was sent at a later pass, before any data
-    assert "memory_error at=birth" in log
-    assert births, "no birth received"
-    # the dropped batches are reported: ext.lost counts at least the two lost before `after`
-    assert lost[-1] is not None and lost[-1][0] >= 2 and lost[-1][1] > 0, lost
+    reported = [entry for entry in lost if entry]
+    assert reported[-1][0] >= 2 and reported[-1][1] > 0, lost
+    assert [entry[0] for entry in reported] == sorted(entry[0] for entry in reported)  # counts only grow
     stop = [line for line in log.splitlines() if line.startswith("agent_stop ")]
     assert stop, "no clean stop after the memory errors"
