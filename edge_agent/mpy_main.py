@@ -25,6 +25,7 @@ import gc
 import sys
 import time
 
+from edge_agent import unload
 from edge_agent.clock import mono_ms
 from edge_agent.transport.umqtt import Transport
 
@@ -33,16 +34,8 @@ HEAP = [0, 0]  # highest gc.mem_alloc() after a collection; the latest one taken
 
 
 def release(*names):
-    """Forget modules imported for a while, so their code can be collected (their qstrs stay)."""
-    for name in names:
-        if name in sys.modules:
-            del sys.modules[name]
-        parent, _, leaf = name.rpartition(".")
-        if parent in sys.modules:
-            try:
-                delattr(sys.modules[parent], leaf)
-            except (AttributeError, KeyError):  # MicroPython: KeyError when it is not there
-                pass
+    """Forget modules imported for a while (edge_agent.unload) and collect their code now."""
+    unload(*names)
     gc.collect()
 
 
