@@ -132,6 +132,16 @@ class Transport:
             raise OSError(errno.ENOMEM)
         self._last_tx = mono_ms()
 
+    def next_pid(self):
+        """The next packet id not in flight (PUBLISH QoS 1 here, SUBSCRIBE in umqtt_connect)."""
+        pid = self._pid
+        while True:
+            pid = pid % 65535 + 1
+            if pid not in self._inflight:
+                break
+        self._pid = pid
+        return pid
+
     def publish(self, topic, payload, qos=1, retain=False):
         """Send a message; returns a token for `acked`, or None when not connected or the window is full.
 
@@ -173,12 +183,7 @@ class Transport:
             payload = None
         self._token += 1
         if qos:
-            pid = self._pid
-            while True:  # the next packet id not in flight
-                pid = pid % 65535 + 1
-                if pid not in self._inflight:
-                    break
-            self._pid = pid
+            pid = self.next_pid()
             buf[i] = pid >> 8
             buf[i + 1] = pid & 0xFF
             self._inflight[pid] = [self._token, mono_ms(), buf, payload]

@@ -187,12 +187,7 @@ def subscribe(transport, topic, qos):
             topic = topic.encode()
         n = len(topic)
         buf, i = packet(0x82, 5 + n)
-        pid = transport._pid
-        while True:  # the next packet id not in flight
-            pid = pid % 65535 + 1
-            if pid not in transport._inflight:
-                break
-        transport._pid = pid
+        pid = transport.next_pid()
         buf[i:i + 4] = bytes((pid >> 8, pid & 0xFF, n >> 8, n & 0xFF))  # then the topic's length
         buf[i + 4:-1] = topic
         buf[-1] = min(qos, 1)
