@@ -165,7 +165,8 @@ def main(argv):
         agent.run()
     except KeyboardInterrupt:
         pass
-    log("agent_stop", device=agent.device, heap_high=HEAP[0], batches=agent.stats["batches"])
+    log("agent_stop", device=agent.device, heap_high=HEAP[0], batches=agent.stats["batches"],
+        unsent=agent.stats["unsent"])
     return 0
 
 

@@ -140,3 +140,20 @@ def test_the_loop_carries_on_after_a_memory_error():
     agent.run()
     assert len(calls) == 4 and agent.stats["memory_errors"] == 1
     assert ("memory_error", {"at": "loop"}) in logged
+
+
+def test_the_stop_line_counts_what_was_left_unacknowledged():
+    """Batches the stop cannot deliver are counted in stats["unsent"] (no later batch reports them)."""
+    agent, _logged = make_agent()
+    agent.transport.connected = False  # the broker is away: nothing can be delivered at the stop
+    for _ in range(3):
+        agent.sample(["memory"])
+        agent.flush()
+    agent.shutdown()
+    assert agent.stats["batches"] == 3 and agent.stats["unsent"] == 3
+
+    agent, _logged = make_agent()  # connected and acknowledged at once: nothing left
+    agent.sample(["memory"])
+    agent.flush()
+    agent.shutdown()
+    assert agent.stats["batches"] == 1 and agent.stats["unsent"] == 0
