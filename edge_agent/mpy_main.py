@@ -148,10 +148,18 @@ def collector_factory(root):
 
 
 def main(argv):
-    from edge_agent import mpy_setup
-
     path = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
-    agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
+    try:
+        from edge_agent import mpy_setup
+
+        agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
+    except MemoryError:  # a heap too small for the job: say so, rather than a traceback
+        mpy_setup = None
+        release("edge_agent.mpy_setup", "edge_agent.config", "edge_agent.statefile", *REGISTRY)
+        sys.stderr.write("edge-agent: out of memory while starting in a %d KB heap; run MicroPython with a "
+                         "larger one (-X heapsize=128K, EDGE_AGENT_HEAP for the launcher)\n"
+                         % ((gc.mem_alloc() + gc.mem_free()) // 1024))
+        return 3
     mpy_setup = None
     release("edge_agent.mpy_setup", "edge_agent.statefile", *REGISTRY)
     if agent is None:

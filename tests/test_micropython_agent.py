@@ -295,3 +295,65 @@ def test_mpy_agent_survives_memory_errors_and_keeps_sending(tmp_path, mosquitto_
     assert [entry[0] for entry in reported] == sorted(entry[0] for entry in reported)  # counts only grow
     stop = [line for line in log.splitlines() if line.startswith("agent_stop ")]
     assert stop, "no clean stop after the memory errors"
+
+
+LAUNCHER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "firmware", "files",
+                        "edge-agent-mpy")
+
+
+@pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="the micropython binary is part of the venv")
+def test_launcher_stops_the_agent_cleanly_on_sigterm(tmp_path, mosquitto_broker, bundle):
+    """procd and systemd stop a service with SIGTERM, which MicroPython cannot handle: the launcher
+    passes it on as SIGINT, so the agent sends its pending ticks before it exits (none is lost)."""
+    port = mosquitto_broker
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "device_id": "mpy-term", "broker": "mqtt://127.0.0.1:%d" % port, "interval_s": 0.5, "batch_s": 2.0,
+        "state_dir": str(tmp_path / "state"), "commands": {"enabled": False},
+        "collectors": {"load": {"enabled": False}, "system": {"enabled": False}},
+    }))
+    batches: queue.Queue = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mpy-term-sub")
+    client.on_message = lambda c, u, m: batches.put(m.payload)
+    client.connect("127.0.0.1", port)
+    client.subscribe("edge/mpy-term/data", 1)
+    client.loop_start()
+    log_path = tmp_path / "agent.out"
+    launcher = subprocess.Popen(
+        ["/bin/sh", LAUNCHER, str(config)],
+        env=dict(os.environ, EDGE_AGENT_LIB=str(bundle), MICROPYTHON=MICROPYTHON, EDGE_AGENT_HEAP="160K"),
+        cwd=str(tmp_path), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: not batches.empty(), 30, "a first batch from the launched agent")
+        time.sleep(1.2)  # mid-batch: ticks are waiting in the builder when the stop comes
+        launcher.terminate()
+        assert launcher.wait(15) == 0
+        time.sleep(0.5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        if launcher.poll() is None:
+            launcher.kill()
+    log = log_path.read_text()
+    print(log[-2000:])
+    stop = [line for line in log.splitlines() if line.startswith("agent_stop ")]
+    assert stop, "no clean stop: SIGTERM ended the agent at once"
+    fields = dict(word.split("=", 1) for word in stop[0].split()[1:])
+    received = set()
+    while not batches.empty():
+        received.add(bytes(batches.get()))
+    # every batch made arrived, the last one (flushed by the stop) included; nothing left unsent
+    assert fields["unsent"] == "0" and int(fields["batches"]) == len(received) >= 2, (fields, len(received))
+
+
+@pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="the micropython binary is part of the venv")
+def test_a_heap_too_small_to_start_is_a_clear_error(tmp_path, bundle):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"device_id": "mpy-small", "broker": "mqtt://127.0.0.1:1",
+                                  "state_dir": str(tmp_path / "state")}))
+    proc = subprocess.run([MICROPYTHON, "-X", "heapsize=40K", "-m", "edge_agent.mpy_main", str(config)],
+                          env=dict(os.environ, MICROPYPATH="%s:.frozen" % bundle), cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "out of memory while starting in a 39 KB heap" in proc.stderr and "-X heapsize=" in proc.stderr
+    assert "Traceback" not in proc.stderr

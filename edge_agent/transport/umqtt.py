@@ -83,10 +83,16 @@ class Transport:
         self.running = True
 
     def stop(self):
-        """Say DISCONNECT (the broker then discards the will), close, and connect no more."""
-        import edge_agent.transport.umqtt_connect
+        """Say DISCONNECT (the broker then discards the will), close, and connect no more.
 
-        edge_agent.transport.umqtt_connect.stop(self)
+        Resident, not in umqtt_connect: a stop may come when the heap has no room to load a module."""
+        self.running = False
+        try:
+            if self.sock is not None:
+                self._send(b"\xe0\x00")
+        except OSError:
+            pass
+        self.close()
 
     def close(self, error=None):
         """Drop the socket without DISCONNECT (the broker then publishes the will).

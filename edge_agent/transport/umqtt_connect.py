@@ -1,11 +1,10 @@
 """What umqtt's Transport needs only while (re)connecting: the socket, TLS and its certificates,
-CONNECT and CONNACK, SUBSCRIBE (the agent subscribes from on_connect), the reconnect delays; and
-DISCONNECT, when the transport stops.
+CONNECT and CONNACK, SUBSCRIBE (the agent subscribes from on_connect), the reconnect delays.
 
 Transport.poll imports this module for a connection attempt; when the attempt and the on_connect
 callback are over, the module releases itself (`release`): on MicroPython, forgotten by sys.modules
 and its package, its code is collected (the names it interned stay). A subscribe outside an
-attempt, or a stop, loads it for that one call. On CPython it stays loaded: releasing would save
+attempt loads it for that one call. On CPython it stays loaded: releasing would save
 nothing.
 """
 
@@ -198,18 +197,6 @@ def subscribe(transport, topic, qos):
         return None
     finally:
         release()
-
-
-def stop(transport):
-    """Transport.stop: say DISCONNECT (the broker then discards the will), close, connect no more."""
-    transport.running = False
-    try:
-        if transport.sock is not None:
-            transport._send(b"\xe0\x00")
-    except OSError:
-        pass
-    transport.close()
-    release()
 
 
 def release():
