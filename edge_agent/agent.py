@@ -334,27 +334,26 @@ class Agent:
         return int(self.config["interval_s"] * 1000)
 
     def publish_birth(self):
-        """The birth, now (edge_agent.lifecycle: loaded only while it is needed)."""
+        """The birth, now."""
         self.birth_due = True  # until it is sent, even if there is no room to load lifecycle
+        self.run_lifecycle("publish_birth", "birth")
+
+    def run_lifecycle(self, task, where):
+        """edge_agent.lifecycle's `task`, with the module loaded only while it runs; without room to
+        load it, a MemoryError at `where` (the caller's *_due flag has it tried at the next pass)."""
         try:
             from edge_agent import lifecycle
         except MemoryError:
-            self.out_of_memory("birth")
+            self.out_of_memory(where)
             return
-        lifecycle.publish_birth(self)
+        getattr(lifecycle, task)(self)
         unload("edge_agent.lifecycle", "edge_agent.wire_birth")
 
     # ------------------------------------------------------------------ network
 
     def on_connect(self):
         self.connect_due = True  # until the announcements are made (see publish_birth)
-        try:
-            from edge_agent import lifecycle
-        except MemoryError:
-            self.out_of_memory("connect")
-            return
-        lifecycle.announce(self)
-        unload("edge_agent.lifecycle", "edge_agent.wire_birth")
+        self.run_lifecycle("announce", "connect")
 
     def on_message(self, topic, payload):
         if self.commands is None:
