@@ -7,6 +7,7 @@ edge_agent.commands; the harnesses import the builders to set up their state the
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -26,6 +27,17 @@ NOW = 1_763_740_800
 DEVICE_KEY = "device-secret"
 FLEET_KEY = "hex:00112233445566778899aabbccddeeff"
 TOPICS = ("edge/dev-7/cmd", "edge/_fleet/cmd", "edge/_group/edge-west/cmd", "edge/dev-8/cmd")
+
+
+def same(a: object, b: object) -> bool:
+    """Equality where NaN equals NaN and a list is a list (msgpack gives lists for tuples too)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
 
 
 def table() -> tuple[SeriesTable, list[Series]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 import struct
 import tempfile
@@ -30,6 +29,7 @@ from test_commands import DEVICE_KEY, FLEET_KEY, NOW, make_agent
 from edge_agent import commands, umsgpack
 from edge_agent.commands import sign
 from edge_agent.model import COUNTER, Series, SeriesTable
+from fuzz.seeds import same
 from gateway.decode import Dictionaries, Rejected, UnknownDictionary
 from gateway.dedupe import SeqTracker
 from gateway.otlp import to_request
@@ -543,17 +543,6 @@ def umsgpack_reason(data: bytes) -> str | None:
         return None
     except ValueError:
         return "ValueError"
-
-
-def same(a: object, b: object) -> bool:
-    """Equality where NaN equals NaN and a list is a list (msgpack gives lists for tuples too)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
 
 
 @FUZZ
