@@ -146,7 +146,6 @@ class Resolution:
 
 def resolve(btf, type_id, access, kind, fields):
     """One relocation (local type id, access string "0:member[:index]", kind) -> Resolution."""
-    from edge_agent.collectors import bpf_object as o
 
     record = btf.name(type_id)
     if not record.startswith("trace_event_raw_"):

@@ -17,7 +17,7 @@ import time
 
 from edge_agent.collectors import bpf_syscall as sys_
 from edge_agent.collectors.bpf_check import object_data
-from edge_agent.collectors.bpf_loader import LoadError, Loaded
+from edge_agent.collectors.bpf_loader import Loaded, LoadError
 from edge_agent.collectors.bpf_object import BpfObject
 
 _lib = None

@@ -25,7 +25,7 @@ import time
 
 from edge_agent.collectors import bpf_syscall as sys_
 from edge_agent.collectors.bpf_check import object_data, tracefs
-from edge_agent.collectors.bpf_core import CoreError, parse_format, parse_symbolic, relocate
+from edge_agent.collectors.bpf_core import parse_format, parse_symbolic, relocate
 from edge_agent.collectors.bpf_object import BPF_LD_IMM64, BpfObject, BpfObjectError
 
 BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE = 1, 2
@@ -194,7 +194,7 @@ def _sum(values, name):
 
 
 def _sums(values, name):
-    return [sum(column) for column in zip(*[v[name] for v in values])]
+    return [sum(column) for column in zip(*[v[name] for v in values], strict=True)]
 
 
 def _cstring(raw):
