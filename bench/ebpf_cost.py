@@ -14,7 +14,8 @@
    default as an unprivileged user (auto: procfs cpu, netlink network), and the zipapp (built by
    `python -m firmware build`) run from its .pyc and with its .pyc taken out. Per agent: start-up
    (wall and CPU seconds until `agent_start`), VmRSS and VmHWM at the end, CPU share in the
-   window, births (count, bytes; a new series re-sends the birth) and bytes per sample on the wire.
+   window, births (count, bytes; a new series re-sends the birth) and bytes per sample on the wire
+   (data messages; and with the births sent in the window).
 
 Prints tables, then one JSON line with every figure. Not run in CI (root, minutes). On a shared
 machine compare ratios, which come from one run under one load.
@@ -262,6 +263,7 @@ def agents_cost(args, tmp):
                 a["births"] = list(counter.births.get(a["device"], []))
                 sent, samples = counter.data.get(a["device"], [0, 0])
                 a["bytes_per_sample"] = sent / samples if samples else None
+                a["with_births"] = (sent + sum(a["births"])) / samples if samples else None
     finally:
         for a in agents:
             stop(a["proc"], 10)
@@ -318,20 +320,20 @@ def main():
     base = [a for a in agents if a["label"] == "procfs"][0]
     print("\nagents, every collector at 1 s, one broker, the same %.0f s window:" % args.seconds)
     print("| mode | backends | start s | start CPU s | VmRSS MiB | VmHWM MiB | HWM - procfs | CPU % | births (bytes) "
-          "| bytes/sample |\n|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| bytes/sample | with births |\n|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     rows = []
     for a in agents:
         extra = a["hwm_mib"] - base["hwm_mib"]
         target = TARGETS.get(a["label"])
         verdict = "" if target is None else (" (≤ %g: %s)" % (target, "PASS" if extra <= target else "FAIL"))
-        bps = "%.2f" % a["bytes_per_sample"] if a["bytes_per_sample"] else "-"
+        bps = "%.2f | %.2f" % (a["bytes_per_sample"], a["with_births"]) if a["bytes_per_sample"] else "- | -"
         print("| %s | %s | %.2f | %.2f | %.1f | %.1f | %+.1f%s | %.2f | %d (%s) | %s |" % (
             a["label"], a["collectors"].replace('"', ""), a["start_s"], a["start_cpu_s"], a["rss_mib"], a["hwm_mib"],
             extra, verdict, a["cpu_pct"], len(a["births"]), ", ".join(str(b) for b in a["births"]), bps))
         for line in a["fallback"]:
             print("    " + line)
         rows.append(dict((k, a[k]) for k in ("label", "collectors", "start_s", "start_cpu_s", "rss_mib", "hwm_mib",
-                                             "cpu_pct", "births", "bytes_per_sample", "fallback")))
+                                             "cpu_pct", "births", "bytes_per_sample", "with_births", "fallback")))
     figures["agents"] = rows
     print(json.dumps(figures, separators=(",", ":")))
 

@@ -21,6 +21,28 @@ from edge_agent.collectors.bpf_loader import Loaded, LoadError
 from edge_agent.collectors.bpf_object import BpfObject
 
 _lib = None
+_printer = None
+# expected: the flavor of a field whose size does not match this kernel is poisoned in dead code
+# (cpu.bpf.c, prev_state); libbpf warns about it at every load
+EXPECTED = b"accesses field incorrectly"
+
+
+def _quiet(lib):
+    """Route libbpf's messages through a filter: warnings only, without the expected one."""
+    global _printer
+    libc = ctypes.CDLL(None)
+    buf = ctypes.create_string_buffer(1024)
+
+    def printer(level, fmt, args):
+        if level == 0:  # LIBBPF_WARN
+            libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
+            if EXPECTED not in buf.value:
+                os.write(2, buf.value)
+        return 0
+
+    _printer = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(printer)
+    lib.libbpf_set_print.restype = ctypes.c_void_p
+    lib.libbpf_set_print(_printer)
 
 
 def libbpf():
@@ -47,6 +69,7 @@ def libbpf():
         ):
             f = getattr(lib, fn)
             f.restype, f.argtypes = restype, argtypes
+        _quiet(lib)
         _lib = lib
     return _lib
 

@@ -36,6 +36,7 @@ Example output:
     system.linux.network.mtu{device=eth0}                              1500
 """
 
+import gc
 import os
 import socket
 import struct
@@ -228,7 +229,13 @@ class NetlinkCollector:
     def links(self):
         self.seq += 1
         messages = dump_links(self.query, self.seq, self.ifinfmsg)
-        return [link for link in (parse_link(m) for m in messages) if link["name"] and self._wanted(link["name"])]
+        links = [link for link in (parse_link(m) for m in messages) if link["name"] and self._wanted(link["name"])]
+        # pyroute2's messages hold themselves in a cycle (nlmsg_base.chain = [self]): free this read's
+        # now, in the young generations, rather than let them pile up to the next automatic
+        # collection (+2.4 MiB of peak RSS measured; collecting makes a read cheaper, not dearer)
+        del messages
+        gc.collect(1)
+        return links
 
     def collect(self):
         links = self.links()
