@@ -8,7 +8,7 @@ Artifacts (VERSION is edge_agent.__version__):
   edge-agent-micropython-VERSION.tar.gz  root-file-system layout: .mpy modules, launcher, config, guide
   edge-agent_VERSION-1_all.ipk           OpenWrt package (procd service) running that bundle
   edge-agent-VERSION.pyz                 CPython zipapp (edge_agent + vendored paho-mqtt, .py and .pyc, eBPF objects)
-  edge-agent-cpython-VERSION.tar.gz      the zipapp, systemd unit and config, for `tar -C /`
+  edge-agent-cpython-VERSION.tar.gz      the zipapp, eBPF objects, systemd unit and config, for `tar -C /`
 each with ARTIFACT.manifest.json (version, commit, files with sizes and sha256), plus SHA256SUMS.
 """
 
@@ -286,12 +286,13 @@ def vendored_paho(log):
     return entries
 
 
-def cpython_bundle(pyz_bytes, config, ver, mtime):
+def cpython_bundle(pyz_bytes, config, ver, mtime, objects=()):
     entries = [
         (LIB + "/edge-agent.pyz", pyz_bytes, 0o755),
         ("./etc/systemd/system/edge-agent.service", read(os.path.join(FILES, "edge-agent.service")), 0o644),
         (CONFIG, config, 0o644),
     ]
+    entries.extend((LIB + "/bpf/" + name, data, 0o644) for name, data in objects)  # the unit's EDGE_AGENT_BPF_DIR
     return tar_gz(with_dirs(entries), mtime), entries
 
 
@@ -336,7 +337,7 @@ def build_all(out="dist", vendor=True, log=print):
     app_entries = pyz(vendor, log, objects)
     app = zipapp(app_entries, mtime)
     artifacts.append(("%s-%s.pyz" % (PACKAGE, ver), app, app_entries, info))
-    bundle, entries = cpython_bundle(app, config, ver, mtime)
+    bundle, entries = cpython_bundle(app, config, ver, mtime, objects)
     artifacts.append(("%s-cpython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, info))
 
     os.makedirs(out, exist_ok=True)

@@ -21,7 +21,8 @@ def dist(tmp_path_factory):
                           text=True, timeout=300, env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"))
     assert proc.returncode == 0, proc.stderr
     names = os.listdir(out)
-    return dict((kind, os.path.join(out, [n for n in names if n.endswith(kind)][0])) for kind in (".pyz", ".ipk"))
+    return dict((kind, os.path.join(out, [n for n in names if n.endswith(kind)][0]))
+                for kind in (".pyz", ".ipk", "cpython-0.1.0.tar.gz"))
 
 
 def _bpf_bytes(name):
@@ -55,6 +56,17 @@ def test_the_ipk_carries_the_objects(dist):
             got = dict((m.name, inner.extractfile(m).read()) for m in inner.getmembers() if "/bpf/" in m.name and m.isfile())
     assert sorted(got) == ["./usr/lib/edge-agent/bpf/" + n for n in OBJECTS]
     assert all(got["./usr/lib/edge-agent/bpf/" + n] == _bpf_bytes(n) for n in OBJECTS)
+
+
+def test_the_systemd_bundle_has_the_objects_where_its_unit_looks(dist):
+    with tarfile.open(dist["cpython-0.1.0.tar.gz"]) as tar:
+        files = dict((m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile())
+    unit = files["./etc/systemd/system/edge-agent.service"].decode()
+    where = [w.split("=", 1)[1] for line in unit.split("\n") if line.startswith("Environment=")
+             for w in line.split() if w.startswith("EDGE_AGENT_BPF_DIR=")]
+    assert where, unit  # without it the agent reads the objects inside the zipapp
+    for name in OBJECTS:
+        assert files.get("." + where[0] + "/" + name) == _bpf_bytes(name), (where, sorted(files))
 
 
 def test_the_wheel_carries_the_objects(tmp_path):
