@@ -243,3 +243,24 @@ def test_syscall_and_ioctl_numbers_match_the_headers(tmp_path, abi, compiler, ma
 def test_cpu_ranges():
     assert bpf_syscall.cpu_ranges("0-3,5\n") == {0, 1, 2, 3, 5}
     assert bpf_syscall.cpu_ranges("0") == {0}
+
+
+def test_kernels_before_5_11_get_their_memlock_limit_lifted():
+    """Old kernels charge maps to RLIMIT_MEMLOCK: the loader lifts it (in a child: limits are per process)."""
+    code = """
+import resource
+from edge_agent.collectors import bpf_check, bpf_loader
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]))
+bpf_check.kernel_version = lambda release=None: (6, 1)
+bpf_loader._raise_memlock()
+print(resource.getrlimit(resource.RLIMIT_MEMLOCK)[0])
+bpf_check.kernel_version = lambda release=None: (5, 10)
+bpf_loader._raise_memlock()
+print(resource.getrlimit(resource.RLIMIT_MEMLOCK)[0])
+"""
+    import resource
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert int(out[0]) == 65536  # 5.11+: memory cgroups account maps, nothing to do
+    assert int(out[1]) in (resource.RLIM_INFINITY, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]) and int(out[1]) != 65536

@@ -99,6 +99,7 @@ def load(name, constants=None, sizes=None):
     try:
         obj = BpfObject(object_data(name))
         step = "creating its maps"
+        _raise_memlock()
         _create_maps(loaded, obj, constants or {}, sizes or {})
         old = _kernel_lacks_probe_read_kernel()
         for program in obj.programs:
@@ -160,6 +161,21 @@ def _link_maps(program, loaded, order):
         program.insns[pos + 1] = (regs & 0x0F) | (pseudo << 4) if order == "<" else (regs & 0xF0) | pseudo
         struct.pack_into(order + "i", program.insns, pos + 4, loaded.maps[map_name].fd)
         struct.pack_into(order + "i", program.insns, pos + 12, offset)
+
+
+def _raise_memlock():
+    """Kernels before 5.11 charge maps to RLIMIT_MEMLOCK (often 64 KiB): lift it, as libbpf does."""
+    from edge_agent.collectors.bpf_check import kernel_version
+
+    if kernel_version() >= (5, 11):
+        return
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):  # not privileged to raise the hard limit: up to it
+        hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
 
 
 def _kernel_lacks_probe_read_kernel():
