@@ -74,7 +74,7 @@ def _ebpf(name, section, proc_root, companion):
 
         program = bpf_loader.NetProgram(loader=_loader())
         return EbpfNetCollector(program, companion(name), section.get("include"), section.get("exclude")), None
-    except Exception as e:  # compile, verifier or attach failure: report and fall back
+    except Exception as e:  # relocation, verifier or attach failure: report and fall back
         if program is not None:
             program.close()
         return None, "the eBPF program failed to load (%s)" % _first_line(e)
