@@ -29,8 +29,8 @@ def load_config(path, release):
 
 
 def device_info(cfg, effective):
-    from edge_agent.collectors.procfs import read_text
     from edge_agent.clock import wall_ms
+    from edge_agent.collectors.procfs import read_text
     from edge_agent.collectors.procfs_system import read_boot, read_host
 
     root = cfg["proc_root"]
