@@ -17,10 +17,11 @@ Collector's prometheusremotewrite exporter does, so dashboards work whichever pa
 
 `RemoteWriteExporter.send(otlp_request)` posts it (protobuf, snappy, the remote-write headers)
 and answers like the OTLP exporters: OK, retryable (connection errors, 5xx, 429 with
-Retry-After) or not. A 400 (Prometheus refuses a whole request for one sample it cannot take:
-out of order, out of bounds) does not take other data with it: the request is sent again per
-device and, within a device, the refused oldest part is found by halving; what Prometheus accepts
-is delivered, what it refuses is counted as `rejected_points` (logged, not retried).
+Retry-After) or not. A refusal (Prometheus rolls a whole request back for one sample it cannot
+take — out of order, out of bounds, too old — and answers 400, or 500 "too old sample" in 2.42)
+does not take other data with it: the request is sent again per device and, within a device, the
+refused oldest part is found by halving; what Prometheus accepts is delivered, what it refuses is
+counted as `rejected_points` (logged, not retried).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ UNITS = {
 }
 PER_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
 RESOURCE_AS_LABELS = ("service.name", "service.namespace", "service.instance.id")
+# what Prometheus answers when it refuses samples for good (2.42 answers "too old sample" with a 500)
+REFUSALS = ("out of order sample", "out of bounds", "too old sample", "duplicate sample for timestamp")
+REFUSED = "refused"
 
 
 # ---------------------------------------------------------------- names
@@ -286,7 +290,7 @@ class RemoteWriteExporter:
         if not total:
             return OK
         outcome = self._post(write_request(converted.resources, converted.metadata)[0])
-        if outcome.ok or outcome.reason != "http_400":
+        if outcome.ok or outcome.reason != REFUSED:
             return outcome
         rejected = 0
         for resource in converted.resources:  # one device's refused samples must not take the others'
@@ -298,7 +302,7 @@ class RemoteWriteExporter:
             log.warning("Prometheus refused %d of %d samples (out of order or too old)", rejected, total,
                         extra={"fields": {"event": "remote_write_refused", "samples": rejected}})
         if rejected == total:
-            return Outcome(False, False, "http_400", rejected_points=rejected)
+            return Outcome(False, False, REFUSED, rejected_points=rejected)
         return Outcome(True, rejected_points=rejected)
 
     def _deliver(self, resources: list[dict], metadata: dict) -> Outcome:
@@ -307,7 +311,7 @@ class RemoteWriteExporter:
         if not count:
             return OK
         outcome = self._post(request)
-        if outcome.ok or outcome.reason != "http_400":
+        if outcome.ok or outcome.reason != REFUSED:
             return outcome
         times = sorted({t for series in resources for points in series.values() for t, _ in points})
         lo, hi, rejected = 0, len(times), 0
@@ -317,7 +321,7 @@ class RemoteWriteExporter:
             outcome = self._post(request)
             if outcome.ok:
                 hi = mid
-            elif outcome.reason == "http_400":
+            elif outcome.reason == REFUSED:
                 rejected += write_request(resources, {}, times[lo], times[mid])[1]
                 lo = mid + 1
             else:
@@ -350,9 +354,10 @@ class RemoteWriteExporter:
             return OK
         except urllib.error.HTTPError as exc:
             code = exc.code
-            detail = exc.read(200).decode("utf-8", "replace").strip()
-            if code == 400:
-                log.info("remote write answered 400: %s", detail, extra={"fields": {"event": "remote_write_400"}})
+            detail = exc.read(300).decode("utf-8", "replace").strip()
+            if code == 400 or (code >= 500 and any(phrase in detail for phrase in REFUSALS)):
+                log.info("remote write refused (%d): %s", code, detail, extra={"fields": {"event": "remote_write_refused"}})
+                return Outcome(False, False, REFUSED)
             retryable = code == 429 or code >= 500
             return Outcome(False, retryable, "http_%d" % code, _retry_after(exc.headers.get("Retry-After")))
         except TimeoutError:
