@@ -199,8 +199,8 @@ class Gateway:
         lag_s = max(0.0, now - resolved.last_tick_ms() / 1000.0)
         self.metrics.exported_batches.inc()
         self.metrics.lag.observe(lag_s)
-        if lag_s > self.late_after_s:
-            self.metrics.late_samples.inc(resolved.samples(), device=device)
+        # the series exists (at 0) from the device's first batch, so dashboards and alerts see it
+        self.metrics.late_samples.inc(resolved.samples() if lag_s > self.late_after_s else 0, device=device)
         if self.events is not None:
             self.events.batch(resolved)
         if gap:
