@@ -235,7 +235,9 @@ class GrpcExporter:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             return Outcome(False, code in RETRYABLE_GRPC, "grpc_" + code.name.lower())
-        return Outcome(True, rejected_points=response.partial_success.rejected_data_points)
+        partial = response.partial_success  # metrics count data points, logs log records
+        return Outcome(True, rejected_points=getattr(partial, "rejected_data_points", None)
+                       or getattr(partial, "rejected_log_records", 0))
 
     def close(self) -> None:
         self._channel.close()
