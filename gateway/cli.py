@@ -156,7 +156,8 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline.stop(timeout=5.0)  # flush while still connected, so the acks reach the broker
     intake.stop()
     if events is not None:
-        events.stop(timeout=2.0)
+        events.stop(timeout=2.0)  # a file it shares with the metrics is closed after it (close() is idempotent)
+        logs_exporter.close()
     status.stop()
     if state is not None:
         state.close()

@@ -266,11 +266,20 @@ class FileExporter:
                 self._stream.flush()
         except OSError:
             return Outcome(False, True, "write")
+        except ValueError:  # closed: the gateway is stopping
+            return Outcome(False, False, "closed")
         return OK
+
+    def sharing(self) -> FileExporter:
+        """Another exporter writing to the same stream, under the same lock, that does not close it."""
+        other = FileExporter(stream=self._stream)
+        other._lock = self._lock
+        return other
 
     def close(self) -> None:
         if self._own:
-            self._stream.close()
+            with self._lock:
+                self._stream.close()
 
 
 # ---------------------------------------------------------------- retry policy

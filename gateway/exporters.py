@@ -81,7 +81,7 @@ def choose(args: argparse.Namespace) -> tuple[Exporter, Exporter | None, str]:
             output = "-"
     if output is not None:
         logs = FileExporter(output)  # metrics and logs as lines of one file, as the Collector's file exporter
-        parts.append(("file " + ("stdout" if output == "-" else output), logs))
+        parts.append(("file " + ("stdout" if output == "-" else output), logs.sharing()))
     if args.prometheus_remote_write:
         parts.append(("prometheus remote write " + args.prometheus_remote_write,
                       RemoteWriteExporter(remote_write_config(args))))
