@@ -202,3 +202,20 @@ def test_counters_that_start_with_their_collector_carry_that_start():
     lost = metric(request, "edge.agent.lost.samples")
     assert lost.sum.is_monotonic and [p.as_int for p in lost.sum.data_points] == [40]
     assert metric(request, "edge.agent.lost.batches").sum.data_points[0].as_int == 2
+
+
+def test_every_metric_name_a_collector_can_make_is_in_the_catalog():
+    """procfs, netlink and eBPF collectors: each metric name in their source has a type, unit and description."""
+    import pathlib
+    import re
+
+    sources = pathlib.Path(__file__).resolve().parent.parent / "edge_agent" / "collectors"
+    names = set()
+    for path in sources.glob("*.py"):
+        names |= set(re.findall(r'"((?:system|process)\.[a-z_.0-9]*[a-z0-9])"', path.read_text()))
+    names = {n for n in names if n != "process.command"}  # an attribute key, not a metric
+    names |= {"system.cpu.load_average." + w for w in ("1m", "5m", "15m")}  # built from a prefix
+    assert len(names) > 25
+    missing = sorted(n for n in names if n not in CATALOG)
+    assert not missing, "add these to gateway/conventions.py CATALOG: %s" % missing
+    assert all(CATALOG[n].description for n in names)
