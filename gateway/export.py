@@ -176,22 +176,34 @@ class HttpExporter:
         if self.config.compression == "gzip":
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
-        http_request = urllib.request.Request(self.config.endpoint, body, headers, method="POST")
-        try:
-            with urllib.request.urlopen(http_request, timeout=self.config.timeout_s, context=self._context) as answer:
-                reply = answer.read()
-            return _partial(reply) if reply else OK
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-            return Outcome(False, code in RETRYABLE_HTTP, "http_%d" % code, _retry_after(exc.headers.get("Retry-After")))
-        except TimeoutError:
-            return Outcome(False, True, "timeout")
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return Outcome(False, True, "timeout" if isinstance(reason, TimeoutError) else "connection")
+        outcome, reply = post(self.config.endpoint, body, headers, self.config.timeout_s, self._context)
+        if outcome.ok and reply:
+            return _partial(reply)
+        return outcome
 
     def close(self) -> None:
         pass
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, context: ssl.SSLContext | None,
+         answer: Callable[[int, str], Outcome | None] | None = None) -> tuple[Outcome, bytes]:
+    """One HTTP POST: (OK, the reply's body), or (the failure, b""). An error answer is retryable when
+    its code is in RETRYABLE_HTTP, unless `answer(code, first bytes of its body)` decides otherwise."""
+    http_request = urllib.request.Request(url, body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(http_request, timeout=timeout_s, context=context) as reply:
+            return OK, reply.read()
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+        decided = answer(code, exc.read(300).decode("utf-8", "replace").strip()) if answer else None
+        if decided is not None:
+            return decided, b""
+        return Outcome(False, code in RETRYABLE_HTTP, "http_%d" % code, _retry_after(exc.headers.get("Retry-After"))), b""
+    except TimeoutError:
+        return Outcome(False, True, "timeout"), b""
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Outcome(False, True, "timeout" if isinstance(reason, TimeoutError) else "connection"), b""
 
 
 def _partial(body: bytes) -> Outcome:

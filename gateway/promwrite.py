@@ -30,8 +30,6 @@ import base64
 import logging
 import os
 import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,7 +38,7 @@ import cramjam
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from gateway import __version__
-from gateway.export import OK, Outcome, _retry_after
+from gateway.export import OK, RETRYABLE_HTTP, Outcome, post
 from gateway.prompb import MetricMetadata, WriteRequest
 
 log = logging.getLogger("gateway.export")
@@ -347,24 +345,17 @@ class RemoteWriteExporter:
         except OSError as exc:
             log.error("remote write credentials: %s", exc, extra={"fields": {"event": "remote_write_credentials"}})
             return Outcome(False, True, "credentials")
-        http_request = urllib.request.Request(self.config.url, body, headers, method="POST")
-        try:
-            with urllib.request.urlopen(http_request, timeout=self.config.timeout_s, context=self._context) as answer:
-                answer.read()
-            return OK
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-            detail = exc.read(300).decode("utf-8", "replace").strip()
-            if code == 400 or (code >= 500 and any(phrase in detail for phrase in REFUSALS)):
-                log.info("remote write refused (%d): %s", code, detail, extra={"fields": {"event": "remote_write_refused"}})
-                return Outcome(False, False, REFUSED)
-            retryable = code == 429 or code >= 500
-            return Outcome(False, retryable, "http_%d" % code, _retry_after(exc.headers.get("Retry-After")))
-        except TimeoutError:
-            return Outcome(False, True, "timeout")
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return Outcome(False, True, "timeout" if isinstance(reason, TimeoutError) else "connection")
+        return post(self.config.url, body, headers, self.config.timeout_s, self._context, self._answer)[0]
+
+    @staticmethod
+    def _answer(code: int, detail: str) -> Outcome | None:
+        """Remote write 1.0: 5xx and 429 are retried, other 4xx not; a refusal is neither (see above)."""
+        if code == 400 or (code >= 500 and any(phrase in detail for phrase in REFUSALS)):
+            log.info("remote write refused (%d): %s", code, detail, extra={"fields": {"event": "remote_write_refused"}})
+            return Outcome(False, False, REFUSED)
+        if code >= 500 and code not in RETRYABLE_HTTP:
+            return Outcome(False, True, "http_%d" % code)
+        return None  # 429, 502-504 (with Retry-After) and the other 4xx as OTLP/HTTP has them
 
     def close(self) -> None:
         pass
