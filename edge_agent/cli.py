@@ -17,7 +17,7 @@ import time
 from edge_agent import __version__, lifecycle, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
-from edge_agent.collectors.procfs_system import read_boot
+from edge_agent.collectors.procfs_system import read_boot, read_host
 from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
@@ -99,16 +99,19 @@ def effective_config(args):
 def device_info(cfg, effective):
     proc = cfg["proc_root"]
     boot_id, boot_time_ms = read_boot(proc)
-    return {
+    info = {
         "device": cfg["device_id"] or socket.gethostname(),
         "boot_id": boot_id,
         "boot_time_ms": boot_time_ms,
+        "start_ms": int(time.time() * 1000),  # counters that start with the agent start here
         "agent": __version__,
         "os": "linux",
         "platform": "%s-%s" % (platform.python_implementation().lower(), platform.python_version()),
         "collectors": effective,
         "group": cfg["group"],
     }
+    info.update(read_host(proc))
+    return info
 
 
 def build_collectors(cfg, log):

@@ -89,8 +89,12 @@ class Birth:
         self.os = obj.get("os", "")
         self.platform = obj.get("platform", "")
         self.collectors = obj.get("collectors", {})
+        self.host = obj.get("host", "")
+        self.host_id = obj.get("hid", "")
+        self.os_description = obj.get("osd", "")
+        self.agent_start_ms = obj.get("ast", 0)  # 0: an agent that does not say
         self.raw = obj
-        self.series = series  # id -> Series
+        self.series = series  # id -> Series (with `start` set where the birth's `st` says)
 
 
 def _is_uint(value, bits=64):
@@ -240,8 +244,12 @@ def parse_birth(obj, max_series=10000):
     for key in ("bt", "btime", "dict"):
         _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)
     _need(_is_uint(obj.get("base", 0)) and obj.get("base", 0) <= obj["dict"], "bad_birth", "base epoch")
-    for key in ("agent", "os", "platform"):  # free text the gateway puts into OTLP resource attributes
+    for key in ("agent", "os", "platform", "host", "hid", "osd"):  # free text for OTLP resource attributes
         _need(isinstance(obj.get(key, ""), str) and len(obj.get(key, "")) <= 255, "bad_birth", key)
+    _need(_is_uint(obj.get("ast", 0)), "bad_birth", "ast is not an unsigned integer")
+    starts = obj.get("st", [])
+    _need(isinstance(starts, list) and all([isinstance(g, list) and len(g) >= 2 and all([_is_uint(x) for x in g])
+                                             for g in starts]), "bad_birth", "st must be [[start_ms, id, ...], ...]")
     _need(isinstance(obj.get("collectors", {}), dict), "bad_birth", "collectors is not a map")
     raw = obj.get("series")
     _need(isinstance(raw, list), "bad_birth", "series list")
@@ -263,4 +271,8 @@ def parse_birth(obj, max_series=10000):
         s = Series(name, kind, unit, attrs, scale, bounds, source if isinstance(source, str) else "")
         s.id = sid
         series[sid] = s
+    for group in starts:
+        for sid in group[1:]:
+            if sid in series and series[sid].kind != GAUGE:
+                series[sid].start = group[0]
     return Birth(obj, series)

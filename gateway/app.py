@@ -65,6 +65,9 @@ def reported_lost(ext: dict) -> tuple[int, int]:
 
 
 class Gateway:
+    events = None  # gateway.events.DeviceEvents: device events as OTLP logs, when an exporter takes them
+    late_after_s = 60.0  # a sample exported later than this after it was measured is counted as late
+
     def __init__(self, dictionaries: Dictionaries, pipeline: ExportPipeline, metrics: GatewayMetrics,
                  dedupe: SeqTracker | None = None, birth_wait_s: float = 10.0, state: GatewayState | None = None,
                  publish_status: Callable[[str, dict], bool] | None = None) -> None:
@@ -112,6 +115,8 @@ class Gateway:
             return
         _event(logging.INFO, "birth", "birth", device=device, boot=birth.boot_id, dict=birth.dict_epoch,
                series=len(birth.series), agent=birth.agent)
+        if self.events is not None:
+            self.events.birth(device, birth)
         if self.state is not None:
             try:
                 self.state.save_birth(device, payload, birth)  # before the ack: a crash cannot forget it
@@ -126,6 +131,14 @@ class Gateway:
     def on_state(self, device: str, payload: bytes) -> None:
         state = payload.decode("utf-8", "replace")[:32]
         _event(logging.INFO, "device " + (state or "cleared"), "state", device=device, state=state)
+        self.metrics.online.set(1 if state == "online" else 0, device=device)
+        if self.events is not None:
+            self.events.state(device, state)
+
+    def on_ack(self, device: str, payload: bytes) -> None:
+        """A device's command acknowledgement: applied or rejected, as a device event."""
+        if self.events is not None:
+            self.events.command(device, payload)
 
     # ------------------------------------------------------------ data
 
@@ -186,6 +199,10 @@ class Gateway:
         lag_s = max(0.0, now - resolved.last_tick_ms() / 1000.0)
         self.metrics.exported_batches.inc()
         self.metrics.lag.observe(lag_s)
+        # the series exists (at 0) from the device's first batch, so dashboards and alerts see it
+        self.metrics.late_samples.inc(resolved.samples() if lag_s > self.late_after_s else 0, device=device)
+        if self.events is not None:
+            self.events.batch(resolved)
         if gap:
             self.metrics.gaps.inc(gap, device=device)
         lost = reported_lost(batch.ext)
@@ -199,6 +216,7 @@ class Gateway:
                 status.seq = batch.seq
                 status.last_seen = resolved.last_tick_ms() / 1000.0
                 status.lag_ms = int(lag_s * 1000)
+                self.metrics.last_seen.set(status.last_seen, device=device)
             changed = newest and lost != status.lost
             if changed:
                 previous, status.lost = status.lost, lost
@@ -211,6 +229,8 @@ class Gateway:
             _event(logging.WARNING if lost[0] > previous[0] else logging.INFO, "device reports lost data", "lost",
                    device=device, seq=batch.seq, batches=lost[0], samples=lost[1],
                    note="cumulative for the agent run" if lost[0] >= previous[0] else "a new agent run")
+            if self.events is not None and lost[0] > 0:
+                self.events.lost(device, lost[0], lost[1], resolved.last_tick_ms())
         self._maybe_publish(device)
 
     def _settled(self, resolved: Resolved, fate: str) -> None:

@@ -4,7 +4,8 @@ Two MQTT v5 connections, both QoS 1 with `manual_ack=True` and a persistent sess
 (clean_start=False plus a session expiry), so a restarted gateway resumes what it had not acked:
 
 - `<client-id>-meta`: births `<prefix>/+/birth` (never shared: every replica needs every
-  dictionary) and state `<prefix>/+/state`, acked as soon as they are processed;
+  dictionary), state `<prefix>/+/state` and command acks `<prefix>/+/ack` (device events), acked as soon as
+  they are processed;
 - `<client-id>`: data `<prefix>/+/data`, through `$share/<group>/…` when a share group is given.
   A data message is acked only once its batch is settled (exported, or rejected as bad input).
   Receive Maximum caps the unacked messages the broker sends, which bounds the work in flight.
@@ -77,8 +78,8 @@ class MqttIntake:
         self.metrics = metrics
         self.prefix = prefix.strip("/")
         data = "%s/+/data" % self.prefix
-        self.meta = _Link(self, config.client_id + "-meta",
-                          ["%s/+/birth" % self.prefix, "%s/+/state" % self.prefix], 65535)
+        self.meta = _Link(self, config.client_id + "-meta", ["%s/+/birth" % self.prefix, "%s/+/state" % self.prefix,
+                                                             "%s/+/ack" % self.prefix], 65535)
         self.data = _Link(self, config.client_id,
                           ["$share/%s/%s" % (share_group, data) if share_group else data], config.receive_maximum)
         self.topics = self.meta.topics + self.data.topics
@@ -116,6 +117,8 @@ class MqttIntake:
             self.gateway.on_birth(device, payload)
         elif kind == "state":
             self.gateway.on_state(device, payload)
+        elif kind == "ack":  # a command's outcome: a device event
+            self.gateway.on_ack(device, payload)
         ack()
 
 

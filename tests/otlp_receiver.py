@@ -1,4 +1,4 @@
-"""A real OTLP/HTTP metrics receiver for tests: POST /v1/metrics, parsed with opentelemetry-proto.
+"""A real OTLP/HTTP receiver for tests: POST /v1/metrics (and /v1/logs), parsed with opentelemetry-proto.
 
 `answer` decides each response (200 by default), so tests can stage outages (503) and recovery.
 """
@@ -10,6 +10,7 @@ import http.server
 import threading
 from collections.abc import Callable
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -19,6 +20,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 class OtlpReceiver:
     def __init__(self) -> None:
         self.requests: list[ExportMetricsServiceRequest] = []
+        self.logs: list[ExportLogsServiceRequest] = []
         self.refused = 0
         self.answer: Callable[[], int] = lambda: 200
         self.lock = threading.Lock()
@@ -29,8 +31,13 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                code = receiver.answer() if self.path == "/v1/metrics" else 404
-                if code == 200:
+                code = receiver.answer() if self.path in ("/v1/metrics", "/v1/logs") else 404
+                if code == 200 and self.path == "/v1/logs":
+                    logs = ExportLogsServiceRequest()
+                    logs.ParseFromString(body)
+                    with receiver.lock:
+                        receiver.logs.append(logs)
+                elif code == 200:
                     request = ExportMetricsServiceRequest()
                     request.ParseFromString(body)
                     with receiver.lock:
@@ -38,7 +45,8 @@ class OtlpReceiver:
                 else:
                     with receiver.lock:
                         receiver.refused += 1
-                reply = ExportMetricsServiceResponse().SerializeToString() if code == 200 else b""
+                answer = ExportLogsServiceResponse() if self.path == "/v1/logs" else ExportMetricsServiceResponse()
+                reply = answer.SerializeToString() if code == 200 else b""
                 self.send_response(code)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))

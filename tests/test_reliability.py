@@ -120,7 +120,8 @@ class Rig:
 
     def keys(self):
         return [(name, tuple(sorted(attrs.items())), point.time_unix_nano)
-                for _, name, _, _, attrs, point in self.receiver.points(DEVICE)]
+                for _, name, _, _, attrs, point in self.receiver.points(DEVICE)
+                if not name.startswith("edge.")]  # the gateway's delivery metrics are not device samples
 
     def newest_tick_s(self):
         keys = self.keys()

@@ -12,9 +12,9 @@ blocking, and `fileno()` lets a caller wait on it with select().
 Metrics (the first four as procfs' /proc/net/dev, same attributes, units and scale):
 
     system.network.io                    counter  By        device, direction=receive|transmit
-    system.network.packets               counter  {packet}  device, direction
-    system.network.errors                counter  {error}   device, direction
-    system.network.dropped               counter  {packet}  device, direction
+    system.network.packets               counter  {packets} device, direction
+    system.network.errors                counter  {errors}  device, direction
+    system.network.dropped               counter  {packets} device, direction
     system.linux.network.errors          counter  {error}   device, direction, type=length|over|crc|frame|
                                                             fifo|missed (receive), aborted|carrier|fifo|
                                                             heartbeat|window (transmit)
@@ -48,12 +48,12 @@ from edge_agent.model import COUNTER, GAUGE, SeriesCache
 STATS64 = {
     "rx_bytes": ("system.network.io", "By", "receive", None),
     "tx_bytes": ("system.network.io", "By", "transmit", None),
-    "rx_packets": ("system.network.packets", "{packet}", "receive", None),
-    "tx_packets": ("system.network.packets", "{packet}", "transmit", None),
-    "rx_errors": ("system.network.errors", "{error}", "receive", None),
-    "tx_errors": ("system.network.errors", "{error}", "transmit", None),
-    "rx_dropped": ("system.network.dropped", "{packet}", "receive", None),
-    "tx_dropped": ("system.network.dropped", "{packet}", "transmit", None),
+    "rx_packets": ("system.network.packets", "{packets}", "receive", None),
+    "tx_packets": ("system.network.packets", "{packets}", "transmit", None),
+    "rx_errors": ("system.network.errors", "{errors}", "receive", None),
+    "tx_errors": ("system.network.errors", "{errors}", "transmit", None),
+    "rx_dropped": ("system.network.dropped", "{packets}", "receive", None),
+    "tx_dropped": ("system.network.dropped", "{packets}", "transmit", None),
     "multicast": ("system.linux.network.multicast", "{packet}", "receive", None),
     "collisions": ("system.linux.network.collisions", "{collision}", None, None),
     "rx_compressed": ("system.linux.network.compressed", "{packet}", "receive", None),
