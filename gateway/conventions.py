@@ -66,6 +66,8 @@ CATALOG: dict[str, Convention] = {
     "system.linux.network.carrier": _c(GAUGE_T, "1", "1 while the interface has a carrier (link), 0 without."),
     "system.linux.network.mtu": _c(GAUGE_T, "By", "Maximum transmission unit of the interface."),
     # eBPF: measurements no /proc file gives (names of edge_agent/collectors/ebpf_*.py)
+    "system.cpu.scheduler.busy_time": _c(SUM, "s", "Seconds each logical CPU ran a task other than idle, as the "
+                                         "scheduler switched them (sched_switch); not split by mode."),
     "system.cpu.context_switches": _c(SUM, "{context_switch}", "Context switches, per logical CPU."),
     "system.cpu.runqueue.latency": _c(HISTOGRAM_T, "s", "Time runnable tasks waited on a run queue before they "
                                       "ran (sched_wakeup to sched_switch)."),
@@ -95,7 +97,8 @@ LEGACY_VALUES = {
     ("system.cpu.time", "state"): {"iowait": "wait", "irq": "interrupt"},
     ("system.memory.usage", "state"): {"buffers": "buffered"},
 }
-PER_CPU = ("system.cpu.time", "system.cpu.utilization", "system.cpu.context_switches")
+PER_CPU = ("system.cpu.time", "system.cpu.utilization", "system.cpu.context_switches",
+           "system.cpu.scheduler.busy_time")
 
 
 def convention(name: str, kind: int) -> Convention:

@@ -22,9 +22,9 @@ def test_scheduler_busy_time_has_its_own_name_and_procfs_units():
     got = _by_key(samples)
     assert got["system.cpu.scheduler.busy_time{cpu=cpu0}"] == 200  # ticks of 10 ms, scale 0.01
     assert got["system.cpu.scheduler.busy_time{cpu=cpu1}"] == 100
-    assert got["system.cpu.scheduler.busy_time{cpu=total}"] == 300
+    assert not any("cpu=total" in k for k in got)  # per CPU: the total is left to queries, never mixed in
     assert not any(s.name == "system.cpu.time" for s, _ in samples)  # /proc/stat's states only, from procfs
-    assert got["system.cpu.context_switches{cpu=total}"] == 200
+    assert got["system.cpu.context_switches{cpu=cpu0}"] == 150
     series = [s for s, _ in samples if s.name == "system.cpu.scheduler.busy_time"][0]
     assert (series.kind, series.unit, series.scale, series.source) == (COUNTER, "s", 0.01, "ebpf")
     assert got["system.cpu.softirq.time{vector=timer}"] == 2500  # microseconds, scale 1e-6
@@ -45,7 +45,29 @@ def test_cpu_per_cpu_off_and_seed():
     base = {"cpu0": 1000}
     got = _by_key(ebpf_cpu.to_samples(CPU_READING, SeriesCache("ebpf"), per_cpu=False, base=base))
     assert "system.cpu.scheduler.busy_time{cpu=cpu0}" not in got
-    assert got["system.cpu.scheduler.busy_time{cpu=total}"] == 1200 + 100
+    assert got["system.cpu.scheduler.busy_time"] == 1200 + 100  # the machine total alone, no `cpu`
+    assert got["system.cpu.context_switches"] == 200
+
+
+def test_start_times_say_what_counts_since_boot():
+    """Map counters start with the program (the cache's start); busy time seeded from /proc/stat and
+    network counters seeded from the kernel's count since boot."""
+    from edge_agent.model import BOOT
+
+    cache = SeriesCache("ebpf", start_ms=1_700_000_000_000)
+    seeded = ebpf_cpu.to_samples(CPU_READING, cache, base={"cpu0": 5})
+    starts = dict((s.key, s.start) for s, _ in seeded)
+    assert starts["system.cpu.scheduler.busy_time{cpu=cpu0}"] == BOOT
+    assert starts["system.cpu.context_switches{cpu=cpu0}"] == 1_700_000_000_000
+    assert starts["system.cpu.softirq.time{vector=timer}"] == 1_700_000_000_000
+    unseeded = ebpf_cpu.to_samples(CPU_READING, SeriesCache("ebpf", start_ms=1_700_000_000_000))
+    assert dict((s.key, s.start) for s, _ in unseeded)["system.cpu.scheduler.busy_time{cpu=cpu0}"] == 1_700_000_000_000
+    reading = {"devices": [("eth0", 1000, 10, 5000, 20)], "tcp": None, "tcp_states": [], "drops": [("NO_SOCKET", 3)]}
+    for since_boot, want in ((True, BOOT), (False, 1_700_000_000_000)):
+        net = ebpf_net.to_samples(reading, SeriesCache("ebpf", start_ms=1_700_000_000_000), since_boot=since_boot)
+        starts = dict((s.key, s.start) for s, _ in net)
+        assert starts["system.network.io{device=eth0,direction=receive}"] == want
+        assert starts["system.network.kernel.dropped{reason=NO_SOCKET}"] == 1_700_000_000_000
 
 
 def test_seed_from_stat_continues_proc_busy_ticks():

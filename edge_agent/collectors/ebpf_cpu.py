@@ -30,7 +30,7 @@ Example output (one CPU, per_cpu=True), as (series key, value):
     system.cpu.softirq.time{vector=net_rx}          5231
 """
 
-from edge_agent.model import COUNTER, HISTOGRAM
+from edge_agent.model import BOOT, COUNTER, HISTOGRAM
 
 NS_PER_TICK = 10000000  # busy_time is in USER_HZ ticks (scale 0.01), as /proc/stat's times
 RUNQ_SLOTS = 26  # bpf/telemetry.h
@@ -47,6 +47,9 @@ def to_samples(reading, cache, per_cpu=True, base=None):
     base:    {cpu name: ticks} added to busy_time (the seed); missing is 0.
     """
     base = base or {}
+    # busy time seeded from /proc/stat continues the kernel's since-boot count; without a seed it
+    # counts from the program's load, as the other eBPF counters do (the cache's start)
+    busy_start = BOOT if base else None
     out = []
     total_busy = total_switches = 0
     for cpu, busy_ns, _idle_ns, switches in reading.get("cpus", ()):
@@ -54,12 +57,12 @@ def to_samples(reading, cache, per_cpu=True, base=None):
         busy = busy_ns // NS_PER_TICK + base.get(name, 0)
         total_busy += busy
         total_switches += switches
-        if per_cpu:
-            out.append((cache.get(BUSY, COUNTER, "s", {"cpu": name}, 0.01), busy))
+        if per_cpu:  # per CPU, or the machine total alone (no `cpu`): never both, as procfs cpu
+            out.append((cache.get(BUSY, COUNTER, "s", {"cpu": name}, 0.01, start=busy_start), busy))
             out.append((cache.get("system.cpu.context_switches", COUNTER, "{context_switch}", {"cpu": name}), switches))
-    if reading.get("cpus"):
-        out.append((cache.get(BUSY, COUNTER, "s", {"cpu": "total"}, 0.01), total_busy))
-        out.append((cache.get("system.cpu.context_switches", COUNTER, "{context_switch}", {"cpu": "total"}), total_switches))
+    if reading.get("cpus") and not per_cpu:
+        out.append((cache.get(BUSY, COUNTER, "s", None, 0.01, start=busy_start), total_busy))
+        out.append((cache.get("system.cpu.context_switches", COUNTER, "{context_switch}"), total_switches))
     runq = reading.get("runq")
     if runq is not None:
         slots, sum_us = runq
@@ -93,13 +96,14 @@ class EbpfCpuCollector:
     source = "ebpf"
 
     def __init__(self, program, companion=None, per_cpu=True, top_n=0, proc_root="/proc"):
+        from edge_agent.clock import wall_ms
         from edge_agent.model import SeriesCache
 
         self.program = program
         self.companion = companion
         self.per_cpu = per_cpu
         self.top_n = top_n  # report the N commands with most CPU time (needs a program loaded with top_pids)
-        self.cache = SeriesCache(self.source)
+        self.cache = SeriesCache(self.source, start_ms=wall_ms())  # the maps count from their load
         self.floor = {}  # series key -> highest value sent (a torn map read must not go backwards)
         self.top = {}  # comm -> ns on CPU since start
         self.base = {}

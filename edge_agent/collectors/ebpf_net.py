@@ -41,20 +41,22 @@ Example output:
 
 import os
 
-from edge_agent.model import COUNTER
+from edge_agent.model import BOOT, COUNTER
 
 # bytes per packet to add to the tracepoints' (receive, transmit) lengths to get the device's count
 LINK_ADJUST = {1: (14, 0), 772: (0, -14)}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 FROM_COMPANION = ("system.network.errors", "system.network.dropped")
 
 
-def to_samples(reading, cache, adjust=None, devices=None, base=None):
+def to_samples(reading, cache, adjust=None, devices=None, base=None, since_boot=False):
     """Samples for one loader reading (see bpf_loader.NetProgram.read for its shape).
 
     adjust:  {device: (bytes per received packet, bytes per sent packet)} added to io (LINK_ADJUST
              of its link type); missing is (0, 0).
     devices: names to report (others skipped); None reports every name in the reading.
     base:    {(metric, device, direction): value} added to io/packets (the seed); missing is 0.
+    since_boot: io/packets are seeded with the kernel's counters (here or by the collector), so
+             they count since boot (series start BOOT), not since the program's load.
     """
     adjust = adjust or {}
     base = base or {}
@@ -66,10 +68,10 @@ def to_samples(reading, cache, adjust=None, devices=None, base=None):
         seen.add(name)
         rx_adjust, tx_adjust = adjust.get(name, (0, 0))
         _device(out, cache, name, max(rx_bytes + rx_adjust * rx_packets, 0), rx_packets,
-                max(tx_bytes + tx_adjust * tx_packets, 0), tx_packets, base)
+                max(tx_bytes + tx_adjust * tx_packets, 0), tx_packets, base, since_boot)
     for name in sorted(devices or ()):
         if name not in seen:  # present but no traffic since the program loaded
-            _device(out, cache, name, 0, 0, 0, 0, base)
+            _device(out, cache, name, 0, 0, 0, 0, base, since_boot)
     tcp = reading.get("tcp")
     if tcp is not None:
         out.append((cache.get("system.network.tcp.retransmits", COUNTER, "{segment}"), tcp["retransmits"]))
@@ -87,14 +89,16 @@ def to_samples(reading, cache, adjust=None, devices=None, base=None):
     return out
 
 
-def _device(out, cache, name, rx_bytes, rx_packets, tx_bytes, tx_packets, base):
+def _device(out, cache, name, rx_bytes, rx_packets, tx_bytes, tx_packets, base, since_boot):
     for metric, unit, direction, value in (
         ("system.network.io", "By", "receive", rx_bytes),
         ("system.network.packets", "{packet}", "receive", rx_packets),
         ("system.network.io", "By", "transmit", tx_bytes),
         ("system.network.packets", "{packet}", "transmit", tx_packets),
     ):
-        series = cache.get(metric, COUNTER, unit, {"device": name, "direction": direction})
+        # seeded with the kernel's own counters: counts since boot; else since the program's load
+        series = cache.get(metric, COUNTER, unit, {"device": name, "direction": direction},
+                           start=BOOT if since_boot else None)
         out.append((series, value + base.get((metric, name, direction), 0)))
 
 
@@ -126,6 +130,7 @@ class EbpfNetCollector:
     source = "ebpf"
 
     def __init__(self, program, companion=None, include=None, exclude=None, sysfs="/sys/class/net"):
+        from edge_agent.clock import wall_ms
         from edge_agent.model import SeriesCache
 
         self.program = program
@@ -133,7 +138,7 @@ class EbpfNetCollector:
         self.include = list(include or ())
         self.exclude = list(exclude or ())
         self.sysfs = sysfs
-        self.cache = SeriesCache(self.source)
+        self.cache = SeriesCache(self.source, start_ms=wall_ms())  # the maps count from their load
         self.adjust = {}
         self.base = None  # per device: {(metric, device, direction): value}
         self.seeded = set()
@@ -153,7 +158,7 @@ class EbpfNetCollector:
         for name in devices or ():
             if name not in self.adjust:
                 self.adjust[name] = link_adjust(name, self.sysfs)
-        raw = to_samples(reading, self.cache, self.adjust, devices)
+        raw = to_samples(reading, self.cache, self.adjust, devices, since_boot=self.companion is not None)
         # seed interfaces seen for the first time with the kernel's own counters
         kernel = {}
         out = []
