@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 
 from gateway import __version__, logs
 from gateway.app import Gateway
@@ -63,8 +64,19 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
     host, port, tls = parse_broker(args.broker)
+    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
+    username = args.username if args.username is not None else parts.username
+    password = args.password if args.password is not None else parts.password
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=args.password, client_id=args.client_id or client_id)
+                        username=username, password=password, client_id=args.client_id or client_id)
+
+
+def redact(url: str) -> str:
+    """A URL fit for the log: user name and password removed."""
+    parts = urllib.parse.urlsplit(url if "://" in url else "mqtt://" + url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,6 +104,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep the dedupe state and the births here, so a crash neither exports a batch twice "
                      "nor forgets a dictionary (one gateway per directory)")
+    run.add_argument("--receipts", action=argparse.BooleanOptionalAction, default=True,
+                     help="tell each device what was exported (<prefix>/<device>/delivery), so it keeps and sends "
+                     "again what was not (default: on; with several independent gateways on the same devices, "
+                     "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
     run.set_defaults(func=run_command)
 
@@ -100,7 +116,7 @@ def choose_exporter(output: str | None) -> tuple[Exporter, str]:
     if output is None:
         config = config_from_env()
         if config is not None:
-            return make_exporter(config), "otlp %s %s" % (config.protocol, config.endpoint)
+            return make_exporter(config), "otlp %s %s" % (config.protocol, redact(config.endpoint))
         output = "-"
     return FileExporter(output), "file " + ("stdout" if output == "-" else output)
 
@@ -128,10 +144,11 @@ def run_command(args: argparse.Namespace) -> int:
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
     dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state)
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
     births, replayed = gateway.restore()
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     gateway.publish_status = intake.publish_status
+    gateway.publish_receipt = intake.publish_receipt
     status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
         "mqtt_connected": intake.connected, "queue_depth": pipeline.depth(),
         "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()}),
@@ -144,9 +161,9 @@ def run_command(args: argparse.Namespace) -> int:
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": args.broker, "exporter": described, "metrics_port": status.port,
+        "event": "started", "broker": redact(args.broker), "exporter": described, "metrics_port": status.port,
         "client_id": intake.config.client_id, "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
-        "births_restored": births, "batches_replayed": replayed}})
+        "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
     while not stop.wait(1.0):
         gateway.expire()
     log.info("gateway stopping", extra={"fields": {"event": "stopping"}})

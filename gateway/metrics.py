@@ -132,6 +132,17 @@ class GatewayMetrics:
         self.export_requests = Counter(p + "export_requests_total", "Export requests sent successfully")
         self.export_failures = Counter(p + "export_failures_total", "Failed export attempts, by reason", ("reason",))
         self.retries = Counter(p + "export_retries_total", "Export attempts retried after a retryable answer")
+        self.resent = Counter(p + "batches_resent_total", "Batches sent to the receiver again after an attempt "
+                              "whose fate is unknown (it may store them twice, identical)", ("reason",))
+        self.samples_resent = Counter(p + "samples_resent_total", "Samples in those batches")
+        self.receipts = Counter(p + "receipts_published_total", "Delivery receipts published to devices")
+        self.receipts_seen = Counter(p + "receipts_seen_total", "Receipts of other replicas of the share group, "
+                                     "whose batches this replica then does not export")
+        self.rebirths = Counter(p + "rebirth_requests_total", "Receipts asking a device for the dictionary "
+                                "(births) of a batch")
+        self.released = Counter(p + "batches_released_total", "Batches acked to the broker unexported and without "
+                                "a receipt (their dictionary did not come in time): the agent sends them again",
+                                ("reason",))
         self.lost_batches = LabeledGauge(p + "device_lost_batches", "Batches the device's agent dropped from its "
                                          "buffer, as it last reported (cumulative per agent run)", ("device",))
         self.lost_samples = LabeledGauge(p + "device_lost_samples", "Samples in those batches", ("device",))

@@ -19,6 +19,7 @@ Layout: `lock` (flock: one gateway per directory), `dedupe.snapshot`, `dedupe.lo
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -52,11 +53,16 @@ def _fsync_dir(path: str) -> None:
 
 def write_atomic(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk leaves no half file behind
+        raise
     _fsync_dir(os.path.dirname(path))
 
 
