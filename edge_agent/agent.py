@@ -31,9 +31,7 @@ from edge_agent.model import SeriesTable
 from edge_agent.outbox import Outbox
 
 IN_FLIGHT_WINDOW = 8  # data batches on the wire at once while the broker's PUBACK is delivery
-RECEIPT_WINDOW = 1  # ... while the gateway's receipt is: one at a time keeps every series in order
 EVENT_POLL_S = 0.25  # how often collectors with events (netlink link changes) are polled
-REBIRTH_EVERY_MS = 10000  # births sent again at a gateway's request at most this often
 
 
 class SeqSource:
@@ -47,9 +45,8 @@ class SeqSource:
 
     BLOCK = 1024
 
-    def __init__(self, state_dir, now_s, log=None):
+    def __init__(self, state_dir, now_s):
         self.path = state_dir + "/seq" if state_dir else None
-        self.log = log
         saved = 0
         if self.path:
             try:
@@ -77,10 +74,8 @@ class SeqSource:
         if self.path and self.next >= self.limit:
             try:
                 self.reserve()
-            except OSError as exc:  # a full disk: numbers go on from the clock's floor after a restart
+            except OSError:  # a full disk: numbers go on (after a restart from the clock's floor)
                 self.limit = self.next + self.BLOCK
-                if self.log is not None:
-                    self.log("state_error", what="seq", path=self.path, error=str(exc))
         seq = self.next
         self.next += 1
         return seq
@@ -188,7 +183,7 @@ class Agent:
             self.topics[name] = prefix + name
         self.boot = wire.boot_tag(info["boot_id"])
         unload("edge_agent.wire_birth")  # boot_tag lives with the birth encoder: needed again for births only
-        self.seq = SeqSource(config["state_dir"], wall_ms() // 1000, self.log)
+        self.seq = SeqSource(config["state_dir"], wall_ms() // 1000)
         self.table = SeriesTable()
         self.table.base = None
         self.builder = wire.BatchBuilder()
@@ -198,34 +193,26 @@ class Agent:
             from edge_agent.spool import SpoolOutbox
 
             self.outbox = SpoolOutbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
-            self.outbox.log = self.log
         self.spool = spool
-        # delivery (docs/reliability.md): the gateway's receipt or the broker's PUBACK; "auto" waits for
-        # receipts once a gateway has sent one for this device (remembered in <state_dir>/delivery)
-        delivery = config["delivery"]
-        self.outbox.resend_ms = int(delivery["resend_s"] * 1000)
-        self.ack_mode = delivery["ack"]
-        self.fallback_ms = delivery["fallback_s"] * 1000 if delivery["ack"] == "auto" else 0
-        self.outbox.receipts = delivery["ack"] == "gateway" or (delivery["ack"] == "auto" and self.remembered())
-        self.rebirth_ms = 0  # births go again at a gateway's request from then on
+        self.rebirth_ms = 0  # births go again at a gateway's request from then on (lifecycle.receipt)
         self.last_tick_ms = 0  # tick timestamps only grow, whatever the wall clock does
-        self.skipping = False
         self.flush_at = None
         self.started_ms = mono_ms()  # commands signed before this are refused (edge_agent.commands)
         self.running = False
         self.chunked = getattr(transport, "chunked", False)  # publish takes a list of pieces
         self.birth_due = False  # a birth could not be encoded or sent (memory): data waits for it
-        self.archive_due = False  # the birth is still to be archived in the spool
         self.connect_due = False  # the connection's announcements could not all be sent (memory)
         # called once a batch is encoded, while its builder is still alive: the heap's busiest moment
         # (mpy_main collects garbage and records the heap there)
         self.after_flush = None
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0, "clock_skips": 0,
-                      "unsent": 0, "unsent_samples": 0}
+                      "unsent": 0}
         self.errors_by_collector = {}
         self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+        self.fallback_ms = 0  # with "auto" delivery (lifecycle.start): no receipt this long, PUBACK again
+        self.run_lifecycle("start", "start", "receipts")
 
     # ------------------------------------------------------------------ sampling
 
@@ -234,14 +221,14 @@ class Agent:
         now = mono_ms() if now_ms is None else now_ms
         ts = wall_ms()
         if ts <= self.last_tick_ms:
-            # the wall clock went back: ticks wait until it passes the last one, so that no series
-            # gets a timestamp twice or out of order downstream (counters lose no increments)
-            if not self.skipping:
-                self.log("clock_backwards", behind_ms=self.last_tick_ms - ts)
-            self.stats["clock_skips"] += 1
-            self.skipping = True
-            return []
-        self.skipping = False
+            if self.last_tick_ms - ts >= 100:
+                # the wall clock went back: ticks wait until it passes the last one, so that no series
+                # gets a timestamp twice or out of order downstream (counters lose no increments)
+                n = self.stats["clock_skips"] = self.stats["clock_skips"] + 1
+                if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th... tick skipped
+                    self.log("clock_backwards", dropped_ticks=n)
+                return []
+            ts = self.last_tick_ms + 1  # ticks in one millisecond, or a step back of a few: just after
         kept = []
         for name in names:
             collector = self.collectors.get(name)
@@ -298,7 +285,7 @@ class Agent:
             self.table.changed = False
             # published before any batch that needs it; with a spool also kept on disk for as long
             # as a spooled batch may need it (a restart or a crash cannot strand that batch)
-            self.publish_birth(self.spool is not None)
+            self.publish_birth()
         try:
             out = wire.Chunks() if self.chunked else bytearray()
             self.builder.encode_into(out, self.device, self.boot, seq, self.table.epoch, self.compress,
@@ -369,70 +356,42 @@ class Agent:
             return params["interval_ms"]
         return int(self.config["interval_s"] * 1000)
 
-    def publish_birth(self, archive=False):
-        """The birth, now (and into the spool's archive when `archive`)."""
+    def publish_birth(self):
+        """The birth, now (and into the spool's archive when it grew)."""
         self.birth_due = True  # until it is sent, even if there is no room to load lifecycle
-        self.archive_due = self.archive_due or archive
         self.run_lifecycle("publish_birth", "birth")
 
-    def run_lifecycle(self, task, where):
-        """edge_agent.lifecycle's `task`, with the module loaded only while it runs; without room to
-        load it, a MemoryError at `where` (the caller's *_due flag has it tried at the next pass)."""
+    def run_lifecycle(self, task, where, module="lifecycle", arg=None):
+        """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.receipts), with the module
+        loaded only while it runs; without room to load it, a MemoryError at `where` (the caller's
+        *_due flag has it tried at the next pass)."""
         try:
-            from edge_agent import lifecycle
+            code = getattr(__import__("edge_agent." + module), module)
         except MemoryError:
             self.out_of_memory(where)
             return
-        getattr(lifecycle, task)(self)
-        unload("edge_agent.lifecycle", "edge_agent.wire_birth")
+        getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
+        unload("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
 
     # ------------------------------------------------------------------ network
 
     def on_connect(self):
         self.connect_due = True  # until the announcements are made (see publish_birth)
-        self.outbox.reconnected()
         self.run_lifecycle("announce", "connect")
 
     def on_message(self, topic, payload):
         if topic == self.topics["delivery"]:
-            self.on_receipt(payload)
+            # a gateway's receipt: batches settled (Outbox.receipt); births it lacks, and with "auto"
+            # delivery the news that a gateway sends receipts (edge_agent.receipts)
+            wanted = self.outbox.receipt(payload)
+            if wanted is not None or (self.fallback_ms and not self.outbox.receipts):
+                self.run_lifecycle("receipt", "receipt", "receipts", wanted)
             return
         if self.commands is None:
             return
         ack = self.commands.handle(topic, payload, self)
         if ack is not None:
             self.transport.publish(self.topics["ack"], ack, 1, False)
-
-    def on_receipt(self, payload):
-        """A gateway's delivery receipt (docs/wire-format.md): version 1, the boot tag, then runs of
-        (first seq: 8 bytes, kind << 14 | count: 2 bytes), big-endian. Kind 0: exported; 1: refused
-        (bad data: dropped and counted lost); 2: the gateway lacks their dictionary (births again)."""
-        if len(payload) < 15 or payload[0] != 1:
-            return
-        wanted = None
-        for pos in range(5, len(payload) - 9, 10):
-            first = int.from_bytes(payload[pos:pos + 8], "big")
-            word = payload[pos + 8] << 8 | payload[pos + 9]
-            kind = word >> 14
-            if kind == 2:
-                wanted = first
-            elif kind < 2:
-                self.outbox.confirm(first, word & 0x3FFF, kind == 1)
-        if not self.outbox.receipts and self.ack_mode == "auto":
-            self.outbox.receipts = True  # a gateway that sends receipts serves this device
-            self.run_lifecycle("remember_receipts", "receipt")
-        if wanted is not None and mono_ms() >= self.rebirth_ms:
-            self.rebirth_ms = mono_ms() + REBIRTH_EVERY_MS
-            self.wanted = wanted  # a batch whose dictionary the gateway lacks
-            self.run_lifecycle("rebirth", "birth")
-
-    def remembered(self):
-        """Whether a gateway has sent receipts to this device before (<state_dir>/delivery)."""
-        try:
-            with open(self.config["state_dir"] + "/delivery") as f:
-                return f.read().strip() == "receipts"
-        except OSError:
-            return False
 
     def pump(self):
         if not self.transport.connected:
@@ -442,7 +401,7 @@ class Agent:
         self.outbox.collect_acks(self.transport.acked, now)
         waiting = self.outbox.waiting_ms
         if self.fallback_ms and waiting is not None and now - waiting > self.fallback_ms:
-            self.run_lifecycle("forget_receipts", "receipt")  # the gateway stopped sending them
+            self.run_lifecycle("release", "receipt", "receipts")  # the gateway stopped sending them
         if self.connect_due:
             self.on_connect()
             if self.connect_due:
@@ -451,13 +410,12 @@ class Agent:
             self.publish_birth()
             if self.birth_due:
                 return  # data batches wait for the dictionary they refer to
-        window = RECEIPT_WINDOW if self.outbox.receipts else IN_FLIGHT_WINDOW
+        # while the gateway's receipt is delivery, one batch is out at a time: every series stays in order
+        window = 1 if self.outbox.receipts else IN_FLIGHT_WINDOW
         for entry in self.outbox.unsent(window, now):
             token = self.transport.publish(self.topics["data"], entry.payload, 1, False)
             if token is None:
                 break
-            if entry.tries:
-                self.outbox.resent += 1
             entry.token = token
             entry.sent_ms = now
             entry.tries += 1
@@ -523,15 +481,6 @@ class Agent:
         # undelivered at the end: lost with a RAM outbox, kept by a spool for the next run; no
         # later batch reports them in ext.lost, so the stop line does
         self.stats["unsent"] = len(self.outbox)
-        unsent_samples = 0
-        for entries in self.outbox.lists():
-            for entry in entries:
-                unsent_samples += entry.samples
-        self.stats["unsent_samples"] = unsent_samples  # RAM and loaded; spooled segments are kept
-        lost = self.outbox.lost()
-        self.stats["lost_batches"] = lost[0]
-        self.stats["lost_samples"] = lost[1]
-        self.stats["resent"] = self.outbox.resent
         self.outbox.save()
         if self.transport.connected:  # a clean stop says so; the will covers the unclean ones
             self.transport.publish(self.topics["state"], b"offline", 1, True)

@@ -155,6 +155,15 @@ def apply_overrides(cfg, overrides):
             cfg["collectors"][name].update(change)
 
 
+def stop_accounting(outbox):
+    """What the stop line adds to the agent's stats: every drop of the run (`ext.lost` up to the
+    end), what the stop lost (undelivered batches left in RAM: a spool keeps them for the next run)
+    and what was delivered."""
+    lost = outbox.lost()
+    unsent = sum([e.samples for entries in outbox.lists() for e in entries])
+    return {"lost_batches": lost[0], "lost_samples": lost[1], "unsent_samples": unsent, "delivered": outbox.sent, "delivery": "gateway receipt" if outbox.receipts else "broker puback"}
+
+
 def command_run(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
@@ -194,10 +203,10 @@ def command_run(args):
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True),
-        delivery=agent.ack_mode if agent.ack_mode != "auto" else "auto (now %s)" % (
+        delivery=cfg["delivery"]["ack"] if cfg["delivery"]["ack"] != "auto" else "auto (now %s)" % (
             "gateway receipt" if agent.outbox.receipts else "broker puback"))
     agent.run(max_seconds=args.duration)
-    log("agent_stop", device=info["device"], **agent.stats)
+    log("agent_stop", device=info["device"], **dict(agent.stats, **stop_accounting(agent.outbox)))
     return 0
 
 

@@ -167,9 +167,14 @@ def check(config):
     commands = config.get("commands")
     for name in ("device_key", "fleet_key"):
         key = commands.get(name) if isinstance(commands, dict) else None
-        if isinstance(key, str) and key.startswith("hex:"):
-            digits = key[4:]
-            if not digits or len(digits) % 2 or [c for c in digits if c not in "0123456789abcdefABCDEF"]:
+        if isinstance(key, str) and key:
+            from edge_agent.hmac import key_bytes  # as the agent reads it ("hex:..." or text)
+
+            try:
+                ok = len(key_bytes(key)) > 0
+            except ValueError:  # binascii.Error is one
+                ok = False
+            if not ok:
                 errors.append("config key 'commands.%s': 'hex:' must be followed by an even number of hex "
                               "digits (0-9, a-f) (the key itself is not shown)" % name)
     device = config.get("device_id")

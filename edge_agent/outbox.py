@@ -10,7 +10,7 @@ What "delivered" means depends on `receipts` (docs/reliability.md):
 - False (the broker's word): a batch leaves on its PUBACK; up to `window` batches are in flight;
 - True (the gateway's word): a PUBACK only says the broker took it. The batch stays until the
   gateway's receipt says it was exported (`confirm`), and it is sent again when no receipt came
-  `resend_ms` after its PUBACK (doubling for each try, up to MAX_RESEND_MS) or after a reconnect.
+  `resend_ms` after its PUBACK (doubling for each try, up to 120 s) or after a reconnect.
   The agent keeps one batch out at a time, so batches reach the receiver in order even through
   replicas, re-sends and lost sessions.
 
@@ -24,8 +24,8 @@ reported in the next batches (`ext.lost`, from `lost()`), never silent. MicroPyt
 device without a spool never loads spool.py.
 """
 
-SENT = -1  # Entry.token once the broker has the batch and the gateway's receipt is awaited
-MAX_RESEND_MS = 120000
+# Entry.token -1: the broker has the batch and the gateway's receipt is awaited. (Constants are
+# written out: every module-level name stays interned on a device.)
 
 
 class Entry:
@@ -33,7 +33,7 @@ class Entry:
         self.seq = seq
         self.payload = payload
         self.samples = samples
-        self.token = None  # None: to send; a transport token: in flight to the broker; SENT
+        self.token = None  # None: to send; a transport token: in flight to the broker; -1: at the broker
         self.sent_ms = 0  # when it was last handed to the transport
         self.tries = 0  # how often it was handed to the transport
 
@@ -45,7 +45,6 @@ class Outbox:
         self.dropped_batches = 0  # dropped here, refused by the gateway, or by the agent (out of memory)
         self.dropped_samples = 0
         self.sent = 0  # delivered (PUBACK, or the gateway's receipt when `receipts`)
-        self.resent = 0  # batches handed to the transport again (no receipt in time, reconnects)
         self.receipts = False
         self.resend_ms = 5000
         self.waiting_ms = None  # mono ms of the first PUBACK since the last receipt (receipts only)
@@ -67,9 +66,9 @@ class Outbox:
                 break
             self.drop(self.entries.pop(i))
 
-    def drop(self, entry):
+    def drop(self, batch):
         self.dropped_batches += 1
-        self.dropped_samples += entry.samples
+        self.dropped_samples += batch.samples
 
     def queue(self):
         """Every batch waiting, oldest first."""
@@ -82,36 +81,33 @@ class Outbox:
     def unsent(self, window, now_ms):
         """Entries to hand to the transport now, oldest first, keeping at most `window` out.
 
-        A batch out is handed out again once it is due: unacknowledged by the broker for
-        MAX_RESEND_MS (the transport retransmits by itself; this is in case it lost the message), or
-        acknowledged by the broker but without the gateway's receipt for `resend_ms` x 2^(tries-1)."""
+        A batch out is handed out again once it is due: unacknowledged by the broker for 120 s (the
+        transport retransmits by itself; this is in case it lost the message), or acknowledged by
+        the broker but without the gateway's receipt for `resend_ms` x 2^(tries-1), at most 120 s."""
         out = []
         busy = 0
         for entry in self.queue():
             if busy + len(out) >= window:
                 break
-            if entry.token is None or now_ms - entry.sent_ms >= self.resend_after(entry):
+            wait = 120000
+            if entry.token == -1:
+                wait = min(self.resend_ms << min(max(entry.tries - 1, 0), 8), 120000)
+            if entry.token is None or now_ms - entry.sent_ms >= wait:
                 out.append(entry)
             else:
                 busy += 1
         return out
 
-    def resend_after(self, entry):
-        if entry.token != SENT:
-            return MAX_RESEND_MS
-        wait = self.resend_ms << min(max(entry.tries - 1, 0), 8)
-        return wait if wait < MAX_RESEND_MS else MAX_RESEND_MS
-
     def collect_acks(self, acked, now_ms=0):
-        """Settle the entries whose PUBACK `acked(token)` confirms: removed, or (with receipts) SENT."""
+        """Settle the entries whose PUBACK `acked(token)` confirms: removed, or (with receipts) -1, awaiting the receipt."""
         for entries in self.lists():
             keep = []
             for entry in entries:
-                if entry.token is not None and entry.token != SENT and acked(entry.token):
+                if entry.token is not None and entry.token != -1 and acked(entry.token):
                     if not self.receipts:
                         self.sent += 1
                         continue
-                    entry.token = SENT
+                    entry.token = -1
                     entry.sent_ms = now_ms  # the receipt is due from now on
                     if self.waiting_ms is None:
                         self.waiting_ms = now_ms
@@ -119,49 +115,35 @@ class Outbox:
             entries[:] = keep
         self.settled()
 
-    def confirm(self, first, count, refused=False):
-        """The gateway's receipt: batches first..first+count-1 were exported, or refused (bad data:
-        dropped and counted). Returns how many of ours it settled."""
-        done = 0
-        for entries in self.lists():
-            keep = []
-            for entry in entries:
-                if first <= entry.seq < first + count:
-                    done += 1
-                    if refused:
-                        self.drop(entry)
+    def receipt(self, payload):
+        """A gateway's delivery receipt (docs/wire-format.md): version 1, the boot tag, then runs of
+        (first seq: 8 bytes, kind << 14 | count: 2 bytes), big-endian. Kind 0: exported; 1: refused
+        (bad data: dropped and counted lost); 2: the gateway lacks their dictionary. Settles our
+        batches in runs of kind 0 and 1; returns the first seq of a kind 2 run (or None)."""
+        wanted = None
+        if len(payload) < 15 or payload[0] != 1:
+            return None
+        for pos in range(5, len(payload) - 9, 10):
+            first = int.from_bytes(payload[pos:pos + 8], "big")
+            kind = payload[pos + 8] >> 6
+            end = first + ((payload[pos + 8] & 0x3F) << 8 | payload[pos + 9])
+            if kind == 2:
+                wanted = first
+                continue
+            for entries in self.lists():
+                keep = []
+                for entry in entries:
+                    if first <= entry.seq < end:
+                        if kind:
+                            self.drop(entry)
+                        else:
+                            self.sent += 1
                     else:
-                        self.sent += 1
-                else:
-                    keep.append(entry)
-            entries[:] = keep
-        self.waiting_ms = None
+                        keep.append(entry)
+                entries[:] = keep
+            self.waiting_ms = None
         self.settled()
-        return done
-
-    def release(self):
-        """Stop waiting for receipts (the gateway does not send them): a batch the broker has is
-        delivered as far as we can know. Returns how many that released."""
-        done = 0
-        for entries in self.lists():
-            keep = [e for e in entries if e.token != SENT]
-            done += len(entries) - len(keep)
-            entries[:] = keep
-        self.sent += done
-        self.receipts = False
-        self.waiting_ms = None
-        self.settled()
-        return done
-
-    def reconnected(self):
-        """After a reconnect: batches the broker had may be gone with its session, so what awaits a
-        receipt goes again now (the transport resends what was in flight itself)."""
-        for entries in self.lists():
-            for entry in entries:
-                if entry.token == SENT:
-                    entry.sent_ms = -MAX_RESEND_MS
-                    entry.tries = 0
-        self.waiting_ms = None
+        return wanted
 
     def settled(self):
         """Called after batches left (SpoolOutbox deletes a segment once all of it is delivered)."""

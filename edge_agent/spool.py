@@ -45,6 +45,9 @@ class Spool:
         names = sorted(os.listdir(directory))
         self.names = [n for n in names if n.endswith(".seg")]
         self.bases = [int(n[:-6]) for n in names if n.endswith(".birth")]  # archived runs, oldest first
+        self.epoch = None  # of the running agent's birth archived last
+        self.current = None  # the running agent's run (its base), once its birth is archived
+        self.prune()
 
     def path(self, name):
         return self.directory + "/" + name
@@ -158,44 +161,44 @@ class Spool:
 
     # ------------------------------------------------------------ the births spooled batches need
 
-    def keep_birth(self, base, payload):
-        """Archive the latest birth of the run that starts at `base` (bytes or a list of pieces)."""
-        self.store("%020d.birth" % base, payload if isinstance(payload, list) else [payload])
-        if base not in self.bases:
-            self.bases.append(base)
-            self.bases.sort()
-
-    def birth(self, base, size=512):
-        """An archived birth as a list of pieces of `size` bytes (no large block on a small heap)."""
+    def birth(self, base, payload=None):
+        """Archive `payload` (bytes or pieces) as the latest birth of the run that starts at `base`;
+        without a payload, read that birth as a list of 512-byte pieces (no large block on a small
+        heap)."""
+        name = "%020d.birth" % base
+        if payload is not None:
+            self.store(name, payload if isinstance(payload, list) else [payload])
+            self.current = base
+            if base not in self.bases:
+                self.bases.append(base)
+                self.bases.sort()
+            return None
         pieces = []
-        with open(self.path("%020d.birth" % base), "rb") as f:
+        with open(self.path(name), "rb") as f:
             while True:
-                piece = f.read(size)
+                piece = f.read(512)
                 if not piece:
                     return pieces
                 pieces.append(piece)
 
-    def needed(self, current):
-        """The archived runs (their bases, oldest first) that spooled batches still need, `current`
-        (the running agent's base, or None) aside; archived births no segment needs are deleted."""
-        keep = []
-        for i in range(len(self.bases)):
+    def prune(self):
+        """Delete the archived births of earlier runs that no segment needs any more (the running
+        agent's run aside); `bases` is then what spooled batches need."""
+        current = self.current
+        for i in range(len(self.bases) - 1, -1, -1):
             base = self.bases[i]
             if base == current:
                 continue
             end = self.bases[i + 1] if i + 1 < len(self.bases) else None
             if current is not None and current > base and (end is None or current < end):
                 end = current
+            needed = False
             for name in self.names:
                 first = int(name[:20])
-                if first >= base and (end is None or first < end):
-                    keep.append(base)
-                    break
-        for base in list(self.bases):
-            if base != current and base not in keep:
-                self.bases.remove(base)
+                needed = needed or (first >= base and (end is None or first < end))
+            if not needed:
+                del self.bases[i]
                 self.delete("%020d.birth" % base)
-        return keep
 
 
 class SpoolOutbox(Outbox):
@@ -281,6 +284,32 @@ class SpoolOutbox(Outbox):
         if self.front_segment is not None and not self.front:
             self.spool.remove(self.front_segment)  # every batch of the segment was delivered
             self.front_segment = None
+            self.spool.prune()
+
+    def rebirth(self, seq, current):
+        """The archived run (its base) whose birth covers our batch `seq` of an earlier run, for a
+        gateway that lacks it. With none left (an archive lost to a failed disk), no gateway can
+        ever resolve that run's batches: they are given up, counted lost, rather than sent forever."""
+        if not [e for entries in self.lists() for e in entries if e.seq == seq]:
+            return None  # delivered meanwhile (through another replica), or not ours
+        bases = self.spool.bases
+        older = [b for b in bases if b <= seq]
+        if older:
+            return older[-1]
+        end = min([b for b in bases if b > seq] + ([current] if current is not None else [seq + 1]))
+        before = self.lost()
+        for entries in self.lists():
+            for entry in [e for e in entries if e.seq < end]:
+                entries.remove(entry)
+                self.drop(entry)
+        self.settled()
+        for name in self.spool.segments():
+            if int(name[:20]) < end and name != self.front_segment:
+                self.spool.discard(name)
+        lost = self.lost()
+        if self.log is not None:
+            self.log("dictionary_lost", seq=seq, batches=lost[0] - before[0], samples=lost[1] - before[1])
+        return None
 
     def save(self):
         """On a clean stop: everything undelivered goes to the spool for the next run (the loaded
