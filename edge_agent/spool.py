@@ -296,7 +296,8 @@ class SpoolOutbox(Outbox):
         older = [b for b in bases if b <= seq]
         if older:
             return older[-1]
-        end = min([b for b in bases if b > seq] + ([current] if current is not None else [seq + 1]))
+        ends = [b for b in bases if b > seq] + ([current] if current is not None else [])
+        end = min(ends) if ends else 1 << 64  # up to the next run we have a birth for
         before = self.lost()
         for entries in self.lists():
             for entry in [e for e in entries if e.seq < end]:
