@@ -10,7 +10,7 @@ What "delivered" means depends on `receipts` (docs/reliability.md):
 - False (the broker's word): a batch leaves on its PUBACK; up to `window` batches are in flight;
 - True (the gateway's word): a PUBACK only says the broker took it. The batch stays until the
   gateway's receipt says it was exported (`confirm`), and it is sent again when no receipt came
-  `resend_ms` after its PUBACK (doubling for each try, up to 120 s) or after a reconnect.
+  `resend_ms` after its PUBACK (doubling for each try, up to 60 s) or after a reconnect.
   The agent keeps one batch out at a time, so batches reach the receiver in order even through
   replicas, re-sends and lost sessions.
 
@@ -83,7 +83,7 @@ class Outbox:
 
         A batch out is handed out again once it is due: unacknowledged by the broker for 120 s (the
         transport retransmits by itself; this is in case it lost the message), or acknowledged by
-        the broker but without the gateway's receipt for `resend_ms` x 2^(tries-1), at most 120 s."""
+        the broker but without the gateway's receipt for `resend_ms` x 2^(tries-1), at most 60 s."""
         out = []
         busy = 0
         for entry in self.queue():
@@ -91,7 +91,7 @@ class Outbox:
                 break
             wait = 120000
             if entry.token == -1:
-                wait = min(self.resend_ms << min(max(entry.tries - 1, 0), 8), 120000)
+                wait = min(self.resend_ms << min(max(entry.tries - 1, 0), 8), 60000)
             if entry.token is None or now_ms - entry.sent_ms >= wait:
                 out.append(entry)
             else:
