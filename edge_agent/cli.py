@@ -160,7 +160,7 @@ def stop_accounting(outbox):
     end), what the stop lost (undelivered batches left in RAM: a spool keeps them for the next run)
     and what was delivered."""
     lost = outbox.lost()
-    unsent = sum([e.samples for entries in outbox.lists() for e in entries])
+    unsent = sum([e.samples for e in outbox.entries])  # what a spool took (and its loaded segment) is kept
     return {"lost_batches": lost[0], "lost_samples": lost[1], "unsent_samples": unsent, "delivered": outbox.sent, "delivery": "gateway receipt" if outbox.receipts else "broker puback"}
 
 

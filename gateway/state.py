@@ -89,10 +89,15 @@ class GatewayState:
 
     def close(self) -> None:
         with self._dedupe_lock:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+            self._close_log()
         self._lock_file.close()
+
+    def _close_log(self) -> None:
+        """Close the log; what a full disk kept in its buffer is dropped (it never was durable)."""
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()  # the file is closed even when the final flush fails
+            self._log = None
 
     # ------------------------------------------------------------ dedupe
 
@@ -125,11 +130,15 @@ class GatewayState:
         """Append the batches of one accepted export request; durable when this returns."""
         line = json.dumps([list(k) for k in keys], separators=(",", ":")) + "\n"
         with self._dedupe_lock:
-            if self._log is None:
-                self._log = open(self.log_path, "a")
-            self._log.write(line)
-            self._log.flush()
-            os.fsync(self._log.fileno())
+            try:
+                if self._log is None:
+                    self._log = open(self.log_path, "a")
+                self._log.write(line)
+                self._log.flush()
+                os.fsync(self._log.fileno())
+            except OSError:
+                self._close_log()  # the next request starts on a clean line
+                raise
             self._records += len(keys)
             due = self._records >= max(COMPACT_MIN, 4 * self._snapshot_streams)
         if due:
@@ -142,8 +151,7 @@ class GatewayState:
         with self._dedupe_lock:
             streams = tracker.snapshot()
             write_atomic(self.snapshot_path, json.dumps(streams, separators=(",", ":")).encode())
-            if self._log is not None:
-                self._log.close()
+            self._close_log()
             self._log = open(self.log_path, "w")
             self._log.flush()
             os.fsync(self._log.fileno())

@@ -208,6 +208,7 @@ class Rig:
         kept = sum(r["samples_kept"] for r in runs)
         lost = sum(r.get("lost_samples", 0) + r.get("unsent_samples", 0) for r in runs)
         return {
+            "utilization_series": sum(1 for s in per_series if s[0] == "system.cpu.utilization"),
             "agent_runs": len(runs), "samples_kept": kept, "samples_reported_lost": lost,
             "samples_received": len(keys), "duplicates_downstream": len(keys) - len(set(keys)),
             "identical_repeats_collapsed": repeats, "conflicting_values": conflicts,
@@ -217,6 +218,9 @@ class Rig:
             "batches_made": sum(r["batches"] for r in runs),
             "agent_resends_dropped_by_gateway": int(sum(self.metric("edge_gateway_batches_duplicate_total", g)
                                                         for g in self.gateways)),
+            # more than made: batches went again (the broker lost them, or their receipt)
+            "batches_received_by_gateways": int(sum(self.metric("edge_gateway_batches_received_total", g)
+                                                    for g in self.gateways)),
         }
 
 
@@ -237,10 +241,11 @@ def report(test, figures):
     print("FIGURES " + json.dumps(dict(test=test, **figures), sort_keys=True))
 
 
-def assert_exactly_once(fig, holes=0):
+def assert_exactly_once(fig):
     assert fig["samples_received"] == fig["samples_kept"] - fig["samples_reported_lost"], fig
     assert fig["duplicates_downstream"] == 0 and fig["out_of_order"] == 0 and fig["conflicting_values"] == 0, fig
-    assert fig["series_holes"] == holes, fig
+    # a new agent run reads CPU time once before it has a utilisation: the only hole a series may have
+    assert fig["series_holes"] == fig["utilization_series"] * (fig["agent_runs"] - 1), fig
 
 
 # ---------------------------------------------------------------- the broker goes away and comes back
@@ -279,6 +284,8 @@ def test_a_broker_that_loses_its_sessions_loses_nothing(rig, how):
     r.wait_flowing()
     time.sleep(3)
     r.stop_broker() if how == "restart_without_persistence" else r.kill_broker()
+    log = open(os.path.join(str(r.tmp), "mosquitto-%d.log" % r.port)).read()
+    assert "Saving in-memory database" not in log  # it forgot everything: sessions, subscriptions, queues
     time.sleep(8)
     r.start_broker()
     r.wait_caught_up(60)
@@ -663,25 +670,27 @@ def test_a_full_or_read_only_gateway_state_dir_is_one_clear_line(rig, tiny_disk,
     r = rig()
     state = tiny_disk / "gw-state"
     state.mkdir()
-    with open(tiny_disk / "filler", "wb") as f:  # fill the disk
+    with open(tiny_disk / "filler", "wb", buffering=0) as f:  # fill the disk
         try:
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
         except OSError:
             pass
     r.start_gateway("--state-dir", str(state), state=False)
     r.start_agent()
     r.wait_flowing()  # it runs: exports go on, with the dedupe state in memory only
+    time.sleep(4)
     r.stop_agent()
     fig = r.figures()
+    failed = r.metric("edge_gateway_state_errors_total")
     r.stop_gateway()
     out = (r.tmp / "gw.out").read_text()
     errors = [json.loads(line) for line in out.splitlines() if '"state_error"' in line]
-    fig.update(state_errors=int(sum(1 for _ in errors)))
+    fig.update(state_write_failures=int(failed), state_error_lines=len(errors))
     report("full_gateway_state_dir", fig)
     assert_exactly_once(fig)
-    assert errors and len(errors) <= 2 and "No space left" in errors[0]["msg"], out[-2000:]
+    # every failed write counted, one line said so (at most one a minute)
+    assert failed > 3 and len(errors) == 1 and "No space left" in errors[0]["msg"], out[-2000:]
     assert "Traceback" not in out
 
     readonly = tmp_path / "ro"
