@@ -15,7 +15,6 @@ processes; this file pins the rules down one by one.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 
