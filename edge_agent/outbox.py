@@ -127,8 +127,9 @@ class Outbox:
             first = int.from_bytes(payload[pos:pos + 8], "big")
             kind = payload[pos + 8] >> 6
             end = first + ((payload[pos + 8] & 0x3F) << 8 | payload[pos + 9])
-            if kind == 2:
-                wanted = first
+            if kind > 1:  # 3: not (yet) defined, ignored
+                if kind == 2:
+                    wanted = first
                 continue
             for entries in self.lists():
                 keep = []

@@ -19,6 +19,8 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent import agent as agent_module
 from edge_agent import config, wire
@@ -338,3 +340,38 @@ def test_the_receipt_format_round_trips_and_rejects_garbage():
         with pytest.raises(wire.WireError):
             wire.parse_receipt(bad)
     assert json.dumps(wire.runs_of([3, 1, 2, 7, 9, 8])) == "[[1, 3, 0], [7, 3, 0]]"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_hostile_receipts_never_raise_and_settle_only_what_they_name(payload):
+    agent = make(pytest_tmp())
+    agent.on_connect()
+    batches(agent, 2)
+    agent.pump()
+    agent.pump()
+    before = [e.seq for entries in agent.outbox.lists() for e in entries]
+    agent.on_message("edge/dev-d/delivery", payload)  # whatever it is
+    after = [e.seq for entries in agent.outbox.lists() for e in entries]
+    assert set(after) <= set(before)
+
+
+def test_crafted_receipts_are_ignored_or_settle_only_their_runs(tmp_path, clock):
+    agent = make(tmp_path)
+    agent.on_connect()
+    batches(agent, 2)
+    seqs = [e.seq for e in agent.outbox.entries]
+    boot = wire.boot_tag("b-1")
+    version2 = b"\x02" + wire.encode_receipt(boot, [(seqs[0], 1, EXPORTED)])[1:]
+    kind3 = wire.encode_receipt(boot, [(seqs[0], 1, EXPORTED)])[:13] + bytes([0xC0, 0x01])
+    many = wire.encode_receipt(boot, [(s, 1, EXPORTED) for s in range(10 ** 6, 10 ** 6 + 10000)])
+    for payload in (b"", b"\x01", version2, kind3, many, wire.encode_receipt(boot, [(1, 5, EXPORTED)])):
+        agent.on_message("edge/dev-d/delivery", payload)
+    assert [e.seq for e in agent.outbox.entries] == seqs and agent.outbox.lost() == (0, 0)
+
+
+def pytest_tmp():
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp(prefix="edge-delivery-"))
