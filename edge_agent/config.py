@@ -167,11 +167,11 @@ def check(config):
     commands = config.get("commands")
     for name in ("device_key", "fleet_key"):
         key = commands.get(name) if isinstance(commands, dict) else None
-        if isinstance(key, str) and key:
-            from edge_agent.hmac import key_bytes  # as the agent reads it ("hex:..." or text)
+        if isinstance(key, str) and key[:4] == "hex:":  # as edge_agent.hmac.key_bytes reads it
+            import binascii
 
             try:
-                ok = len(key_bytes(key)) > 0
+                ok = len(binascii.unhexlify(key[4:])) > 0
             except ValueError:  # binascii.Error is one
                 ok = False
             if not ok:
