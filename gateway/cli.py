@@ -87,7 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_broker_options(run)
     run.add_argument("--share-group", help="receive data through $share/GROUP/… to split load between replicas")
     run.add_argument("--session-expiry", type=int, default=3600, metavar="S",
-                     help="seconds the broker keeps the session (and unacked data) after a disconnect")
+                     help="seconds the broker keeps the session (and unacked data) after a disconnect; with "
+                     "--share-group only the births' session: a replica's data session ends with it")
     run.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (0: any free port)")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address to serve /metrics on")
     run.add_argument("--log-format", choices=("text", "json"), default="text")

@@ -383,10 +383,14 @@ def test_gateway_kill_9_with_exported_but_unacked_batches(rig, state):
     # From now on the gateway's acks and receipts do not reach the broker, while it keeps exporting
     # what it already has: the broker redelivers those after the crash, and the agent sends again
     # what no receipt settled.
-    proxy.holding.set()
+    r.receiver.delay = lambda: 1.0  # an export takes a second: one is under way when the hold begins
+    time.sleep(2)
     exported_before = r.metric("edge_gateway_batches_exported_total")
-    time.sleep(5)
+    proxy.holding.set()
+    wait_for(lambda: r.metric("edge_gateway_batches_exported_total") > exported_before, 10, "an export")
+    time.sleep(2)
     unacked = r.metric("edge_gateway_batches_exported_total") - exported_before
+    r.receiver.delay = lambda: 0.0
     r.kill_gateway()
     proxy.drop()
     time.sleep(3)
@@ -520,7 +524,7 @@ def test_buffer_overflow_drop_count_is_exact(rig, spool):
     r.start_gateway()
     extra = ["--max-batches", "5"]
     if spool:
-        extra += ["--spool-bytes", "6000"]
+        extra += ["--spool-bytes", "3000"]
     r.start_agent(*extra)
     r.wait_flowing()
     time.sleep(3)
@@ -532,7 +536,7 @@ def test_buffer_overflow_drop_count_is_exact(rig, spool):
     stats = r.stop_agent()
     fig = r.figures()
     reported = r.metric('edge_gateway_device_lost_samples{device="%s"}' % DEVICE)
-    fig.update(outage_s=12, max_batches=5, spool_bytes=6000 if spool else 0, lost_batches=stats["lost_batches"],
+    fig.update(outage_s=12, max_batches=5, spool_bytes=3000 if spool else 0, lost_batches=stats["lost_batches"],
                lost_samples=stats["lost_samples"], reported_in_batches=int(reported),
                unsent_samples_at_stop=stats["unsent_samples"], broker_saves=assert_saved(r.tmp, r.port))
     report("buffer_overflow_" + ("spool" if spool else "ram"), fig)
