@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 
 from gateway import __version__, exporters, logs
 from gateway.app import Gateway
@@ -65,8 +66,11 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
     host, port, tls = parse_broker(args.broker)
+    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
+    username = args.username if args.username is not None else parts.username
+    password = args.password if args.password is not None else parts.password
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=args.password, client_id=args.client_id or client_id)
+                        username=username, password=password, client_id=args.client_id or client_id)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_broker_options(run)
     run.add_argument("--share-group", help="receive data through $share/GROUP/… to split load between replicas")
     run.add_argument("--session-expiry", type=int, default=3600, metavar="S",
-                     help="seconds the broker keeps the session (and unacked data) after a disconnect")
+                     help="seconds the broker keeps the session (and unacked data) after a disconnect; with "
+                     "--share-group only the births' session: a replica's data session ends with it")
     run.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (0: any free port)")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address to serve /metrics on")
     run.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -95,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep the dedupe state and the births here, so a crash neither exports a batch twice "
                      "nor forgets a dictionary (one gateway per directory)")
+    run.add_argument("--receipts", action=argparse.BooleanOptionalAction, default=True,
+                     help="tell each device what was exported (<prefix>/<device>/delivery), so it keeps and sends "
+                     "again what was not (default: on; with several independent gateways on the same devices, "
+                     "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
@@ -125,7 +134,7 @@ def run_command(args: argparse.Namespace) -> int:
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
     dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state)
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
     gateway.late_after_s = args.late_after
     events = None
     if logs_exporter is not None:
@@ -133,6 +142,7 @@ def run_command(args: argparse.Namespace) -> int:
     births, replayed = gateway.restore()
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     gateway.publish_status = intake.publish_status
+    gateway.publish_receipt = intake.publish_receipt
     status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
         "mqtt_connected": intake.connected, "queue_depth": pipeline.depth(),
         "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()}),
@@ -147,9 +157,9 @@ def run_command(args: argparse.Namespace) -> int:
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": args.broker, "exporter": described, "metrics_port": status.port,
+        "event": "started", "broker": logs.redact(args.broker), "exporter": described, "metrics_port": status.port,
         "client_id": intake.config.client_id, "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
-        "births_restored": births, "batches_replayed": replayed}})
+        "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
     while not stop.wait(1.0):
         gateway.expire()
     log.info("gateway stopping", extra={"fields": {"event": "stopping"}})
