@@ -161,7 +161,7 @@ def gateway() -> Dictionaries:
 
 
 def snapshot(dicts: Dictionaries) -> dict:
-    return {device: [(key, id(b)) for key, b in runs.items()] for device, runs in dicts._births.items()}
+    return {device: [((b.boot, b.base), id(b)) for b in runs] for device, runs in dicts._births.items()}
 
 
 def check_gateway(dicts: Dictionaries, kind: str, payload: bytes, device: str = "dev-1") -> str | None:
