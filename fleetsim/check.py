@@ -20,7 +20,9 @@ class Tally:
         self.samples: Counter = Counter()  # device -> its points
         self.batches: dict[str, Counter] = {}  # device -> last tick (ms) -> times exported
 
-    def add(self, request) -> None:
+    def add(self, request) -> tuple[int, list[tuple[str, int]]]:
+        """Count one request; returns (device points in it, [(device, batch's last tick ms)])."""
+        points, batches = 0, []
         if isinstance(request, (bytes, bytearray, memoryview)):
             message = ExportMetricsServiceRequest()
             message.ParseFromString(bytes(request))
@@ -33,13 +35,17 @@ class Tally:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     kind = metric.WhichOneof("data")
-                    points = getattr(metric, kind).data_points
+                    data = getattr(metric, kind).data_points
                     if metric.name == "edge.agent.lost.batches":
                         seen = self.batches.setdefault(device, Counter())
-                        for point in points:
-                            seen[point.time_unix_nano // 1_000_000] += 1
+                        for point in data:
+                            last = point.time_unix_nano // 1_000_000
+                            seen[last] += 1
+                            batches.append((device, last))
                     elif metric.name not in GATEWAY_METRICS:
-                        self.samples[device] += len(points)
+                        self.samples[device] += len(data)
+                        points += len(data)
+        return points, batches
 
 
 def compare(batches: list, tally: Tally) -> dict:

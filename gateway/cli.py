@@ -105,6 +105,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "again what was not (default: on; with several independent gateways on the same devices, "
                      "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
+    run.add_argument("--max-devices", type=int, default=100000, metavar="N",
+                     help="devices whose dictionaries are kept; a new device's birth beyond it is refused "
+                     "(one log line, edge_gateway_limit_reached_total{limit=\"devices\"})")
+    run.add_argument("--forget-after", type=float, default=86400.0, metavar="S",
+                     help="forget a device silent for S seconds: dictionaries, dedupe state, metrics "
+                     "(0: never; a device that comes back is asked for its birth)")
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
     exporters.add_options(run)
@@ -126,15 +132,17 @@ def run_command(args: argparse.Namespace) -> int:
     except (StateError, OSError) as exc:
         print("edge-gateway: --state-dir: %s" % exc, file=sys.stderr)
         return 2
-    dictionaries = Dictionaries(max_payload=args.max_payload, max_new_series=args.max_new_series)
+    dictionaries = Dictionaries(max_payload=args.max_payload, max_new_series=args.max_new_series,
+                                max_devices=args.max_devices)
     pipeline: ExportPipeline | None = None
     metrics = GatewayMetrics(queue_depth=lambda: pipeline.depth() if pipeline else 0,
                              devices=lambda: len(dictionaries.devices()))
     pipeline = ExportPipeline(exporter, metrics, queue_size=args.queue_size, max_batches=args.max_batches,
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
-    dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
+    dedupe = SeqTracker(gaps=args.share_group is None, max_streams=2 * args.max_devices) if args.dedupe else None
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts,
+                      forget_after_s=args.forget_after)
     gateway.late_after_s = args.late_after
     events = None
     if logs_exporter is not None:

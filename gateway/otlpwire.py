@@ -158,7 +158,11 @@ class RunCache:
         resource = _field(0x0A, attributes(0x0A, resource_attributes(run)))  # ResourceMetrics.resource (1)
         self.resource = resource
         self.boot_ns = run.boot_time_ms * 1_000_000
-        self.per_cpu = frozenset(s.name for s in run.series.values() if s.attrs.get("cpu", "total") != "total")
+        per_cpu = frozenset(s.name for s in run.series.values() if s.attrs.get("cpu", "total") != "total")
+        self.per_cpu = _per_cpu_sets.setdefault(per_cpu, per_cpu) if len(_per_cpu_sets) < 1024 else per_cpu
+
+
+_per_cpu_sets: dict[frozenset, frozenset] = {}  # one object per distinct set (devices of a kind share it)
 
 
 def _run(run: RunRecord) -> RunCache:
