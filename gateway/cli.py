@@ -17,7 +17,7 @@ import sys
 import threading
 import urllib.parse
 
-from gateway import __version__, exporters, logs
+from gateway import __version__, amqp, exporters, logs
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
 from gateway.dedupe import SeqTracker
@@ -114,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
     exporters.add_options(run)
+    amqp.add_options(run)
     run.set_defaults(func=run_command)
 
 
@@ -140,7 +141,8 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = ExportPipeline(exporter, metrics, queue_size=args.queue_size, max_batches=args.max_batches,
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
-    dedupe = SeqTracker(gaps=args.share_group is None, max_streams=2 * args.max_devices) if args.dedupe else None
+    shared = args.share_group is not None or bool(args.amqp)
+    dedupe = SeqTracker(gaps=not shared, max_streams=2 * args.max_devices) if args.dedupe else None
     gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts,
                       forget_after_s=args.forget_after)
     gateway.late_after_s = args.late_after
@@ -148,7 +150,12 @@ def run_command(args: argparse.Namespace) -> int:
     if logs_exporter is not None:
         events = gateway.events = DeviceEvents(logs_exporter, dictionaries.latest, metrics, RetryPolicy())
     births, replayed = gateway.restore()
-    intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
+    try:  # RabbitMQ over AMQP (gateway/amqp.py), or an MQTT broker
+        intake = amqp.intake(args, gateway, metrics, broker.client_id) if args.amqp else \
+            MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
+    except ValueError as exc:
+        print("edge-gateway: %s" % exc, file=sys.stderr)
+        return 2
     gateway.publish_status = intake.publish_status
     gateway.publish_receipt = intake.publish_receipt
     status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
@@ -165,7 +172,8 @@ def run_command(args: argparse.Namespace) -> int:
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": logs.redact(args.broker), "exporter": described, "metrics_port": status.port,
+        "event": "started", "broker": " ".join(map(amqp.redact, args.amqp)) if args.amqp else logs.redact(args.broker),
+        "exporter": described, "metrics_port": status.port,
         "client_id": intake.config.client_id, "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
         "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
     while not stop.wait(1.0):
