@@ -107,7 +107,7 @@ class AmqpIntake:
         self._generation = 0  # a new one per connection: older delivery tags are not acked on it
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="amqp", daemon=True)
-        self._node = random.randrange(len(config.parameters))
+        self._node = 0  # the first node given, then the next one each time a connection fails
         self._headers = {"share-group": config.share_group, "gateway": config.client_id}
 
     # ------------------------------------------------------------ the intake interface
