@@ -3,7 +3,9 @@
     .venv/bin/python bench/fleet.py [--devices 1000,10000] [--batch 10] [--seconds 60]
                                     [--saturate] [--replicas 1] [--sim-processes 1]
 
-Per scenario, all on loopback: mosquitto (tests/mosquitto.py), `edge-gateway run` process(es)
+Per scenario, all on loopback: mosquitto (tests/mosquitto.py) or, with `--rabbitmq N`, a RabbitMQ
+cluster of N nodes (tests/rabbitmq.py; the gateways consume its quorum queue over AMQP and the
+devices spread over the nodes' MQTT listeners), `edge-gateway run` process(es)
 exporting OTLP/HTTP to a receiver in this process that stores each request's bytes and arrival
 time, and `edge-fleet-sim` with N devices (one MQTT connection each, the agent's protocol and
 receipts, recorded values). The gateway is pinned to the last CPU, broker and simulator to the
@@ -40,6 +42,7 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
         sys.path.insert(0, _path)
 
 from mosquitto import free_port, start_mosquitto, stop  # noqa: E402
+from rabbitmq import Cluster  # noqa: E402
 
 from bench.wire_size import machine  # noqa: E402
 from fleetsim.check import Tally, compare  # noqa: E402
@@ -85,6 +88,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK_S
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds of every process in a process group (a RabbitMQ node: its script, the VM, helpers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / TICK_S
+    return total
+
+
 def rss_kb(pid: int) -> int:
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -106,15 +125,29 @@ def percentile(pairs: list[tuple[float, float]], q: float) -> float:
 
 
 def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: int, sim_processes: int,
-             saturate: bool, queue: int) -> dict:
-    broker, port = start_mosquitto(tmp, extra_conf="max_queued_messages 100000\nmax_inflight_messages 0\n")
+             saturate: bool, queue: int, rabbitmq: int = 0) -> dict:
+    cluster = None
+    if rabbitmq:
+        cluster = Cluster(tmp, nodes=rabbitmq).start()
+        intake = [a for node in cluster.nodes for a in ("--amqp", node.amqp_url)]
+        brokers = [a for node in cluster.nodes for a in ("--broker", node.mqtt_url)]
+
+        def broker_cpu() -> float:
+            return sum(group_cpu_s(node.proc.pid) for node in cluster.nodes)
+    else:
+        broker, port = start_mosquitto(tmp, extra_conf="max_queued_messages 100000\nmax_inflight_messages 0\n")
+        intake = ["--broker", "mqtt://127.0.0.1:%d" % port]
+        brokers = intake
+
+        def broker_cpu() -> float:
+            return cpu_s(broker.pid)
     receiver = Receiver()
     cpus = sorted(os.sched_getaffinity(0))
     gateway_cpu, other_cpus = {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
     gateways = []
     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
     for k in range(replicas):
-        argv = [BIN + "/edge-gateway", "run", "--broker", "mqtt://127.0.0.1:%d" % port, "--client-id",
+        argv = [BIN + "/edge-gateway", "run", *intake, "--client-id",
                 "bench-gw-%d" % k, "--metrics-port", str(free_port()), "--queue-size", str(queue),
                 "--log-format", "json"] + (["--share-group", "bench"] if replicas > 1 else [])
         log = open(os.path.join(tmp, "gateway-%d.log" % k), "ab")
@@ -123,11 +156,15 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
         gateways.append(proc)
     time.sleep(3)
     rss0 = [rss_kb(g.pid) for g in gateways]
+    for g in gateways:
+        with open(os.path.join(tmp, "gateway-%d.log" % gateways.index(g)), "rb") as f:
+            if b'"started"' not in f.read():
+                raise RuntimeError("the gateway did not start, see its log")
     report = os.path.join(tmp, "report-%d.json" % devices)
     interval = 1.0 if saturate else batch_s
-    ramp = min(interval, 10.0)
-    sim = subprocess.Popen([BIN + "/edge-fleet-sim", "--devices", str(devices), "--broker",
-                            "mqtt://127.0.0.1:%d" % port, "--batch", str(interval), "--duration", str(seconds),
+    ramp = max(min(interval, 10.0), devices / 500)  # births and connections spread: 500 devices a second
+    sim = subprocess.Popen([BIN + "/edge-fleet-sim", "--devices", str(devices), *brokers,
+                            "--batch", str(interval), "--duration", str(seconds),
                             "--ramp", str(ramp), "--drain", "60", "--processes", str(sim_processes),
                             "--report", report], stdout=subprocess.PIPE, text=True)
     for pid in [sim.pid]:
@@ -138,17 +175,22 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
     time.sleep(ramp + interval)  # devices connected and their first batches on the way
     window0 = time.time()
     cpu0 = [cpu_s(g.pid) for g in gateways]
+    broker0 = broker_cpu()
     requests0 = len(receiver.requests)
     time.sleep(max(1.0, seconds - interval))
     window1 = time.time()
     cpu1 = [cpu_s(g.pid) for g in gateways]
+    broker1 = broker_cpu()
     requests1 = len(receiver.requests)
     rss1 = [rss_kb(g.pid) for g in gateways]
     out, _ = sim.communicate(timeout=seconds + 300)
     summary = json.loads(out.strip().splitlines()[-1])
     for g in gateways:
         stop(g, 15)
-    stop(broker)
+    if cluster is not None:
+        cluster.stop()
+    else:
+        stop(broker)
     receiver.stop()
     with open(report) as f:
         batches = json.load(f)["batches"]
@@ -178,7 +220,8 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
         "devices": devices, "batch_s": interval, "replicas": replicas, "seconds": round(wall, 1),
         "offered_samples_per_s": round(summary["samples"] / max(1e-9, summary["seconds"])),
         "exported_samples_per_s": round(window_samples / wall),
-        "gateway_cpu_cores": round(gw_cpu / wall, 2),
+        "broker": "rabbitmq x%d" % rabbitmq if rabbitmq else "mosquitto",
+        "gateway_cpu_cores": round(gw_cpu / wall, 2), "broker_cpu_cores": round((broker1 - broker0) / wall, 2),
         "samples_per_gateway_cpu_s": round(window_samples / gw_cpu) if gw_cpu else None,
         "latency_sample_p50_s": round(percentile(sample_lat, 0.5), 3),
         "latency_sample_p99_s": round(percentile(sample_lat, 0.99), 3),
@@ -199,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=1, help="gateway processes (a share group when > 1)")
     parser.add_argument("--sim-processes", type=int, default=1)
     parser.add_argument("--queue", type=int, default=256, help="the gateway's --queue-size")
+    parser.add_argument("--rabbitmq", type=int, default=0, metavar="N",
+                        help="a RabbitMQ cluster of N nodes (tests/rabbitmq.py) instead of mosquitto; gateways on AMQP")
     args = parser.parse_args(argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rows = []
@@ -206,19 +251,20 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
             print("fleet of %d devices ..." % devices, file=sys.stderr, flush=True)
             rows.append(scenario(tmp, devices, args.batch, args.seconds, args.replicas, args.sim_processes,
-                                 args.saturate, args.queue))
+                                 args.saturate, args.queue, args.rabbitmq))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("machine: %s" % machine())
     print()
-    print("| devices | batch s | replicas | offered samples/s | exported samples/s | gateway cores | samples/s per "
-          "gateway core | sample→export p50 / p99 s | batch→export p50 / p99 s | gateway RSS MiB (start → end) | "
-          "KiB per device | batches made / received / missing / doubled |")
-    print("|" + "---:|" * 12)
+    print("| broker | devices | batch s | replicas | offered samples/s | exported samples/s | gateway cores | broker "
+          "cores | samples/s per gateway core | sample→export p50 / p99 s | batch→export p50 / p99 s | gateway RSS "
+          "MiB (start → end) | KiB per device | batches made / received / missing / doubled |")
+    print("|---|" + "---:|" * 13)
     for r in rows:
         c = r["check"]
-        print("| %d | %g | %d | %d | %d | %.2f | %s | %.2f / %.2f | %.2f / %.2f | %.1f → %.1f | %.1f | %d / %d / %d / %d |" % (
-            r["devices"], r["batch_s"], r["replicas"], r["offered_samples_per_s"], r["exported_samples_per_s"],
-            r["gateway_cpu_cores"], r["samples_per_gateway_cpu_s"], r["latency_sample_p50_s"],
+        print("| %s | %d | %g | %d | %d | %d | %.2f | %.2f | %s | %.2f / %.2f | %.2f / %.2f | %.1f → %.1f | %.1f | "
+              "%d / %d / %d / %d |" % (
+            r["broker"], r["devices"], r["batch_s"], r["replicas"], r["offered_samples_per_s"], r["exported_samples_per_s"],
+            r["gateway_cpu_cores"], r["broker_cpu_cores"], r["samples_per_gateway_cpu_s"], r["latency_sample_p50_s"],
             r["latency_sample_p99_s"], r["latency_batch_p50_s"], r["latency_batch_p99_s"],
             r["gateway_rss_mib_start"], r["gateway_rss_mib_end"], r["gateway_rss_kib_per_device"],
             c["batches_made"], c["batches_received"], c["batches_missing"], c["batches_duplicated"]))
