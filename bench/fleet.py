@@ -125,7 +125,7 @@ def percentile(pairs: list[tuple[float, float]], q: float) -> float:
 
 
 def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: int, sim_processes: int,
-             saturate: bool, queue: int, rabbitmq: int = 0) -> dict:
+             saturate: bool, queue: int, rabbitmq: int = 0, stride: int = 1) -> dict:
     cluster = None
     if rabbitmq:
         cluster = Cluster(tmp, nodes=rabbitmq).start()
@@ -164,7 +164,8 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
     interval = 1.0 if saturate else batch_s
     ramp = max(min(interval, 10.0), devices / 500)  # births and connections spread: 500 devices a second
     sim = subprocess.Popen([BIN + "/edge-fleet-sim", "--devices", str(devices), *brokers,
-                            "--batch", str(interval), "--duration", str(seconds),
+                            "--batch", str(interval), "--duration", str(seconds), "--stride", str(stride),
+                            "--ticks", str(max(1, round(batch_s / stride))),
                             "--ramp", str(ramp), "--drain", "60", "--processes", str(sim_processes),
                             "--report", report], stdout=subprocess.PIPE, text=True)
     for pid in [sim.pid]:
@@ -210,14 +211,14 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
         if arrived is None:
             continue
         batch_lat.append((arrived - last / 1000, 1))
-        ticks = 10
+        ticks = max(2, round(batch_s / stride))
         for k in range(ticks):  # samples spread over the batch's ticks
             t = (first + (last - first) * k / (ticks - 1)) / 1000
             sample_lat.append((arrived - t, samples / ticks))
     gw_cpu = sum(b - a for a, b in zip(cpu0, cpu1, strict=True))
     wall = window1 - window0
     return {
-        "devices": devices, "batch_s": interval, "replicas": replicas, "seconds": round(wall, 1),
+        "devices": devices, "batch_s": interval, "sample_s": stride, "replicas": replicas, "seconds": round(wall, 1),
         "offered_samples_per_s": round(summary["samples"] / max(1e-9, summary["seconds"])),
         "exported_samples_per_s": round(window_samples / wall),
         "broker": "rabbitmq x%d" % rabbitmq if rabbitmq else "mosquitto",
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=float, default=10.0, help="seconds between a device's batches")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of batches per scenario")
     parser.add_argument("--saturate", action="store_true", help="a batch per device per second")
+    parser.add_argument("--stride", type=int, default=1, metavar="S",
+                        help="devices sample every S s (every S-th tick of the 1 s recording)")
     parser.add_argument("--replicas", type=int, default=1, help="gateway processes (a share group when > 1)")
     parser.add_argument("--sim-processes", type=int, default=1)
     parser.add_argument("--queue", type=int, default=256, help="the gateway's --queue-size")
@@ -251,19 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
             print("fleet of %d devices ..." % devices, file=sys.stderr, flush=True)
             rows.append(scenario(tmp, devices, args.batch, args.seconds, args.replicas, args.sim_processes,
-                                 args.saturate, args.queue, args.rabbitmq))
+                                 args.saturate, args.queue, args.rabbitmq, args.stride))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("machine: %s" % machine())
     print()
-    print("| broker | devices | batch s | replicas | offered samples/s | exported samples/s | gateway cores | broker "
+    print("| broker | devices | batch s | sample s | replicas | offered samples/s | exported samples/s | gateway cores | broker "
           "cores | samples/s per gateway core | sample→export p50 / p99 s | batch→export p50 / p99 s | gateway RSS "
           "MiB (start → end) | KiB per device | batches made / received / missing / doubled |")
-    print("|---|" + "---:|" * 13)
+    print("|---|" + "---:|" * 14)
     for r in rows:
         c = r["check"]
-        print("| %s | %d | %g | %d | %d | %d | %.2f | %.2f | %s | %.2f / %.2f | %.2f / %.2f | %.1f → %.1f | %.1f | "
+        print("| %s | %d | %g | %d | %d | %d | %d | %.2f | %.2f | %s | %.2f / %.2f | %.2f / %.2f | %.1f → %.1f | %.1f | "
               "%d / %d / %d / %d |" % (
-            r["broker"], r["devices"], r["batch_s"], r["replicas"], r["offered_samples_per_s"], r["exported_samples_per_s"],
+            r["broker"], r["devices"], r["batch_s"], r["sample_s"], r["replicas"], r["offered_samples_per_s"], r["exported_samples_per_s"],
             r["gateway_cpu_cores"], r["broker_cpu_cores"], r["samples_per_gateway_cpu_s"], r["latency_sample_p50_s"],
             r["latency_sample_p99_s"], r["latency_batch_p50_s"], r["latency_batch_p99_s"],
             r["gateway_rss_mib_start"], r["gateway_rss_mib_end"], r["gateway_rss_kib_per_device"],

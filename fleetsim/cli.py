@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-prefix", default="sim-", help="device ids are PREFIX + a number")
     p.add_argument("--first", type=int, default=0, help="number of the first device")
     p.add_argument("--batch", type=float, default=10.0, help="seconds between a device's batches")
-    p.add_argument("--ticks", type=int, default=10, help="recorded 1 s ticks per batch")
+    p.add_argument("--ticks", type=int, default=10, help="recorded ticks per batch")
+    p.add_argument("--stride", type=int, default=1, help="replay every N-th recorded 1 s tick (sampling every N s)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of batches")
     p.add_argument("--ramp", type=float, default=None, help="seconds over which devices connect (default: --batch)")
     p.add_argument("--drain", type=float, default=30.0, help="seconds to wait for the last receipts")
@@ -90,7 +91,7 @@ def _raise_file_limit(wanted: int) -> None:
 
 async def simulate(args: argparse.Namespace, brokers: list[tuple[str, int]]) -> tuple[dict, list]:
     rng = random.Random(args.seed)
-    recording = Recording(args.recording, args.ticks, args.classes)
+    recording = Recording(args.recording, args.ticks, args.classes, args.stride)
     loop = asyncio.get_running_loop()
     devices = [Device(args.first + i, "%s%05d" % (args.device_prefix, args.first + i), recording, brokers,
                       args.topic_prefix, args.batch) for i in range(args.devices)]

@@ -72,6 +72,7 @@ class Device:
         self._reboot()
         self._new_run()
         self._timer: asyncio.TimerHandle | None = None
+        self._resend: tuple[float, asyncio.TimerHandle] | None = None  # (due, handle) of the next look
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -168,9 +169,17 @@ class Device:
         for entry in self.outbox.entries:  # the next look: when the oldest may be due again
             if entry.token == -1:
                 wait = min(self.outbox.resend_ms << min(max(entry.tries - 1, 0), 8), 60000)
-                loop = asyncio.get_running_loop()
-                loop.call_later(max(0.05, (entry.sent_ms + wait - now) / 1000 + 0.01), self.pump)
+                due = (entry.sent_ms + wait) / 1000 + 0.01
+                if self._resend is None or self._resend[0] > due:  # one timer per device
+                    if self._resend is not None:
+                        self._resend[1].cancel()
+                    handle = asyncio.get_running_loop().call_later(max(0.05, due - now / 1000), self._resend_due)
+                    self._resend = (due, handle)
             break
+
+    def _resend_due(self) -> None:
+        self._resend = None
+        self.pump()
 
     def _on_connect(self) -> None:
         for entry in self.outbox.entries:  # what the broker held may be gone: again now

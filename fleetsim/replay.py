@@ -6,7 +6,7 @@ byte for byte as the agent sent them (see `record` in bench/wire_size.py). `Reco
 with the project's decoder into one list of samples per tick.
 
 A simulated device replays that stream from its own starting point, in batches of `ticks`
-consecutive recorded ticks, over and over. Gauges repeat their recorded values; counters keep
+consecutive recorded ticks (every `stride`-th one: a device sampling less often), over and over. Gauges repeat their recorded values; counters keep
 rising: each pass over the recording adds what a pass adds (`span`), and each device's counters
 start from their own base (one of `classes`), so that no two neighbours send the same totals.
 Batches are encoded with the agent's own `BatchBuilder` and the agent's header encoding; the body
@@ -28,7 +28,7 @@ COUNTER_BASE = 1_000_000  # per class, in the series' own units
 
 
 class Recording:
-    def __init__(self, path: str = DEFAULT, ticks: int = 10, classes: int = 16) -> None:
+    def __init__(self, path: str = DEFAULT, ticks: int = 10, classes: int = 16, stride: int = 1) -> None:
         with open(path, "rb") as f:
             recording = wire.decode(f.read(), max_size=1 << 24)
         birth = wire.parse_birth(wire.decode(recording["births"][-1]))
@@ -37,17 +37,20 @@ class Recording:
         self.counters = {s.id for s in self.series if s.kind == COUNTER}
         self.samples_by_tick: list[dict[int, int]] = []
         self.deltas: list[int] = []  # ms from the previous tick
-        last = None
+        times = []
         for payload in recording["batches"]:
             batch = wire.parse_batch(wire.decode(payload))
+            first = len(self.samples_by_tick)
             for t in batch.ticks:
-                self.deltas.append(0 if last is None else t - last)
-                last = t
+                times.append(t)
                 self.samples_by_tick.append({})
-            first = len(self.samples_by_tick) - len(batch.ticks)
             for sid, indexes, values in batch.columns:
                 for i, value in zip(indexes, values, strict=True):
                     self.samples_by_tick[first + i][sid] = value
+        # a device sampling every `stride` recorded ticks (every 5 s of a 1 s recording, say)
+        self.samples_by_tick = self.samples_by_tick[::stride]
+        times = times[::stride]
+        self.deltas = [0] + [b - a for a, b in zip(times, times[1:], strict=False)]
         self.ticks = ticks
         usable = len(self.samples_by_tick) // ticks * ticks
         if usable < ticks:

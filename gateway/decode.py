@@ -65,7 +65,7 @@ def unpack(payload: bytes) -> object:
 class Resolved:
     """A valid batch with its birth; `points` is a list of (SeriesRecord, tick indexes, absolute values)."""
 
-    __slots__ = ("batch", "birth", "points", "size")
+    __slots__ = ("batch", "birth", "points", "size", "_samples")
 
     def __init__(self, batch: wire.Batch, birth: RunRecord, points: list[tuple[SeriesRecord, list[int], list]],
                  size: int) -> None:
@@ -73,6 +73,7 @@ class Resolved:
         self.birth = birth
         self.points = points
         self.size = size  # payload bytes
+        self._samples = None
 
     @property
     def device(self) -> str:
@@ -83,7 +84,9 @@ class Resolved:
         return (self.batch.device, self.batch.boot, self.batch.seq)
 
     def samples(self) -> int:
-        return sum([len(indexes) for _, indexes, _ in self.points])
+        if self._samples is None:
+            self._samples = sum([len(indexes) for _, indexes, _ in self.points])
+        return self._samples
 
     def last_tick_ms(self) -> int:
         return self.batch.ticks[-1]

@@ -110,6 +110,8 @@ class DeviceEvents:
     def batch(self, resolved) -> None:
         """Link up/down from an exported batch's operstate samples (netlink reports them, and samples
         a link at once when it changes)."""
+        if OPERSTATE not in resolved.birth.names:  # most devices' batches need no look
+            return
         ticks = resolved.batch.ticks
         for series, indexes, values in resolved.points:
             if series.name != OPERSTATE:
@@ -180,3 +182,4 @@ class DeviceEvents:
             record.body.string_value = body
             _attributes(record.attributes, dict(attrs, **{"event.name": event}))
         return request
+

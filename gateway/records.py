@@ -108,11 +108,12 @@ class SeriesIds:
 
 
 class RunRecord:
-    """One agent run's birth: `series` is a SeriesIds; `otlp` is an exporter's cache (the resource)."""
+    """One agent run's birth: `series` is a SeriesIds, `names` its metric names; `otlp` is an exporter's
+    cache (the resource)."""
 
     __slots__ = ("device", "boot_id", "boot", "boot_time_ms", "dict_epoch", "base", "agent", "os", "platform",
                  "collectors", "host", "host_id", "os_description", "agent_start_ms", "interval_ms", "series",
-                 "otlp")
+                 "names", "otlp")
 
     def __init__(self, obj: dict, series: SeriesIds) -> None:
         self.device = _intern(obj["dev"])
@@ -133,6 +134,7 @@ class RunRecord:
         self.agent_start_ms = obj.get("ast", 0)  # 0: an agent that does not say
         self.interval_ms = obj.get("interval_ms")  # as the birth has it (not validated: checked where used)
         self.series = series
+        self.names = _shared_names(frozenset([s.name for s in series.values()]))  # the metrics it has
         self.otlp = None
 
     def __repr__(self) -> str:
@@ -159,6 +161,17 @@ def _shared_map(value: object) -> object:
                 return value
             known = _maps[key] = {_intern(k): _intern(v) for k, v in value.items()}
         return known
+
+
+_names: dict[frozenset, frozenset] = {}
+
+
+def _shared_names(names: frozenset) -> frozenset:
+    """One object for each distinct set of metric names (devices of a kind announce the same)."""
+    with _lock:
+        if len(_names) >= MAX_SHARED_MAPS:
+            return names
+        return _names.setdefault(names, names)
 
 
 def series_record(name: str, kind: int, unit: str, attrs: dict, scale: int | float, bounds: list | None,
@@ -188,8 +201,9 @@ def parse_birth(obj: object, max_series: int = 10000) -> RunRecord:
     """A decoded birth map -> RunRecord, validated by the reference decoder (`wire.parse_birth`:
     WireError with a reason for anything malformed)."""
     birth = wire.parse_birth(obj, max_series)
+    starts = birth.series
     by_id = {}
-    for sid, s in birth.series.items():
-        bounds = s.bounds if s.kind == HISTOGRAM else None  # other kinds' bounds mean nothing
-        by_id[sid] = series_record(s.name, s.kind, s.unit, s.attrs, s.scale, bounds, s.source, s.start)
+    for sid, name, unit, kind, attrs, scale, bounds, source in obj["series"]:  # as validated just now
+        by_id[sid] = series_record(name, kind, unit, attrs, scale, bounds if kind == HISTOGRAM else None,
+                                   source if isinstance(source, str) else "", starts[sid].start)
     return RunRecord(obj, SeriesIds(by_id))
