@@ -20,7 +20,10 @@ competing consumers over AMQP 0-9-1 (pika):
   its meta queue and does not export again what this one exported (the device may send a batch again
   when its receipt was lost, and it can reach any gateway). A redelivered data message (its gateway
   died) is handled after REDELIVERED_GRACE_S, so that the dead gateway's receipts, published before
-  its acks but travelling through another queue, are read first.
+  its acks but travelling through another queue, are read first. A receipt that could not go out
+  (the connection broke between the export and its receipt) is kept (PENDING_RECEIPTS at most) and
+  published first thing on the next connection, before any message is consumed: the batch's
+  message is not acked either and goes to another gateway, which must learn it was exported.
 
 pika's BlockingConnection is not thread-safe: the exporter threads' acks and receipts are handed to
 the connection's thread (`add_callback_threadsafe`). A connection that breaks is opened again on the
@@ -50,6 +53,7 @@ from gateway.metrics import GatewayMetrics
 log = logging.getLogger("gateway.amqp")
 
 REDELIVERED_GRACE_S = 1.0
+PENDING_RECEIPTS = 10000  # receipts kept while disconnected; beyond, the oldest go (a device sends again)
 KINDS = ("birth", "state", "ack", "delivery")
 
 
@@ -109,6 +113,10 @@ class AmqpIntake:
         self._thread = threading.Thread(target=self._run, name="amqp", daemon=True)
         self._node = 0  # the first node given, then the next one each time a connection fails
         self._headers = {"share-group": config.share_group, "gateway": config.client_id}
+        # receipts not yet on the wire, by serial: a connection that breaks drops its queued callbacks
+        self._pending: dict[int, tuple[str, bytes]] = {}
+        self._pending_lock = threading.Lock()
+        self._serial = 0
 
     # ------------------------------------------------------------ the intake interface
 
@@ -130,9 +138,36 @@ class AmqpIntake:
         return False  # RabbitMQ keeps retained messages per node: the fleet status is MQTT brokers' (docs/scaling.md)
 
     def publish_receipt(self, device: str, payload: bytes) -> bool:
-        routing_key = "%s.%s.delivery" % (self.prefix, device)
-        return self._call(lambda channel: channel.basic_publish(
-            "amq.topic", routing_key, payload, pika.BasicProperties(headers=self._headers)))
+        """Published on the connection's thread; one the connection did not carry goes on the next."""
+        with self._pending_lock:
+            self._serial += 1
+            serial = self._serial
+            self._pending[serial] = (device, payload)
+            while len(self._pending) > PENDING_RECEIPTS:  # the oldest go: their devices send again
+                del self._pending[next(iter(self._pending))]
+
+        def work(channel) -> None:
+            with self._pending_lock:
+                receipt = self._pending.pop(serial, None)
+            if receipt is not None:  # else already published by _publish_pending
+                self._publish_receipt(channel, *receipt)
+
+        self._call(work)
+        return True  # published now or on the next connection
+
+    def _publish_receipt(self, channel, device: str, payload: bytes) -> None:
+        channel.basic_publish("amq.topic", "%s.%s.delivery" % (self.prefix, device), payload,
+                              pika.BasicProperties(headers=self._headers))
+
+    def _publish_pending(self, channel) -> None:
+        """The receipts a broken connection did not carry, before consuming anything on the new one."""
+        with self._pending_lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for device, payload in pending:
+            self._publish_receipt(channel, device, payload)
+        if pending:
+            log.info("receipts published after reconnecting", extra={"fields": {
+                "event": "amqp_receipts_resent", "receipts": len(pending)}})
 
     # ------------------------------------------------------------ connection thread
 
@@ -201,6 +236,7 @@ class AmqpIntake:
         channel.basic_consume(self.meta_queue, lambda ch, m, p, b: self._on_meta(ch, m, p, b))
         channel.basic_consume(self.data_queue, lambda ch, m, p, b: self._on_data(ch, m, b, generation))
         self.connected = True
+        self._publish_pending(channel)  # before this thread dispatches any message of the new connection
         self.metrics.connected.set(1)
         log.info("connected to the broker", extra={"fields": {
             "event": "amqp_connected", "broker": url, "client_id": self.config.client_id,
