@@ -2,7 +2,8 @@
 
 mutual TLS, certificate CN as identity, per-device ACL. A device with a valid certificate cannot
 publish as another device nor read another device's commands; a client without a certificate
-cannot connect; and the real agent and gateway work through it end to end.
+cannot connect; each kind of client connects only on its own listener (devices: fleet CA, 8883;
+gateways and operators: service CA, 8884); and the real agent and gateway work through it end to end.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
+import production_broker
 import pytest
-from mosquitto import MOSQUITTO, free_port, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy", "mosquitto")
@@ -27,23 +28,12 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
-    certs = tmp / "certs"
-    subprocess.run([os.path.join(DEPLOY, "gen-certs.sh"), str(certs), "dev-a", "dev-b"], check=True,
-                   capture_output=True)
-    port = free_port()
-    conf = open(os.path.join(DEPLOY, "mosquitto.conf")).read()
-    conf = (conf.replace("/etc/mosquitto/certs", str(certs)).replace("/etc/mosquitto/edge.acl", os.path.join(DEPLOY, "acl"))
-            .replace("listener 8883", "listener %d 127.0.0.1" % port).replace("persistence true", "persistence false")
-            .replace("persistence_location /var/lib/mosquitto/", ""))
-    if os.geteuid() == 0:
-        conf += "\n# tests run as root with keys in a private temp dir\nuser root\n"
-    (tmp / "mosquitto.conf").write_text(conf)
-    log = open(tmp / "mosquitto.log", "wb")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
-    assert proc.poll() is None, (tmp / "mosquitto.log").read_text()
-    yield {"port": port, "certs": certs, "tmp": tmp}
-    stop(proc)
+    running = production_broker.start(tmp, ("dev-a", "dev-b"))
+    yield {"port": running.device_port, "service_port": running.service_port, "certs": running.certs, "tmp": tmp}
+    running.stop()
+
+
+SERVICES = ("edge-gateway-1", "edge-gateway-2", "edge-operator")
 
 
 def client(broker, name: str | None, messages: queue.Queue | None = None) -> mqtt.Client:
@@ -56,6 +46,10 @@ def client(broker, name: str | None, messages: queue.Queue | None = None) -> mqt
     if messages is not None:
         c.on_message = lambda _c, _u, m: messages.put((m.topic, m.payload))
     return c
+
+
+def port_of(broker, name: str | None) -> int:
+    return broker["service_port"] if name in SERVICES else broker["port"]
 
 
 def connected(c: mqtt.Client, port: int) -> mqtt.Client:
@@ -85,7 +79,7 @@ def drain(q: queue.Queue, seconds: float) -> list:
 
 def test_device_cannot_publish_as_another_device(broker):
     seen: queue.Queue = queue.Queue()
-    gateway = connected(client(broker, "edge-gateway-1", seen), broker["port"])
+    gateway = connected(client(broker, "edge-gateway-1", seen), broker["service_port"])
     assert subscribe(gateway, "edge/+/data") == [1]
     device = connected(client(broker, "dev-a"), broker["port"])
     device.publish("edge/dev-a/data", b"mine", qos=1).wait_for_publish(5)
@@ -109,7 +103,7 @@ def test_device_cannot_read_another_devices_commands(broker):
     subscribe(dev_a, "edge/+/cmd")
     assert subscribe(dev_a, "edge/dev-a/cmd") == [1]
     assert subscribe(dev_b, "edge/dev-b/cmd") == [1]
-    operator = connected(client(broker, "edge-operator"), broker["port"])
+    operator = connected(client(broker, "edge-operator"), broker["service_port"])
     operator.publish("edge/dev-b/cmd", b"for b only", qos=1).wait_for_publish(5)
     dev_a.publish("edge/dev-b/cmd", b"forged by a", qos=1).wait_for_publish(5)  # devices cannot command
     assert drain(b_seen, 1.0) == [("edge/dev-b/cmd", b"for b only")]
@@ -138,13 +132,31 @@ def test_client_without_certificate_cannot_connect(broker):
         raise OSError("not connected")
 
 
+@pytest.mark.parametrize("name, listener", [("dev-a", "service_port"), ("edge-gateway-1", "port"),
+                                            ("edge-operator", "port")])
+def test_each_kind_of_client_connects_only_on_its_listener(broker, name, listener):
+    """A device cannot reach the services' listener (where client ids are free), nor a service the
+    devices' one: each listener trusts one CA."""
+    c = client(broker, name)
+    with pytest.raises((ssl.SSLError, OSError)):
+        c.connect("127.0.0.1", broker[listener])
+        for _ in range(40):
+            c.loop(0.05)
+            if c.is_connected():
+                break
+        assert not c.is_connected()
+        raise OSError("not connected")
+    assert port_of(broker, name) != broker[listener]
+
+
 def test_agent_and_gateway_through_mutual_tls(broker):
     certs, tmp, port = broker["certs"], broker["tmp"], broker["port"]
     out = tmp / "otlp.jsonl"
     url = "mqtts://127.0.0.1:%d" % port
-    gateway = subprocess.Popen([BIN + "/edge-gateway", "run", "--broker", url, "--ca", str(certs / "ca.crt"),
+    service = "mqtts://127.0.0.1:%d" % broker["service_port"]
+    gateway = subprocess.Popen([BIN + "/edge-gateway", "run", "--broker", service, "--ca", str(certs / "ca.crt"),
                                 "--cert", str(certs / "edge-gateway-1.crt"), "--key", str(certs / "edge-gateway-1.key"),
-                                "--client-id", "edge-gateway-1", "--metrics-port", "0", "--output", str(out)],
+                                "--metrics-port", "0", "--output", str(out)],
                                stdout=open(tmp / "gw.log", "wb"), stderr=subprocess.STDOUT)
     agent = subprocess.Popen([BIN + "/edge-agent", "run", "--broker", url, "--device-id", "dev-a",
                               "--ca", str(certs / "ca.crt"), "--cert", str(certs / "dev-a.crt"),

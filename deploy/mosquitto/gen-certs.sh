@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Generate a test CA, a server certificate and client certificates for edge-telemetry.
+# Generate test CAs, a server certificate and client certificates for edge-telemetry.
 #   deploy/mosquitto/gen-certs.sh OUT_DIR [DEVICE ...]
-# Clients: every DEVICE given, edge-gateway-1, edge-gateway-2 and edge-operator. The CN of each
-# client certificate is its MQTT identity (see mosquitto.conf). For production, keep the CA key
-# offline and issue device certificates from your provisioning system instead.
+# The fleet CA (ca.crt) signs the server and every DEVICE given (the devices' listener, 8883); the
+# service CA (service-ca.crt) signs edge-gateway-1, edge-gateway-2 and edge-operator (the services'
+# listener, 8884). The CN of each client certificate is its MQTT identity (see mosquitto.conf). For
+# production, keep the CA keys offline and issue device certificates from your provisioning system.
 set -euo pipefail
 out=${1:?usage: gen-certs.sh OUT_DIR [DEVICE ...]}
 shift
@@ -11,22 +12,25 @@ mkdir -p "$out"
 cd "$out"
 days=825
 
-if [ ! -e ca.key ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days $days \
-    -subj "/CN=edge-telemetry test CA" 2>/dev/null
-fi
+for ca in ca service-ca; do
+  if [ ! -e $ca.key ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout $ca.key -out $ca.crt -days $days \
+      -subj "/CN=edge-telemetry test $ca" 2>/dev/null
+  fi
+done
 
-issue() {  # issue NAME [SUBJECT_ALT_NAMES]
+ca=ca
+issue() {  # issue NAME [SUBJECT_ALT_NAMES], signed by $ca
   local name=$1 san=${2:-}
   [ -e "$name.crt" ] && return 0
   openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name" 2>/dev/null
   if [ -n "$san" ]; then
     printf 'subjectAltName=%s\n' "$san" > "$name.ext"
-    openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" \
+    openssl x509 -req -in "$name.csr" -CA $ca.crt -CAkey $ca.key -CAcreateserial -out "$name.crt" \
       -days $days -extfile "$name.ext" 2>/dev/null
     rm -f "$name.ext"
   else
-    openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" \
+    openssl x509 -req -in "$name.csr" -CA $ca.crt -CAkey $ca.key -CAcreateserial -out "$name.crt" \
       -days $days 2>/dev/null
   fi
   rm -f "$name.csr"
@@ -34,7 +38,11 @@ issue() {  # issue NAME [SUBJECT_ALT_NAMES]
 }
 
 issue server "DNS:localhost,IP:127.0.0.1"
-for client in "$@" edge-gateway-1 edge-gateway-2 edge-operator; do
-  issue "$client"
+for device in "$@"; do
+  issue "$device"
 done
-echo "certificates in $out: ca.crt server.crt $* edge-gateway-1 edge-gateway-2 edge-operator"
+ca=service-ca
+for service in edge-gateway-1 edge-gateway-2 edge-operator; do
+  issue "$service"
+done
+echo "certificates in $out: ca.crt server.crt $* (fleet CA); service-ca.crt edge-gateway-1 edge-gateway-2 edge-operator (service CA)"
