@@ -159,3 +159,18 @@ def test_passwords_from_the_environment_or_a_file_never_in_the_logs(tmp_path, pa
     devices = run(GATEWAY, "devices", "--broker", url, "--username", "gw", env={"EDGE_GATEWAY_MQTT_PASSWORD": "s3cret-gw"})
     assert devices.returncode == 0, devices.stderr
     assert "s3cret" not in log.read_text() + devices.stdout + devices.stderr
+
+
+def test_firmware_build_runs_in_the_project_environment_or_says_what_to_run(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    other = "/usr/bin/python3"  # not the venv's interpreter: the build re-runs itself there
+    proc = subprocess.run([other, "-m", "firmware", "build", "--help"], cwd=root, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    subprocess.run(["cp", "-r", os.path.join(root, "firmware"), str(copy)], check=True)
+    proc = subprocess.run([other, "-m", "firmware", "build"], cwd=str(copy), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("python -m firmware: the project's environment is missing: run bin/setup, then "
+                                   ".venv/bin/python -m firmware build")
