@@ -97,6 +97,11 @@ def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
                         tls_context=context)
 
 
+def broker_url(config: BrokerConfig) -> str:
+    """The broker as a URL fit for a log line: scheme, host and port (never credentials)."""
+    return "%s://%s:%d" % ("mqtts" if config.tls else "mqtt", config.host, config.port)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="receive batches and export them as OTLP", formatter_class=HelpFormatter,
                                 description="Receive device batches over MQTT and export them as OTLP. "
@@ -206,7 +211,7 @@ def run_command(args: argparse.Namespace) -> int:
         state.close()
     if not intake.ever_connected():
         return fail("edge-gateway", "never connected to the broker at %s: %s" % (
-            args.broker, intake.last_error() or "no answer"), 1)
+            broker_url(broker), intake.last_error() or "no answer"), 1)
     return 0
 
 

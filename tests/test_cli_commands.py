@@ -174,3 +174,36 @@ def test_firmware_build_runs_in_the_project_environment_or_says_what_to_run(tmp_
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("python -m firmware: the project's environment is missing: run bin/setup, then "
                                    ".venv/bin/python -m firmware build")
+
+
+def test_gateway_on_a_terminal_without_exporter_logs_batches_not_json(tmp_path, mosquitto_broker):
+    """No OTEL_*, --output nor remote write, stdout a terminal: a line per batch, no OTLP JSON flood."""
+    import pty
+
+    from test_gateway_cli import send_device_data
+
+    leader, follower = pty.openpty()
+    log = tmp_path / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    gateway = subprocess.Popen([GATEWAY, "run", "--broker", "mqtt://127.0.0.1:%d" % mosquitto_broker,
+                                "--metrics-port", "0", "--log-format", "json"],
+                               stdout=follower, stderr=open(log, "wb"), env=env)
+    os.close(follower)
+    try:
+        wait_for(lambda: log.read_text().count('"mqtt_connected"') == 2, 15, "the gateway connected")
+        send_device_data(mosquitto_broker)
+        wait_for(lambda: log.read_text().count('"event":"batch"') >= 2, 15, "the batch lines")
+    finally:
+        stop(gateway)
+    os.set_blocking(leader, False)
+    try:
+        screen = os.read(leader, 1 << 20)
+    except OSError:  # nothing was written to the terminal
+        screen = b""
+    os.close(leader)
+    assert b"resourceMetrics" not in screen and len(screen) < 1000, screen[:200]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    started = [e for e in lines if e.get("event") == "started"][0]
+    assert started["exporter"] == "none"
+    warning = [e for e in lines if e.get("event") == "no_exporter"][0]
+    assert warning["level"] == "warning" and "OTEL_EXPORTER_OTLP_ENDPOINT" in warning["hint"]
