@@ -212,11 +212,25 @@ def apply_overrides(cfg, overrides):
             cfg["collectors"][name].update(change)
 
 
+def stop_accounting(outbox):
+    """What the stop line adds to the agent's stats: every drop of the run (`ext.lost` up to the
+    end), what the stop lost (undelivered batches left in RAM: a spool keeps them for the next run)
+    and what was delivered."""
+    lost = outbox.lost()
+    unsent = sum([e.samples for e in outbox.entries])  # what a spool took (and its loaded segment) is kept
+    return {"lost_batches": lost[0], "lost_samples": lost[1], "unsent_samples": unsent, "delivered": outbox.sent, "delivery": "gateway receipt" if outbox.receipts else "broker puback"}
+
+
 def command_run(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
     if cfg["state_dir"]:
-        os.makedirs(cfg["state_dir"], exist_ok=True)
+        try:
+            os.makedirs(cfg["state_dir"], exist_ok=True)
+        except OSError as exc:
+            print("edge-agent: state_dir %s: cannot create it (%s)" % (cfg["state_dir"], exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     overrides = load_overrides(cfg["state_dir"])
     apply_overrides(cfg, overrides)
     collectors, effective = build_collectors(cfg, log)
@@ -238,7 +252,12 @@ def command_run(args):
 
     spool = None
     if cfg["buffer"]["spool_max_bytes"]:
-        spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
+        try:
+            spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
+        except OSError as exc:
+            print("edge-agent: spool %s/spool: cannot use it (%s)" % (cfg["state_dir"], exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
                   collector_factory=factory, overrides=overrides, spool=spool,
                   loadwatch=LoadWatch(cfg["proc_root"]))
@@ -246,9 +265,11 @@ def command_run(args):
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], client_id=transport.client_id,
-        collectors=",".join(["%s:%s" % kv for kv in sorted(effective.items())]))
+        collectors=",".join(["%s:%s" % kv for kv in sorted(effective.items())]),
+        delivery=cfg["delivery"]["ack"] if cfg["delivery"]["ack"] != "auto" else "auto (now %s)" % (
+            "gateway receipt" if agent.outbox.receipts else "broker puback"))
     agent.run(max_seconds=args.duration)
-    log("agent_stop", device=info["device"], **agent.stats)
+    log("agent_stop", device=info["device"], **dict(agent.stats, **stop_accounting(agent.outbox)))
     return never_connected(agent, cfg["broker"])
 
 

@@ -14,6 +14,7 @@ MPY_MODULES = [
     "edge_agent/config.py",
     "edge_agent/agent.py",
     "edge_agent/lifecycle.py",
+    "edge_agent/receipts.py",
     "edge_agent/clock.py",
     "edge_agent/statefile.py",
     "edge_agent/sampling.py",

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 
 from edge_agent.transport.paho_connect import readable_secret, tls_context
 from gateway import __version__, exporters, health, identity, logs
@@ -88,13 +89,15 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
     """The connection the flags describe; ValueError naming the flag (and file) that cannot be used."""
     host, port, tls = parse_broker(args.broker)
+    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
+    username = args.username if args.username is not None else parts.username
+    password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
     context = None
     if tls or args.ca or args.cert:
         context = tls_context(args.ca, args.cert, args.key)
-    password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=password, client_id=args.client_id or client_id,
-                        tls_context=context)
+                        username=username, password=password if password is not None else parts.password,
+                        client_id=args.client_id or client_id, tls_context=context)
 
 
 def broker_url(config: BrokerConfig) -> str:
@@ -113,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--share-group", help="receive data through $share/GROUP/… to split load between replicas")
     run.add_argument("--session-expiry", type=int, default=3600, metavar="S",
                      help="seconds the broker keeps the session (and unacked data) after a disconnect, "
-                     "with a stable client id (--client-id or --state-dir)")
+                     "with a stable client id (--client-id or --state-dir); with --share-group only the births' "
+                     "session: a replica's data session ends with it")
     run.add_argument("--metrics-port", type=int, default=9464,
                      help="port of /metrics, /healthz and /readyz (0: any free port)")
     run.add_argument("--unhealthy-after", type=float, default=60.0, metavar="S",
@@ -133,6 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep the dedupe state and the births here, so a crash neither exports a batch twice "
                      "nor forgets a dictionary (one gateway per directory)")
+    run.add_argument("--receipts", action=argparse.BooleanOptionalAction, default=True,
+                     help="tell each device what was exported (<prefix>/<device>/delivery), so it keeps and sends "
+                     "again what was not (default: on; with several independent gateways on the same devices, "
+                     "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
@@ -164,7 +172,7 @@ def run_command(args: argparse.Namespace) -> int:
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
     dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state)
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
     gateway.late_after_s = args.late_after
     events = None
     if logs_exporter is not None:
@@ -172,6 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
     births, replayed = gateway.restore()
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     gateway.publish_status = intake.publish_status
+    gateway.publish_receipt = intake.publish_receipt
     checks = health.Checks(pipeline, intake, args.unhealthy_after, lambda: {
         "queue_depth": pipeline.depth(), "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()})
     try:
@@ -190,10 +199,10 @@ def run_command(args: argparse.Namespace) -> int:
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": args.broker, "exporter": described, "metrics_port": status.port,
+        "event": "started", "broker": logs.redact(args.broker), "exporter": described, "metrics_port": status.port,
         "client_id": broker.client_id, "session": "persistent" if broker.persistent else "ends with this process",
         "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
-        "births_restored": births, "batches_replayed": replayed}})
+        "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
     if described.startswith("none"):
         log.warning("no exporter: batches are decoded, logged and acknowledged, not exported", extra={"fields": {
             "event": "no_exporter", "hint": "set OTEL_EXPORTER_OTLP_ENDPOINT, --output FILE (- for stdout) "

@@ -41,6 +41,9 @@ RETRYABLE_GRPC = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.DATA_LOSS,
 })
 MAX_RETRY_AFTER_S = 300.0
+# failed attempts that may have reached the receiver all the same: what is sent again after one of
+# these may be stored twice (with identical timestamps and values, which a time-series store collapses)
+UNCERTAIN = frozenset({"timeout", "connection", "grpc_deadline_exceeded", "grpc_cancelled", "grpc_unknown"})
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,10 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, conte
         return Outcome(False, True, "timeout"), b""
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Outcome(False, True, "timeout" if isinstance(reason, TimeoutError) else "connection"), b""
+        if isinstance(reason, TimeoutError):
+            return Outcome(False, True, "timeout"), b""
+        # refused: nothing was sent; anything else may have broken after the request went out
+        return Outcome(False, True, "refused" if isinstance(reason, ConnectionRefusedError) else "connection"), b""
 
 
 def _partial(body: bytes) -> Outcome:
@@ -310,11 +316,17 @@ class RetryPolicy:
         return base * (1 + random.uniform(-self.jitter, self.jitter))
 
 
+SETTLED = Outcome(False, False, "settled")  # `refresh` found nothing left to send
+
+
 def send_with_retry(exporter: Exporter, request: ExportMetricsServiceRequest, policy: RetryPolicy,
-                    stop: threading.Event, on_retry: Callable[[Outcome, float], None] | None = None) -> Outcome:
+                    stop: threading.Event, on_retry: Callable[[Outcome, float], None] | None = None,
+                    refresh: Callable[[], ExportMetricsServiceRequest | None] | None = None) -> Outcome:
     """Send until success, a non-retryable answer, `policy.max_elapsed_s`, or `stop` is set.
 
-    A stop returns the last retryable outcome: the caller then neither acks nor drops.
+    A stop returns the last retryable outcome: the caller then neither acks nor drops. Before each
+    retry `refresh()` may give the request to send instead (what is still to be sent), or None:
+    nothing is (SETTLED).
     """
     started = time.monotonic()
     attempt = 0
@@ -332,3 +344,7 @@ def send_with_retry(exporter: Exporter, request: ExportMetricsServiceRequest, po
         if stop.wait(delay):
             return outcome
         attempt += 1
+        if refresh is not None:
+            request = refresh()
+            if request is None:
+                return SETTLED

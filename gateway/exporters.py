@@ -29,6 +29,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServ
 
 from gateway.export import OK, Exporter, FileExporter, Outcome, config_from_env, make_exporter, parse_headers
 from gateway.fanout import FanOut
+from gateway.logs import redact
 from gateway.promwrite import RemoteWriteConfig, RemoteWriteExporter, secret
 
 
@@ -79,7 +80,7 @@ def choose(args: argparse.Namespace) -> tuple[Exporter, Exporter | None, str]:
     if output is None:
         config = config_from_env()
         if config is not None:
-            parts.append(("otlp %s %s" % (config.protocol, config.endpoint), make_exporter(config)))
+            parts.append(("otlp %s %s" % (config.protocol, redact(config.endpoint)), make_exporter(config)))
             logs_config = config_from_env(signal="logs")
             logs = make_exporter(logs_config, LogsServiceStub)
         elif not args.prometheus_remote_write:
@@ -93,7 +94,7 @@ def choose(args: argparse.Namespace) -> tuple[Exporter, Exporter | None, str]:
             raise ValueError("--output %s: cannot open it (%s)" % (output, exc.strerror or exc))
         parts.append(("file " + ("stdout" if output == "-" else output), logs.sharing()))
     if args.prometheus_remote_write:
-        parts.append(("prometheus remote write " + args.prometheus_remote_write,
+        parts.append(("prometheus remote write " + redact(args.prometheus_remote_write),
                       RemoteWriteExporter(remote_write_config(args))))
     names = [name for name, _ in parts]
     exporter = parts[0][1] if len(parts) == 1 else FanOut([e for _, e in parts], names)

@@ -93,6 +93,17 @@ class GatewayMetrics:
         self.export_requests = Counter(r, p + "export_requests_total", "Export requests sent successfully")
         self.export_failures = Counter(r, p + "export_failures_total", "Failed export attempts, by reason", ("reason",))
         self.retries = Counter(r, p + "export_retries_total", "Export attempts retried after a retryable answer")
+        self.resent = Counter(r, p + "batches_resent_total", "Batches sent to the receiver again after an attempt "
+                              "whose fate is unknown (it may store them twice, identical)", ("reason",))
+        self.samples_resent = Counter(r, p + "samples_resent_total", "Samples in those batches")
+        self.receipts = Counter(r, p + "receipts_published_total", "Delivery receipts published to devices")
+        self.receipts_seen = Counter(r, p + "receipts_seen_total", "Receipts of other replicas of the share group, "
+                                     "whose batches this replica then does not export")
+        self.rebirths = Counter(r, p + "rebirth_requests_total", "Receipts asking a device for the dictionary "
+                                "(births) of a batch")
+        self.released = Counter(r, p + "batches_released_total", "Batches acked to the broker unexported and without "
+                                "a receipt (their dictionary did not come in time): the agent sends them again",
+                                ("reason",))
         self.lost_batches = Gauge(r, p + "device_lost_batches", "Batches the device's agent dropped from its "
                                   "buffer, as it last reported (cumulative per agent run)", ("device",))
         self.lost_samples = Gauge(r, p + "device_lost_samples", "Samples in those batches", ("device",))

@@ -1,6 +1,8 @@
 """A real OTLP/HTTP receiver for tests: POST /v1/metrics (and /v1/logs), parsed with opentelemetry-proto.
 
-`answer` decides each response (200 by default), so tests can stage outages (503) and recovery.
+`answer` decides each response (200 by default), so tests can stage outages (503) and recovery;
+`delay` how long it takes to answer after it stored a request (0 by default), so tests can stage a
+receiver that stores what it then answers too late.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import threading
+import time
 from collections.abc import Callable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
@@ -23,6 +26,7 @@ class OtlpReceiver:
         self.logs: list[ExportLogsServiceRequest] = []
         self.refused = 0
         self.answer: Callable[[], int] = lambda: 200
+        self.delay: Callable[[], float] = lambda: 0.0
         self.lock = threading.Lock()
         receiver = self
 
@@ -45,6 +49,7 @@ class OtlpReceiver:
                 else:
                     with receiver.lock:
                         receiver.refused += 1
+                time.sleep(receiver.delay())
                 answer = ExportLogsServiceResponse() if self.path == "/v1/logs" else ExportMetricsServiceResponse()
                 reply = answer.SerializeToString() if code == 200 else b""
                 self.send_response(code)

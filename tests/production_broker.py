@@ -1,8 +1,9 @@
 """The production broker for tests: deploy/mosquitto's config and ACL as shipped, with certificates
 from its gen-certs.sh, on two free loopback ports (devices' listener, services' listener).
 
-`start(tmp, devices, edit=None) -> Broker`; `edit(conf_text) -> conf_text` may change the config
-(a control that puts back what was wrong). `takeovers(broker)` counts the sessions the broker took
+`start(tmp, devices, edit=None, acl_extra="") -> Broker`; `edit(conf_text) -> conf_text` may change
+the config (a control that puts back what was wrong); `acl_extra` is added to the shipped ACL (what
+provisioning adds, such as a device's group). `takeovers(broker)` counts the sessions the broker took
 from a connected client for another with the same client id, from its log.
 """
 
@@ -28,6 +29,7 @@ class Broker:
     service_port: int
     certs: Path
     log: Path
+    conf: str  # the configuration it runs
 
     def stop(self) -> None:
         stop(self.proc)
@@ -38,12 +40,14 @@ class Broker:
                 "--key", str(self.certs / (name + ".key"))]
 
 
-def start(tmp: Path, devices=("dev-a", "dev-b"), edit=None) -> Broker:
+def start(tmp: Path, devices=("dev-a", "dev-b"), edit=None, acl_extra: str = "") -> Broker:
     certs = tmp / "certs"
     subprocess.run([str(DEPLOY / "gen-certs.sh"), str(certs), *devices], check=True, capture_output=True)
     device_port, service_port = free_port(), free_port()
+    acl = tmp / "acl"
+    acl.write_text((DEPLOY / "acl").read_text() + acl_extra)
     conf = (DEPLOY / "mosquitto.conf").read_text()
-    for shipped, ours in (("/etc/mosquitto/certs", str(certs)), ("/etc/mosquitto/edge.acl", str(DEPLOY / "acl")),
+    for shipped, ours in (("/etc/mosquitto/certs", str(certs)), ("/etc/mosquitto/edge.acl", str(acl)),
                           ("listener 8883", "listener %d 127.0.0.1" % device_port),
                           ("listener 8884", "listener %d 127.0.0.1" % service_port),
                           ("persistence true", "persistence false"),
@@ -63,7 +67,7 @@ def start(tmp: Path, devices=("dev-a", "dev-b"), edit=None) -> Broker:
     while "running" not in log.read_text(errors="replace"):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
         time.sleep(0.05)
-    return Broker(proc, device_port, service_port, certs, log)
+    return Broker(proc, device_port, service_port, certs, log, conf)
 
 
 def takeovers(broker: Broker) -> list[str]:

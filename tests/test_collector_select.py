@@ -12,6 +12,8 @@ import tempfile
 
 import pytest
 
+from edge_agent.collectors import procfs_cpu
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = {"system.cpu.time", "system.cpu.utilization", "system.network.io", "system.network.packets",
         "system.network.errors", "system.network.dropped", "system.memory.usage", "system.uptime"}
@@ -36,7 +38,7 @@ modules = sorted(m for m in sys.modules if m in ("bcc", "ctypes", "edge_agent.co
 print(json.dumps({"lines": lines, "effective": effective, "names": sorted(names), "states": sorted(states),
                   "modules": modules}))
 """
-PROC_STATES = ["idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user"]
+PROC_STATES = sorted(procfs_cpu.STATES)  # the hostmetrics names of the kernel's accounting states
 ALL_AUTO = dict((n, {"enabled": True, "backend": "auto"}) for n in ("cpu", "network", "memory", "load", "system"))
 
 
