@@ -40,6 +40,7 @@ import argparse
 import logging
 import random
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from gateway.metrics import GatewayMetrics
 log = logging.getLogger("gateway.amqp")
 
 REDELIVERED_GRACE_S = 1.0
+TRANSIENT_META_EXPIRY_S = 60  # the meta queue of a gateway whose client id is new at each start
 PENDING_RECEIPTS = 10000  # receipts kept while disconnected; beyond, the oldest go (a device sends again)
 KINDS = ("birth", "state", "ack", "delivery")
 
@@ -106,6 +108,9 @@ class AmqpIntake:
         self.data_queue = config.queue or self.prefix + ".data"
         self.meta_queue = "%s.meta.%s" % (self.prefix, config.client_id)
         self.connected = False
+        self._down_since: float | None = time.monotonic()  # /healthz: unreachable for how long
+        self._up_at = 0.0
+        self._last_error = ""
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._generation = 0  # a new one per connection: older delivery tags are not acked on it
@@ -133,6 +138,17 @@ class AmqpIntake:
             except Exception:  # noqa: BLE001 - already closed
                 pass
         self._thread.join(10)
+
+    def unreachable_s(self) -> float:
+        """Seconds since the connection was last up (since the start if it never was); 0 when up."""
+        down = self._down_since
+        return time.monotonic() - down if down is not None and not self.connected else 0.0
+
+    def last_error(self) -> str:
+        return self._last_error
+
+    def ever_connected(self) -> bool:
+        return self._up_at > 0
 
     def publish_status(self, device: str, doc: dict) -> bool:
         return False  # RabbitMQ keeps retained messages per node: the fleet status is MQTT brokers' (docs/scaling.md)
@@ -200,6 +216,7 @@ class AmqpIntake:
                 delay = self.config.backoff[0]
             except (pika.exceptions.AMQPError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
+                self._last_error = "%s: %s" % (url, reason[:200])
                 if self.connected:
                     log.warning("disconnected from the broker", extra={"fields": {
                         "event": "amqp_disconnected", "broker": url, "reason": reason[:200]}})
@@ -215,6 +232,8 @@ class AmqpIntake:
             delay = min(self.config.backoff[1], delay * 2)
 
     def _closed(self) -> None:
+        if self.connected:
+            self._down_since = time.monotonic()
         self.connected = False
         self.metrics.connected.set(0)
         self._channel = None
@@ -236,6 +255,8 @@ class AmqpIntake:
         channel.basic_consume(self.meta_queue, lambda ch, m, p, b: self._on_meta(ch, m, p, b))
         channel.basic_consume(self.data_queue, lambda ch, m, p, b: self._on_data(ch, m, b, generation))
         self.connected = True
+        self._up_at = time.monotonic()
+        self._down_since = None
         self._publish_pending(channel)  # before this thread dispatches any message of the new connection
         self.metrics.connected.set(1)
         log.info("connected to the broker", extra={"fields": {
@@ -305,8 +326,12 @@ class AmqpIntake:
             handle()
 
 
-def intake(args: argparse.Namespace, gateway: Gateway, metrics: GatewayMetrics, client_id: str) -> AmqpIntake:
+def intake(args: argparse.Namespace, gateway: Gateway, metrics: GatewayMetrics, client_id: str,
+           persistent: bool = True) -> AmqpIntake:
+    """A stable client id (--client-id, --state-dir) keeps its meta queue for --session-expiry s after it
+    left; a per-process one (gateway/identity.py) lets it go a minute after, as its MQTT session would."""
     config = AmqpConfig(urls=args.amqp, client_id=client_id, prefix=args.topic_prefix, queue=args.amqp_queue,
-                        prefetch=args.queue_size, session_expiry_s=args.session_expiry,
+                        prefetch=args.queue_size,
+                        session_expiry_s=args.session_expiry if persistent else TRANSIENT_META_EXPIRY_S,
                         share_group=args.share_group or "amqp")
     return AmqpIntake(config, gateway, metrics)
