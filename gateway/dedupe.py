@@ -65,7 +65,10 @@ class SeqTracker:
                     highest, low, holes, gap = seq, seq, 0, 0
                 elif seq > highest:  # bits move up; the numbers skipped are holes, seq is seen
                     shift = seq - highest
-                    holes = (holes << shift | ((1 << (shift - 1)) - 1) << 1) & self._mask
+                    if shift >= self.window:  # a jump past the window (never shift by 2**64 bits)
+                        holes = self._mask & ~1
+                    else:
+                        holes = (holes << shift | ((1 << (shift - 1)) - 1) << 1) & self._mask
                     highest = seq
                 elif seq >= low:
                     holes &= ~(1 << (highest - seq))

@@ -79,3 +79,13 @@ def test_a_device_beyond_the_limit_is_refused_with_one_line_and_counted(receiver
         assert 'edge_gateway_limit_reached_total{limit="devices"} 2.0' in metrics.render()
     finally:
         pipeline.stop(5)
+
+
+def test_dedupe_state_stays_three_integers_through_a_jump_to_the_last_sequence_number():
+    tracker = SeqTracker(window=4096)
+    tracker.mark("dev-1", 7, 5)
+    assert tracker.mark("dev-1", 7, (1 << 64) - 1) == (1 << 64) - 1 - 5 - 1  # a gap, counted; no 2**64-bit integer
+    highest, low, holes = tracker._streams[("dev-1", 7)]
+    assert highest == (1 << 64) - 1 and holes.bit_length() <= 4096
+    assert tracker.seen("dev-1", 7, (1 << 64) - 1) and not tracker.seen("dev-1", 7, (1 << 64) - 2)
+    assert tracker.mark("dev-1", 7, (1 << 64) - 2) == 0 and tracker.seen("dev-1", 7, (1 << 64) - 2)
