@@ -151,7 +151,11 @@ class BatchBuilder:
         if top >= len(masks):
             grow = [0] * (top + 1 - len(masks))  # extending by a list allocates just what is needed
             masks.extend(grow)
-            prevs.extend(grow)
+            try:
+                prevs.extend(grow)
+            except MemoryError:  # both lists stay the same length, or clear() fails (IndexError)
+                del masks[len(prevs):]
+                raise
         self.ticks.append(ts_ms)
         self.starts.append(len(data))
         bit = 1 << index

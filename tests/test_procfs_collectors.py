@@ -16,7 +16,7 @@ from edge_agent.collectors import procfs, procfs_cpu, procfs_net
 from edge_agent.collectors.procfs import procfs_collectors
 from edge_agent.collectors.procfs_cpu import STATES, CpuCollector, parse_stat
 from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_loadavg
-from edge_agent.collectors.procfs_memory import MemoryCollector, available, parse_meminfo
+from edge_agent.collectors.procfs_memory import FIELDS, MemoryCollector, available, parse_meminfo
 from edge_agent.collectors.procfs_net import NetworkCollector, parse_net_dev
 from edge_agent.collectors.procfs_system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
 from edge_agent.model import COUNTER, GAUGE
@@ -106,11 +106,16 @@ def test_parse_stat_old_kernels_pad_missing_fields_with_zero():
 
 
 def test_parse_meminfo():
-    assert parse_meminfo("MemTotal:  100 kB\nMemFree:    40 kB\nHugePages_Total:       3\n") == {
+    # only the fields the collector and loadwatch use: a dict of all ~55 each tick starved a 64 KB heap
+    assert parse_meminfo("MemTotal:  100 kB\nMemFree:    40 kB\nHugePages_Total:       3\nSwapCached: 7 kB\n"
+                         "Cached: 9 kB\nActive(file):  5 kB") == {
         "MemTotal": 100,
         "MemFree": 40,
-        "HugePages_Total": 3,
+        "Cached": 9,
+        "Active(file)": 5,
     }
+    modern = parse_meminfo((FIXTURES / "modern/t0/meminfo").read_text())
+    assert sorted(modern) == sorted(FIELDS)
     linux24 = parse_meminfo((FIXTURES / "kernel24/t0/meminfo").read_text())
     assert (linux24["MemTotal"], linux24["MemFree"], linux24["Cached"]) == (255624, 6472, 146100)
     assert "total" not in linux24 and "MemAvailable" not in linux24

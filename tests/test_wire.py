@@ -207,6 +207,33 @@ def test_clock_step_backwards_is_clamped():
     assert batch.ticks == [5000, 5000]
 
 
+class ShortOfMemory(list):
+    """A list whose next `extend` fails as on a full MicroPython heap."""
+
+    fail = True
+
+    def extend(self, items):
+        if self.fail:
+            self.fail = False
+            raise MemoryError
+        list.extend(self, items)
+
+
+def test_a_memory_error_while_growing_leaves_the_builder_usable():
+    # seen at a 48 KB heap: `masks` grew, `prevs` did not, and clear() raised IndexError (the agent exited)
+    table, series = make_series(3, 0)
+    builder = wire.BatchBuilder()
+    builder.add_tick(1000, [(series[0], 1)])
+    builder.prevs = ShortOfMemory(builder.prevs)
+    with pytest.raises(MemoryError):
+        builder.add_tick(2000, [(series[0], 2), (series[2], 7)])
+    assert len(builder.masks) == len(builder.prevs)
+    builder.clear()  # what the agent does: the batch is dropped and counted
+    builder.add_tick(3000, [(series[0], 3), (series[2], 8)])
+    batch = wire.parse_batch(wire.decode(builder.encode("d", 1, 1, 1)))
+    assert batch.ticks == [3000] and [c[0] for c in batch.columns] == [series[0].id, series[2].id]
+
+
 def good_message():
     table, series = make_series(1, 1)
     builder = wire.BatchBuilder()

@@ -31,16 +31,32 @@ Example output (tests/fixtures/proc/modern/t0/meminfo):
 from edge_agent.model import GAUGE, Series, family
 
 
+# the fields this collector and loadwatch use: a dict of all ~55 would cost ~1 KB of heap a read,
+# which a small, fragmented MicroPython heap often does not have
+FIELDS = ["MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SReclaimable", "Active(file)",
+          "Inactive(file)"]
+
+
 def parse_meminfo(text):
-    """/proc/meminfo -> {field: int kB}, e.g. {"MemTotal": 24684084, "HugePages_Total": 0, ...}."""
+    """/proc/meminfo -> {field: int kB} of the FIELDS present, e.g. {"MemTotal": 24684084, ...}.
+
+    Each field is found where it starts a line ("Field:   1234 kB"); the text is not split into
+    lines, so the only allocations are a few small strings."""
     fields = {}
-    for line in text.split("\n"):
-        colon = line.find(":")
-        if colon <= 0:
-            continue
-        tokens = line[colon + 1 :].split()
-        if tokens and tokens[0].isdigit():  # Linux 2.4 opens with a "total: used: ..." header
-            fields[line[:colon].strip()] = int(tokens[0])
+    for name in FIELDS:
+        key = name + ":"
+        if text.startswith(key):
+            start = len(key)
+        else:
+            start = text.find("\n" + key)
+            if start < 0:
+                continue
+            start += 1 + len(key)
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        unit = text.find("kB", start, end)
+        fields[name] = int(text[start:unit if unit >= 0 else end])  # int() skips the spaces around
     return fields
 
 
