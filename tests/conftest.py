@@ -1,7 +1,14 @@
 """Shared pytest fixtures."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from mosquitto import start_mosquitto, stop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_DATE_EPOCH = "1700000000"
 
 
 @pytest.fixture
@@ -10,3 +17,23 @@ def mosquitto_broker(tmp_path):
     proc, port = start_mosquitto(tmp_path)
     yield port
     stop(proc)
+
+
+def firmware_build(out, **env):
+    """`python -m firmware build --out OUT` (every architecture) with SOURCE_DATE_EPOCH set and a umask
+    of 077; returns its log. The interpreters build from build/firmware, the cache, when it is there."""
+    full = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, **env)
+    proc = subprocess.run([sys.executable, "-m", "firmware", "build", "--out", str(out)], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=1800, preexec_fn=lambda: os.umask(0o077))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture(scope="session")
+def firmware_dist(tmp_path_factory):
+    """What `python -m firmware build` makes, built once per test session: (folder, build log).
+
+    From a fresh machine this builds MicroPython for every architecture (a few minutes); then the cache
+    in build/firmware makes it seconds."""
+    out = tmp_path_factory.mktemp("dist")
+    return out, firmware_build(out)

@@ -71,3 +71,41 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
             return result
         time.sleep(poll)
     raise AssertionError("timed out waiting for " + what)
+
+
+DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "mosquitto")
+
+
+def start_production_broker(tmp, devices=("dev-a", "dev-b")) -> tuple[subprocess.Popen, int, str]:
+    """The production broker config (deploy/mosquitto: mutual TLS, certificate CN as identity, ACL) on a
+    free loopback port, with certificates from its gen-certs.sh for `devices`, the gateways and the
+    operator. Returns (proc, port, certificates folder)."""
+    tmp = str(tmp)
+    certs = os.path.join(tmp, "certs")
+    subprocess.run([os.path.join(DEPLOY, "gen-certs.sh"), certs] + list(devices), check=True, capture_output=True)
+    port = free_port()
+    with open(os.path.join(DEPLOY, "mosquitto.conf")) as f:
+        conf = f.read()
+    conf = (conf.replace("/etc/mosquitto/certs", certs).replace("/etc/mosquitto/edge.acl", os.path.join(DEPLOY, "acl"))
+            .replace("listener 8883", "listener %d 127.0.0.1" % port).replace("persistence true", "persistence false")
+            .replace("persistence_location /var/lib/mosquitto/", ""))
+    if os.geteuid() == 0:
+        conf += "\n# tests run as root with keys in a private temp dir\nuser root\n"
+    path = os.path.join(tmp, "mosquitto-tls.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    log_path = os.path.join(tmp, "mosquitto-tls.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([MOSQUITTO, "-c", path], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log_path))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port, certs
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("mosquitto did not start on port %d" % port)

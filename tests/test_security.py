@@ -14,10 +14,11 @@ import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from mosquitto import MOSQUITTO, free_port, stop
+from mosquitto import start_production_broker, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy", "mosquitto")
@@ -27,22 +28,8 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
-    certs = tmp / "certs"
-    subprocess.run([os.path.join(DEPLOY, "gen-certs.sh"), str(certs), "dev-a", "dev-b"], check=True,
-                   capture_output=True)
-    port = free_port()
-    conf = open(os.path.join(DEPLOY, "mosquitto.conf")).read()
-    conf = (conf.replace("/etc/mosquitto/certs", str(certs)).replace("/etc/mosquitto/edge.acl", os.path.join(DEPLOY, "acl"))
-            .replace("listener 8883", "listener %d 127.0.0.1" % port).replace("persistence true", "persistence false")
-            .replace("persistence_location /var/lib/mosquitto/", ""))
-    if os.geteuid() == 0:
-        conf += "\n# tests run as root with keys in a private temp dir\nuser root\n"
-    (tmp / "mosquitto.conf").write_text(conf)
-    log = open(tmp / "mosquitto.log", "wb")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
-    assert proc.poll() is None, (tmp / "mosquitto.log").read_text()
-    yield {"port": port, "certs": certs, "tmp": tmp}
+    proc, port, certs = start_production_broker(tmp, ["dev-a", "dev-b"])
+    yield {"port": port, "certs": Path(certs), "tmp": tmp}
     stop(proc)
 
 

@@ -534,3 +534,29 @@ def test_tls_rejects_an_unknown_ca(tls_broker):
     client = make(port, "tls-bad", tls={"cert": tls["cert"], "key": tls["key"]})  # system CAs only
     client.poll(0.3)
     assert not client.connected and "CERTIFICATE_VERIFY_FAILED" in client.last_error
+
+
+UNKNOWN_CA_SCRIPT = """
+from edge_agent.transport.umqtt import Transport
+t = Transport("127.0.0.1", %(port)d, client_id="mpy-bad", tls=%(tls)r, reconnect=(0.1, 0.2))
+t.start(None, None)
+errors = []
+for i in range(40):
+    t.poll(0.05)
+    if t.last_error and t.last_error not in errors:
+        errors.append(t.last_error)
+print(t.connected, t.errors >= 2, errors)
+"""
+
+
+def test_micropython_tls_verification_failure_is_a_failed_attempt(tls_broker, tmp_path):
+    # mbedtls raises ValueError for a certificate that fails verification: it used to end the agent
+    port, tls = tls_broker
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=another-ca", "-keyout", "ca.key", "-out", "ca.crt"],
+                   check=True, capture_output=True, cwd=str(other))
+    out = run_micropython(UNKNOWN_CA_SCRIPT % {"port": port, "tls": dict(tls, ca=str(other / "ca.crt"))})
+    assert out.startswith("False True ["), out
+    assert "OSError" in out and "TLS: " in out and "Traceback" not in out, out

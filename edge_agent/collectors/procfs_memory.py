@@ -30,7 +30,6 @@ Example output (tests/fixtures/proc/modern/t0/meminfo):
 
 from edge_agent.model import GAUGE, Series, family
 
-
 # the fields this collector and loadwatch use: a dict of all ~55 would cost ~1 KB of heap a read,
 # which a small, fragmented MicroPython heap often does not have
 FIELDS = ["MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SReclaimable", "Active(file)",

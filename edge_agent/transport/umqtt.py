@@ -66,6 +66,7 @@ class Transport:
         self.running = False
         self.dropped = 0  # incoming packets too large for rx_size
         self.reconnects = 0
+        self.errors = 0  # connections (and connection attempts) that failed; last_error says why
         self.last_error = None
         self.backoff_ms = 0  # the latest reconnect delay (umqtt_connect doubles it after a failure)
         self.retry_in_ms = 0  # when the connection is down, the next attempt, counted from down_at
@@ -113,6 +114,7 @@ class Transport:
             except OSError:
                 pass
         if error is not None:
+            self.errors += 1
             self.last_error = repr(error)
             self.down_at = mono_ms()
 

@@ -85,15 +85,31 @@ def attach(transport, sock, poller=None):
 
 
 def wrap(transport, sock):
-    """The TLS socket over `sock`, as transport.tls says: ca, cert, key, insecure, server_hostname."""
-    import ssl
+    """The TLS socket over `sock`, as transport.tls says: ca, cert, key, insecure, server_hostname.
 
+    A failed handshake or certificate check raises OSError, as on CPython (ssl.SSLError): on
+    MicroPython mbedtls raises ValueError (a server certificate that fails verification, a local
+    certificate or key it cannot parse), which would otherwise end the agent instead of a retry."""
+    try:
+        return tls_socket(transport, sock)
+    except ValueError as exc:
+        raise OSError("TLS: %s" % exc)
+
+
+def tls_socket(transport, sock):
     tls = transport.tls
     hostname = tls.get("server_hostname", transport.host)
-    if not hasattr(ssl, "SSLContext"):  # older MicroPython ports
-        return ssl.wrap_socket(sock, server_hostname=hostname)
+    cpython = sys.implementation.name != "micropython"
+    if cpython:
+        import ssl
+    else:
+        try:
+            import tls as ssl  # 1.23 and later: the C module (micropython-lib's `ssl` only wraps it)
+        except ImportError:  # older ports
+            import ssl
+
+            return ssl.wrap_socket(sock, server_hostname=hostname)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cpython = hasattr(ctx, "load_default_certs")
     if tls.get("insecure"):
         if cpython:
             ctx.check_hostname = False
@@ -101,8 +117,8 @@ def wrap(transport, sock):
     else:
         ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's client default is CERT_NONE
         if tls.get("ca"):
-            ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(
-                cadata=der(tls["ca"]))
+            # MicroPython's tls takes the certificate itself (positional only), CPython's a file
+            ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(der(tls["ca"]))
         elif cpython:
             ctx.load_default_certs()
     if tls.get("cert"):
