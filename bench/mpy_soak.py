@@ -1,18 +1,23 @@
-"""Soak: the MicroPython agent (the .mpy bundle) for minutes under a fixed heap, beside the CPython agent.
+"""Soak: the MicroPython agent for minutes in a fixed heap, beside collectd and the CPython agent.
 
-    .venv/bin/python bench/mpy_soak.py [--heap 64K] [--minutes 10] [--no-cpython]
+    .venv/bin/python bench/mpy_soak.py --binary dist/micropython-edge-agent-VERSION-x86_64 \
+        [--heap 64K] [--minutes 10] [--no-cpython] [--no-collectd]
 
 Not part of CI (it takes --minutes). Starts a real mosquitto, then for the same --minutes and the
 same job (cpu + network + memory collectors at 1 s, batches every 10 s, QoS 1, default config
 otherwise: fixed policy, commands enabled, no spool):
-- `micropython -X heapsize=HEAP -m edge_agent.mpy_main` on MPY_MODULES compiled with mpy-cross
-  (bench/mpy_heap.py builds them), logging its `heap` line once a minute;
-- `edge-agent run` on CPython (unless --no-cpython), whose RSS and VmHWM are read at the end.
-Reports: whether a MemoryError (or any exit) happened and when, the MemoryErrors the agent caught
-and survived (`memory_errors_caught`, by place), the heap lines (gc.mem_alloc() after
-gc.collect(): `alloc` at the report, `batch` right after a batch is encoded with the builder still
-full, `high` the highest of those), the heap trend (first vs last minute), CPU time per tick of each
-process (utime + stime from /proc/PID/stat over the run / ticks), batches received by a subscriber.
+- the MicroPython agent, `BINARY -X heapsize=HEAP -m edge_agent.mpy_main CONFIG`: with --binary the
+  agent's own interpreter (`python -m firmware build`, the agent frozen in; i686 and x86_64 run
+  natively, the others under qemu-user, whose RSS is qemu's); without, the PyPI micropython on the
+  .mpy bundle;
+- `edge-agent run` on CPython (unless --no-cpython);
+- collectd (unless --no-collectd) with its cpu, interface, memory and load plugins at 1 s and its
+  network plugin sending to a local UDP port (bench/agent_footprint.py's configuration).
+Reports, as JSON: MemoryErrors (uncaught, and caught and survived by place: `memory_error at=`),
+batches made (the agent's stop line) and delivered (distinct payloads a subscriber saw), the heap
+(`heap` lines once a minute: alloc after gc.collect(), batch = with a full batch encoded, high = the
+high-water mark, largest = the largest free block), CPU time per tick, and each process's memory from
+/proc/PID/status: VmRSS and RssAnon at the end and their highest seen, and VmHWM.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
 import paho.mqtt.client as mqtt  # noqa: E402
 from mosquitto import start_mosquitto, stop  # noqa: E402
 
-from bench.mpy_heap import MICROPYTHON, build_lib, heap_lines  # noqa: E402
+from bench.agent_footprint import COLLECTD, UdpCounter, collectd_conf  # noqa: E402
+from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -46,19 +52,23 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def status_kib(pid, key):
+def memory_kib(pid):
+    """VmRSS, VmHWM and RssAnon of `pid` (kB), from /proc/PID/status."""
+    out = {}
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon"):
+                out[key] = int(rest.split()[0])
+    return out
 
 
 class Counter:
-    """Counts the data batches each device publishes."""
+    """The distinct data batches each device publishes."""
 
     def __init__(self, port):
         self.batches = {}
+        self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-counter")
         self.client.on_message = self.on_message
         self.client.connect("127.0.0.1", port)
@@ -66,8 +76,12 @@ class Counter:
         self.client.loop_start()
 
     def on_message(self, client, userdata, msg):
-        device = msg.topic.split("/")[1]
-        self.batches[device] = self.batches.get(device, 0) + 1
+        with self.lock:
+            self.batches.setdefault(msg.topic.split("/")[1], set()).add(bytes(msg.payload))
+
+    def counts(self):
+        with self.lock:
+            return {device: len(payloads) for device, payloads in self.batches.items()}
 
     def close(self):
         self.client.loop_stop()
@@ -95,36 +109,53 @@ def config(port, device, state_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--binary", help="the agent's interpreter (python -m firmware build); default: the "
+                                         "PyPI micropython on the .mpy modules")
     parser.add_argument("--heap", default="64K")
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--no-cpython", action="store_true")
+    parser.add_argument("--no-collectd", action="store_true")
     args = parser.parse_args(argv)
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory() as tmp:
-        lib = os.path.join(tmp, "lib")
-        size, count = build_lib(lib)
+        env = dict(os.environ, EDGE_AGENT_HEAP_EVERY_S="60")
+        if args.binary:
+            env["MICROPYPATH"] = ".frozen"
+        else:
+            lib = os.path.join(tmp, "lib")
+            build_lib(lib)
+            env["MICROPYPATH"] = ".frozen:" + lib
         broker, port = start_mosquitto(tmp)
         counter = Counter(port)
+        udp = None
         procs = {}
+        logs = {}
         try:
             mcfg = os.path.join(tmp, "mpy.json")
             with open(mcfg, "w") as f:
                 json.dump(config(port, "soak-mpy", os.path.join(tmp, "mpy-state")), f)
-            env = dict(os.environ, MICROPYPATH=lib + ":.frozen")
-            mlog = open(os.path.join(tmp, "mpy.log"), "wb")
+            logs["micropython"] = os.path.join(tmp, "mpy.log")
             procs["micropython"] = subprocess.Popen(
-                [MICROPYTHON, "-X", "heapsize=" + args.heap, "-m", "edge_agent.mpy_main", mcfg],
-                env=env, stdout=mlog, stderr=subprocess.STDOUT, cwd=tmp)
+                interpreter(args.binary) + ["-X", "heapsize=" + args.heap, "-m", "edge_agent.mpy_main", mcfg],
+                env=env, stdout=open(logs["micropython"], "wb"), stderr=subprocess.STDOUT, cwd="/")
             if not args.no_cpython:
                 ccfg = os.path.join(tmp, "cpy.json")
                 with open(ccfg, "w") as f:
                     json.dump(config(port, "soak-cpython", os.path.join(tmp, "cpy-state")), f)
-                clog = open(os.path.join(tmp, "cpy.log"), "wb")
+                logs["cpython"] = os.path.join(tmp, "cpy.log")
                 procs["cpython"] = subprocess.Popen([BIN + "/edge-agent", "run", "--config", ccfg],
-                                                    stdout=clog, stderr=subprocess.STDOUT)
+                                                    stdout=open(logs["cpython"], "wb"), stderr=subprocess.STDOUT)
+            if not args.no_collectd:
+                udp = UdpCounter()
+                udp.start()
+                conf = collectd_conf(tmp, udp.port, port, with_mqtt=False)
+                procs["collectd"] = subprocess.Popen([COLLECTD, "-f", "-C", conf],
+                                                     stdout=open(os.path.join(tmp, "collectd.out"), "wb"),
+                                                     stderr=subprocess.STDOUT)
             started = time.monotonic()
             cpu0 = {name: cpu_seconds(p.pid) for name, p in procs.items()}
-            rss = {}
+            memory = {name: {} for name in procs}
+            cpu = {}
             exited = {}
             while time.monotonic() - started < seconds:
                 time.sleep(1)
@@ -132,43 +163,52 @@ def main(argv=None):
                     if name not in exited and p.poll() is not None:
                         exited[name] = (p.returncode, round(time.monotonic() - started, 1))
                     if name not in exited:
-                        rss[name] = (status_kib(p.pid, "VmRSS"), status_kib(p.pid, "VmHWM"))
-                        cpu_end = cpu_seconds(p.pid)
-                        procs_cpu = cpu_end - cpu0[name]
-                        rss[name] = rss[name] + (procs_cpu,)
+                        now = memory_kib(p.pid)
+                        seen = memory[name]
+                        for key, value in now.items():
+                            seen[key] = value
+                            seen["max_" + key] = max(seen.get("max_" + key, 0), value)
+                        cpu[name] = cpu_seconds(p.pid) - cpu0[name]
                 if len(exited) == len(procs):
                     break
             elapsed = time.monotonic() - started
             for p in procs.values():
                 if p.poll() is None:
-                    p.send_signal(2)
+                    p.send_signal(15)  # SIGTERM: what procd and systemd send; a clean stop
             for p in procs.values():
                 try:
-                    p.wait(15)
+                    p.wait(20)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            with open(os.path.join(tmp, "mpy.log")) as f:
+            time.sleep(1)  # the last batches, sent by the stops
+            delivered = counter.counts()
+            with open(logs["micropython"]) as f:
                 text = f.read()
         finally:
             threading.Thread(target=counter.close, daemon=True).start()
+            if udp is not None:
+                udp.close()
             stop(broker)
         lines = [x for x in heap_lines(text) if x["event"] == "heap"]
-        ticks = elapsed  # 1 s interval
+        stops = [x for x in heap_lines(text) if x["event"] == "agent_stop"]
         result = {
-            "heap": args.heap, "minutes": round(elapsed / 60, 2), "mpy_bytes": size, "mpy_files": count,
+            "binary": os.path.basename(args.binary) if args.binary else "PyPI micropython + .mpy bundle",
+            "heap": args.heap, "minutes": round(elapsed / 60, 2),
             "micropython_exit": exited.get("micropython"), "memory_error": "MemoryError" in text,
             # MemoryErrors the agent caught and survived (agent.py), by where they happened
             "memory_errors_caught": caught(text),
-            "heap_lines": lines, "batches_received": counter.batches,
+            "batches_made": int(stops[0]["batches"]) if stops else None,
+            "unsent_at_stop": int(stops[0]["unsent"]) if stops else None,
+            "batches_delivered": delivered,
+            "heap_lines": lines,
         }
         if lines:
-            result["first_minute"] = lines[0]
-            result["last_minute"] = lines[-1]
             result["alloc_max"] = max(int(x["alloc"]) for x in lines)
-            result["batch_max"] = max(int(x["batch"]) for x in lines)
-        for name, values in rss.items():
-            result[name] = {"rss_kib": values[0], "hwm_kib": values[1], "cpu_s": round(values[2], 2),
-                            "cpu_ms_per_tick": round(values[2] * 1000 / ticks, 3)}
+            result["heap_high_water"] = max(int(x["high"]) for x in lines)
+            result["largest_free_min"] = min(int(x["largest"]) for x in lines if "largest" in x)
+        for name in procs:
+            result[name] = dict(memory[name], cpu_s=round(cpu.get(name, 0), 2),
+                                cpu_ms_per_tick=round(cpu.get(name, 0) * 1000 / elapsed, 3))
         print(json.dumps(result, indent=1))
         if result["memory_error"] or "micropython" in exited:
             print(text[-2500:])

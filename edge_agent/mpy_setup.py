@@ -10,7 +10,11 @@ import sys
 
 from edge_agent import __version__
 from edge_agent.agent import Agent, EveryInterval
+from edge_agent.collectors import reserve
 from edge_agent.statefile import ensure_dir, read_json
+
+# a batch's values: ~2.5 bytes a sample on the wire, for the default job's 65 series
+BATCH_BYTES_A_TICK = 160
 
 
 def load_config(path, release):
@@ -28,14 +32,18 @@ def load_config(path, release):
     return cfg, broker
 
 
-def device_info(cfg, effective):
+def device_name(cfg):
+    if cfg["device_id"]:
+        return cfg["device_id"]
     from edge_agent.collectors.procfs import read_text
+
+    return read_text(cfg["proc_root"], "sys/kernel/hostname").strip()
+
+
+def device_info(cfg, effective, name):
     from edge_agent.collectors.procfs_system import read_boot
 
     root = cfg["proc_root"]
-    name = cfg["device_id"]
-    if not name:
-        name = read_text(root, "sys/kernel/hostname").strip()
     boot_id, boot_time_ms = read_boot(root)
     impl = sys.implementation
     return {
@@ -43,6 +51,19 @@ def device_info(cfg, effective):
         "os": "linux", "platform": "%s-%d.%d.%d" % ((impl.name,) + tuple(impl.version[:3])),
         "collectors": effective, "group": cfg["group"],
     }
+
+
+def tls_context(transport, log, release):
+    """Load the certificates now, while the heap has room in one piece; on a problem (a missing or bad
+    file) say so: the connection attempts try again, each one logged (mpy_main's mqtt_error)."""
+    from edge_agent.transport import umqtt_connect
+
+    try:
+        umqtt_connect.context(transport)
+    except (OSError, ValueError) as exc:
+        log("tls_error", error=repr(exc))
+    umqtt_connect = None
+    release("edge_agent.transport.umqtt_connect")
 
 
 def build_sampler(cfg, root):
@@ -84,13 +105,19 @@ def build(path, runtime):
         if cfg["collectors"][name]["backend"] not in ("auto", "procfs"):
             log("collector_fallback", collector=name, detail="only procfs on MicroPython")
     root = cfg["proc_root"]
-    factory = factory(root)
-    collectors, effective = factory(cfg["collectors"])
-    info = device_info(cfg, effective)
-    transport = transport_class(host, port, client_id="edge-" + info["device"], keepalive=cfg["keepalive_s"],
+    name = device_name(cfg)
+    # the transport first: its receive buffer and TLS context are the largest blocks that live as long
+    # as the agent, allocated while the heap is still in one piece
+    transport = transport_class(host, port, client_id="edge-" + name, keepalive=cfg["keepalive_s"],
                                 username=cfg["username"], password=cfg["password"],
                                 tls=cfg["tls"] if tls else None,
-                                will=("%s/%s/state" % (cfg["topic_prefix"], info["device"]), b"offline", 1, True))
+                                will=("%s/%s/state" % (cfg["topic_prefix"], name), b"offline", 1, True))
+    if tls:
+        tls_context(transport, log, release)
+    reserve()  # the /proc collectors' read buffer
+    factory = factory(root)
+    collectors, effective = factory(cfg["collectors"])
+    info = device_info(cfg, effective, name)
     sampler, loadwatch = build_sampler(cfg, root)
     commands = None
     if cfg["commands"]["enabled"]:
@@ -100,5 +127,8 @@ def build(path, runtime):
         from edge_agent.spool import Spool
 
         spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
-    return Agent(cfg, collectors, transport, info, sampler=sampler, loadwatch=loadwatch,
-                 commands=commands, spool=spool, log=log, collector_factory=factory, overrides=overrides)
+    agent = Agent(cfg, collectors, transport, info, sampler=sampler, loadwatch=loadwatch,
+                  commands=commands, spool=spool, log=log, collector_factory=factory, overrides=overrides)
+    ticks = min(int(cfg["batch_s"] / cfg["interval_s"]) + 1, 64)
+    agent.builder.reserve(ticks * BATCH_BYTES_A_TICK)
+    return agent

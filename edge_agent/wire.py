@@ -115,6 +115,13 @@ class BatchBuilder:
             self.masks[sid] = self.prevs[sid] = 0
         self.samples = 0
 
+    def reserve(self, nbytes):
+        """Take room for `nbytes` of values now (a device does at start-up, while its heap is in one
+        piece) rather than grow `data` by reallocation during the first batch; kept, as all room is."""
+        if not self.ticks:
+            self.data = bytearray(nbytes)
+            self.data[:] = b""
+
     def __len__(self):
         return len(self.ticks)
 

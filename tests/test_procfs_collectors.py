@@ -484,3 +484,10 @@ def test_micropython_matches_cpython(tmp_path):
     outputs = [entry[3] for entry in expected if entry[2] in NAMES]
     assert sum(1 for out in outputs if out != "OSError") >= 20
     assert any(v == 2**64 for out in outputs if out != "OSError" for _, _, _, _, v in out)
+
+
+def test_meminfo_keys_are_the_fields():
+    from edge_agent.collectors import procfs_memory
+
+    assert procfs_memory.KEYS == [name + ":" for name in FIELDS]
+    assert procfs_memory.LINES == [key.encode() for key in procfs_memory.KEYS]

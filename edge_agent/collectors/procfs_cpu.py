@@ -30,20 +30,23 @@ Example output (first read, per_cpu=False), as (series key, value):
 Small on a device: a CPU's state is 9 slots of two flat lists (`series`, `ticks`), found by name.
 """
 
+from edge_agent.collectors import lines
 from edge_agent.model import COUNTER, GAUGE, Series, family
 
 # a list, not a tuple: MicroPython loads a constant tuple's strings as separate str objects
 STATES = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
 IDLE = 3
+CPU_LINES = [b"cpu"]
 IOWAIT = 4
 TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
 UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
 
 
 def scan_cpus(text):
-    """The cpu lines of /proc/stat in file order as [(name, [8 ints])]; name "total" for the aggregate."""
+    """The cpu lines of /proc/stat in file order as [(name, [8 ints])]; name "total" for the aggregate.
+    `text` is the file, or a list of its lines (edge_agent.collectors.lines)."""
     rows = []
-    for line in text.split("\n"):
+    for line in text.split("\n") if isinstance(text, str) else text:
         if line.startswith("cpu"):
             tokens = line.split()
             fields = [0] * 8  # older kernels print fewer: the missing ones are 0
@@ -79,8 +82,7 @@ class CpuCollector:
         self.reads = 0
 
     def collect(self):
-        with open(self.root + "/stat") as f:
-            rows = scan_cpus(f.read())
+        rows = scan_cpus(lines(self.root + "/stat", CPU_LINES))
         self.reads += 1
         ticks = self.ticks
         out = []

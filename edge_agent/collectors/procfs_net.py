@@ -40,6 +40,7 @@ and a width, found by name; its four series of a direction share one attribute d
 
 import sys
 
+from edge_agent.collectors import lines
 from edge_agent.model import COUNTER, Series, family
 
 # the metrics of each direction, in series order: /proc/net/dev columns 0-3 of a direction
@@ -69,9 +70,10 @@ def advance(last, raw, bits=64):
 
 
 def scan_net_dev(text):
-    """[(iface, [up to 16 ints])] in file order; lines with fewer than 12 numbers are skipped."""
+    """[(iface, [up to 16 ints])] in file order; lines with fewer than 12 numbers are skipped.
+    `text` is the file, or a list of its lines (edge_agent.collectors.lines)."""
     rows = []
-    for line in text.split("\n"):
+    for line in text.split("\n") if isinstance(text, str) else text:
         colon = line.find(":")
         if colon < 0:
             continue  # the two header lines
@@ -119,8 +121,7 @@ class NetworkCollector:
         self.widths = []  # one per interface: the width its counters wrap at (32 or 64)
 
     def collect(self):
-        with open(self.root + "/net/dev") as f:
-            rows = scan_net_dev(f.read())
+        rows = scan_net_dev(lines(self.root + "/net/dev"))
         raw = self.raw
         total = self.total
         out = []

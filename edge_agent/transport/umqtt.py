@@ -53,6 +53,7 @@ class Transport:
         self.password = password
         self.will = will  # (topic, payload, qos, retain) or None
         self.tls = tls  # None, or a dict: ca, cert, key, insecure, server_hostname
+        self.tls_context = None  # made once, by umqtt_connect.context
         self.clean_session = clean_session
         self.timeout_s = timeout_s
         self.reconnect = reconnect

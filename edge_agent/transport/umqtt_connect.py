@@ -90,25 +90,36 @@ def wrap(transport, sock):
     A failed handshake or certificate check raises OSError, as on CPython (ssl.SSLError): on
     MicroPython mbedtls raises ValueError (a server certificate that fails verification, a local
     certificate or key it cannot parse), which would otherwise end the agent instead of a retry."""
+    tls = transport.tls
     try:
-        return tls_socket(transport, sock)
+        ctx = context(transport)
+        if ctx is None:  # older MicroPython ports: no SSLContext
+            import ssl
+
+            return ssl.wrap_socket(sock, server_hostname=tls.get("server_hostname", transport.host))
+        return ctx.wrap_socket(sock, server_hostname=tls.get("server_hostname", transport.host))
     except ValueError as exc:
         raise OSError("TLS: %s" % exc)
 
 
-def tls_socket(transport, sock):
+def context(transport):
+    """The transport's TLS context (certificates loaded), made once and kept for every connection.
+
+    On MicroPython it is one block of ~3 KB (64-bit; ~1.7 KB on 32-bit) in the heap, which a small heap
+    has in one piece at start-up but maybe not later: mpy_setup makes it then (a ValueError here is a
+    certificate or key mbedtls cannot parse)."""
+    ctx = getattr(transport, "tls_context", None)
+    if ctx is not None:
+        return ctx
     tls = transport.tls
-    hostname = tls.get("server_hostname", transport.host)
     cpython = sys.implementation.name != "micropython"
     if cpython:
         import ssl
     else:
         try:
             import tls as ssl  # 1.23 and later: the C module (micropython-lib's `ssl` only wraps it)
-        except ImportError:  # older ports
-            import ssl
-
-            return ssl.wrap_socket(sock, server_hostname=hostname)
+        except ImportError:
+            return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if tls.get("insecure"):
         if cpython:
@@ -126,7 +137,8 @@ def tls_socket(transport, sock):
             ctx.load_cert_chain(tls["cert"], tls.get("key"))
         else:
             ctx.load_cert_chain(der(tls["cert"]), der(tls.get("key") or tls["cert"]))
-    return ctx.wrap_socket(sock, server_hostname=hostname)
+    transport.tls_context = ctx
+    return ctx
 
 
 def der(path):
