@@ -170,9 +170,16 @@ class OnDemandCommands:
             release(*self.MODULES)
             self.log("command_dropped", device=self.device, reason="memory")
             return None
+        # a rebirth the command asks for goes at the next pass, once the command's modules are released:
+        # in a 64K heap the birth's ~4 KB do not fit beside them
+        def birth_later():
+            agent.birth_due = True  # Agent.pump sends it
+
+        agent.publish_birth = birth_later
         try:
             return handler.handle(topic, payload, agent)
         finally:
+            del agent.publish_birth  # the agent's own method again
             self.kept = (handler.nonces, handler.rejected, handler.accepted)
             handler = None
             release(*self.MODULES)

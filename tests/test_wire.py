@@ -134,6 +134,34 @@ def test_chunked_encoding_is_the_same_bytes_in_pieces(data, size, compress):
     assert wire.payload_size(pieces) == sum(len(p) for p in pieces)
 
 
+def test_chunks_get_smaller_when_the_heap_has_no_room_for_a_piece(monkeypatch):
+    # a fragmented 64 KB heap: 23 KB free, no 512-byte block; a birth in 512-byte pieces never went out
+    real = bytearray
+    refused = []
+
+    def fragmented(size):
+        if size > 128:
+            refused.append(size)
+            raise MemoryError
+        return real(size)
+
+    table, series = make_series(40, 40)
+    builder = wire.BatchBuilder()
+    builder.add_tick(1000, [(s, 123456789) for s in series])
+    builder.add_tick(2000, [(s, 123456999) for s in series])
+    monkeypatch.setattr(wire, "bytearray", fragmented, raising=False)
+    out = wire.Chunks()
+    builder.encode_into(out, "dev-1", 7, 1, 1)
+    monkeypatch.undo()
+    pieces = out.pieces()
+    assert refused == [512, 256] and out.size == 128
+    assert all(len(p) == 128 for p in pieces[:-1])
+    assert b"".join(pieces) == builder.encode("dev-1", 7, 1, 1)
+    monkeypatch.setattr(wire, "bytearray", lambda size: (_ for _ in ()).throw(MemoryError), raising=False)
+    with pytest.raises(MemoryError):  # below MIN_CHUNK it is the caller's MemoryError (the batch is dropped)
+        wire.Chunks().extend(b"x")
+
+
 @settings(max_examples=100, deadline=None)
 @given(batches(), st.data())
 def test_samples_in_any_order_or_twice_and_a_reused_builder(data, draw):
