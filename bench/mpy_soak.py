@@ -1,7 +1,7 @@
 """Soak: the MicroPython agent for minutes in a fixed heap, beside collectd and the CPython agent.
 
     .venv/bin/python bench/mpy_soak.py --binary dist/micropython-edge-agent-VERSION-x86_64 \
-        [--heap 64K] [--minutes 10] [--no-cpython] [--no-collectd]
+        [--heap 64K] [--minutes 10] [--tls] [--no-cpython] [--no-collectd]
 
 Not part of CI (it takes --minutes). Starts a real mosquitto, then for the same --minutes and the
 same job (cpu + network + memory collectors at 1 s, batches every 10 s, QoS 1, default config
@@ -13,6 +13,8 @@ otherwise: fixed policy, commands enabled, no spool):
 - `edge-agent run` on CPython (unless --no-cpython);
 - collectd (unless --no-collectd) with its cpu, interface, memory and load plugins at 1 s and its
   network plugin sending to a local UDP port (bench/agent_footprint.py's configuration).
+With --tls the broker is the production config (deploy/mosquitto: mutual TLS, certificates as
+identities, ACL) and both agents connect with their own client certificates.
 Reports, as JSON: MemoryErrors (uncaught, and caught and survived by place: `memory_error at=`),
 batches made (the agent's stop line) and delivered (distinct payloads a subscriber saw), the heap
 (`heap` lines once a minute: alloc after gc.collect(), batch = with a full batch encoded, high = the
@@ -37,7 +39,7 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
         sys.path.insert(0, _path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from mosquitto import start_mosquitto, stop  # noqa: E402
+from mosquitto import start_mosquitto, start_production_broker, stop  # noqa: E402
 
 from bench.agent_footprint import COLLECTD, UdpCounter, collectd_conf  # noqa: E402
 from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
@@ -66,10 +68,13 @@ def memory_kib(pid):
 class Counter:
     """The distinct data batches each device publishes."""
 
-    def __init__(self, port):
+    def __init__(self, port, certs=None):
         self.batches = {}
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-counter")
+        if certs:  # a gateway's identity: the ACL lets gateways read device data
+            self.client.tls_set(ca_certs=certs + "/ca.crt", certfile=certs + "/edge-gateway-1.crt",
+                                keyfile=certs + "/edge-gateway-1.key")
         self.client.on_message = self.on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("edge/+/data", qos=1)
@@ -99,12 +104,16 @@ def caught(text):
     return out
 
 
-def config(port, device, state_dir):
-    return {
+def config(port, device, state_dir, certs=None):
+    cfg = {
         "device_id": device, "broker": "mqtt://127.0.0.1:%d" % port, "interval_s": 1.0, "batch_s": 10.0,
         "state_dir": state_dir, "collectors": {"load": {"enabled": False}, "system": {"enabled": False}},
         "commands": {"device_key": "hex:00112233445566778899aabbccddeeff"},
     }
+    if certs:
+        cfg["broker"] = "mqtts://127.0.0.1:%d" % port
+        cfg["tls"] = {"ca": certs + "/ca.crt", "cert": "%s/%s.crt" % (certs, device), "key": "%s/%s.key" % (certs, device)}
+    return cfg
 
 
 def main(argv=None):
@@ -113,6 +122,7 @@ def main(argv=None):
                                          "PyPI micropython on the .mpy modules")
     parser.add_argument("--heap", default="64K")
     parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--tls", action="store_true", help="mutual TLS (deploy/mosquitto) for both agents")
     parser.add_argument("--no-cpython", action="store_true")
     parser.add_argument("--no-collectd", action="store_true")
     args = parser.parse_args(argv)
@@ -125,15 +135,19 @@ def main(argv=None):
             lib = os.path.join(tmp, "lib")
             build_lib(lib)
             env["MICROPYPATH"] = ".frozen:" + lib
-        broker, port = start_mosquitto(tmp)
-        counter = Counter(port)
+        certs = None
+        if args.tls:
+            broker, port, certs = start_production_broker(tmp, ["soak-mpy", "soak-cpython"])
+        else:
+            broker, port = start_mosquitto(tmp)
+        counter = Counter(port, certs)
         udp = None
         procs = {}
         logs = {}
         try:
             mcfg = os.path.join(tmp, "mpy.json")
             with open(mcfg, "w") as f:
-                json.dump(config(port, "soak-mpy", os.path.join(tmp, "mpy-state")), f)
+                json.dump(config(port, "soak-mpy", os.path.join(tmp, "mpy-state"), certs), f)
             logs["micropython"] = os.path.join(tmp, "mpy.log")
             procs["micropython"] = subprocess.Popen(
                 interpreter(args.binary) + ["-X", "heapsize=" + args.heap, "-m", "edge_agent.mpy_main", mcfg],
@@ -141,7 +155,7 @@ def main(argv=None):
             if not args.no_cpython:
                 ccfg = os.path.join(tmp, "cpy.json")
                 with open(ccfg, "w") as f:
-                    json.dump(config(port, "soak-cpython", os.path.join(tmp, "cpy-state")), f)
+                    json.dump(config(port, "soak-cpython", os.path.join(tmp, "cpy-state"), certs), f)
                 logs["cpython"] = os.path.join(tmp, "cpy.log")
                 procs["cpython"] = subprocess.Popen([BIN + "/edge-agent", "run", "--config", ccfg],
                                                     stdout=open(logs["cpython"], "wb"), stderr=subprocess.STDOUT)
@@ -193,7 +207,7 @@ def main(argv=None):
         stops = [x for x in heap_lines(text) if x["event"] == "agent_stop"]
         result = {
             "binary": os.path.basename(args.binary) if args.binary else "PyPI micropython + .mpy bundle",
-            "heap": args.heap, "minutes": round(elapsed / 60, 2),
+            "heap": args.heap, "tls": args.tls, "minutes": round(elapsed / 60, 2),
             "micropython_exit": exited.get("micropython"), "memory_error": "MemoryError" in text,
             # MemoryErrors the agent caught and survived (agent.py), by where they happened
             "memory_errors_caught": caught(text),

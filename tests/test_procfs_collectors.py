@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.collectors import procfs, procfs_cpu, procfs_net
 from edge_agent.collectors.procfs import procfs_collectors
@@ -491,3 +493,33 @@ def test_meminfo_keys_are_the_fields():
 
     assert procfs_memory.KEYS == [name + ":" for name in FIELDS]
     assert procfs_memory.LINES == [key.encode() for key in procfs_memory.KEYS]
+
+
+LINE = st.text(alphabet="abcpu :0123456789", max_size=40).map(str.encode)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(LINE, max_size=30), st.booleans(), st.sampled_from([None, [b"a"], [b"cpu", b"b"]]),
+       st.sampled_from([8, 16, 33]))
+def test_lines_reads_through_its_buffer_as_split_would(tmp_path_factory, items, newline_at_end, prefixes, size):
+    """edge_agent.collectors.lines (the /proc reader of the device): the lines a split gives, the ones
+    starting with a prefix only, those longer than the buffer skipped, whatever the buffer boundaries."""
+    from edge_agent import collectors
+
+    text = b"\n".join(items) + (b"\n" if newline_at_end and items else b"")
+    path = tmp_path_factory.mktemp("lines") / "file"
+    path.write_bytes(text)
+    saved = collectors.SIZE, list(collectors.BUFFER)
+    collectors.SIZE = size
+    collectors.BUFFER[:] = []
+    try:
+        got = collectors.lines(str(path), prefixes)
+    finally:
+        collectors.SIZE = saved[0]
+        collectors.BUFFER[:] = saved[1]
+    pieces = text.split(b"\n")
+    if not text or text.endswith(b"\n"):
+        pieces = pieces[:-1]
+    want = [line.decode() for line in pieces
+            if len(line) < size and (prefixes is None or any(line.startswith(p) for p in prefixes))]
+    assert got == want

@@ -28,7 +28,7 @@ def lines(path, prefixes=None):
     out = []
     with open(path, "rb") as f:
         have = 0  # bytes in buf; a line begins at buf[0]
-        skip = False  # inside a line longer than the buffer
+        skip = False  # inside a line being dropped (not asked for, or longer than the buffer)
         while True:
             n = f.readinto(view[have:])
             have += n or 0
@@ -46,10 +46,10 @@ def lines(path, prefixes=None):
                 start = end + 1
             if not n:
                 return out
-            if start == 0 and have == SIZE:  # no newline in a full buffer: drop to the line's end
-                skip = True
+            if skip or (start == 0 and have == SIZE) or unwanted(buf, start, have, prefixes):
+                skip = True  # a line not asked for, or too long: drop it up to its end, uncopied
                 have = 0
-            elif start:  # the unfinished line to the front (a copy of it: the two overlap)
+            elif start:  # the unfinished line to the front (a copy of it, as the two overlap; a short one)
                 buf[0:have - start] = buf[start:have]
                 have -= start
 
@@ -61,3 +61,13 @@ def wanted(buf, start, prefixes):
         if buf.startswith(prefix, start):
             return True
     return False
+
+
+def unwanted(buf, start, have, prefixes):
+    """True when the unfinished line at buf[start:have] already shows it is not one of `prefixes`."""
+    if prefixes is None:
+        return False
+    for prefix in prefixes:
+        if have - start < len(prefix) or buf.startswith(prefix, start):
+            return False
+    return True

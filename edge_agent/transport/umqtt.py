@@ -106,7 +106,7 @@ class Transport:
         self.connected = False
         if poller is not None:  # None when attaching it failed (MemoryError)
             try:
-                poller.unregister(sock)
+                poller.unregister(self._polled)  # the socket, or the one under TLS (umqtt_connect.attach)
             except (OSError, KeyError, ValueError):
                 pass
         if sock is not None:
