@@ -11,8 +11,8 @@ otherwise: fixed policy, commands enabled, no spool):
   natively, the others under qemu-user, whose RSS is qemu's); without, the PyPI micropython on the
   .mpy bundle;
 - `edge-agent run` on CPython (unless --no-cpython);
-- collectd (unless --no-collectd) with its cpu, interface, memory and load plugins at 1 s and its
-  network plugin sending to a local UDP port (bench/agent_footprint.py's configuration).
+- collectd (unless --no-collectd) doing the same job: its cpu, interface and memory plugins at 1 s,
+  sent over MQTT by its mqtt plugin (through mutual TLS with --tls).
 With --tls the broker is the production config (deploy/mosquitto: mutual TLS, certificates as
 identities, ACL) and both agents connect with their own client certificates.
 Reports, as JSON: MemoryErrors (uncaught, and caught and survived by place: `memory_error at=`),
@@ -41,7 +41,7 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
 import paho.mqtt.client as mqtt  # noqa: E402
 from mosquitto import start_mosquitto, start_production_broker, stop  # noqa: E402
 
-from bench.agent_footprint import COLLECTD, UdpCounter, collectd_conf  # noqa: E402
+from bench.agent_footprint import COLLECTD, PLUGIN_DIR, TYPES_DB  # noqa: E402
 from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
@@ -104,6 +104,24 @@ def caught(text):
     return out
 
 
+def collectd_conf(tmp, port, certs):
+    """collectd doing the agents' job: cpu, interface and memory at 1 s, over MQTT (TLS with `certs`)."""
+    base = os.path.join(tmp, "collectd")
+    os.makedirs(base, exist_ok=True)
+    publish = ['Host "127.0.0.1"', "Port %d" % port, 'ClientId "soak-collectd"', 'Prefix "collectd"']
+    if certs:  # its own client certificate; the ACL drops what it publishes (not under edge/)
+        publish += ['CACert "%s/ca.crt"' % certs, 'CertificateFile "%s/soak-collectd.crt"' % certs,
+                    'CertificateKeyFile "%s/soak-collectd.key"' % certs]
+    lines = ['Hostname "soak-collectd"', "FQDNLookup false", 'BaseDir "%s"' % base,
+             'PIDFile "%s/collectd.pid"' % base, 'PluginDir "%s"' % PLUGIN_DIR, 'TypesDB "%s"' % TYPES_DB,
+             "Interval 1", "LoadPlugin cpu", "LoadPlugin interface", "LoadPlugin memory", "LoadPlugin mqtt",
+             '<Plugin mqtt>\n  <Publish "soak">\n    %s\n  </Publish>\n</Plugin>' % "\n    ".join(publish)]
+    path = os.path.join(tmp, "collectd.conf")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def config(port, device, state_dir, certs=None):
     cfg = {
         "device_id": device, "broker": "mqtt://127.0.0.1:%d" % port, "interval_s": 1.0, "batch_s": 10.0,
@@ -137,11 +155,10 @@ def main(argv=None):
             env["MICROPYPATH"] = ".frozen:" + lib
         certs = None
         if args.tls:
-            broker, port, certs = start_production_broker(tmp, ["soak-mpy", "soak-cpython"])
+            broker, port, certs = start_production_broker(tmp, ["soak-mpy", "soak-cpython", "soak-collectd"])
         else:
             broker, port = start_mosquitto(tmp)
         counter = Counter(port, certs)
-        udp = None
         procs = {}
         logs = {}
         try:
@@ -160,9 +177,7 @@ def main(argv=None):
                 procs["cpython"] = subprocess.Popen([BIN + "/edge-agent", "run", "--config", ccfg],
                                                     stdout=open(logs["cpython"], "wb"), stderr=subprocess.STDOUT)
             if not args.no_collectd:
-                udp = UdpCounter()
-                udp.start()
-                conf = collectd_conf(tmp, udp.port, port, with_mqtt=False)
+                conf = collectd_conf(tmp, port, certs)
                 procs["collectd"] = subprocess.Popen([COLLECTD, "-f", "-C", conf],
                                                      stdout=open(os.path.join(tmp, "collectd.out"), "wb"),
                                                      stderr=subprocess.STDOUT)
@@ -200,8 +215,6 @@ def main(argv=None):
                 text = f.read()
         finally:
             threading.Thread(target=counter.close, daemon=True).start()
-            if udp is not None:
-                udp.close()
             stop(broker)
         lines = [x for x in heap_lines(text) if x["event"] == "heap"]
         stops = [x for x in heap_lines(text) if x["event"] == "agent_stop"]

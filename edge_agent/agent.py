@@ -202,14 +202,17 @@ class Agent:
         self.errors_by_collector = {}
         self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+        self.kept = []  # sample(): the tick's kept samples, until the next tick
 
     # ------------------------------------------------------------------ sampling
 
     def sample(self, names, now_ms=None):
-        """Read the named collectors once and add what the sampler keeps as one tick."""
+        """Read the named collectors once and add what the sampler keeps as one tick (returned, in a
+        list that the next tick reuses)."""
         now = mono_ms() if now_ms is None else now_ms
         ts = wall_ms()
-        kept = []
+        kept = self.kept  # one list kept for every tick (del [:] keeps its room): not a new one grown each tick
+        del kept[:]
         for name in names:
             collector = self.collectors.get(name)
             if collector is None:

@@ -523,3 +523,31 @@ def test_lines_reads_through_its_buffer_as_split_would(tmp_path_factory, items, 
     want = [line.decode() for line in pieces
             if len(line) < size and (prefixes is None or any(line.startswith(p) for p in prefixes))]
     assert got == want
+
+
+class FailingExtend(list):
+    """A list whose next `extend` fails, as on a full MicroPython heap."""
+
+    armed = True
+
+    def extend(self, items):
+        if self.armed:
+            self.armed = False
+            raise MemoryError
+        list.extend(self, items)
+
+
+@pytest.mark.parametrize("make, flat", [
+    (lambda root: CpuCollector(root), "ticks"),
+    (lambda root: NetworkCollector(root), "raw"),
+    (lambda root: NetworkCollector(root), "total"),
+])
+def test_a_memory_error_while_adding_a_cpu_or_interface_leaves_the_collector_usable(make, flat):
+    # seen in a 64 KB soak: the name was registered, its slots not, and the next read raised IndexError
+    root = str(FIXTURES / "modern" / "t0")
+    expected = [(s.key, v) for s, v in make(root).collect()]
+    collector = make(root)
+    setattr(collector, flat, FailingExtend())
+    with pytest.raises(MemoryError):
+        collector.collect()
+    assert [(s.key, v) for s, v in collector.collect()] == expected

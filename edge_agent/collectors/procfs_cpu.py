@@ -81,6 +81,23 @@ class CpuCollector:
         self.ticks = []
         self.reads = 0
 
+    def add(self, name):
+        """A new CPU's 9 slots; out of memory half-way, nothing is added (the next read tries again)."""
+        series = []
+        for state in STATES:
+            series.append(Series.of(TIME, {"cpu": name, "state": state}))
+        series.append(Series.of(UTILIZATION, {"cpu": name}))
+        first = len(self.ticks)
+        try:
+            self.series.extend(series)
+            self.ticks.extend([0] * 8 + [-1])
+        except MemoryError:  # the lists stay in step, as collect() indexes them together
+            del self.series[first:]
+            del self.ticks[first:]
+            raise
+        self.cpus[name] = first
+        return first
+
     def collect(self):
         rows = scan_cpus(lines(self.root + "/stat", CPU_LINES))
         self.reads += 1
@@ -91,11 +108,7 @@ class CpuCollector:
                 continue
             first = self.cpus.get(name)
             if first is None:
-                first = self.cpus[name] = len(ticks)
-                for state in STATES:
-                    self.series.append(Series.of(TIME, {"cpu": name, "state": state}))
-                self.series.append(Series.of(UTILIZATION, {"cpu": name}))
-                ticks += [0] * 8 + [-1]
+                first = self.add(name)
             prev_all = sum(ticks[first : first + 8])
             prev_busy = prev_all - ticks[first + IDLE] - ticks[first + IOWAIT]
             for i in range(8):

@@ -120,6 +120,26 @@ class NetworkCollector:
         self.total = []  # the running totals
         self.widths = []  # one per interface: the width its counters wrap at (32 or 64)
 
+    def add(self, name):
+        """A new interface's 8 slots; out of memory half-way, nothing is added (the next read tries again)."""
+        series = []
+        for direction in ["receive", "transmit"]:  # a list: see procfs_cpu.STATES
+            attrs = {"device": name, "direction": direction}  # shared by the direction's series
+            for metric in FAMILIES:
+                series.append(Series.of(metric, attrs))
+        first = len(self.raw)
+        try:
+            self.series.extend(series)
+            self.raw.extend([-1] * 8)
+            self.total.extend([0] * 8)
+            self.widths.append(self.bits)
+        except MemoryError:  # the lists stay in step, as collect() indexes them together
+            for flat in (self.series, self.raw, self.total):
+                del flat[first:]
+            del self.widths[first // 8:]
+            raise
+        self.ifaces[name] = first
+
     def collect(self):
         rows = scan_net_dev(lines(self.root + "/net/dev"))
         raw = self.raw
@@ -128,16 +148,10 @@ class NetworkCollector:
         seen = []
         for name, columns in rows:
             if name not in self.ifaces:
-                wanted = (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
-                self.ifaces[name] = len(raw) if wanted else None
-                if wanted:
-                    for direction in ["receive", "transmit"]:  # a list: see procfs_cpu.STATES
-                        attrs = {"device": name, "direction": direction}  # shared by the direction's series
-                        for metric in FAMILIES:
-                            self.series.append(Series.of(metric, attrs))
-                    raw += [-1] * 8
-                    total += [0] * 8
-                    self.widths.append(self.bits)
+                if (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude):
+                    self.add(name)
+                else:
+                    self.ifaces[name] = None
             first = self.ifaces[name]
             if first is None:
                 continue
