@@ -41,6 +41,10 @@ PACKAGES = ("micropython", "mbedtls")
 # Debian's patch that replaces the bundled mbedtls with the system's shared library
 SYSTEM_MBEDTLS_PATCH = "system-mbedtls"
 
+# static: one binary for any Linux of its architecture; no build id: it hashes the build's paths, and the
+# same sources must give the same bytes wherever they are built
+LDFLAGS = "-static -Wl,--build-id=none"
+
 Arch = namedtuple("Arch", "name cross qemu openwrt heap bits")
 # heap: the default `-X heapsize` a package for this architecture runs the agent with (tested)
 ARCHES = {
@@ -200,7 +204,7 @@ def build_arch(arch, tree, log):
     """Build (or bring up to date) the binary for `arch`; returns its path and its toolchain line."""
     cc = compiler(arch)
     variant = tree_files(VARIANT)
-    key = digest(arch.name, arch.cross, cc, *[p for p, _ in variant], *[b for _, b in variant])[:12]
+    key = digest(arch.name, arch.cross, cc, LDFLAGS, *[p for p, _ in variant], *[b for _, b in variant])[:12]
     build = os.path.join(tree, "build-%s-%s" % (arch.name, key))
     os.makedirs(build, exist_ok=True)
     frozen_manifest(os.path.join(build, "manifest.py"))
@@ -209,7 +213,7 @@ def build_arch(arch, tree, log):
     run(["make", "-C", os.path.join(top, "ports", "unix"), "-j%d" % (os.cpu_count() or 1),
          "VARIANT_DIR=" + VARIANT, "BUILD=" + build, "PROG=micropython",
          "FROZEN_MANIFEST=" + os.path.join(build, "manifest.py"), "CROSS_COMPILE=" + arch.cross,
-         "LDFLAGS_EXTRA=-static"],
+         "LDFLAGS_EXTRA=" + LDFLAGS],
         env=dict(os.environ, LC_ALL="C"), what="make (MicroPython for %s)" % arch.name)
     return os.path.join(build, "micropython"), cc
 
