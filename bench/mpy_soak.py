@@ -77,12 +77,17 @@ class Counter:
                                 keyfile=certs + "/edge-gateway-1.key")
         self.client.on_message = self.on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe("edge/+/data", qos=1)
+        self.client.subscribe([("edge/+/data", 1), ("edge/+/birth", 1)])
+        self.births = {}
         self.client.loop_start()
 
     def on_message(self, client, userdata, msg):
+        device = msg.topic.split("/")[1]
         with self.lock:
-            self.batches.setdefault(msg.topic.split("/")[1], set()).add(bytes(msg.payload))
+            if msg.topic.endswith("/birth"):  # the dictionary grew (a new interface, say) or a reconnection
+                self.births[device] = self.births.get(device, 0) + 1
+            else:
+                self.batches.setdefault(device, set()).add(bytes(msg.payload))
 
     def counts(self):
         with self.lock:
@@ -211,6 +216,7 @@ def main(argv=None):
                     p.kill()
             time.sleep(1)  # the last batches, sent by the stops
             delivered = counter.counts()
+            births = dict(counter.births)
             with open(logs["micropython"]) as f:
                 text = f.read()
         finally:
@@ -226,7 +232,7 @@ def main(argv=None):
             "memory_errors_caught": caught(text),
             "batches_made": int(stops[0]["batches"]) if stops else None,
             "unsent_at_stop": int(stops[0]["unsent"]) if stops else None,
-            "batches_delivered": delivered,
+            "batches_delivered": delivered, "births": births,
             "heap_lines": lines,
         }
         if lines:
@@ -237,8 +243,8 @@ def main(argv=None):
             result[name] = dict(memory[name], cpu_s=round(cpu.get(name, 0), 2),
                                 cpu_ms_per_tick=round(cpu.get(name, 0) * 1000 / elapsed, 3))
         print(json.dumps(result, indent=1))
-        if result["memory_error"] or "micropython" in exited:
-            print(text[-2500:])
+        print(text[-4000:] if result["memory_error"] or result["memory_errors_caught"] or "micropython" in exited
+              else "".join(line + "\n" for line in text.splitlines() if not line.startswith("heap ")))
     return 0
 
 

@@ -15,6 +15,7 @@ from edge_agent.statefile import ensure_dir, read_json
 
 # a batch's values: ~2.5 bytes a sample on the wire, for the default job's 65 series
 BATCH_BYTES_A_TICK = 160
+HEAP_A_BATCH = 8192  # cap_buffer: a 64 KB heap keeps up to 8 batches waiting in RAM, 48 KB up to 6
 
 
 def load_config(path, release):
@@ -64,6 +65,19 @@ def tls_context(transport, log, release):
         log("tls_error", error=repr(exc))
     umqtt_connect = None
     release("edge_agent.transport.umqtt_connect")
+
+
+def cap_buffer(cfg, log):
+    """At most one waiting batch in RAM per HEAP_A_BATCH bytes of heap: a batch takes 1.5-2 KB, and
+    batches that pile up (broker down, a birth waiting for room) must not take the heap the birth and
+    the next reads need. Beyond it the oldest are dropped and reported (ext.lost), as any overflow."""
+    import gc
+
+    room = max(2, (gc.mem_alloc() + gc.mem_free()) // HEAP_A_BATCH)
+    wanted = cfg["buffer"]["max_batches"]
+    if wanted > room:
+        cfg["buffer"]["max_batches"] = room
+        log("buffer_capped", max_batches=room, configured=wanted, reason="heap")
 
 
 def build_sampler(cfg, root):
@@ -122,6 +136,7 @@ def build(path, runtime):
     commands = None
     if cfg["commands"]["enabled"]:
         commands = commands_class(cfg, info["device"], log)
+    cap_buffer(cfg, log)
     spool = None
     if cfg["buffer"]["spool_max_bytes"]:
         from edge_agent.spool import Spool

@@ -198,6 +198,11 @@ def test_device_binary_end_to_end(arch, broker, firmware_dist, tmp_path):
         assert "mqtt_error" not in log and "shadowed" not in log, log[-3000:]
         heap = [dict(w.split("=", 1) for w in line.split()[1:]) for line in log.splitlines() if line.startswith("heap ")]
         assert heap and all(int(h["alloc"]) + int(h["free"]) <= int(ARCHES[arch].heap[:-1]) * 1024 for h in heap)
+        # the RAM buffer fits the heap: a batch per 8 KB of it, not the 360 configured (mpy_setup.cap_buffer)
+        capped = [dict(w.split("=", 1) for w in line.split()[1:]) for line in log.splitlines()
+                  if line.startswith("buffer_capped ")]
+        room = (int(heap[0]["alloc"]) + int(heap[0]["free"])) // 8192
+        assert capped == [{"max_batches": str(room), "configured": "360", "reason": "heap"}], log
     finally:
         if agent.poll() is None:
             agent.kill()
