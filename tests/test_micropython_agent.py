@@ -209,7 +209,7 @@ def test_mpy_bundle_reaches_otlp_and_obeys_signed_commands(pipeline):
 # ---------------------------------------------------------------- MemoryError is survived on the device
 
 # Runs the bundle's mpy_main with Agent.flush and Agent.step wrapped: on some passes the heap is filled
-# with 256-byte blocks until allocation fails (less than 300 contiguous bytes left) (a heap as small and fragmented as it gets), the real
+# with 256-byte blocks, then 16-byte ones, until allocation fails (a heap as full as it gets), the real
 # method runs in what is left, and the ballast is freed afterwards. Only this driver is a source file.
 SQUEEZE_DRIVER = """
 import sys
@@ -224,11 +224,12 @@ def squeezed(real, every, phase):
             return real(self)
         sys.stderr.write("squeeze pass=%%d\\n" %% count[0])  # before the squeeze: only the agent runs in it
         ballast = None
-        try:
-            while True:
-                ballast = [ballast, bytearray(256)]  # linked: no list to grow
-        except MemoryError:
-            pass
+        for size in (256, 16):  # big blocks, then whatever room is left: nothing fits afterwards
+            try:
+                while True:
+                    ballast = [ballast, bytearray(size)]  # linked: no list to grow
+            except MemoryError:
+                pass
         try:
             return real(self)
         finally:
