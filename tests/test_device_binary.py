@@ -230,7 +230,7 @@ def test_a_server_certificate_from_an_unknown_ca_is_reported_and_retried(broker,
         wait_for(lambda: len(errors()) >= 2, 20, "two failed attempts")
         assert agent.poll() is None, "the agent exited"
         assert "TLS: " in errors()[0] and "retry_s=" in errors()[0], errors()
-        agent.send_signal(signal.SIGTERM)
+        agent.send_signal(signal.SIGINT)  # Ctrl-C, with -m too (patches/0001)
         assert agent.wait(15) == 0
     finally:
         if agent.poll() is None:
