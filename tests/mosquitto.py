@@ -35,6 +35,11 @@ def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
     with open(conf, "w") as f:
         f.write("listener %d 127.0.0.1\nallow_anonymous true\n%s%s\n" % (port, persistence, extra_conf))
     log_path = os.path.join(str(tmp_path), "mosquitto-%d.log" % port)
+    return run_broker(conf, port, log_path), port
+
+
+def run_broker(conf: str, port: int, log_path: str) -> subprocess.Popen:
+    """mosquitto -c CONF, once it accepts connections on `port`."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
@@ -43,7 +48,7 @@ def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
             raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log_path))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
+            return proc
         except OSError:
             time.sleep(0.05)
     proc.kill()
@@ -94,18 +99,4 @@ def start_production_broker(tmp, devices=("dev-a", "dev-b")) -> tuple[subprocess
     path = os.path.join(tmp, "mosquitto-tls.conf")
     with open(path, "w") as f:
         f.write(conf)
-    log_path = os.path.join(tmp, "mosquitto-tls.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([MOSQUITTO, "-c", path], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log_path))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port, certs
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError("mosquitto did not start on port %d" % port)
+    return run_broker(path, port, os.path.join(tmp, "mosquitto-tls.log")), port, certs
