@@ -17,7 +17,7 @@ import time
 from edge_agent import __version__, lifecycle, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
-from edge_agent.collectors.procfs_system import read_boot
+from edge_agent.collectors.procfs_system import read_boot, read_host
 from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
@@ -99,16 +99,19 @@ def effective_config(args):
 def device_info(cfg, effective):
     proc = cfg["proc_root"]
     boot_id, boot_time_ms = read_boot(proc)
-    return {
+    info = {
         "device": cfg["device_id"] or socket.gethostname(),
         "boot_id": boot_id,
         "boot_time_ms": boot_time_ms,
+        "start_ms": int(time.time() * 1000),  # counters that start with the agent start here
         "agent": __version__,
         "os": "linux",
         "platform": "%s-%s" % (platform.python_implementation().lower(), platform.python_version()),
         "collectors": effective,
         "group": cfg["group"],
     }
+    info.update(read_host(proc))
+    return info
 
 
 def build_collectors(cfg, log):
@@ -155,11 +158,25 @@ def apply_overrides(cfg, overrides):
             cfg["collectors"][name].update(change)
 
 
+def stop_accounting(outbox):
+    """What the stop line adds to the agent's stats: every drop of the run (`ext.lost` up to the
+    end), what the stop lost (undelivered batches left in RAM: a spool keeps them for the next run)
+    and what was delivered."""
+    lost = outbox.lost()
+    unsent = sum([e.samples for e in outbox.entries])  # what a spool took (and its loaded segment) is kept
+    return {"lost_batches": lost[0], "lost_samples": lost[1], "unsent_samples": unsent, "delivered": outbox.sent, "delivery": "gateway receipt" if outbox.receipts else "broker puback"}
+
+
 def command_run(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
     if cfg["state_dir"]:
-        os.makedirs(cfg["state_dir"], exist_ok=True)
+        try:
+            os.makedirs(cfg["state_dir"], exist_ok=True)
+        except OSError as exc:
+            print("edge-agent: state_dir %s: cannot create it (%s)" % (cfg["state_dir"], exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     overrides = load_overrides(cfg["state_dir"])
     apply_overrides(cfg, overrides)
     collectors, effective = build_collectors(cfg, log)
@@ -177,15 +194,22 @@ def command_run(args):
 
     spool = None
     if cfg["buffer"]["spool_max_bytes"]:
-        spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
+        try:
+            spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
+        except OSError as exc:
+            print("edge-agent: spool %s/spool: cannot use it (%s)" % (cfg["state_dir"], exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
                   collector_factory=factory, overrides=overrides, spool=spool,
                   loadwatch=LoadWatch(cfg["proc_root"]))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True))
+    log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True),
+        delivery=cfg["delivery"]["ack"] if cfg["delivery"]["ack"] != "auto" else "auto (now %s)" % (
+            "gateway receipt" if agent.outbox.receipts else "broker puback"))
     agent.run(max_seconds=args.duration)
-    log("agent_stop", device=info["device"], **agent.stats)
+    log("agent_stop", device=info["device"], **dict(agent.stats, **stop_accounting(agent.outbox)))
     return 0
 
 

@@ -27,6 +27,10 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 #   buffer.*           RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in
 #                      <state_dir>/spool, written spool_chunk batches at a time while offline (what a
 #                      power cut may lose)
+#   delivery.ack       what delivers a batch (docs/reliability.md): "gateway" its receipt, "broker"
+#                      the PUBACK, "auto" the receipt once a gateway has sent one for this device
+#   delivery.resend_s  no receipt this long after the PUBACK: sent again (doubling each try)
+#   delivery.fallback_s  "auto": no receipt this long while the broker acknowledges: PUBACK again (0: never)
 #   commands.require_signature   turning this off must be explicit
 #   commands.device_key          hex ("hex:00ff…") or text HMAC key for this device
 #   commands.fleet_key           key for fleet and group commands
@@ -57,6 +61,9 @@ sampling {}
 buffer.max_batches 360 [1, 100000]
 buffer.spool_max_bytes 0 [0, 17179869184]
 buffer.spool_chunk 6 [1, 1000]
+delivery.ack "auto" ["auto", "gateway", "broker"]
+delivery.resend_s 5.0 [0.1, 3600]
+delivery.fallback_s 3600 [0, 604800]
 commands.enabled true
 commands.require_signature true
 commands.device_key "" [null, 256]
@@ -157,6 +164,19 @@ def check(config):
         errors.append("config key 'batch_s': must not be shorter than interval_s (%s)" % config["interval_s"])
     if not errors and config["buffer"]["spool_max_bytes"] and not config["state_dir"]:
         errors.append("config key 'buffer.spool_max_bytes': the spool needs state_dir to be set")
+    commands = config.get("commands")
+    for name in ("device_key", "fleet_key"):
+        key = commands.get(name) if isinstance(commands, dict) else None
+        if isinstance(key, str) and key[:4] == "hex:":  # as edge_agent.hmac.key_bytes reads it
+            import binascii
+
+            try:
+                ok = len(binascii.unhexlify(key[4:])) > 0
+            except ValueError:  # binascii.Error is one
+                ok = False
+            if not ok:
+                errors.append("config key 'commands.%s': 'hex:' must be followed by an even number of hex "
+                              "digits (0-9, a-f) (the key itself is not shown)" % name)
     device = config.get("device_id")
     if isinstance(device, str) and device and (device[0] == "_" or [c for c in "/+#" if c in device]):
         errors.append("config key 'device_id': must not start with '_' nor contain '/', '+' or '#', got %s" % _show(device))
@@ -165,7 +185,8 @@ def check(config):
         try:
             parse_broker(broker)
         except ValueError:
-            errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % _show(broker))
+            shown = _show(broker) if "@" not in broker else "a URL with credentials (use username and password)"
+            errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % shown)
     sampling = config.get("sampling")
     if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling_rules is not even loaded
         from edge_agent.sampling_rules import validate_sampling
@@ -185,6 +206,8 @@ def parse_broker(url):
         raise ValueError("scheme must be mqtt or mqtts")
     tls = scheme in ("mqtts", "ssl")
     rest = rest.rstrip("/")
+    if "@" in rest:  # credentials belong in username/password, never in a URL that gets logged
+        raise ValueError("credentials in the URL")
     if rest.startswith("["):  # [ipv6]:port
         host, _, port = rest[1:].partition("]")
         port = port[1:] if port.startswith(":") else ""

@@ -42,16 +42,19 @@ def device_name(cfg):
 
 
 def device_info(cfg, effective, name):
-    from edge_agent.collectors.procfs_system import read_boot
+    from edge_agent.clock import wall_ms
+    from edge_agent.collectors.procfs_system import read_boot, read_host
 
     root = cfg["proc_root"]
     boot_id, boot_time_ms = read_boot(root)
     impl = sys.implementation
-    return {
-        "device": name, "boot_id": boot_id, "boot_time_ms": boot_time_ms, "agent": __version__,
+    info = {
+        "device": name, "boot_id": boot_id, "boot_time_ms": boot_time_ms, "start_ms": wall_ms(), "agent": __version__,
         "os": "linux", "platform": "%s-%d.%d.%d" % ((impl.name,) + tuple(impl.version[:3])),
         "collectors": effective, "group": cfg["group"],
     }
+    info.update(read_host(root))
+    return info
 
 
 def tls_context(transport, log, release):

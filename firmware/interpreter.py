@@ -45,13 +45,14 @@ SYSTEM_MBEDTLS_PATCH = "system-mbedtls"
 # same sources must give the same bytes wherever they are built
 LDFLAGS = "-static -Wl,--build-id=none"
 
-Arch = namedtuple("Arch", "name cross qemu openwrt heap bits")
-# heap: the default `-X heapsize` a package for this architecture runs the agent with (tested)
+Arch = namedtuple("Arch", "name cross qemu openwrt heap bits bpf")
+# heap: the default `-X heapsize` a package for this architecture runs the agent with (tested);
+# bpf: the byte order of the eBPF objects (bpf/build.py) its .ipk ships
 ARCHES = {
-    "x86_64": Arch("x86_64", "", None, "x86_64", "64K", 64),
-    "armhf": Arch("armhf", "arm-linux-gnueabihf-", "qemu-arm-static", "arm_cortex-a7_neon-vfpv4", "48K", 32),
-    "mips": Arch("mips", "mips-linux-gnu-", "qemu-mips-static", "mips_24kc", "48K", 32),
-    "i686": Arch("i686", "i686-linux-gnu-", None, "i386_pentium4", "48K", 32),
+    "x86_64": Arch("x86_64", "", None, "x86_64", "64K", 64, "bpfel"),
+    "armhf": Arch("armhf", "arm-linux-gnueabihf-", "qemu-arm-static", "arm_cortex-a7_neon-vfpv4", "48K", 32, "bpfel"),
+    "mips": Arch("mips", "mips-linux-gnu-", "qemu-mips-static", "mips_24kc", "48K", 32, "bpfeb"),
+    "i686": Arch("i686", "i686-linux-gnu-", None, "i386_pentium4", "48K", 32, "bpfel"),
 }
 
 

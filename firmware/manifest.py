@@ -3,8 +3,9 @@
 Every module a MicroPython device runs, with when it is in memory:
 - RESIDENT: imported at start and kept while the agent runs (listed dependencies first, the
   order bench/mpy_heap.py imports them in to measure each one's cost);
-- TRANSIENT: imported for a while and released (start-up, connecting, a birth, a command,
-  another sampling policy, the disk spool, the load/system collectors), see edge_agent.mpy_main.
+- TRANSIENT: imported for a while and released (start-up, connecting, a birth, a receipt's rare
+  cases, a command, another sampling policy, the disk spool, the load/system collectors), see
+  edge_agent.mpy_main.
 
 `python -m firmware build` freezes all of them into the interpreter it builds (firmware/interpreter.py)
 and compiles them to .mpy for devices that already run MicroPython (the bundle and its tests).
@@ -37,6 +38,7 @@ DEVICE_MODULES = [
     ("edge_agent.collectors.procfs_load", TRANSIENT),
     ("edge_agent.collectors.procfs_system", TRANSIENT),
     ("edge_agent.lifecycle", TRANSIENT),
+    ("edge_agent.receipts", TRANSIENT),
     ("edge_agent.wire_birth", TRANSIENT),
     ("edge_agent.transport.umqtt_connect", TRANSIENT),
     ("edge_agent.hmac", TRANSIENT),

@@ -15,12 +15,14 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 
-from gateway import __version__, logs
+from gateway import __version__, exporters, logs
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
 from gateway.dedupe import SeqTracker
-from gateway.export import Exporter, FileExporter, RetryPolicy, config_from_env, make_exporter
+from gateway.events import DeviceEvents
+from gateway.export import RetryPolicy
 from gateway.http import StatusServer
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker
@@ -32,7 +34,8 @@ log = logging.getLogger("gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-gateway", description="Edge telemetry gateway: MQTT in, OTLP out.")
+    parser = argparse.ArgumentParser(prog="edge-gateway", description="Edge telemetry gateway: MQTT in; OTLP and "
+                                     "Prometheus remote write out.")
     parser.add_argument("--version", action="version", version="edge-gateway " + __version__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(subparsers)
@@ -63,19 +66,24 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
     host, port, tls = parse_broker(args.broker)
+    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
+    username = args.username if args.username is not None else parts.username
+    password = args.password if args.password is not None else parts.password
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=args.password, client_id=args.client_id or client_id)
+                        username=username, password=password, client_id=args.client_id or client_id)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="receive batches and export them as OTLP",
                                 description="Receive device batches over MQTT and export them as OTLP. "
                                 "The exporter follows OTEL_EXPORTER_OTLP_* (grpc or http/protobuf); "
-                                "without them, or with --output, it writes OTLP JSON lines.")
+                                "without them, or with --output, it writes OTLP JSON lines; "
+                                "--prometheus-remote-write adds (or, alone, is) a Prometheus exporter.")
     add_broker_options(run)
     run.add_argument("--share-group", help="receive data through $share/GROUP/… to split load between replicas")
     run.add_argument("--session-expiry", type=int, default=3600, metavar="S",
-                     help="seconds the broker keeps the session (and unacked data) after a disconnect")
+                     help="seconds the broker keeps the session (and unacked data) after a disconnect; with "
+                     "--share-group only the births' session: a replica's data session ends with it")
     run.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (0: any free port)")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address to serve /metrics on")
     run.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -92,23 +100,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep the dedupe state and the births here, so a crash neither exports a batch twice "
                      "nor forgets a dictionary (one gateway per directory)")
+    run.add_argument("--receipts", action=argparse.BooleanOptionalAction, default=True,
+                     help="tell each device what was exported (<prefix>/<device>/delivery), so it keeps and sends "
+                     "again what was not (default: on; with several independent gateways on the same devices, "
+                     "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
+    run.add_argument("--late-after", type=float, default=60.0, metavar="S",
+                     help="a sample exported more than S seconds after it was measured counts as late")
+    exporters.add_options(run)
     run.set_defaults(func=run_command)
-
-
-def choose_exporter(output: str | None) -> tuple[Exporter, str]:
-    if output is None:
-        config = config_from_env()
-        if config is not None:
-            return make_exporter(config), "otlp %s %s" % (config.protocol, config.endpoint)
-        output = "-"
-    return FileExporter(output), "file " + ("stdout" if output == "-" else output)
 
 
 def run_command(args: argparse.Namespace) -> int:
     logs.setup(args.log_format)
     try:
-        exporter, described = choose_exporter(args.output)
+        exporter, logs_exporter, described = exporters.choose(args)
         broker = broker_config(args, "edge-gateway-%s" % socket.gethostname())
     except (ValueError, OSError) as exc:  # configuration problems: one clear line, no traceback
         print("edge-gateway: %s" % exc, file=sys.stderr)
@@ -128,10 +134,15 @@ def run_command(args: argparse.Namespace) -> int:
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
     dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state)
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
+    gateway.late_after_s = args.late_after
+    events = None
+    if logs_exporter is not None:
+        events = gateway.events = DeviceEvents(logs_exporter, dictionaries.latest, metrics, RetryPolicy())
     births, replayed = gateway.restore()
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     gateway.publish_status = intake.publish_status
+    gateway.publish_receipt = intake.publish_receipt
     status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
         "mqtt_connected": intake.connected, "queue_depth": pipeline.depth(),
         "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()}),
@@ -141,17 +152,22 @@ def run_command(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     pipeline.start()
+    if events is not None:
+        events.start()
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": args.broker, "exporter": described, "metrics_port": status.port,
+        "event": "started", "broker": logs.redact(args.broker), "exporter": described, "metrics_port": status.port,
         "client_id": intake.config.client_id, "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
-        "births_restored": births, "batches_replayed": replayed}})
+        "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
     while not stop.wait(1.0):
         gateway.expire()
     log.info("gateway stopping", extra={"fields": {"event": "stopping"}})
     pipeline.stop(timeout=5.0)  # flush while still connected, so the acks reach the broker
     intake.stop()
+    if events is not None:
+        events.stop(timeout=2.0)  # a file it shares with the metrics is closed after it (close() is idempotent)
+        logs_exporter.close()
     status.stop()
     if state is not None:
         state.close()

@@ -1,13 +1,22 @@
 """paho-mqtt 2.x adapter: subscribes, hands messages to the `Gateway` core, acks when it says so.
 
-Two MQTT v5 connections, both QoS 1 with `manual_ack=True` and a persistent session
-(clean_start=False plus a session expiry), so a restarted gateway resumes what it had not acked:
+Two MQTT v5 connections, both QoS 1 with `manual_ack=True`:
 
-- `<client-id>-meta`: births `<prefix>/+/birth` (never shared: every replica needs every
-  dictionary) and state `<prefix>/+/state`, acked as soon as they are processed;
+- `<client-id>-meta`, a persistent session (clean_start=False plus a session expiry): births
+  `<prefix>/+/birth` (never shared: every replica needs every dictionary), state
+  `<prefix>/+/state` and command acks `<prefix>/+/ack` (device events), acked as soon as they are
+  processed. It publishes the delivery receipts `<prefix>/<device>/delivery` (QoS 0, not retained;
+  docs/wire-format.md). With a share group it also reads the other replicas' receipts (QoS 0, No
+  Local, tagged with the group in an MQTT 5 user property, which MQTT 3.1.1 devices never receive):
+  what another replica exported, this one does not export again;
 - `<client-id>`: data `<prefix>/+/data`, through `$share/<group>/…` when a share group is given.
   A data message is acked only once its batch is settled (exported, or rejected as bad input).
   Receive Maximum caps the unacked messages the broker sends, which bounds the work in flight.
+  Alone, its session is persistent, so a restarted gateway resumes what it had not acked. In a
+  share group it is not: a dead replica's persistent session would keep receiving its share of
+  the data (held until it comes back or its session expires); without one the broker sends to the
+  live replicas only, and what the dead one held unexported the devices send again, for want of
+  its receipt.
 
 Births travel apart from data so that they are never stuck behind a window full of unacked data
 batches that are themselves waiting for those births (a restart with a backlog would deadlock).
@@ -28,6 +37,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.app import Gateway
 from gateway.metrics import GatewayMetrics
@@ -76,12 +86,21 @@ class MqttIntake:
         self.gateway = gateway
         self.metrics = metrics
         self.prefix = prefix.strip("/")
+        self.share_group = share_group
         data = "%s/+/data" % self.prefix
-        self.meta = _Link(self, config.client_id + "-meta",
-                          ["%s/+/birth" % self.prefix, "%s/+/state" % self.prefix], 65535)
+        meta = [("%s/+/birth" % self.prefix, 1, False), ("%s/+/state" % self.prefix, 1, False),
+                ("%s/+/ack" % self.prefix, 1, False)]
+        if share_group:
+            meta.append(("%s/+/delivery" % self.prefix, 0, True))
+        self.meta = _Link(self, config.client_id + "-meta", meta, 65535, persistent=True)
         self.data = _Link(self, config.client_id,
-                          ["$share/%s/%s" % (share_group, data) if share_group else data], config.receive_maximum)
-        self.topics = self.meta.topics + self.data.topics
+                          [("$share/%s/%s" % (share_group, data) if share_group else data, 1, False)],
+                          config.receive_maximum, persistent=not share_group)
+        self.topics = [t[0] for t in self.meta.topics + self.data.topics]
+        self._receipt_props = None
+        if share_group:
+            self._receipt_props = Properties(PacketTypes.PUBLISH)
+            self._receipt_props.UserProperty = ("share-group", share_group)
 
     @property
     def connected(self) -> bool:
@@ -104,28 +123,43 @@ class MqttIntake:
         info = self.meta.client.publish("%s/_status/%s" % (self.prefix, device), payload, qos=0, retain=True)
         return info.rc == paho.MQTT_ERR_SUCCESS
 
+    def publish_receipt(self, device: str, payload: bytes) -> bool:
+        """Publish a delivery receipt to a device (QoS 0: a lost one costs the device a resend)."""
+        if not self.meta.connected:
+            return False
+        info = self.meta.client.publish("%s/%s/delivery" % (self.prefix, device), payload, qos=0,
+                                        properties=self._receipt_props)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
     def _connection_changed(self) -> None:
         self.metrics.connected.set(1 if self.connected else 0)
 
-    def dispatch(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+    def dispatch(self, topic: str, payload: bytes, ack: Callable[[], None], group: str | None = None) -> None:
         device, kind = split_topic(self.prefix, topic)
         if kind == "data":
             self.gateway.on_data(device, payload, ack)
             return
-        if kind == "birth":
+        if kind == "delivery":
+            if self.share_group and group == self.share_group:  # only our group's replicas count
+                self.gateway.on_receipt(device, payload)
+        elif kind == "birth":
             self.gateway.on_birth(device, payload)
         elif kind == "state":
             self.gateway.on_state(device, payload)
+        elif kind == "ack":  # a command's outcome: a device event
+            self.gateway.on_ack(device, payload)
         ack()
 
 
 class _Link:
     """One paho client: connect with a persistent session, subscribe in on_connect, dispatch."""
 
-    def __init__(self, intake: MqttIntake, client_id: str, topics: list[str], receive_maximum: int) -> None:
+    def __init__(self, intake: MqttIntake, client_id: str, topics: list[tuple[str, int, bool]],
+                 receive_maximum: int, persistent: bool = True) -> None:
         self.intake = intake
         self.client_id = client_id
-        self.topics = topics
+        self.topics = topics  # (filter, qos, no_local)
+        self.persistent = persistent
         self.receive_maximum = receive_maximum
         self.connected = False
         config = intake.config
@@ -145,9 +179,11 @@ class _Link:
     def start(self) -> None:
         config = self.intake.config
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = config.session_expiry_s
+        if self.persistent:
+            props.SessionExpiryInterval = config.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
-        self.client.connect_async(config.host, config.port, config.keepalive, clean_start=False, properties=props)
+        self.client.connect_async(config.host, config.port, config.keepalive, clean_start=not self.persistent,
+                                  properties=props)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -162,13 +198,13 @@ class _Link:
         if reason.is_failure:
             log.error("broker refused the connection", extra={"fields": {"event": "mqtt_refused", **fields}})
             return
-        client.subscribe([(topic, 1) for topic in self.topics])
+        client.subscribe([(topic, SubscribeOptions(qos=qos, noLocal=no_local)) for topic, qos, no_local in self.topics])
         self.connected = True
         self.intake._connection_changed()
         config = self.intake.config
         log.info("connected to the broker", extra={"fields": {
             "event": "mqtt_connected", "broker": "%s:%d" % (config.host, config.port), **fields,
-            "session_present": bool(flags.session_present), "topics": " ".join(self.topics)}})
+            "session_present": bool(flags.session_present), "topics": " ".join(t[0] for t in self.topics)}})
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
                        reason: paho.ReasonCode, properties: Properties | None) -> None:
@@ -185,8 +221,12 @@ class _Link:
             if qos:
                 client.ack(mid, qos)
 
+        group = None
+        for name, value in getattr(getattr(message, "properties", None), "UserProperty", None) or ():
+            if name == "share-group":
+                group = value
         try:
-            self.intake.dispatch(message.topic, message.payload, ack)
+            self.intake.dispatch(message.topic, message.payload, ack, group)
         except Exception:  # never let one message kill the network thread
             log.exception("message handling failed", extra={"fields": {"event": "internal_error", "topic": message.topic}})
             ack()

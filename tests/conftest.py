@@ -37,3 +37,15 @@ def firmware_dist(tmp_path_factory):
     in build/firmware makes it seconds."""
     out = tmp_path_factory.mktemp("dist")
     return out, firmware_build(out)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KB tmpfs mounted for this test only (root): a disk that really fills up."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -1,9 +1,14 @@
 """A real mosquitto for tests, started on a free loopback port.
 
 `start_mosquitto(tmp_path, extra_conf="") -> (proc, port)` returns once the broker accepts
-connections; `stop(proc)` ends it. Anonymous access, log in tmp_path; no persistence unless
-`persistence_dir` is given (then sessions and queued messages are saved there every second and
-on a clean stop, and survive a restart on the same port).
+connections; `stop(proc)` ends it. Anonymous access, log in tmp_path (`log_path(tmp_path, port)`);
+no persistence unless `persistence_dir` is given (then sessions and queued messages are saved there
+every second and on a clean stop, and survive a restart on the same port).
+
+mosquitto started as root drops to the `mosquitto` user, which cannot write into pytest's 0700
+temporary directories ("Error saving in-memory database ... Permission denied"): a persistent test
+broker therefore keeps running as root (`user root`), and `assert_saved` checks in its log that it
+really saved.
 """
 
 from __future__ import annotations
@@ -32,20 +37,21 @@ def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
         os.makedirs(persistence_dir, exist_ok=True)
         persistence = ("persistence true\npersistence_location %s/\nautosave_interval 1\n"
                        "max_queued_messages 100000\n" % persistence_dir.rstrip("/"))
+        if os.geteuid() == 0:  # else it drops to `mosquitto` and cannot write the database here
+            persistence += "user root\n"
     with open(conf, "w") as f:
         f.write("listener %d 127.0.0.1\nallow_anonymous true\n%s%s\n" % (port, persistence, extra_conf))
-    log_path = os.path.join(str(tmp_path), "mosquitto-%d.log" % port)
-    return run_broker(conf, port, log_path), port
+    return run_broker(conf, port, log_path(tmp_path, port)), port
 
 
-def run_broker(conf: str, port: int, log_path: str) -> subprocess.Popen:
-    """mosquitto -c CONF, once it accepts connections on `port`."""
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+def run_broker(conf: str, port: int, log: str) -> subprocess.Popen:
+    """mosquitto -c CONF (its output appended to `log`), once it accepts connections on `port`."""
+    with open(log, "ab") as log_file:
+        proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log_path))
+            raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return proc
@@ -54,6 +60,21 @@ def run_broker(conf: str, port: int, log_path: str) -> subprocess.Popen:
     proc.kill()
     proc.wait()
     raise RuntimeError("mosquitto did not start on port %d" % port)
+
+
+def log_path(tmp_path, port: int) -> str:
+    """The log of the broker started on `port` (every start on that port appends to it)."""
+    return os.path.join(str(tmp_path), "mosquitto-%d.log" % port)
+
+
+def assert_saved(tmp_path, port: int) -> int:
+    """Assert that the broker on `port` saved its database and never failed to; returns how often it saved."""
+    with open(log_path(tmp_path, port)) as f:
+        text = f.read()
+    assert "Error saving" not in text, text[-2000:]
+    saves = text.count("Saving in-memory database")
+    assert saves, "the broker never saved its database:\n" + text[-2000:]
+    return saves
 
 
 def stop(proc: subprocess.Popen, timeout: float = 5) -> None:
@@ -81,17 +102,25 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "mosquitto")
 
 
-def start_production_broker(tmp, devices=("dev-a", "dev-b")) -> tuple[subprocess.Popen, int, str]:
+def start_production_broker(tmp, devices=("dev-a", "dev-b"), acl_extra="") -> tuple[subprocess.Popen, int, str]:
     """The production broker config (deploy/mosquitto: mutual TLS, certificate CN as identity, ACL) on a
     free loopback port, with certificates from its gen-certs.sh for `devices`, the gateways and the
-    operator. Returns (proc, port, certificates folder)."""
+    operator, and `acl_extra` appended to the production ACL (what provisioning would add). Returns
+    (proc, port, certificates folder); its config is TMP/mosquitto-tls.conf."""
     tmp = str(tmp)
     certs = os.path.join(tmp, "certs")
     subprocess.run([os.path.join(DEPLOY, "gen-certs.sh"), certs] + list(devices), check=True, capture_output=True)
     port = free_port()
     with open(os.path.join(DEPLOY, "mosquitto.conf")) as f:
         conf = f.read()
-    conf = (conf.replace("/etc/mosquitto/certs", certs).replace("/etc/mosquitto/edge.acl", os.path.join(DEPLOY, "acl"))
+    acl = os.path.join(DEPLOY, "acl")
+    if acl_extra:
+        with open(acl) as f:
+            text = f.read()
+        acl = os.path.join(tmp, "acl")
+        with open(acl, "w") as f:
+            f.write(text + "\n" + acl_extra)
+    conf = (conf.replace("/etc/mosquitto/certs", certs).replace("/etc/mosquitto/edge.acl", acl)
             .replace("listener 8883", "listener %d 127.0.0.1" % port).replace("persistence true", "persistence false")
             .replace("persistence_location /var/lib/mosquitto/", ""))
     if os.geteuid() == 0:

@@ -11,30 +11,35 @@ mkdir -p "$out"
 cd "$out"
 days=825
 
+# X.509 v3 extensions: the CA may only sign certificates; the server certificate serves TLS only
+# (serverAuth) and every client certificate is good for client authentication only (clientAuth),
+# so a device's certificate and key cannot impersonate the broker, nor the broker's a client.
 if [ ! -e ca.key ]; then
   openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days $days \
-    -subj "/CN=edge-telemetry test CA" 2>/dev/null
+    -subj "/CN=edge-telemetry test CA" \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  chmod 600 ca.key
 fi
 
-issue() {  # issue NAME [SUBJECT_ALT_NAMES]
-  local name=$1 san=${2:-}
+issue() {  # issue NAME serverAuth|clientAuth [SUBJECT_ALT_NAMES]
+  local name=$1 usage=$2 san=${3:-}
   [ -e "$name.crt" ] && return 0
   openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "/CN=$name" 2>/dev/null
-  if [ -n "$san" ]; then
-    printf 'subjectAltName=%s\n' "$san" > "$name.ext"
-    openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" \
-      -days $days -extfile "$name.ext" 2>/dev/null
-    rm -f "$name.ext"
-  else
-    openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" \
-      -days $days 2>/dev/null
-  fi
-  rm -f "$name.csr"
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$usage"
+    [ -n "$san" ] && echo "subjectAltName=$san"
+  } > "$name.ext"
+  openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" \
+    -days $days -extfile "$name.ext" 2>/dev/null
+  rm -f "$name.ext" "$name.csr"
   chmod 600 "$name.key"
 }
 
-issue server "DNS:localhost,IP:127.0.0.1"
+issue server serverAuth "DNS:localhost,IP:127.0.0.1"
 for client in "$@" edge-gateway-1 edge-gateway-2 edge-operator; do
-  issue "$client"
+  issue "$client" clientAuth
 done
 echo "certificates in $out: ca.crt server.crt $* edge-gateway-1 edge-gateway-2 edge-operator"
