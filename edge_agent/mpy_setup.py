@@ -16,6 +16,9 @@ from edge_agent.statefile import ensure_dir, read_json
 # a batch's values: ~2.5 bytes a sample on the wire, for the default job's 65 series
 BATCH_BYTES_A_TICK = 160
 HEAP_A_BATCH = 8192  # cap_buffer: up to 7 batches wait in RAM in a 64K heap, 5 in 48K (its tables aside)
+# room for a tick's samples in Agent.kept: the default job is 72 samples a tick on a host with 2 CPUs and
+# 2 interfaces (16 a CPU, 16 an interface, 8 for memory), 120 with 5 CPUs and 2 interfaces
+TICK_SAMPLES = 128
 
 
 def load_config(path, release):
@@ -149,4 +152,8 @@ def build(path, runtime):
                   commands=commands, spool=spool, log=log, collector_factory=factory, overrides=overrides)
     ticks = min(int(cfg["batch_s"] / cfg["interval_s"]) + 1, 64)
     agent.builder.reserve(ticks * BATCH_BYTES_A_TICK)
+    # the tick's list at its full size now, while the heap is in one piece: grown later, a list doubles,
+    # and at 65 samples that is one 1 KB block (on 64-bit), which a 64K heap after hours may not have
+    agent.kept.extend([None] * TICK_SAMPLES)
+    del agent.kept[:]  # (its room stays)
     return agent

@@ -209,6 +209,10 @@ def build_arch(arch, tree, log):
     build = os.path.join(tree, "build-%s-%s" % (arch.name, key))
     os.makedirs(build, exist_ok=True)
     frozen_manifest(os.path.join(build, "manifest.py"))
+    # MicroPython's freezer recompiles a module only when its source is newer than the .mpy it made
+    # before: a source whose time went back (unpacked from a tar, or another checkout building into a
+    # shared cache) would be frozen stale. Compiling them all again takes a second or two.
+    shutil.rmtree(os.path.join(build, "frozen_mpy"), ignore_errors=True)
     log("building MicroPython for %s (%s)" % (arch.name, cc))
     top = os.path.join(tree, "micropython")
     run(["make", "-C", os.path.join(top, "ports", "unix"), "-j%d" % (os.cpu_count() or 1),

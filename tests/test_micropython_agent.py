@@ -39,7 +39,7 @@ from firmware.build import compile_mpy
 
 BIN = os.path.dirname(sys.executable)
 MICROPYTHON = os.path.join(BIN, "micropython")
-HEAP = "128K"
+HEAP = "160K"
 DEVICE = "mpy-e2e"
 DEVICE_KEY = "hex:0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 

@@ -31,7 +31,8 @@ Example output (first read, per_cpu=False), as (series key, value):
     ...
     system.cpu.time{state=steal}    20
 
-Small on a device: a CPU is 16 slots of `series` and 17 of `ticks` (flat lists), found by name.
+Small on a device: a CPU is 16 slots of `series` and 17 of `ticks` (flat lists), found by name; a
+state's time and utilization series share one attribute dict.
 """
 
 from edge_agent.collectors import lines
@@ -91,13 +92,13 @@ class CpuCollector:
     def add(self, name):
         """A new CPU's slots; its number k. Out of memory half-way, nothing is added (the next read
         tries again): collect() indexes `series` and `ticks` together."""
-        series = []
-        for metric in [TIME, UTILIZATION]:
-            for state in STATES:
-                attrs = {"state": state}
-                if name != "total":
-                    attrs["cpu"] = name
-                series.append(Series.of(metric, attrs))
+        series = [None] * 16
+        for i in range(8):
+            attrs = {"state": STATES[i]}  # shared by the state's time and utilization series
+            if name != "total":
+                attrs["cpu"] = name
+            series[i] = Series.of(TIME, attrs)
+            series[8 + i] = Series.of(UTILIZATION, attrs)
         k = len(self.ticks) // SLOTS
         try:
             self.series.extend(series)
