@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _path in (ROOT, os.path.join(ROOT, "tests")):
@@ -39,7 +40,8 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
         sys.path.insert(0, _path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from mosquitto import start_mosquitto, start_production_broker, stop  # noqa: E402
+import production_broker  # noqa: E402
+from mosquitto import start_mosquitto, stop  # noqa: E402
 
 from bench.agent_footprint import COLLECTD, PLUGIN_DIR, TYPES_DB  # noqa: E402
 from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
@@ -160,10 +162,12 @@ def main(argv=None):
             env["MICROPYPATH"] = ".frozen:" + lib
         certs = None
         if args.tls:
-            broker, port, certs = start_production_broker(tmp, ["soak-mpy", "soak-cpython", "soak-collectd"])
+            running = production_broker.start(Path(tmp), ["soak-mpy", "soak-cpython", "soak-collectd"])
+            broker, port, certs = running.proc, running.device_port, str(running.certs)
+            counter = Counter(running.service_port, certs)  # a gateway's identity, on the services' listener
         else:
             broker, port = start_mosquitto(tmp)
-        counter = Counter(port, certs)
+            counter = Counter(port, certs)
         procs = {}
         logs = {}
         try:

@@ -160,6 +160,18 @@ class EveryInterval:
         return out
 
 
+class LinkState:
+    """What edge_agent.linkstate last logged about the connection (the module is loaded only for news)."""
+
+    def __init__(self):
+        self.reconnects = self.errors = self.attempts = self.quick = 0
+        self.up = False
+        self.down_ms = mono_ms()  # offline since (the start counts: nothing was sent yet)
+        self.up_ms = 0
+        self.buffering_ms = 0  # when the next `buffering` line is due (offline, with batches held)
+        self.mark = None  # a backlog being delivered: (outbox.sent at the reconnect, batches held, ms offline)
+
+
 class Agent:
     def __init__(self, config, collectors, transport, info, sampler=None, loadwatch=None,
                  commands=None, spool=None, log=None, collector_factory=None, overrides=None):
@@ -175,6 +187,9 @@ class Agent:
         self.loadwatch = loadwatch
         self.commands = commands
         self.log = log or _print_log
+        # LinkState(): edge_agent.linkstate logs the connection's story (set by the entry point; the
+        # MicroPython one leaves it off until the module costs a small heap nothing: frozen)
+        self.link = None
         self.batch_ms = int(config["batch_s"] * 1000)
         self.compress = config["compress"]
         prefix = config["topic_prefix"] + "/" + self.device + "/"
@@ -401,7 +416,27 @@ class Agent:
         if ack is not None:
             self.transport.publish(self.topics["ack"], ack, 1, False)
 
+    def link_news(self):
+        """True when edge_agent.linkstate has something to log: the connection came or went, an attempt
+        failed, a `buffering` line is due, or the backlog held while offline has been delivered."""
+        transport, link, outbox = self.transport, self.link, self.outbox
+        if getattr(transport, "reconnects", 0) != link.reconnects or getattr(transport, "errors", 0) != link.errors:
+            return True
+        if transport.connected != link.up:
+            return True
+        if link.up:
+            return link.mark is not None and (outbox.sent - link.mark[0] >= link.mark[1] or not len(outbox))
+        return len(outbox) > 0 and mono_ms() >= link.buffering_ms
+
     def pump(self):
+        if self.link is not None and self.link_news():
+            try:
+                from edge_agent import linkstate
+            except MemoryError:
+                self.out_of_memory("linkstate")
+            else:
+                linkstate.watch(self)
+                unload("edge_agent.linkstate")
         if not self.transport.connected:
             self.outbox.offline()
             return

@@ -1,5 +1,8 @@
 """Agent configuration: embedded defaults, a JSON file over them, command-line flags over that.
 
+A config file is JSON; lines whose first non-blank character is `#` are comments (what
+`edge-agent config default` prints, each key explained by edge_agent/config_doc.py).
+
 Validation is driven by one table (`SPEC`) that gives each key its default and its bounds or
 choices, so every problem is reported as "config key 'a.b': <what is wrong>" — the key and the
 problem, nothing vaguer. Unknown keys are errors too: a typo must not silently fall back to a default.
@@ -17,6 +20,8 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 # The type is the default's; "*" stands for every collector. Text rather than nested dicts of
 # tuples: a small heap holds one string. Notes on some keys:
 #   device_id          empty: the host name
+#   client_id          empty: edge-<device>-<random>, new each run (the agent's MQTT session is clean)
+#   password_file      its first line is the password (also $EDGE_AGENT_MQTT_PASSWORD)
 #   group              fleet group for group commands
 #   interval_s         base read interval; sampling.* may tune it per collector
 #   batch_s            a data batch is sent at least this often
@@ -36,11 +41,13 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 #   commands.fleet_key           key for fleet and group commands
 SPEC = """
 device_id "" [null, 128]
+client_id "" [null, 128]
 broker "mqtt://127.0.0.1:1883" [1, 512]
 topic_prefix "edge" [1, 64]
 group "" [null, 64]
 username "" [null, 256]
 password "" [null, 256]
+password_file "" [null, 1024]
 tls.ca "" [null, 1024]
 tls.cert "" [null, 1024]
 tls.key "" [null, 1024]
@@ -241,6 +248,16 @@ def build(file_values=None, overrides=None):
     return config
 
 
+def strip_comments(text):
+    """Blank the lines that start with `#` (after blanks): comments, line numbers kept for errors.
+    A JSON string cannot span lines, so such a line is never inside one."""
+    lines = text.split("\n")
+    for i in range(len(lines)):
+        if lines[i].lstrip().startswith("#"):
+            lines[i] = ""
+    return "\n".join(lines)
+
+
 def load(path, overrides=None):
     """Read a JSON config file and build the effective config; errors name the file and key."""
     try:
@@ -249,7 +266,7 @@ def load(path, overrides=None):
     except OSError as exc:
         raise ConfigError("config file %s: cannot read (%s)" % (path, exc))
     try:
-        values = json.loads(text)
+        values = json.loads(strip_comments(text))
     except ValueError as exc:
         raise ConfigError("config file %s: not valid JSON (%s)" % (path, exc))
     if not isinstance(values, dict):

@@ -41,8 +41,6 @@ def announce(agent):
     except MemoryError:  # all of it again at the next pass
         agent.connect_due = True
         agent.out_of_memory("connect")
-        return
-    agent.log("connected", device=agent.device)
 
 
 def birth_payload(agent):

@@ -23,8 +23,9 @@ gc.collect() (the steady heap), `batch` the same taken with a full batch still i
 its payload encoded (the busiest moment), `high` the highest of those so far, `largest` the largest
 block an allocation can get then.
 
-A connection (attempt) that fails logs `mqtt_error` with the reason (a refused TLS certificate
-included) and the delay before the next attempt. Started by the launcher on a stock interpreter
+The connection's story is logged by the core as on CPython (edge_agent.linkstate: mqtt_connected,
+mqtt_disconnected, mqtt_error with the reason — a refused TLS certificate included — and the delay
+before the next attempt, buffering, backlog_delivered); attempts back off from 1 s to 16 s. Started by the launcher on a stock interpreter
 (EDGE_AGENT_PARENT), the agent stops cleanly when that launcher is gone.
 """
 
@@ -96,10 +97,10 @@ def parent_pid():
 
 
 class DeviceTransport(Transport):
-    """umqtt's Transport plus what the device's loop does between two passes: a line for each failed
-    connection (attempt), the heap report every `every_ms`, and the launcher watch (`watch_parent`)."""
+    """umqtt's Transport plus what the device's loop does between two passes: the heap report every
+    `every_ms` and the launcher watch (`watch_parent`). Connection changes and failed attempts are
+    logged by the core (edge_agent.linkstate), as on CPython."""
 
-    logged_errors = 0
     parent = 0
     watch_at = 0
 
@@ -115,10 +116,6 @@ class DeviceTransport(Transport):
 
     def poll(self, timeout_s):
         Transport.poll(self, timeout_s)
-        if self.errors != self.logged_errors:  # one line an attempt: attempts back off to reconnect[1]
-            self.logged_errors = self.errors
-            self.log("mqtt_error", broker="%s:%d" % (self.host, self.port), error=self.last_error,
-                     retry_s=self.retry_in_ms / 1000)
         now = mono_ms()
         if now >= self.report_at:
             self.report_at = now + self.every_ms

@@ -9,7 +9,7 @@ here keep only the modules they need.
 import sys
 
 from edge_agent import __version__
-from edge_agent.agent import Agent, EveryInterval
+from edge_agent.agent import Agent, EveryInterval, LinkState
 from edge_agent.collectors import reserve
 from edge_agent.statefile import ensure_dir, read_json
 
@@ -156,4 +156,5 @@ def build(path, runtime):
     # and at 65 samples that is one 1 KB block (on 64-bit), which a 64K heap after hours may not have
     agent.kept.extend([None] * TICK_SAMPLES)
     del agent.kept[:]  # (its room stays)
+    agent.link = LinkState()  # the connection's story, as on CPython (edge_agent.linkstate, loaded for news)
     return agent

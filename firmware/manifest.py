@@ -39,6 +39,7 @@ DEVICE_MODULES = [
     ("edge_agent.collectors.procfs_system", TRANSIENT),
     ("edge_agent.lifecycle", TRANSIENT),
     ("edge_agent.receipts", TRANSIENT),
+    ("edge_agent.linkstate", TRANSIENT),
     ("edge_agent.wire_birth", TRANSIENT),
     ("edge_agent.transport.umqtt_connect", TRANSIENT),
     ("edge_agent.hmac", TRANSIENT),

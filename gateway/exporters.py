@@ -4,7 +4,9 @@ Metrics go to every configured backend (a `FanOut` when there are two), and a ba
 only when each has settled it:
 
 - OTLP when OTEL_EXPORTER_OTLP_[METRICS_]* is set (gRPC or HTTP), else OTLP JSON lines with
-  `--output FILE|-`, else (no remote write either) JSON lines on stdout;
+  `--output FILE|-`, else (no remote write either) JSON lines on stdout — unless stdout is a
+  terminal: a person reading it wants the batch lines, not ~300 KB of JSON a batch, so nothing is
+  exported then (`Discard`, said at start);
 - Prometheus remote write with `--prometheus-remote-write URL`.
 
 Device events (OTLP logs, gateway/events.py) use the OTLP exporter of the logs signal
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 
-from gateway.export import Exporter, FileExporter, config_from_env, make_exporter, parse_headers
+from gateway.export import OK, Exporter, FileExporter, Outcome, config_from_env, make_exporter, parse_headers
 from gateway.fanout import FanOut
 from gateway.logs import redact
 from gateway.promwrite import RemoteWriteConfig, RemoteWriteExporter, secret
@@ -37,10 +40,10 @@ def add_options(run: argparse.ArgumentParser) -> None:
     group.add_argument("--prometheus-header", action="append", default=[], metavar="K=V",
                        help="extra HTTP header (repeatable; also $EDGE_GATEWAY_PROMETHEUS_HEADERS)")
     group.add_argument("--prometheus-username", help="basic auth user")
-    group.add_argument("--prometheus-password", default=os.environ.get("EDGE_GATEWAY_PROMETHEUS_PASSWORD"),
+    group.add_argument("--prometheus-password",
                        help="basic auth password (default: $EDGE_GATEWAY_PROMETHEUS_PASSWORD)")
     group.add_argument("--prometheus-password-file", metavar="FILE", help="read the basic auth password from FILE")
-    group.add_argument("--prometheus-bearer-token", default=os.environ.get("EDGE_GATEWAY_PROMETHEUS_BEARER_TOKEN"),
+    group.add_argument("--prometheus-bearer-token",
                        help="bearer token (default: $EDGE_GATEWAY_PROMETHEUS_BEARER_TOKEN)")
     group.add_argument("--prometheus-bearer-token-file", metavar="FILE", help="read the bearer token from FILE")
     group.add_argument("--prometheus-ca", metavar="FILE", help="CA certificate to verify an https receiver")
@@ -61,8 +64,10 @@ def remote_write_config(args: argparse.Namespace) -> RemoteWriteConfig:
     return RemoteWriteConfig(
         url=args.prometheus_remote_write, headers=headers, timeout_s=args.prometheus_timeout,
         username=args.prometheus_username,
-        password=secret(args.prometheus_password, args.prometheus_password_file, "--prometheus-password"),
-        bearer_token=secret(args.prometheus_bearer_token, args.prometheus_bearer_token_file, "--prometheus-bearer-token"),
+        password=secret(args.prometheus_password or os.environ.get("EDGE_GATEWAY_PROMETHEUS_PASSWORD"),
+                        args.prometheus_password_file, "--prometheus-password"),
+        bearer_token=secret(args.prometheus_bearer_token or os.environ.get("EDGE_GATEWAY_PROMETHEUS_BEARER_TOKEN"),
+                            args.prometheus_bearer_token_file, "--prometheus-bearer-token"),
         ca=args.prometheus_ca, cert=args.prometheus_cert, key=args.prometheus_key,
         insecure_skip_verify=args.prometheus_insecure_skip_verify)
 
@@ -79,9 +84,14 @@ def choose(args: argparse.Namespace) -> tuple[Exporter, Exporter | None, str]:
             logs_config = config_from_env(signal="logs")
             logs = make_exporter(logs_config, LogsServiceStub)
         elif not args.prometheus_remote_write:
+            if sys.stdout.isatty():
+                return Discard(), None, "none"
             output = "-"
     if output is not None:
-        logs = FileExporter(output)  # metrics and logs as lines of one file, as the Collector's file exporter
+        try:
+            logs = FileExporter(output)  # metrics and logs as lines of one file, as the Collector's file exporter
+        except OSError as exc:
+            raise ValueError("--output %s: cannot open it (%s)" % (output, exc.strerror or exc))
         parts.append(("file " + ("stdout" if output == "-" else output), logs.sharing()))
     if args.prometheus_remote_write:
         parts.append(("prometheus remote write " + redact(args.prometheus_remote_write),
@@ -89,3 +99,13 @@ def choose(args: argparse.Namespace) -> tuple[Exporter, Exporter | None, str]:
     names = [name for name, _ in parts]
     exporter = parts[0][1] if len(parts) == 1 else FanOut([e for _, e in parts], names)
     return exporter, logs, " + ".join(names)
+
+
+class Discard:
+    """No exporter configured and a person at the terminal: batches are logged and acknowledged only."""
+
+    def send(self, request: object) -> Outcome:
+        return OK
+
+    def close(self) -> None:
+        pass

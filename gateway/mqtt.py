@@ -21,6 +21,16 @@ Two MQTT v5 connections, both QoS 1 with `manual_ack=True`:
 Births travel apart from data so that they are never stuck behind a window full of unacked data
 batches that are themselves waiting for those births (a restart with a backlog would deadlock).
 
+The session is persistent only with a stable client id (`BrokerConfig.persistent`: --client-id, or
+the id kept in --state-dir, gateway/identity.py); a per-process id starts clean and its session ends
+with it, so a restart leaves no orphaned session queueing data on the broker.
+
+Each link logs its story as the agent does (edge_agent/linkstate.py): mqtt_connected,
+mqtt_disconnected (the reason and the next delay), mqtt_error (a failed attempt: why, in one line,
+and the next delay; edge_agent/transport/paho_connect.py), mqtt_flapping (the broker keeps closing
+the connection right after accepting it: another client uses this client id). Delays between
+attempts: 1 s doubling to 16 s, minus up to half at random.
+
 The meta connection also publishes each device's status, retained, on `<prefix>/_status/<device>`
 (QoS 0: a newer one follows; nothing piles up while disconnected).
 """
@@ -30,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.transport.paho_connect import Client
 from gateway.app import Gateway
 from gateway.metrics import GatewayMetrics
 
@@ -59,6 +71,8 @@ class BrokerConfig:
     keepalive: int = 30
     session_expiry_s: int = 3600
     receive_maximum: int = 64
+    persistent: bool = True  # the client id is stable: resume the session after a restart
+    tls_context: ssl.SSLContext | None = None  # made up front (gateway.cli), so a bad file is named at start
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
@@ -106,6 +120,17 @@ class MqttIntake:
     def connected(self) -> bool:
         return self.meta.connected and self.data.connected
 
+    def unreachable_s(self) -> float:
+        """Seconds since both connections were last up (since the start if they never were); 0 when up."""
+        down = [link.down_since for link in (self.meta, self.data) if link.down_since is not None]
+        return time.monotonic() - min(down) if down else 0.0
+
+    def last_error(self) -> str:
+        return self.data.last_error or self.meta.last_error or ""
+
+    def ever_connected(self) -> bool:
+        return self.meta.up_at > 0 and self.data.up_at > 0
+
     def start(self) -> MqttIntake:
         self.meta.start()
         self.data.start()
@@ -152,7 +177,11 @@ class MqttIntake:
 
 
 class _Link:
-    """One paho client: connect with a persistent session, subscribe in on_connect, dispatch."""
+    """One paho client: connect (with a persistent session when the id is stable), subscribe in
+    on_connect, dispatch; its connection's story in the log."""
+
+    QUICK_DROP_S = 5.0  # a connection the broker closes sooner than this after accepting it...
+    QUICK_DROPS = 3  # ...this many times in a row: another client takes it over (same client id)
 
     def __init__(self, intake: MqttIntake, client_id: str, topics: list[tuple[str, int, bool]],
                  receive_maximum: int, persistent: bool = True) -> None:
@@ -162,31 +191,41 @@ class _Link:
         self.persistent = persistent
         self.receive_maximum = receive_maximum
         self.connected = False
+        self.stopping = False
+        self.down_since: float | None = time.monotonic()  # None while connected
+        self.up_at = 0.0
+        self.last_error = ""
+        self.attempts = 0  # failed attempts in a row
+        self.quick = 0  # connections closed soon after they were made, in a row
         config = intake.config
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=paho.MQTTv5, manual_ack=True)
-        if config.tls or config.ca or config.cert:
+        client = Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=True,
+                        host=config.host, port=config.port, tls=bool(config.tls or config.ca or config.cert))
+        if config.tls_context is not None:
+            client.tls_set_context(config.tls_context)
+        elif config.tls or config.ca or config.cert:
             client.tls_set(ca_certs=config.ca, certfile=config.cert, keyfile=config.key,
                            cert_reqs=ssl.CERT_REQUIRED)
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
-        client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_trouble = self._on_trouble
         self.client = client
 
     def start(self) -> None:
         config = self.intake.config
         props = Properties(PacketTypes.CONNECT)
-        if self.persistent:
+        persistent = self.persistent and config.persistent  # a share group's data link, a per-process id: clean
+        if persistent:
             props.SessionExpiryInterval = config.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
-        self.client.connect_async(config.host, config.port, config.keepalive, clean_start=not self.persistent,
+        self.client.connect_async(config.host, config.port, config.keepalive, clean_start=not persistent,
                                   properties=props)
         self.client.loop_start()
 
     def stop(self) -> None:
+        self.stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -196,23 +235,56 @@ class _Link:
                     reason: paho.ReasonCode, properties: Properties | None) -> None:
         fields = {"client_id": self.client_id, "reason": str(reason)}
         if reason.is_failure:
-            log.error("broker refused the connection", extra={"fields": {"event": "mqtt_refused", **fields}})
+            client.refused(reason)  # logged by _on_trouble, with the next delay
             return
+        client.accepted()
         client.subscribe([(topic, SubscribeOptions(qos=qos, noLocal=no_local)) for topic, qos, no_local in self.topics])
         self.connected = True
+        self.up_at = time.monotonic()
+        down_s = self.up_at - self.down_since if self.down_since is not None else 0.0
+        self.down_since = None
+        self.attempts = 0
         self.intake._connection_changed()
         config = self.intake.config
         log.info("connected to the broker", extra={"fields": {
             "event": "mqtt_connected", "broker": "%s:%d" % (config.host, config.port), **fields,
-            "session_present": bool(flags.session_present), "topics": " ".join(t[0] for t in self.topics)}})
+            "session_present": bool(flags.session_present), "offline_s": round(down_s, 1),
+            "topics": " ".join(t[0] for t in self.topics)}})
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: paho.DisconnectFlags,
                        reason: paho.ReasonCode, properties: Properties | None) -> None:
+        was_up = self.connected
         self.connected = False
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         self.intake._connection_changed()
-        level = logging.INFO if reason.value == 0 else logging.WARNING
-        log.log(level, "disconnected from the broker", extra={"fields": {
-            "event": "mqtt_disconnected", "client_id": self.client_id, "reason": str(reason)}})
+        if self.stopping:
+            if was_up:
+                log.info("disconnected from the broker", extra={"fields": {
+                    "event": "mqtt_disconnected", "client_id": self.client_id, "reason": "stopping"}})
+            return
+        client.ended(flags, reason)  # logged by _on_trouble, with the next delay
+        if was_up:
+            self.quick = self.quick + 1 if time.monotonic() - self.up_at < self.QUICK_DROP_S else 0
+            if self.quick == self.QUICK_DROPS:
+                log.error("the broker keeps closing this connection right after accepting it: another client "
+                          "uses the same client id", extra={"fields": {
+                              "event": "mqtt_flapping", "client_id": self.client_id, "drops": self.quick,
+                              "hint": "give each gateway its own --client-id or --state-dir; with "
+                              "use_username_as_clientid the broker forces the certificate's name on both "
+                              "connections (docs/security.md)"}})
+
+    def _on_trouble(self, kind: str, text: str, retry_s: float) -> None:
+        """A failed attempt or a broken connection (paho_connect.Client), with the delay before the next."""
+        self.last_error = text
+        fields = {"client_id": self.client_id, "retry_s": round(retry_s, 1)}
+        if kind == "broke":
+            log.warning("disconnected from the broker", extra={"fields": {
+                "event": "mqtt_disconnected", **fields, "reason": text}})
+            return
+        self.attempts += 1
+        log.warning("cannot connect to the broker", extra={"fields": {
+            "event": "mqtt_error", **fields, "attempt": self.attempts, "error": text}})
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         mid, qos = message.mid, message.qos

@@ -98,34 +98,3 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
         time.sleep(poll)
     raise AssertionError("timed out waiting for " + what)
 
-
-DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "mosquitto")
-
-
-def start_production_broker(tmp, devices=("dev-a", "dev-b"), acl_extra="") -> tuple[subprocess.Popen, int, str]:
-    """The production broker config (deploy/mosquitto: mutual TLS, certificate CN as identity, ACL) on a
-    free loopback port, with certificates from its gen-certs.sh for `devices`, the gateways and the
-    operator, and `acl_extra` appended to the production ACL (what provisioning would add). Returns
-    (proc, port, certificates folder); its config is TMP/mosquitto-tls.conf."""
-    tmp = str(tmp)
-    certs = os.path.join(tmp, "certs")
-    subprocess.run([os.path.join(DEPLOY, "gen-certs.sh"), certs] + list(devices), check=True, capture_output=True)
-    port = free_port()
-    with open(os.path.join(DEPLOY, "mosquitto.conf")) as f:
-        conf = f.read()
-    acl = os.path.join(DEPLOY, "acl")
-    if acl_extra:
-        with open(acl) as f:
-            text = f.read()
-        acl = os.path.join(tmp, "acl")
-        with open(acl, "w") as f:
-            f.write(text + "\n" + acl_extra)
-    conf = (conf.replace("/etc/mosquitto/certs", certs).replace("/etc/mosquitto/edge.acl", acl)
-            .replace("listener 8883", "listener %d 127.0.0.1" % port).replace("persistence true", "persistence false")
-            .replace("persistence_location /var/lib/mosquitto/", ""))
-    if os.geteuid() == 0:
-        conf += "\n# tests run as root with keys in a private temp dir\nuser root\n"
-    path = os.path.join(tmp, "mosquitto-tls.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    return run_broker(path, port, os.path.join(tmp, "mosquitto-tls.log")), port, certs

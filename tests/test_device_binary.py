@@ -26,8 +26,9 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
+import production_broker
 import pytest
-from mosquitto import free_port, start_production_broker, stop, wait_for
+from mosquitto import free_port, stop, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent import __version__, wire
@@ -49,9 +50,10 @@ def device(arch):
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("device-tls")
-    proc, port, certs = start_production_broker(tmp, [device(arch) for arch in ARCHES])
-    yield port, certs
-    stop(proc)
+    running = production_broker.start(tmp, [device(arch) for arch in ARCHES])
+    # devices on their listener, the gateway and the operator on the services' one
+    yield running.device_port, running.service_port, str(running.certs)
+    running.stop()
 
 
 def tls_client(port, certs, name, on_message=None):
@@ -129,13 +131,13 @@ def command(operator, acks, dev, cmd, args, command_id, timeout):
 
 @pytest.mark.parametrize("arch", list(ARCHES))
 def test_device_binary_end_to_end(arch, broker, firmware_dist, tmp_path):
-    port, certs = broker
+    port, service_port, certs = broker
     dev = device(arch)
     slow = 3 if ARCHES[arch].qemu else 1  # emulated: TLS handshakes and start-up take longer
     lib, binary = installed(firmware_dist, arch, tmp_path)
     receiver = OtlpReceiver()
     gateway = subprocess.Popen(
-        [BIN + "/edge-gateway", "run", "--broker", "mqtts://127.0.0.1:%d" % port, "--ca", certs + "/ca.crt",
+        [BIN + "/edge-gateway", "run", "--broker", "mqtts://127.0.0.1:%d" % service_port, "--ca", certs + "/ca.crt",
          "--cert", certs + "/edge-gateway-1.crt", "--key", certs + "/edge-gateway-1.key",
          "--client-id", "edge-gateway-1", "--metrics-port", str(free_port())],
         env=dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
@@ -143,10 +145,10 @@ def test_device_binary_end_to_end(arch, broker, firmware_dist, tmp_path):
     batches: queue.Queue = queue.Queue()
     acks: queue.Queue = queue.Queue()
     # another gateway's identity: the ACL lets gateways read device data and acks
-    watcher = tls_client(port, certs, "edge-gateway-2",
+    watcher = tls_client(service_port, certs, "edge-gateway-2",
                          lambda c, u, m: (acks if m.topic.endswith("/ack") else batches).put(m.payload))
     watcher.subscribe([("edge/%s/data" % dev, 1), ("edge/%s/ack" % dev, 1)])
-    operator = tls_client(port, certs, "edge-operator")
+    operator = tls_client(service_port, certs, "edge-operator")
     config = tmp_path / "config.json"
     write_config(config, arch, port, certs, tmp_path)
     log_path = tmp_path / "agent.out"
@@ -215,7 +217,7 @@ def test_device_binary_end_to_end(arch, broker, firmware_dist, tmp_path):
 
 
 def test_a_server_certificate_from_an_unknown_ca_is_reported_and_retried(broker, firmware_dist, tmp_path):
-    port, certs = broker
+    port, _service_port, certs = broker
     other = tmp_path / "other-ca"
     other.mkdir()
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=other",

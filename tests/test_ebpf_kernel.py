@@ -496,7 +496,7 @@ def test_the_ebpf_agent_maps_no_compiler_or_bcc(tmp_path):
             assert agent.poll() is None, open(log.name).read()
             time.sleep(0.1)
             started = open(log.name).read()
-        assert '"cpu": "ebpf"' in started and '"network": "ebpf"' in started, started
+        assert "cpu:ebpf" in started and "network:ebpf" in started, started
         with open("/proc/%d/maps" % agent.pid) as f:
             maps = f.read()
         programs = 0

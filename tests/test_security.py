@@ -2,10 +2,11 @@
 
 mutual TLS, certificate CN as identity, per-device ACL. A device with a valid certificate cannot
 publish as another device, read another device's commands or another group's, nor forge a
-delivery receipt; a client without a certificate cannot connect; each certificate is good for its
-role only (a device's cannot serve as the broker's); the real agent and gateway work through it end
-to end (delivery receipts included); no credential reaches a log; a signed command cannot be
-replayed after the agent restarts, even without a state directory.
+delivery receipt; a client without a certificate cannot connect; each kind of client connects only
+on its own listener (devices: fleet CA, 8883; gateways and operators: service CA, 8884); each
+certificate is good for its role only (a device's cannot serve as the broker's); the real agent and
+gateway work through it end to end (delivery receipts included); no credential reaches a log; a
+signed command cannot be replayed after the agent restarts, even without a state directory.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import ssl
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import production_broker
 import pytest
-from mosquitto import free_port, run_broker, start_production_broker, stop, wait_for
+from mosquitto import MOSQUITTO, free_port, stop, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy", "mosquitto")
@@ -31,12 +32,14 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
-    # dev-a in group "west", as provisioning would add it
-    proc, port, certs = start_production_broker(tmp, ["dev-a", "dev-b"],
-                                                acl_extra="user dev-a\ntopic read edge/_group/west/cmd\n")
-    conf = (tmp / "mosquitto-tls.conf").read_text()
-    yield {"port": port, "certs": Path(certs), "tmp": tmp, "conf": conf}
-    stop(proc)
+    # the production ACL, and dev-a in group "west" as provisioning would add it
+    running = production_broker.start(tmp, ("dev-a", "dev-b"), acl_extra="\nuser dev-a\ntopic read edge/_group/west/cmd\n")
+    yield {"port": running.device_port, "service_port": running.service_port, "certs": running.certs, "tmp": tmp,
+           "conf": running.conf}
+    running.stop()
+
+
+SERVICES = ("edge-gateway-1", "edge-gateway-2", "edge-operator")
 
 
 def client(broker, name: str | None, messages: queue.Queue | None = None) -> mqtt.Client:
@@ -49,6 +52,10 @@ def client(broker, name: str | None, messages: queue.Queue | None = None) -> mqt
     if messages is not None:
         c.on_message = lambda _c, _u, m: messages.put((m.topic, m.payload))
     return c
+
+
+def port_of(broker, name: str | None) -> int:
+    return broker["service_port"] if name in SERVICES else broker["port"]
 
 
 def connected(c: mqtt.Client, port: int) -> mqtt.Client:
@@ -78,7 +85,7 @@ def drain(q: queue.Queue, seconds: float) -> list:
 
 def test_device_cannot_publish_as_another_device(broker):
     seen: queue.Queue = queue.Queue()
-    gateway = connected(client(broker, "edge-gateway-1", seen), broker["port"])
+    gateway = connected(client(broker, "edge-gateway-1", seen), broker["service_port"])
     assert subscribe(gateway, "edge/+/data") == [1]
     device = connected(client(broker, "dev-a"), broker["port"])
     device.publish("edge/dev-a/data", b"mine", qos=1).wait_for_publish(5)
@@ -102,7 +109,7 @@ def test_device_cannot_read_another_devices_commands(broker):
     subscribe(dev_a, "edge/+/cmd")
     assert subscribe(dev_a, "edge/dev-a/cmd") == [1]
     assert subscribe(dev_b, "edge/dev-b/cmd") == [1]
-    operator = connected(client(broker, "edge-operator"), broker["port"])
+    operator = connected(client(broker, "edge-operator"), broker["service_port"])
     operator.publish("edge/dev-b/cmd", b"for b only", qos=1).wait_for_publish(5)
     dev_a.publish("edge/dev-b/cmd", b"forged by a", qos=1).wait_for_publish(5)  # devices cannot command
     assert drain(b_seen, 1.0) == [("edge/dev-b/cmd", b"for b only")]
@@ -131,13 +138,31 @@ def test_client_without_certificate_cannot_connect(broker):
         raise OSError("not connected")
 
 
+@pytest.mark.parametrize("name, listener", [("dev-a", "service_port"), ("edge-gateway-1", "port"),
+                                            ("edge-operator", "port")])
+def test_each_kind_of_client_connects_only_on_its_listener(broker, name, listener):
+    """A device cannot reach the services' listener (where client ids are free), nor a service the
+    devices' one: each listener trusts one CA."""
+    c = client(broker, name)
+    with pytest.raises((ssl.SSLError, OSError)):
+        c.connect("127.0.0.1", broker[listener])
+        for _ in range(40):
+            c.loop(0.05)
+            if c.is_connected():
+                break
+        assert not c.is_connected()
+        raise OSError("not connected")
+    assert port_of(broker, name) != broker[listener]
+
+
 def test_agent_and_gateway_through_mutual_tls(broker):
     certs, tmp, port = broker["certs"], broker["tmp"], broker["port"]
     out = tmp / "otlp.jsonl"
     url = "mqtts://127.0.0.1:%d" % port
-    gateway = subprocess.Popen([BIN + "/edge-gateway", "run", "--broker", url, "--ca", str(certs / "ca.crt"),
+    service = "mqtts://127.0.0.1:%d" % broker["service_port"]
+    gateway = subprocess.Popen([BIN + "/edge-gateway", "run", "--broker", service, "--ca", str(certs / "ca.crt"),
                                 "--cert", str(certs / "edge-gateway-1.crt"), "--key", str(certs / "edge-gateway-1.key"),
-                                "--client-id", "edge-gateway-1", "--metrics-port", "0", "--output", str(out)],
+                                "--metrics-port", "0", "--output", str(out)],
                                stdout=open(tmp / "gw.log", "wb"), stderr=subprocess.STDOUT)
     agent = subprocess.Popen([BIN + "/edge-agent", "run", "--broker", url, "--device-id", "dev-a",
                               "--ca", str(certs / "ca.crt"), "--cert", str(certs / "dev-a.crt"),
@@ -156,7 +181,7 @@ def test_agent_and_gateway_through_mutual_tls(broker):
                                 devices.add(attr["value"]["stringValue"])
         assert "dev-a" in devices, (tmp / "gw.log").read_text()[-2000:] + (tmp / "agent.log").read_text()[-2000:]
         # the gateway's receipts pass the ACL: the agent waits for them from then on
-        wait_for(lambda: "ack=gateway receipt" in (tmp / "agent.log").read_text(), 10, "a delivery receipt")
+        wait_for(lambda: 'ack="gateway receipt"' in (tmp / "agent.log").read_text(), 10, "a delivery receipt")
     finally:
         for proc in (agent, gateway):
             proc.terminate()
@@ -173,7 +198,7 @@ def test_group_commands_reach_only_the_groups_devices(broker):
         subscribe(device, "edge/_group/west/cmd")
         subscribe(device, "edge/_group/+/cmd")
         subscribe(device, "edge/_fleet/cmd")
-    operator = connected(client(broker, "edge-operator"), broker["port"])
+    operator = connected(client(broker, "edge-operator"), broker["service_port"])
     operator.publish("edge/_group/west/cmd", b"for west", qos=1).wait_for_publish(5)
     operator.publish("edge/_group/east/cmd", b"for east", qos=1).wait_for_publish(5)
     operator.publish("edge/_fleet/cmd", b"for all", qos=1).wait_for_publish(5)
@@ -192,7 +217,7 @@ def test_only_gateways_write_delivery_receipts(broker):
     assert subscribe(dev_a, "edge/dev-a/delivery") == [1]
     subscribe(dev_a, "edge/dev-b/delivery")
     dev_b = connected(client(broker, "dev-b"), broker["port"])
-    gateway = connected(client(broker, "edge-gateway-1"), broker["port"])
+    gateway = connected(client(broker, "edge-gateway-1"), broker["service_port"])
     dev_b.publish("edge/dev-a/delivery", b"forged", qos=1).wait_for_publish(5)
     gateway.publish("edge/dev-b/delivery", b"for b", qos=1).wait_for_publish(5)
     gateway.publish("edge/dev-a/delivery", b"for a", qos=1).wait_for_publish(5)
@@ -209,7 +234,8 @@ def test_each_certificate_is_good_for_its_role_only(broker, tmp_path):
     certs = broker["certs"]
 
     def verify(name, purpose):
-        return subprocess.run(["openssl", "verify", "-CAfile", str(certs / "ca.crt"), "-purpose", purpose,
+        ca = "service-ca.crt" if name in SERVICES else "ca.crt"
+        return subprocess.run(["openssl", "verify", "-CAfile", str(certs / ca), "-purpose", purpose,
                                str(certs / (name + ".crt"))], capture_output=True, text=True).returncode == 0
 
     assert verify("server", "sslserver") and not verify("server", "sslclient")
@@ -221,20 +247,34 @@ def test_each_certificate_is_good_for_its_role_only(broker, tmp_path):
 
     # a broker that presents dev-a's certificate (dev-a's key stolen, say) is refused by the agent
     port = free_port()
-    conf = broker["conf"].replace("listener %d 127.0.0.1" % broker["port"], "listener %d 127.0.0.1" % port)
+    conf = broker["conf"].replace("listener %d 127.0.0.1" % broker["port"], "listener %d 127.0.0.1" % port).replace(
+        "listener %d 127.0.0.1" % broker["service_port"], "listener %d 127.0.0.1" % free_port())
     conf = conf.replace(str(certs / "server.crt"), str(certs / "dev-a.crt")).replace(
         str(certs / "server.key"), str(certs / "dev-a.key"))
     (tmp_path / "rogue.conf").write_text(conf)
-    rogue = run_broker(str(tmp_path / "rogue.conf"), port, str(tmp_path / "rogue.log"))
+    rogue = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "rogue.conf")], stdout=open(tmp_path / "rogue.log", "wb"),
+                             stderr=subprocess.STDOUT)
     try:
+        wait_for(lambda: socket_open(port), 10, "the rogue broker")
         agent = subprocess.run([BIN + "/edge-agent", "run", "--broker", "mqtts://localhost:%d" % port,
                                 "--device-id", "dev-b", "--ca", str(certs / "ca.crt"), "--cert", str(certs / "dev-b.crt"),
                                 "--key", str(certs / "dev-b.key"), "--duration", "4", "--log-format", "json"],
                                capture_output=True, text=True, timeout=30)
         # (the same agent and certificates connect to the real broker: test_agent_and_gateway_through_mutual_tls)
-        assert '"connected"' not in agent.stderr and "Traceback" not in agent.stderr, agent.stderr[-2000:]
+        assert '"mqtt_connected"' not in agent.stderr and "Traceback" not in agent.stderr, agent.stderr[-2000:]
+        assert agent.returncode == 1 and "TLS" in agent.stderr.strip().splitlines()[-1], agent.stderr[-2000:]
     finally:
         stop(rogue)
+
+
+def socket_open(port):
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_no_credential_reaches_a_log(tmp_path, mosquitto_broker):

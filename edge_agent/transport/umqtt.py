@@ -41,7 +41,7 @@ class Transport:
     chunked = True  # publish takes a payload as a list of pieces (the agent then encodes into wire.Chunks)
 
     def __init__(self, host, port=1883, client_id="edge-agent", keepalive=60, username=None, password=None,
-                 tls=None, will=None, reconnect=(1, 60), clean_session=True, max_inflight=16, rx_size=2048,
+                 tls=None, will=None, reconnect=(1, 16), clean_session=True, max_inflight=16, rx_size=2048,
                  timeout_s=5, retry_s=20):
         if password and not username:
             raise ValueError("a password needs a username")  # MQTT 3.1.1
