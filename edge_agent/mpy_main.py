@@ -200,7 +200,16 @@ def collector_factory(root):
     return factory
 
 
+# a collection after every 1/16 of the heap allocated (4 KB in 64K), not only once it is full: short-lived
+# objects (a tick's samples, a batch's encoding, start-up's modules) then reuse the low part of the heap,
+# what lives long (built at start, the series met on the first reads) packs in among them, and the top
+# stays in one piece for a batch, a birth or a command. Left to fill up, a 64K heap with mutual TLS and 4
+# interfaces had 14 KB free in blocks under 1 KB after its first reads; with it, 8 KB in one block.
+GC_EVERY = 16
+
+
 def main(argv):
+    gc.threshold((gc.mem_alloc() + gc.mem_free()) // GC_EVERY)
     path = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
     try:
         from edge_agent import mpy_setup
