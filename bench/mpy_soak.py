@@ -1,7 +1,7 @@
 """Soak: the MicroPython agent for minutes in a fixed heap, beside collectd and the CPython agent.
 
     .venv/bin/python bench/mpy_soak.py --binary dist/micropython-edge-agent-VERSION-x86_64 \
-        [--heap 64K] [--minutes 10] [--tls] [--no-cpython] [--no-collectd]
+        [--heap 64K] [--minutes 10] [--tls] [--gateway] [--no-cpython] [--no-collectd]
 
 Not part of CI (it takes --minutes). Starts a real mosquitto, then for the same --minutes and the
 same job (cpu + network + memory collectors at 1 s, batches every 10 s, QoS 1, default config
@@ -14,7 +14,10 @@ otherwise: fixed policy, commands enabled, no spool):
 - collectd (unless --no-collectd) doing the same job: its cpu, interface and memory plugins at 1 s,
   sent over MQTT by its mqtt plugin (through mutual TLS with --tls).
 With --tls the broker is the production config (deploy/mosquitto: mutual TLS, certificates as
-identities, ACL) and both agents connect with their own client certificates.
+identities, ACL) and both agents connect with their own client certificates. With --gateway the
+gateway (`edge-gateway run`, exporting to an OTLP receiver) runs too, so a batch is delivered by its
+receipt, as in production (the agents' "auto" delivery), not by the broker's PUBACK: the device keeps
+each batch until the receipt comes and subscribes to receipts.
 Reports, as JSON: MemoryErrors (uncaught, and caught and survived by place: `memory_error at=`),
 batches made (the agent's stop line) and delivered (distinct payloads a subscriber saw), the heap
 (`heap` lines once a minute: alloc after gc.collect(), batch = with a full batch encoded, high = the
@@ -41,7 +44,8 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import production_broker  # noqa: E402
-from mosquitto import start_mosquitto, stop  # noqa: E402
+from mosquitto import free_port, start_mosquitto, stop  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
 
 from bench.agent_footprint import COLLECTD, PLUGIN_DIR, TYPES_DB  # noqa: E402
 from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
@@ -148,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--heap", default="64K")
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--tls", action="store_true", help="mutual TLS (deploy/mosquitto) for both agents")
+    parser.add_argument("--gateway", action="store_true", help="run the gateway: batches delivered by its receipts")
     parser.add_argument("--no-cpython", action="store_true")
     parser.add_argument("--no-collectd", action="store_true")
     args = parser.parse_args(argv)
@@ -170,6 +175,19 @@ def main(argv=None):
             counter = Counter(port, certs)
         procs = {}
         logs = {}
+        gateway = receiver = None
+        if args.gateway:
+            receiver = OtlpReceiver()
+            if certs:  # another gateway identity than the counter's, on the services' listener
+                flags = ["--broker", "mqtts://127.0.0.1:%d" % running.service_port, "--ca", certs + "/ca.crt",
+                         "--cert", certs + "/edge-gateway-2.crt", "--key", certs + "/edge-gateway-2.key",
+                         "--client-id", "edge-gateway-2"]
+            else:
+                flags = ["--broker", "mqtt://127.0.0.1:%d" % port]
+            gateway = subprocess.Popen(
+                [BIN + "/edge-gateway", "run", *flags, "--metrics-port", str(free_port())],
+                env=dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"),
+                stdout=open(os.path.join(tmp, "gateway.out"), "wb"), stderr=subprocess.STDOUT)
         try:
             mcfg = os.path.join(tmp, "mpy.json")
             with open(mcfg, "w") as f:
@@ -225,6 +243,9 @@ def main(argv=None):
                 text = f.read()
         finally:
             threading.Thread(target=counter.close, daemon=True).start()
+            if gateway is not None:
+                stop(gateway)
+                receiver.stop()
             stop(broker)
         lines = [x for x in heap_lines(text) if x["event"] == "heap"]
         stops = [x for x in heap_lines(text) if x["event"] == "agent_stop"]
@@ -237,6 +258,8 @@ def main(argv=None):
             "batches_made": int(stops[0]["batches"]) if stops else None,
             "unsent_at_stop": int(stops[0]["unsent"]) if stops else None,
             "batches_delivered": delivered, "births": births,
+            # the device's delivery: by the gateway's receipts (--gateway) or the broker's PUBACK
+            "delivery": "gateway receipt" if "delivery ack=gateway" in text else "broker puback",
             "heap_lines": lines,
         }
         if lines:
