@@ -307,7 +307,9 @@ class Agent:
                 self.table.base = seq
             self.table.changed = False
             # published before any batch that needs it; with a spool also kept on disk for as long
-            # as a spooled batch may need it (a restart or a crash cannot strand that batch)
+            # as a spooled batch may need it (a restart or a crash cannot strand that batch). Due from
+            # now on: a MemoryError on the way to it (caught by the loop) must not leave it forgotten
+            self.birth_due = True
             self.publish_birth()
         try:
             out = wire.Chunks() if self.chunked else bytearray()
@@ -388,13 +390,17 @@ class Agent:
         """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.receipts), with the module
         loaded only while it runs; without room to load it, a MemoryError at `where` (the caller's
         *_due flag has it tried at the next pass)."""
+        names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
         try:
             code = getattr(__import__("edge_agent." + module), module)
         except MemoryError:
+            # MicroPython leaves a module whose import ran out of memory in sys.modules, without its
+            # package attribute: found there next time, getattr raised AttributeError and the agent exited
+            unload(*names)
             self.out_of_memory(where)
             return
         getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
-        unload("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
+        unload(*names)
 
     # ------------------------------------------------------------------ network
 
