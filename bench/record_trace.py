@@ -9,7 +9,8 @@ gzip-compressed `timestamp,value` CSV that `edge-agent replay` and bench/samplin
 
     <out>/<WORK>-cpu.csv.gz   busy share of all CPUs over the last second, percent (/proc/stat)
     <out>/<WORK>-net.csv.gz   bytes received + transmitted per second over all interfaces, lo
-                              included (/proc/net/dev)
+                              included (/proc/net/dev; interfaces that come or go between two
+                              reads are left out of that second)
     <out>/<WORK>-mem.csv.gz   memory in use, MemTotal - MemAvailable, MiB (/proc/meminfo)
 
 The work, in its own process group (ended at the close), at the lowest priority (nice 19):
@@ -53,12 +54,23 @@ def cpu_ticks() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
-def net_bytes() -> int:
-    total = 0
+def net_bytes() -> dict[str, int]:
+    """Bytes received + transmitted so far, per interface."""
+    out = {}
     with open("/proc/net/dev") as f:
         for line in f.readlines()[2:]:
-            fields = line.split(":", 1)[1].split()
-            total += int(fields[0]) + int(fields[8])
+            name, _, rest = line.partition(":")
+            fields = rest.split()
+            out[name.strip()] = int(fields[0]) + int(fields[8])
+    return out
+
+
+def net_delta(before: dict[str, int], after: dict[str, int]) -> int:
+    """Bytes moved between two reads, over the interfaces present in both (test veths come and go)."""
+    total = 0
+    for name, count in after.items():
+        if name in before and count >= before[name]:
+            total += count - before[name]
     return total
 
 
@@ -84,7 +96,7 @@ def record(seconds: int, stop: threading.Event) -> list[tuple[int, float, int, f
         busy, total = cpu_ticks()
         net, t = net_bytes(), time.monotonic()
         cpu = 100.0 * (busy - busy0) / max(1, total - all0)
-        rows.append((start + i + 1, round(cpu, 2), int(round((net - net0) / (t - t0))), round(mem_used_mib(), 1)))
+        rows.append((start + i + 1, round(cpu, 2), int(round(net_delta(net0, net) / (t - t0))), round(mem_used_mib(), 1)))
         busy0, all0, net0, t0 = busy, total, net, t
         if stop.is_set():
             break
