@@ -1,7 +1,7 @@
 """The agent loop: read collectors when due, keep what the sampler selects, batch, send.
 
     tick:  sampler.due() -> collector.collect() -> sampler.select() -> BatchBuilder.add_tick()
-    flush: BatchBuilder.encode() -> Outbox (store-and-forward)
+    flush: sampler.thin() (adaptive: what each series sends) -> BatchBuilder.encode() -> Outbox
     pump:  Outbox -> transport.publish (QoS 1) ... PUBACK -> removed from the Outbox
 
 Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
@@ -114,6 +114,9 @@ class EveryInterval:
 
     def next_due_ms(self):
         return self.next_ms if self.next_ms is not None else 0
+
+    def load_due(self, now_ms):
+        return False
 
     def observe_load(self, now_ms, cpu_util, runq, mem_avail_ratio, self_cpu):
         pass
@@ -256,6 +259,18 @@ class Agent:
         """Encode the pending ticks as one batch into the outbox (birth first if the dictionary grew)."""
         if not len(self.builder):
             return None
+        thin = getattr(self.sampler, "thin", None)
+        if thin is not None:  # a policy that chooses what to send having seen the whole batch
+            read = self.builder.samples
+            try:
+                thin(self.builder, self.table.series)
+            except MemoryError:
+                self.drop_batch("batch")
+                return None
+            self.stats["samples_kept"] -= read - self.builder.samples
+            if not self.builder.samples:  # nothing worth sending in this one
+                self.builder.clear()
+                return None
         seq = self.seq.take()
         if self.table.changed:
             self.table.epoch = seq
@@ -397,8 +412,9 @@ class Agent:
                 self.flush()
                 self.flush_at = now + self.batch_ms
         due = self.sampler.due(now)
-        if due:
+        if due or self.sampler.load_due(now):  # the load is watched even while reads are stretched
             self.observe_load(now)
+        if due:
             self.sample(due, now)
         if now >= self.flush_at:
             self.flush()

@@ -123,7 +123,7 @@ def test_load_policy_backs_off_under_a_cpu_hog_and_returns(tmp_path, broker):
 
 
 def test_adaptive_policy_sends_less_and_keeps_the_heartbeat(tmp_path, broker):
-    sampling = {"policy": "adaptive", "interval_ms": 500, "max_interval_ms": 3000, "min_interval_ms": 1000}
+    sampling = {"policy": "adaptive", "interval_ms": 500, "max_interval_ms": 3000}
     agent = start_agent(tmp_path, broker, "adaptive-1", sampling)
     watch = Watch(broker, "adaptive-1")
     try:
