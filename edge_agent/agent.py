@@ -202,6 +202,7 @@ class Agent:
         self.after_flush = None
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0, "unsent": 0}
+        self.stretched = bytearray()  # series reported with an interval other than the base (batch_ext)
         self.errors_by_collector = {}
         self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
@@ -327,11 +328,15 @@ class Agent:
         intervals = {}
         base = self.base_interval_ms()
         masks = self.builder.masks  # series id -> its ticks in this batch (0: none)
+        stretched = self.stretched  # series id -> 1 while its last reported interval was not the base
+        if len(stretched) < len(masks):
+            stretched.extend(bytes(len(masks) - len(stretched)))
         for sid in range(len(masks)):
             if not masks[sid]:
                 continue
             ms = self.sampler.effective_interval_ms(self.table.series[sid])
-            if ms != base:
+            if ms != base or stretched[sid]:  # back at the base: said once, or the last one reported stands
+                stretched[sid] = ms != base
                 group = intervals.get(ms)
                 if group is None:
                     intervals[ms] = [ms, sid]
