@@ -115,6 +115,24 @@ def validate_sampling(params):
     return errors
 
 
+def usable(params):
+    """(the keys of `params` that pass validation, "key: problem" for each one dropped): persisted
+    remote changes are applied at start with this, so a knob retired since (or a value out of
+    today's bounds) is reported and left out rather than stopping the agent."""
+    kept = {}
+    dropped = []
+    for key in sorted(params):
+        problems = validate_sampling({key: params[key]})
+        if problems:
+            dropped.extend(problems)
+        else:
+            kept[key] = params[key]
+    problems = validate_sampling(kept)
+    if problems:  # the keys are fine alone, not together (a watermark pair): keep none of them
+        return {}, dropped + problems
+    return kept, dropped
+
+
 def collector_intervals(params, c):
     """(base, max) ms of collector `c` after inheritance.
 

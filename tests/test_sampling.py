@@ -441,3 +441,19 @@ def test_effective_interval_is_the_heartbeat_for_adaptive_and_the_batch_longest_
     s.thin(wire.BatchBuilder(), [])
     assert s.effective_interval_ms(g) == S
     assert adaptive(max_interval_ms=120 * S).effective_interval_ms(g) == 120 * S
+
+
+def test_persisted_changes_with_a_retired_knob_start_without_it():
+    from edge_agent.cli import apply_overrides
+    from edge_agent.config import build
+
+    cfg = build({})
+    overrides = {"sampling": {"policy": "adaptive", "adaptive_k": 3.1, "adaptive_share": 0.1}}
+    logged = []
+    apply_overrides(cfg, overrides, lambda event, **f: logged.append((event, f)))
+    assert cfg["sampling"] == {"policy": "adaptive", "adaptive_share": 0.1}
+    assert overrides["sampling"] == cfg["sampling"]  # the next accepted change rewrites the file without it
+    assert logged == [("override_dropped", {"section": "sampling",
+                                            "problem": "adaptive_k: retired with the earlier adaptive policy "
+                                                       "(docs/sampling.md)"})]
+    Sampler(cfg["sampling"])  # starts
