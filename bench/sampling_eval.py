@@ -19,7 +19,8 @@ was tuned on (`--split tune` is what the defaults were chosen on; `--split eval`
             averages, one base interval = 300 s); sorted by name, the even ones are `tune`
     local   bench/traces/*.csv.gz, 1 s traces of this machine (bench/record_trace.py): CPU busy
             percent, network bytes/s and memory in use, under six kinds of work; the sessions
-            idle, compress and tests are `tune`, compile, network and mixed are `eval`
+            idle, compress and tests are `tune`, compile, network and mixed are `eval`; replayed with
+            the agent's defaults (1 s reads, 10 s batches, heartbeat 300 s)
 
 --frontier runs the policy at each kept share (adaptive_share) and the baselines at its counts:
 the frontier of median kept share against median NMAE, per method. --load adds `load+adaptive`
@@ -87,6 +88,8 @@ def run_one(job):
     kind, name, path, is_cpu, params, shares, baselines, load, batch = job
     rows = []
     cache: dict = {}
+    if kind == "local":  # 1 s traces: the agent's own settings (heartbeat 300 s), not replay's 30 x the step
+        params = dict({"max_interval_ms": 300000}, **params)
     for share in shares:
         p = dict(params)
         if share is not None:

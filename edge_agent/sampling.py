@@ -60,10 +60,11 @@ for _c in COLLECTORS:
 
 MAX_LEVEL = 16
 UNIT = 16  # weight of a reading shown for one base interval (the programme runs on integers)
-QGAIN = 0.005  # running quantiles: step per read, as a share of the running range
+QSTEPS = 200  # running quantiles: a step per read is the running range / QSTEPS (1/reads while younger)
 MU0 = 0.0  # the first price: exp(MU0) x the first batch's mean step, per base interval (log)
-MU_LOW = 0.0  # the price's bounds (log, in the programme's integer units)
-MU_HIGH = 90.0
+MU_ONE = 1024  # the log price is kept in fixed point
+MU_LOW = 0  # the log price's bounds (the programme's integer units)
+MU_HIGH = 90 * MU_ONE
 RATE = 1000  # counter rates per second
 SETTLE_MIN = 100  # reads: the controller's fastest pace, while a series is young
 REPAY = 2000  # reads over which a series pays back what it sent beyond its share (or spends what it saved)
@@ -74,17 +75,29 @@ HELD = 0  # what the receiver shows: a gauge's last sent value (a histogram's), 
 HELD_MS = 1  # when that reading was taken (ms, the batch's clock)
 PREV = 2  # the last reading (a counter's total) and its time
 PREV_MS = 3
-MU = 4  # log of the price (value x UNIT per reading; value^2 x UNIT for a counter), None before any
-HI = 5  # running q quantile of the value (a counter's rate): the guard's high tail; None before any
-BOT = 6  # running p1 and p99: the guard's low tail, and the range that scales its tolerance
+MU = 4  # log of the price x MU_ONE (price: value x UNIT per reading; value^2 x UNIT for a counter)
+HI = 5  # running q quantile of the value (a counter's rate) x 256: the guard's high tail; None before any
+BOT = 6  # running p1 and p99 x 256: the guard's low tail, and the range that scales its tolerance
 TOP = 7
 READS = 8
-BAL = 9  # readings the series may still send (+) or has sent beyond its share (-), in all
+BAL = 9  # thousandths of a reading the series may still send (+) or sent beyond its share (-), in all
 TW = 10  # counters: the readings since the last sent one, as their weight, sum of w x rate and of w x rate^2
 T1 = 11
 T2 = 12
-SLOTS = 13
-RANGE_Q = 0.99
+KIND = 13  # model.GAUGE, COUNTER or HISTOGRAM
+SLOTS = 14
+Q_TOP = 1014  # the running p99 (and p1), in 1024ths
+
+
+def exp_fixed(mu):
+    """exp(mu / MU_ONE) as an integer, without floats: 2^(integer part) x a quadratic for the rest
+    exact at the powers of two, within 0.3 % between. A float is an object on the heap of a 64-bit
+    MicroPython."""
+    if mu <= 0:
+        return 1
+    bits = mu * 1477 >> 10  # in 1024ths of a bit: 1 / ln 2 = 1.4427 = 1477 / 1024
+    f = bits & 1023
+    return ((1024 + (f * 672 >> 10) + (f * f * 352 >> 20)) << (bits >> 10)) >> 10
 
 
 class Sampler:
@@ -131,6 +144,9 @@ class Sampler:
         self.iv = {}
         for c in COLLECTORS:
             self.iv[c] = collector_intervals(p, c)
+        self.share_1000 = int(p["adaptive_share"] * 1000 + 0.5)  # the knobs the flush uses, as integers
+        self.guard_1024 = int(p["adaptive_guard"] * 1024 + 0.5)
+        self.q_hi = int(p["adaptive_guard_q"] * 1024 + 0.5)
         self.split = False  # do intervals differ by collector? then each series' collector is kept
         for c in COLLECTORS:
             self.split = self.split or self.iv[c] != self.iv["cpu"]
@@ -298,8 +314,7 @@ class Sampler:
             states.extend([None] * (sid + 1 - len(states)))
         st = states[sid]
         if st is None:
-            st = states[sid] = [None, 0, None, 0, None, None, None, None, 0, 0.0, 0, 0, 0]
-        kind = self.table[sid].kind
+            st = states[sid] = [None, 0, None, 0, None, None, None, None, 0, 0, 0, 0, 0, self.table[sid].kind]
         scratch = self.scratch
         ts = scratch[1]
         ticks = self.ticks
@@ -311,19 +326,11 @@ class Sampler:
                 j += 1
             m >>= 1
             t += 1
-        collector = self.collector_of(sid)
-        base, high = self.iv[collector]
-        if kind == HISTOGRAM:
+        base, high = self.iv[self.collector_of(sid)]
+        if st[KIND] == HISTOGRAM:
             chosen = self._histogram(st, values, n, ts, high, base)
         else:
-            chosen = self._series(st, kind == COUNTER, values, n, ts, base, high)
-        sent = 0
-        m = chosen
-        while m:
-            sent += m & 1
-            m >>= 1
-        self.sends["sent"] += sent
-        self.sends["skipped"] += n - sent
+            chosen = self._series(st, st[KIND] == COUNTER, values, n, ts, base, high)
         if chosen == (1 << n) - 1:
             return mask
         out = 0  # the chosen readings back to tick bits
@@ -346,20 +353,22 @@ class Sampler:
             chosen = 1 << (n - 1)
             st[HELD] = last
             st[HELD_MS] = ts[n - 1]
+        self.sends["sent"] += chosen >> (n - 1)
+        self.sends["skipped"] += n - (chosen >> (n - 1))
         return chosen
 
     def _series(self, st, counter, values, n, ts, base, high):
-        """Gauges and counters: track, choose by the programme, force, steer the price."""
+        """Gauges and counters: track, choose by the programme, force, steer the price. Integers only
+        (on a 64-bit MicroPython a float is an object on the heap): fixed point where fractions are."""
         p = self.params
-        scratch = self.scratch
-        ws = scratch[2]
+        ws = self.scratch[2]
         forced = 1 if st[HELD] is None else 0  # the first reading of a series anchors it
         prev, prev_ms = st[PREV], st[PREV_MS]
         last_total = values[n - 1]
+        slack = base // 4  # scheduling jitter, as the reads' own
         for j in range(n):  # weights: how long each reading is shown, in 1/UNIT base intervals
             dt = (ts[j + 1] if j + 1 < n else ts[j] + base) - ts[j]
-            w = (dt * UNIT + base // 2) // base
-            ws[j] = w if w > 0 else 1
+            ws[j] = UNIT if base - slack <= dt <= base + slack else (dt * UNIT + base // 2) // base or 1
         if counter:  # decide on the rates; a reset (and the reading before it) is sent
             for j in range(n):
                 total = values[j]
@@ -370,48 +379,58 @@ class Sampler:
                     rate = 0
                     ws[j] = 0
                 else:
-                    rate = (total - prev) * RATE // (ts[j] - prev_ms)
-                    w = ((ts[j] - prev_ms) * UNIT + base // 2) // base  # a rate covers the time since the read before
-                    ws[j] = w if w > 0 else 1
+                    dt = ts[j] - prev_ms
+                    rate = (total - prev) * RATE // dt
+                    # a rate covers the time since the read before
+                    ws[j] = UNIT if base - slack <= dt <= base + slack else (dt * UNIT + base // 2) // base or 1
                 prev, prev_ms = total, ts[j]
                 values[j] = rate
             prev = None  # the rate before the batch's first is not kept: no left neighbour
-        rng = self._track(st, values, n)
+        rng = self._track(st, values, n)  # fixed point, x 256
+        held = st[HELD]
+        if held is None:
+            held = values[0]
+        held_ms = st[HELD_MS]
         if st[MU] is None:  # the first price: the first batch's mean step (within 3x of the best one, over traces)
             step = 0
             for j in range(1, n):
                 d = values[j] - values[j - 1]
                 step += d if d > 0 else -d
-            step = step / (n - 1) if n > 1 else 1
+            step = step // (n - 1) if n > 1 else 1
             if step < 1:
                 step = 1
-            st[MU] = math.log(step * UNIT * (step if counter else 1)) + MU0
-        lam = int(math.exp(st[MU])) + 1
-        tol = int(p["adaptive_guard"] * rng)
+            st[MU] = int((math.log(step * UNIT * (step if counter else 1)) + MU0) * MU_ONE)
+        tol = self.guard_1024 * rng >> 18
         # the guard's tails: above the running q quantile, or within the tolerance of the running p99
         # (a quantised top level that the quantile lies just above is in the tail too); below the
         # running p1 (a new low). While the quantiles are still young every local high is watched.
-        q_hi = st[HI] if st[HI] < st[TOP] - tol else st[TOP] - tol
+        q_hi = st[HI] >> 8
+        if q_hi > (st[TOP] >> 8) - tol:
+            q_hi = (st[TOP] >> 8) - tol
+        q_lo = st[BOT] >> 8
         if st[READS] <= WARM:
-            q_hi = st[BOT]
-        q_lo = st[BOT]
+            q_hi = q_lo
         highs = lows = 0  # local extremes in the tails: the peak guard watches them
-        if p["adaptive_guard"] < 1.0:
-            left = prev if not counter else None
+        flat = not counter and st[HELD] is not None  # every reading what the receiver shows already?
+        if self.guard_1024 < 1024 or flat:
+            left = None if counter else prev
             for j in range(n):
                 x = values[j]
+                if flat and x != held:
+                    flat = False
                 right = values[j + 1] if j + 1 < n else None
                 if x >= q_hi and (left is None or x >= left) and (right is None or x >= right):
                     highs |= 1 << j
                 elif x <= q_lo and (left is None or x <= left) and (right is None or x <= right):
                     lows |= 1 << j
                 left = x
-        held = st[HELD]
-        if held is None:
-            held = values[0]
-        held_ms = st[HELD_MS]
-        slack = base // 4  # absorbs scheduling jitter, as the reads' own
+            if self.guard_1024 >= 1024:
+                highs = lows = 0
+        lam = exp_fixed(st[MU]) + 1
         while True:
+            if flat and ts[n - 1] - held_ms + slack < high:
+                chosen = 0  # nothing to send: no error to remove, no heartbeat due
+                break
             if counter:
                 chosen = self._programme_counter(values, ws, n, st, lam, forced)
                 bad = self._check_counter(values, ws, ts, n, st, chosen, highs, lows, tol, held_ms, slack, high)
@@ -427,76 +446,93 @@ class Sampler:
             forced |= 1 << bad
             self.sends["guard" if (highs | lows) >> bad & 1 else "heartbeat"] += 1
         # what the receiver shows from now on, and the price for the next batch
-        sent = 0
+        sent = nforced = 0
         last = -1
         for j in range(n):
             if chosen >> j & 1:
                 sent += 1
                 last = j
+                nforced += forced >> j & 1
+        self.sends["sent"] += sent
+        self.sends["skipped"] += n - sent
         if last >= 0:
             st[HELD] = values[last] if not counter else last_total
             st[HELD_MS] = ts[last]
         if counter:
             tw = t1 = t2 = 0
             if last < 0:
-                tw, t1, t2 = st[TW], st[T1], st[T2]
+                tw = st[TW]  # (one name at a time: a tuple of three is built on MicroPython)
+                t1 = st[T1]
+                t2 = st[T2]
             for j in range(last + 1, n):
                 w = ws[j]
                 r = values[j]
                 tw += w
                 t1 += w * r
                 t2 += w * r * r
-            st[TW], st[T1], st[T2] = tw, t1, t2
+            st[TW] = tw
+            st[T1] = t1
+            st[T2] = t2
         st[PREV] = last_total
         st[PREV_MS] = ts[n - 1]
-        share = p["adaptive_share"]
+        # the budget, in thousandths of a reading: forced readings count against it, but the
+        # programme keeps at least half of it (a series whose guard and heartbeat take more than
+        # half sends more than its share); what was sent beyond the share (or saved) is paid back
+        # (spent) over REPAY reads
+        share = self.share_1000
         settle = p["adaptive_settle"]
         if st[READS] < settle:  # faster while the series is young: a first price far off costs less
             settle = st[READS] if st[READS] > SETTLE_MIN else SETTLE_MIN
-        nforced = 0
-        m = forced
-        while m:
-            nforced += m & 1
-            m >>= 1
-        # the budget: forced readings count against it, but the programme keeps at least half of it
-        # (a series whose guard and heartbeat take more than half sends more than its share)
-        bal = st[BAL] + share * n - sent
+        bal = st[BAL] + share * n - 1000 * sent
         st[BAL] = bal
-        budget = share * n - nforced + n * bal / REPAY  # a debt (surplus) is paid back over REPAY reads
-        if budget < share * n * 0.5:
-            budget = share * n * 0.5
-        err = (sent - nforced) - budget
-        mu = st[MU] + err / (share * settle)
+        budget = share * n - 1000 * nforced + n * bal // REPAY
+        if budget < share * n // 2:
+            budget = share * n // 2
+        mu = st[MU] + (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
         st[MU] = MU_LOW if mu < MU_LOW else MU_HIGH if mu > MU_HIGH else mu
         return chosen
 
     def _track(self, st, values, n):
         """Move the running quantiles (the guard's tails, and the p1-p99 range that scales its
-        tolerance) by the batch's readings; returns the running range."""
+        tolerance) by the batch's readings, in fixed point (x 256); returns the running range."""
         reads = st[READS] + n
         st[READS] = reads
+        lo = hi = values[0]
+        for j in range(n):
+            x = values[j]
+            if x < lo:
+                lo = x
+            elif x > hi:
+                hi = x
         if st[HI] is None:  # the first batch: its extremes
-            lo = hi = values[0]
-            for j in range(n):
-                x = values[j]
-                if x < lo:
-                    lo = x
-                elif x > hi:
-                    hi = x
-            st[BOT] = lo
-            st[HI] = st[TOP] = hi
-            return hi - lo
-        q = self.params["adaptive_guard_q"]
-        step = (st[TOP] - st[BOT]) * (QGAIN if QGAIN * reads > 1 else 1.0 / reads)
-        if step <= 0:
-            step = QGAIN
-        for slot, quantile in ((HI, q), (BOT, 1 - RANGE_Q), (TOP, RANGE_Q)):
-            v = st[slot]
-            above = 0  # a step up for each reading above, down for each one not: settles at the quantile
-            for j in range(n):
-                if values[j] > v:
-                    above += 1
-            st[slot] = v + step * (quantile * above - (1 - quantile) * (n - above))
+            st[BOT] = lo << 8
+            st[HI] = st[TOP] = hi << 8
+            return (hi - lo) << 8
+        rng = st[TOP] - st[BOT]
+        spread = (hi - lo) << 8
+        if rng < spread:  # a series that was flat and moves: steps from what it does now
+            rng = spread
+        step = rng // QSTEPS if reads > QSTEPS else rng // reads
+        if step < 1:
+            step = 1
+        # a step up for each reading above a quantile, down for each one not: it settles there
+        hi = st[HI]
+        bot = st[BOT]
+        top = st[TOP]
+        up_hi = up_bot = up_top = 0
+        for j in range(n):
+            x = values[j] << 8
+            if x > hi:
+                up_hi += 1
+            if x > bot:
+                up_bot += 1
+            if x > top:
+                up_top += 1
+        q = self.q_hi
+        st[HI] = hi + (step * (q * up_hi - (1024 - q) * (n - up_hi)) >> 10)
+        q = Q_TOP
+        st[BOT] = bot + (step * ((1024 - q) * up_bot - q * (n - up_bot)) >> 10)
+        st[TOP] = top + (step * (q * up_top - (1024 - q) * (n - up_top)) >> 10)
         if st[BOT] > st[TOP]:
             st[BOT] = st[TOP]
         return st[TOP] - st[BOT]
@@ -586,7 +622,9 @@ class Sampler:
             P0[k + 1] = P0[k] + w
             P1[k + 1] = P1[k] + w * r
             P2[k + 1] = P2[k] + w * r * r
-        tw, t1, t2 = st[TW], st[T1], st[T2]
+        tw = st[TW]
+        t1 = st[T1]
+        t2 = st[T2]
         E[0] = 0
         for k in range(1, n + 1):
             E[k] = -1
@@ -596,9 +634,13 @@ class Sampler:
             e = E[p]
             if e < 0:
                 continue
-            c0, c1, c2 = P0[p], P1[p], P2[p]
+            c0 = P0[p]
+            c1 = P1[p]
+            c2 = P2[p]
             if p == 0:
-                c0, c1, c2 = c0 - tw, c1 - t1, c2 - t2
+                c0 -= tw
+                c1 -= t1
+                c2 -= t2
             k = p
             while k < n:
                 w = P0[k + 1] - c0

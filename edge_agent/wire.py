@@ -205,7 +205,7 @@ class BatchBuilder:
             count = 0
             for t in range(n):
                 if mask >> t & 1:
-                    delta, cursor[t] = unpack_int(data, cursor[t])
+                    delta = take(data, cursor, t)
                     values[count] = delta if not count else _add(values[count - 1], delta)
                     count += 1
             kept = choose(sid, mask, values, count) & mask
@@ -255,7 +255,7 @@ class BatchBuilder:
                     pack_into(0 if mask == full else mask, body)
                 for t in range(n):
                     if read >> t & 1:
-                        delta, cursor[t] = unpack_int(data, cursor[t])
+                        delta = take(data, cursor, t)
                         value = delta if value is None else _add(value, delta)
                         if mask >> t & 1:
                             pack_into(value if sent is None else _sub(value, sent), body)
@@ -299,21 +299,28 @@ def _bits(mask):
     return count
 
 
-def unpack_int(data, pos):
-    """(value, end) of the msgpack integer at `pos` in `data`, or of an array of them (a histogram,
-    as a list), as BatchBuilder writes them."""
+def take(data, cursor, t):
+    """The msgpack integer at `cursor[t]` in `data` (an array of them, a histogram, as a list), as
+    BatchBuilder writes them; `cursor[t]` moves past it. No tuple is made (MicroPython's heap)."""
+    pos = cursor[t]
     head = data[pos]
     if head < 0x80:
-        return head, pos + 1
+        cursor[t] = pos + 1
+        return head
     if head >= 0xE0:
-        return head - 0x100, pos + 1
+        cursor[t] = pos + 1
+        return head - 0x100
     if head & 0xF0 == 0x90 or head == 0xDC:  # fixarray, array 16
-        count, pos = (head & 0x0F, pos + 1) if head != 0xDC else (data[pos + 1] << 8 | data[pos + 2], pos + 3)
+        if head == 0xDC:
+            count = data[pos + 1] << 8 | data[pos + 2]
+            cursor[t] = pos + 3
+        else:
+            count = head & 0x0F
+            cursor[t] = pos + 1
         items = []
         for _ in range(count):
-            item, pos = unpack_int(data, pos)
-            items.append(item)
-        return items, pos
+            items.append(take(data, cursor, t))
+        return items
     if not 0xCC <= head <= 0xD3:
         raise ValueError("batch holds a value that is not an integer (0x%02x)" % head)
     size = 1 << (head & 3)
@@ -322,7 +329,8 @@ def unpack_int(data, pos):
         value = value << 8 | data[i]
     if head >= 0xD0 and value >> (8 * size - 1):  # signed, negative
         value -= 1 << 8 * size
-    return value, pos + 1 + size
+    cursor[t] = pos + 1 + size
+    return value
 
 
 def _add(value, delta):
