@@ -1,13 +1,15 @@
 """`edge-agent replay`: run a recorded trace through the real sampler and measure what is lost.
 
-    edge-agent replay --policy P [--param k=v ...] [--baseline uniform,deadband,adam|all|none]
-                      [--change 0.1] [--load-from-trace] [--kind gauge|counter] TRACE.csv
+    edge-agent replay --policy P [--param k=v ...] [--baseline uniform,deadband,adam,optimum|all|none]
+                      [--change 0.1] [--load-from-trace] [--kind gauge|counter] [--batch 10] TRACE.csv[.gz]
 
-TRACE.csv has a header and `timestamp,value` rows; timestamps are `YYYY-MM-DD HH:MM:SS[.ffffff]`
-(UTC) or numeric seconds, any step. Rows are sorted by time; a repeated timestamp keeps its first
-row (counted in `duplicates`). The trace's median step is the base read interval: `interval_ms` is
-set to it unless given, and `min_interval_ms` / `max_interval_ms` keep their default ratio to the
-base (15x and 30x) unless given. A gap longer than the step simply has no reading in it.
+TRACE.csv has a header and `timestamp,value` rows (gzip-compressed when the name ends in .gz);
+timestamps are `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC) or numeric seconds, any step. Rows are sorted by
+time; a repeated timestamp keeps its first row (counted in `duplicates`). The trace's median step is
+the base read interval: `interval_ms` is set to it unless given, and `max_interval_ms` keeps its
+default ratio to the base (30x) unless given. A gap longer than the step simply has no reading in it.
+The trace is read, batched and thinned as the agent does it (run_policy: a real Sampler and
+wire.BatchBuilder, a batch every --batch base intervals, values made integers as a collector's).
 
 The series is a gauge (`--kind gauge`, default); with `--kind counter` the values are taken as a
 rate per second, integrated into a cumulative counter fed to the sampler, and the reconstruction is
@@ -16,18 +18,21 @@ the average rate between two sent counter values (what a downstream `rate()` see
 Reconstruction: the central stack carries the last sent value forward (LOCF). Against the
 full-rate trace, with R = p99 - p1 of the trace (max - min if that is 0):
 
-    err_mean, err_p99    mean and 99th percentile of |x - reconstructed| / R
-    peaks                events: maximal runs of consecutive points above the trace's p99
+    err_mean, err_p99    mean and 99th percentile of |x - reconstructed| / R (err_mean is the NMAE)
+    peaks                events: maximal runs of consecutive points at or above the trace's p99
+    peaks95              events: maximal runs of consecutive points strictly above the trace's p95
     shortfall            of one event: (event max - reconstructed max within the event) / R
-    peaks_missed         events whose shortfall exceeds `--change` (nothing near the top was seen)
-    peaks_unsampled      events in which no sample at all was sent
-    peak_missed_max      the largest shortfall of a missed event (0 when none was missed)
+    peaks_missed, peaks95_missed     events whose shortfall exceeds `--change` (0.1)
+    peaks_unsampled, peaks95_unsampled   events in which no sample at all was sent
+    peak_missed_max      the largest shortfall of a missed event, either definition (0: none missed)
     peak_shortfall_max   the largest shortfall of any event
     stale_max_s          the longest time the reconstruction stayed more than `--change` x R off the
                          trace (a change bigger than the threshold that went unreported)
+    stale_after_load_s   (--load-from-trace) the same, counted from when a busy spell ended
 
-Baselines (uniform decimation, send-on-delta, AdaM) are tuned to keep the same number of samples as
-the policy and scored the same way. Prints one JSON object.
+Baselines (uniform decimation, send-on-delta, AdaM, and the offline optimum: the least error any
+choice of that many readings reaches, edge_agent.baselines.optimum_match, numpy) are tuned to keep
+the same number of samples as the policy and scored the same way. Prints one JSON object.
 """
 
 import json

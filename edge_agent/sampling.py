@@ -509,9 +509,8 @@ class Sampler:
             st[HI] = st[TOP] = hi << 8
             return (hi - lo) << 8
         rng = st[TOP] - st[BOT]
-        spread = (hi - lo) << 8
-        if rng < spread:  # a series that was flat and moves: steps from what it does now
-            rng = spread
+        if rng <= 0:  # a series that was flat and moves: steps from what it does now
+            rng = (hi - lo) << 8
         step = rng // QSTEPS if reads > QSTEPS else rng // reads
         if step < 1:
             step = 1
