@@ -1,6 +1,6 @@
 """The MicroPython agent's heap: what each module costs to load, and what the running agent uses.
 
-    .venv/bin/python bench/mpy_heap.py [--heap 64K] [--seconds 75] [--imports-only] [--json]
+    .venv/bin/python bench/mpy_heap.py [--heap 64K] [--seconds 75] [--policy fixed] [--imports-only] [--json]
 
 Compiles MPY_MODULES (firmware/__init__.py) with mpy-cross into a temporary directory, exactly as
 `python -m firmware build` does, and runs the real `micropython` unix port on those .mpy files:
@@ -10,8 +10,8 @@ Compiles MPY_MODULES (firmware/__init__.py) with mpy-cross into a temporary dire
    a .mpy file lives in the heap on the unix port, so this is the module's resident cost.
    `micropython.mem_peak()` is printed too (the interpreter's own start-up is in it).
 2. run: a real mosquitto on a free port and `micropython -X heapsize=HEAP -m edge_agent.mpy_main`
-   with the default config (fixed policy, commands enabled, no spool), cpu + network + memory
-   collectors at 1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute
+   with the default config (fixed policy unless --policy, commands enabled, no spool), cpu +
+   network + memory collectors at 1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute
    (gc.mem_alloc() after gc.collect(), the highest gc.mem_alloc() seen, micropython.mem_peak());
    this bench asks it for one every 10 s (EDGE_AGENT_HEAP_EVERY_S) and prints them.
 
@@ -125,12 +125,13 @@ def import_costs(lib):
     return rows
 
 
-def write_config(path, port, state_dir):
+def write_config(path, port, state_dir, policy="fixed"):
     config = {
         "device_id": "mpy-heap", "broker": "mqtt://127.0.0.1:%d" % port, "interval_s": 1.0, "batch_s": 10.0,
         "state_dir": state_dir,
         "collectors": {"load": {"enabled": False}, "system": {"enabled": False}},
         "commands": {"device_key": "hex:00112233445566778899aabbccddeeff"},
+        "sampling": {} if policy == "fixed" else {"policy": policy},
     }
     with open(path, "w") as f:
         json.dump(config, f)
@@ -146,13 +147,13 @@ def heap_lines(text):
     return out
 
 
-def run_agent(lib, heap, seconds, tmp, every_s=10):
+def run_agent(lib, heap, seconds, tmp, every_s=10, policy="fixed"):
     from mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     try:
         config = os.path.join(tmp, "config.json")
-        write_config(config, port, os.path.join(tmp, "state"))
+        write_config(config, port, os.path.join(tmp, "state"), policy)
         env = dict(os.environ, MICROPYPATH=lib + ":.frozen", EDGE_AGENT_HEAP_EVERY_S=str(every_s))
         log_path = os.path.join(tmp, "agent.log")
         with open(log_path, "wb") as log:
@@ -174,6 +175,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--heap", default="64K")
     parser.add_argument("--seconds", type=float, default=75)
+    parser.add_argument("--policy", default="fixed", help="sampling policy of the running agent")
     parser.add_argument("--imports-only", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -193,12 +195,12 @@ def main(argv=None):
             print("qstrs, %s: %d in %d pools, %d B (a pool is allocated at a time, each twice the last)"
                   % (label, pool["n_qstr"], pool["n_pool"], pool["n_total_bytes"]))
         if not args.imports_only:
-            code, text = run_agent(lib, args.heap, args.seconds, tmp)
+            code, text = run_agent(lib, args.heap, args.seconds, tmp, policy=args.policy)
             lines = heap_lines(text)
-            result.update({"heap": args.heap, "seconds": args.seconds, "exit": code, "reports": lines,
-                           "memory_error": "MemoryError" in text})
-            print("agent under -X heapsize=%s for %d s: exit %s, MemoryError: %s"
-                  % (args.heap, args.seconds, code, result["memory_error"]))
+            result.update({"heap": args.heap, "seconds": args.seconds, "policy": args.policy, "exit": code,
+                           "reports": lines, "memory_error": "MemoryError" in text})
+            print("agent (%s policy) under -X heapsize=%s for %d s: exit %s, MemoryError: %s"
+                  % (args.policy, args.heap, args.seconds, code, result["memory_error"]))
             for fields in lines:
                 print("  " + " ".join("%s=%s" % (k, fields[k]) for k in sorted(fields)))
             if code not in (0, None) or result["memory_error"]:
