@@ -386,7 +386,17 @@ class Sampler:
                 prev, prev_ms = total, ts[j]
                 values[j] = rate
             prev = None  # the rate before the batch's first is not kept: no left neighbour
-        rng = self._track(st, values, n)  # fixed point, x 256
+        # the batch is judged against the quantiles of the series' past (the first batch: its
+        # extremes), then moves them
+        first = st[HI] is None
+        if first:
+            self._track(st, values, n)
+        hi = st[HI]
+        bot = st[BOT]
+        top = st[TOP]
+        rng = top - bot
+        if not first:
+            self._track(st, values, n)
         held = st[HELD]
         if held is None:
             held = values[0]
@@ -404,10 +414,10 @@ class Sampler:
         # the guard's tails: above the running q quantile, or within the tolerance of the running p99
         # (a quantised top level that the quantile lies just above is in the tail too); below the
         # running p1 (a new low). While the quantiles are still young every local high is watched.
-        q_hi = st[HI] >> 8
-        if q_hi > (st[TOP] >> 8) - tol:
-            q_hi = (st[TOP] >> 8) - tol
-        q_lo = st[BOT] >> 8
+        q_hi = hi >> 8
+        if q_hi > (top >> 8) - tol:
+            q_hi = (top >> 8) - tol
+        q_lo = bot >> 8
         if st[READS] <= WARM:
             q_hi = q_lo
         highs = lows = 0  # local extremes in the tails: the peak guard watches them
