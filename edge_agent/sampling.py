@@ -61,8 +61,8 @@ for _c in COLLECTORS:
 MAX_LEVEL = 16
 UNIT = 16  # weight of a reading shown for one base interval (the programme runs on integers)
 QSTEPS = 200  # running quantiles: a step per read is the running range / QSTEPS (1/reads while younger)
-MU0 = 0.0  # the first price: exp(MU0) x the first batch's mean step, per base interval (log)
 MU_ONE = 1024  # the log price is kept in fixed point
+MU0 = -3.0  # the first price: e^MU0 x the series' range (then its running p1-p99) x a base interval
 MU_LOW = 0  # the log price's bounds (the programme's integer units)
 MU_HIGH = 90 * MU_ONE
 RATE = 1000  # counter rates per second
@@ -401,15 +401,15 @@ class Sampler:
         if held is None:
             held = values[0]
         held_ms = st[HELD_MS]
-        if st[MU] is None:  # the first price: the first batch's mean step (within 3x of the best one, over traces)
-            step = 0
-            for j in range(1, n):
-                d = values[j] - values[j - 1]
-                step += d if d > 0 else -d
-            step = step // (n - 1) if n > 1 else 1
-            if step < 1:
-                step = 1
-            st[MU] = int((math.log(step * UNIT * (step if counter else 1)) + MU0) * MU_ONE)
+        if st[MU] is None:  # the first price: from the range seen so far (the first batch's when young)
+            r = rng >> 8 if rng > 0 else 0
+            if not r:
+                for j in range(n):
+                    d = values[j] - values[0]
+                    d = d if d > 0 else -d
+                    r = d if d > r else r
+            if r:
+                st[MU] = int((math.log(r * UNIT * (r if counter else 1)) + MU0 * (2 if counter else 1)) * MU_ONE)
         tol = self.guard_1024 * rng >> 18
         # the guard's tails: above the running q quantile, or within the tolerance of the running p99
         # (a quantised top level that the quantile lies just above is in the tail too); below the
@@ -436,7 +436,7 @@ class Sampler:
                 left = x
             if self.guard_1024 >= 1024:
                 highs = lows = 0
-        lam = exp_fixed(st[MU]) + 1
+        lam = exp_fixed(st[MU]) + 1 if st[MU] is not None else 1
         while True:
             if flat and ts[n - 1] - held_ms + slack < high:
                 chosen = 0  # nothing to send: no error to remove, no heartbeat due
@@ -498,8 +498,9 @@ class Sampler:
         budget = share * n - 1000 * nforced + n * bal // REPAY
         if budget < share * n // 2:
             budget = share * n // 2
-        mu = st[MU] + (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
-        st[MU] = MU_LOW if mu < MU_LOW else MU_HIGH if mu > MU_HIGH else mu
+        if st[MU] is not None:  # (None: nothing moved yet, no price to steer)
+            mu = st[MU] + (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
+            st[MU] = MU_LOW if mu < MU_LOW else MU_HIGH if mu > MU_HIGH else mu
         return chosen
 
     def _track(self, st, values, n):
