@@ -48,7 +48,7 @@ DEVICE_IMPORTS = [
 # with a spool or with the load/system collectors enabled
 TRANSIENT_IMPORTS = ["edge_agent.mpy_setup", "edge_agent.statefile", "edge_agent.config",
                      "edge_agent.collectors.procfs", "edge_agent.collectors.procfs_load",
-                     "edge_agent.collectors.procfs_system", "edge_agent.lifecycle", "edge_agent.wire_birth",
+                     "edge_agent.collectors.procfs_system", "edge_agent.lifecycle", "edge_agent.receipts", "edge_agent.wire_birth",
                      "edge_agent.transport.umqtt_connect", "edge_agent.hmac", "edge_agent.commands",
                      "edge_agent.sampling_rules", "edge_agent.collector_changes", "edge_agent.sampling",
                      "edge_agent.loadwatch", "edge_agent.spool"]

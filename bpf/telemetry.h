@@ -1,43 +1,35 @@
-/* Shared between the BPF programs (bpf/cpu.c, bpf/net.c) and their readers.
+/* Map layouts shared by the programs (bpf/cpu.bpf.c, bpf/net.bpf.c) and their reader.
  *
- * Everything a reader has to know about a map's layout is here: the value structs, the array
- * sizes and the slot indexes. Options arrive as compiler defines (-DNAME=value) from the loader;
- * each has a default below so the programs also compile on their own.
+ * The reader does not mirror these structs: it takes every map's key and value layout (member
+ * names, offsets, array lengths) from the object's own BTF. What is fixed here is only what shapes
+ * a value; run-time options are .rodata constants the loader sets before loading (`const volatile`
+ * below), and map sizes (max_entries) are set by the loader too.
  */
 #ifndef EDGE_TELEMETRY_H
 #define EDGE_TELEMETRY_H
 
-/* ---- cpu.c ---------------------------------------------------------------------------- */
+#include "tracepoints.h"
 
-/* run-queue latency histogram: slot = log2(latency in microseconds), as bcc's bpf_log2l:
+/* ---- cpu.bpf.c ------------------------------------------------------------------------ */
+
+/* run-queue latency histogram: slot = log2(latency in microseconds) as bcc's bpf_log2l:
  * slot 0 holds 0 us, slot s holds [2^(s-1), 2^s) us; the last slot also takes everything above. */
-#ifndef RUNQ_SLOTS
 #define RUNQ_SLOTS 26
-#endif
-#ifndef RUNQ_MAX_TASKS /* tasks woken and not yet on a CPU that we remember (LRU) */
-#define RUNQ_MAX_TASKS 10240
-#endif
-#define RUNQ_SUM_US RUNQ_SLOTS /* index of the sum of latencies (us) after the slots */
-
-#ifndef SOFTIRQ_SLOTS /* NR_SOFTIRQS is 10 today; leave room */
-#define SOFTIRQ_SLOTS 16
-#endif
+#define SOFTIRQ_SLOTS 16 /* NR_SOFTIRQS is 10 today; leave room */
 
 /* sched_switch reports a preempted (still runnable) task as TASK_REPORT_MAX (0x100 since 4.14) */
-#ifndef TASK_REPORT_MAX
 #define TASK_REPORT_MAX 0x100
-#endif
 
-#ifndef TOP_PIDS /* 0: no per-process accounting; N: remember up to N pids between reads */
-#define TOP_PIDS 0
-#endif
-
-struct cpu_acct {          /* one per CPU, in a per-CPU array of one entry */
-    __u64 busy_ns;         /* time a non-idle task was on this CPU, up to last_ns */
-    __u64 idle_ns;         /* time the idle task (pid 0) was on this CPU, up to last_ns */
-    __u64 switches;        /* context switches on this CPU */
-    __u64 last_ns;         /* bpf_ktime_get_ns() of the last switch; 0 before the first */
-    __u64 idle_now;        /* 1 while the idle task runs (for the interval still open) */
+struct cpu_stats {          /* one per CPU, in a per-CPU array of one entry: one read gets all */
+    __u64 busy_ns;          /* time a non-idle task was on this CPU, up to last_ns */
+    __u64 idle_ns;          /* time the idle task (pid 0) was on this CPU, up to last_ns */
+    __u64 switches;         /* context switches on this CPU */
+    __u64 last_ns;          /* bpf_ktime_get_ns() of the last switch; 0 before the first */
+    __u64 idle_now;         /* 1 while the idle task runs (for the interval still open) */
+    __u64 softirq_start;    /* bpf_ktime_get_ns() at the running softirq's entry; 0 outside one */
+    __u64 runq[RUNQ_SLOTS]; /* run-queue waits per log2 slot */
+    __u64 runq_sum_us;      /* sum of the waits, microseconds */
+    __u64 softirq_ns[SOFTIRQ_SLOTS]; /* time in each softirq vector */
 };
 
 struct pid_time {
@@ -45,18 +37,10 @@ struct pid_time {
     char comm[16];
 };
 
-/* ---- net.c ---------------------------------------------------------------------------- */
+/* ---- net.bpf.c ------------------------------------------------------------------------ */
 
-#ifndef MAX_DEVICES
-#define MAX_DEVICES 256
-#endif
-#ifndef DROP_REASONS /* slots for enum skb_drop_reason; larger codes land in the last slot */
-#define DROP_REASONS 160
-#endif
-#ifndef HAVE_DROP_REASON /* 1 when skb:kfree_skb has the `reason` field (5.17+) */
-#define HAVE_DROP_REASON 1
-#endif
-#define TCP_STATES 16 /* TCP_ESTABLISHED = 1 ... TCP_NEW_SYN_RECV = 12 */
+#define DROP_REASONS 160 /* slots for enum skb_drop_reason; larger codes land in the last slot */
+#define TCP_STATES 16    /* TCP_ESTABLISHED = 1 ... TCP_NEW_SYN_RECV = 12 */
 
 struct dev_key {
     char name[16]; /* IFNAMSIZ: the name the tracepoint records */
@@ -69,16 +53,14 @@ struct dev_val {
     __u64 tx_packets;
 };
 
-/* indexes of the per-CPU array `tcp_events` */
-#define TCP_RETRANSMITS 0
-#define TCP_OPEN_ACTIVE 1  /* SYN_SENT -> ESTABLISHED */
-#define TCP_OPEN_PASSIVE 2 /* SYN_RECV -> ESTABLISHED */
-#define TCP_CLOSED 3       /* -> CLOSE from a synchronised state */
-#define TCP_RETRANS_FAILED 4 /* retransmit attempts the stack refused (err != 0, 6.x `err` field) */
-#define TCP_EVENTS 5
-
-#ifndef HAVE_RETRANS_ERR /* 1 when tcp:tcp_retransmit_skb has the `err` field */
-#define HAVE_RETRANS_ERR 0
-#endif
+struct net_stats {                /* one per CPU, in a per-CPU array of one entry */
+    __u64 retransmits;            /* tcp_retransmit_skb that sent (err == 0) */
+    __u64 retransmit_failures;    /* attempts the stack refused (err != 0, e.g. -EBUSY) */
+    __u64 opened_active;          /* SYN_SENT -> ESTABLISHED */
+    __u64 opened_passive;         /* SYN_RECV -> ESTABLISHED */
+    __u64 closed;                 /* -> CLOSE from a synchronised state */
+    __u64 tcp_state_in[TCP_STATES]; /* entries into each TCP state */
+    __u64 drops[DROP_REASONS];    /* kfree_skb by reason */
+};
 
 #endif

@@ -17,8 +17,8 @@ def unload(*names):
     for name in names:
         sys.modules.pop(name, None)
         parent, _, leaf = name.rpartition(".")
-        if parent in sys.modules:
-            try:
-                delattr(sys.modules[parent], leaf)
-            except (AttributeError, KeyError):  # MicroPython: KeyError when it is not there
-                pass
+        module = sys.modules.get(parent)
+        if module is not None:
+            # through the dict: delattr of what is not there raises, and an exception allocates, when
+            # this runs with the heap at its fullest (after a command)
+            module.__dict__.pop(leaf, None)

@@ -2,7 +2,9 @@
 
     tick:  sampler.due() -> collector.collect() -> sampler.select() -> BatchBuilder.add_tick()
     flush: sampler.thin() (adaptive: what each series sends) -> BatchBuilder.encode() -> Outbox
-    pump:  Outbox -> transport.publish (QoS 1) ... PUBACK -> removed from the Outbox
+           (store-and-forward)
+    pump:  Outbox -> transport.publish (QoS 1) ... PUBACK ... the gateway's receipt -> removed
+           from the Outbox (docs/reliability.md: the receipt when a gateway sends them, else the PUBACK)
 
 Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
 by the entry point; this module is part of the MicroPython-compatible core. The rare moments
@@ -29,7 +31,7 @@ from edge_agent.clock import mono_ms, sleep_s, wall_ms
 from edge_agent.model import SeriesTable
 from edge_agent.outbox import Outbox
 
-IN_FLIGHT_WINDOW = 8  # unacknowledged data batches on the wire at once
+IN_FLIGHT_WINDOW = 8  # data batches on the wire at once while the broker's PUBACK is delivery
 EVENT_POLL_S = 0.25  # how often collectors with events (netlink link changes) are polled
 
 
@@ -71,7 +73,10 @@ class SeqSource:
 
     def take(self):
         if self.path and self.next >= self.limit:
-            self.reserve()
+            try:
+                self.reserve()
+            except OSError:  # a full disk: numbers go on (after a restart from the clock's floor)
+                self.limit = self.next + self.BLOCK
         seq = self.next
         self.next += 1
         return seq
@@ -159,6 +164,18 @@ class EveryInterval:
         return out
 
 
+class LinkState:
+    """What edge_agent.linkstate last logged about the connection (the module is loaded only for news)."""
+
+    def __init__(self):
+        self.reconnects = self.errors = self.attempts = self.quick = 0
+        self.up = False
+        self.down_ms = mono_ms()  # offline since (the start counts: nothing was sent yet)
+        self.up_ms = 0
+        self.buffering_ms = 0  # when the next `buffering` line is due (offline, with batches held)
+        self.mark = None  # a backlog being delivered: (outbox.sent at the reconnect, batches held, ms offline)
+
+
 class Agent:
     def __init__(self, config, collectors, transport, info, sampler=None, loadwatch=None,
                  commands=None, spool=None, log=None, collector_factory=None, overrides=None):
@@ -174,11 +191,14 @@ class Agent:
         self.loadwatch = loadwatch
         self.commands = commands
         self.log = log or _print_log
+        # LinkState(): edge_agent.linkstate logs the connection's story (set by the entry point; the
+        # MicroPython one leaves it off until the module costs a small heap nothing: frozen)
+        self.link = None
         self.batch_ms = int(config["batch_s"] * 1000)
         self.compress = config["compress"]
         prefix = config["topic_prefix"] + "/" + self.device + "/"
         self.topics = {}
-        for name in ("birth", "data", "state", "cmd", "ack"):
+        for name in ("birth", "data", "state", "cmd", "ack", "delivery"):
             self.topics[name] = prefix + name
         self.boot = wire.boot_tag(info["boot_id"])
         unload("edge_agent.wire_birth")  # boot_tag lives with the birth encoder: needed again for births only
@@ -192,7 +212,11 @@ class Agent:
             from edge_agent.spool import SpoolOutbox
 
             self.outbox = SpoolOutbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
+        self.spool = spool
+        self.rebirth_ms = 0  # births go again at a gateway's request from then on (lifecycle.receipt)
+        self.last_tick_ms = 0  # tick timestamps only grow, whatever the wall clock does
         self.flush_at = None
+        self.started_ms = mono_ms()  # commands signed before this are refused (edge_agent.commands)
         self.running = False
         self.chunked = getattr(transport, "chunked", False)  # publish takes a list of pieces
         self.birth_due = False  # a birth could not be encoded or sent (memory): data waits for it
@@ -201,11 +225,14 @@ class Agent:
         # (mpy_main collects garbage and records the heap there)
         self.after_flush = None
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
-                      "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0, "unsent": 0}
+                      "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0, "clock_skips": 0,
+                      "unsent": 0}
         self.stretched = bytearray()  # series reported with an interval other than the base (batch_ext)
         self.errors_by_collector = {}
         self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+        self.fallback_ms = 0  # with "auto" delivery (lifecycle.start): no receipt this long, PUBACK again
+        self.run_lifecycle("start", "start", "receipts")
 
     # ------------------------------------------------------------------ sampling
 
@@ -213,6 +240,15 @@ class Agent:
         """Read the named collectors once and add what the sampler keeps as one tick."""
         now = mono_ms() if now_ms is None else now_ms
         ts = wall_ms()
+        if ts <= self.last_tick_ms:
+            if self.last_tick_ms - ts >= 100:
+                # the wall clock went back: ticks wait until it passes the last one, so that no series
+                # gets a timestamp twice or out of order downstream (counters lose no increments)
+                n = self.stats["clock_skips"] = self.stats["clock_skips"] + 1
+                if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th... tick skipped
+                    self.log("clock_backwards", dropped_ticks=n)
+                return []
+            ts = self.last_tick_ms + 1  # ticks in one millisecond, or a step back of a few: just after
         kept = []
         for name in names:
             collector = self.collectors.get(name)
@@ -242,6 +278,7 @@ class Agent:
             except MemoryError:  # the batch may hold half a tick now: drop it with this tick
                 self.drop_batch("tick", len(kept))
                 return kept
+            self.last_tick_ms = ts
             self.stats["samples_kept"] += len(kept)
         return kept
 
@@ -278,6 +315,8 @@ class Agent:
             if self.table.base is None:
                 self.table.base = seq
             self.table.changed = False
+            # published before any batch that needs it; with a spool also kept on disk for as long
+            # as a spooled batch may need it (a restart or a crash cannot strand that batch)
             self.publish_birth()
         try:
             out = wire.Chunks() if self.chunked else bytearray()
@@ -354,20 +393,21 @@ class Agent:
         return int(self.config["interval_s"] * 1000)
 
     def publish_birth(self):
-        """The birth, now."""
+        """The birth, now (and into the spool's archive when it grew)."""
         self.birth_due = True  # until it is sent, even if there is no room to load lifecycle
         self.run_lifecycle("publish_birth", "birth")
 
-    def run_lifecycle(self, task, where):
-        """edge_agent.lifecycle's `task`, with the module loaded only while it runs; without room to
-        load it, a MemoryError at `where` (the caller's *_due flag has it tried at the next pass)."""
+    def run_lifecycle(self, task, where, module="lifecycle", arg=None):
+        """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.receipts), with the module
+        loaded only while it runs; without room to load it, a MemoryError at `where` (the caller's
+        *_due flag has it tried at the next pass)."""
         try:
-            from edge_agent import lifecycle
+            code = getattr(__import__("edge_agent." + module), module)
         except MemoryError:
             self.out_of_memory(where)
             return
-        getattr(lifecycle, task)(self)
-        unload("edge_agent.lifecycle", "edge_agent.wire_birth")
+        getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
+        unload("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
 
     # ------------------------------------------------------------------ network
 
@@ -376,17 +416,48 @@ class Agent:
         self.run_lifecycle("announce", "connect")
 
     def on_message(self, topic, payload):
+        if topic == self.topics["delivery"]:
+            # a gateway's receipt: batches settled (Outbox.receipt); births it lacks, and with "auto"
+            # delivery the news that a gateway sends receipts (edge_agent.receipts)
+            wanted = self.outbox.receipt(payload)
+            if wanted is not None or (self.fallback_ms and not self.outbox.receipts):
+                self.run_lifecycle("receipt", "receipt", "receipts", wanted)
+            return
         if self.commands is None:
             return
         ack = self.commands.handle(topic, payload, self)
         if ack is not None:
             self.transport.publish(self.topics["ack"], ack, 1, False)
 
+    def link_news(self):
+        """True when edge_agent.linkstate has something to log: the connection came or went, an attempt
+        failed, a `buffering` line is due, or the backlog held while offline has been delivered."""
+        transport, link, outbox = self.transport, self.link, self.outbox
+        if getattr(transport, "reconnects", 0) != link.reconnects or getattr(transport, "errors", 0) != link.errors:
+            return True
+        if transport.connected != link.up:
+            return True
+        if link.up:
+            return link.mark is not None and (outbox.sent - link.mark[0] >= link.mark[1] or not len(outbox))
+        return len(outbox) > 0 and mono_ms() >= link.buffering_ms
+
     def pump(self):
+        if self.link is not None and self.link_news():
+            try:
+                from edge_agent import linkstate
+            except MemoryError:
+                self.out_of_memory("linkstate")
+            else:
+                linkstate.watch(self)
+                unload("edge_agent.linkstate")
         if not self.transport.connected:
             self.outbox.offline()
             return
-        self.outbox.collect_acks(self.transport.acked)
+        now = mono_ms()
+        self.outbox.collect_acks(self.transport.acked, now)
+        waiting = self.outbox.waiting_ms
+        if self.fallback_ms and waiting is not None and now - waiting > self.fallback_ms:
+            self.run_lifecycle("release", "receipt", "receipts")  # the gateway stopped sending them
         if self.connect_due:
             self.on_connect()
             if self.connect_due:
@@ -395,13 +466,15 @@ class Agent:
             self.publish_birth()
             if self.birth_due:
                 return  # data batches wait for the dictionary they refer to
-        now = mono_ms()
-        for entry in self.outbox.unsent(IN_FLIGHT_WINDOW, now):
+        # while the gateway's receipt is delivery, one batch is out at a time: every series stays in order
+        window = 1 if self.outbox.receipts else IN_FLIGHT_WINDOW
+        for entry in self.outbox.unsent(window, now):
             token = self.transport.publish(self.topics["data"], entry.payload, 1, False)
             if token is None:
                 break
             entry.token = token
             entry.sent_ms = now
+            entry.tries += 1
 
     # ------------------------------------------------------------------ the loop
 
@@ -462,7 +535,7 @@ class Agent:
         while len(self.outbox) and self.transport.connected and mono_ms() < deadline:
             self.pump()
             self.transport.poll(0.05)
-        # unacknowledged at the end: lost with a RAM outbox, kept by a spool for the next run; no
+        # undelivered at the end: lost with a RAM outbox, kept by a spool for the next run; no
         # later batch reports them in ext.lost, so the stop line does
         self.stats["unsent"] = len(self.outbox)
         self.outbox.save()

@@ -2,6 +2,7 @@
 
     edge-agent run  [--config FILE] [--broker mqtt://host:port] [--device-id ID] ...
     edge-agent once [--config FILE] [--ticks N]     collect one batch and print it decoded
+    edge-agent config check FILE | config default   validate a config file / print the defaults, commented
     edge-agent replay --policy P [--param k=v ...] TRACE.csv
 """
 
@@ -16,20 +17,41 @@ import time
 
 from edge_agent import __version__, lifecycle, wire
 from edge_agent import config as configuration
-from edge_agent.agent import Agent
-from edge_agent.collectors.procfs_system import read_boot
+from edge_agent.agent import Agent, LinkState
+from edge_agent.collectors.procfs_system import read_boot, read_host
 from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
 from edge_agent.spool import Spool
 
-# flag -> dotted config key; flags override the file, which overrides the defaults
-FLAG_KEYS = {
-    "broker": "broker", "device_id": "device_id", "topic_prefix": "topic_prefix", "group": "group",
-    "username": "username", "password": "password", "ca": "tls.ca", "cert": "tls.cert", "key": "tls.key",
-    "interval": "interval_s", "batch": "batch_s", "state_dir": "state_dir", "proc_root": "proc_root",
-    "log_format": "log_format", "max_batches": "buffer.max_batches", "spool_bytes": "buffer.spool_max_bytes",
+PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
+
+# flag -> (dotted config key, argparse options, help); flags override the file, which overrides the defaults
+FLAGS = {
+    "broker": ("broker", {}, "broker URL, mqtt://host:port or mqtts://host:port"),
+    "device_id": ("device_id", {}, "this device's id (default: the host name)"),
+    "client_id": ("client_id", {}, "MQTT client id (default: edge-<device>-<random>, new each run)"),
+    "topic_prefix": ("topic_prefix", {}, "topic prefix"),
+    "group": ("group", {}, "fleet group for group commands"),
+    "username": ("username", {}, "MQTT user name"),
+    "password": ("password", {}, "MQTT password (visible to other users in ps: prefer --password-file or $%s)"
+                 % PASSWORD_ENV),
+    "password_file": ("password_file", {"metavar": "FILE"}, "read the MQTT password from FILE's first line"),
+    "ca": ("tls.ca", {"metavar": "FILE"}, "CA certificate (PEM) to verify the broker"),
+    "cert": ("tls.cert", {"metavar": "FILE"}, "client certificate (PEM) for mutual TLS"),
+    "key": ("tls.key", {"metavar": "FILE"}, "client private key (PEM)"),
+    "interval": ("interval_s", {"type": float, "metavar": "S"}, "base sampling interval in seconds"),
+    "batch": ("batch_s", {"type": float, "metavar": "S"}, "seconds between data batches"),
+    "compress": ("compress", {"action": "store_true", "default": None}, "deflate batch bodies"),
+    "state_dir": ("state_dir", {"metavar": "DIR"}, "directory for sequence numbers, accepted commands, spool"),
+    "proc_root": ("proc_root", {"metavar": "DIR"}, "where /proc is (tests point this at fixtures)"),
+    "max_batches": ("buffer.max_batches", {"type": int, "metavar": "N"}, "batches kept in RAM while offline"),
+    "spool_bytes": ("buffer.spool_max_bytes", {"type": int, "metavar": "BYTES"},
+                    "disk spool cap in bytes (0: no spool; needs --state-dir)"),
+    "log_format": ("log_format", {"choices": ("text", "json")}, "log lines as key=value text or JSON"),
 }
+FLAG_KEYS = dict([(flag, FLAGS[flag][0]) for flag in FLAGS])
+ONCE_FLAGS = ("device_id", "interval", "compress", "proc_root")  # what `once` uses: it never connects
 
 
 def make_logger(fmt):
@@ -39,31 +61,36 @@ def make_logger(fmt):
             record.update(fields)
             line = json.dumps(record, default=str)
         else:
-            line = event + "".join([" %s=%s" % (k, fields[k]) for k in fields])
+            line = event + "".join([" %s=%s" % (k, _quote(fields[k])) for k in fields])
         print(line, file=sys.stderr, flush=True)
 
     return log
 
 
-def add_common(parser):
-    parser.add_argument("--config", metavar="FILE", help="JSON config file (flags override it)")
-    parser.add_argument("--broker", help="broker URL, mqtt://host:port or mqtts://host:port")
-    parser.add_argument("--device-id", help="this device's id (default: the host name)")
-    parser.add_argument("--topic-prefix", help="topic prefix (default: edge)")
-    parser.add_argument("--group", help="fleet group for group commands")
-    parser.add_argument("--username")
-    parser.add_argument("--password")
-    parser.add_argument("--ca", help="CA certificate (PEM) to verify the broker")
-    parser.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
-    parser.add_argument("--key", help="client private key (PEM)")
-    parser.add_argument("--interval", type=float, help="base sampling interval in seconds")
-    parser.add_argument("--batch", type=float, help="seconds between data batches")
-    parser.add_argument("--compress", action="store_true", default=None, help="deflate batch bodies")
-    parser.add_argument("--state-dir", help="directory for sequence numbers, accepted commands, spool")
-    parser.add_argument("--proc-root", help="where /proc is (tests point this at fixtures)")
-    parser.add_argument("--max-batches", type=int, help="batches kept in RAM while offline")
-    parser.add_argument("--spool-bytes", type=int, help="disk spool cap in bytes (0: no spool; needs --state-dir)")
-    parser.add_argument("--log-format", choices=("text", "json"))
+def _quote(value):
+    text = str(value)
+    return json.dumps(text) if not text or any([c in text for c in ' "=']) else text
+
+
+def default_of(key):
+    node = configuration.defaults()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def add_config_flags(parser, names=tuple(FLAGS)):
+    """`--config` and the flags that override config keys; their help shows the key and its default."""
+    parser.add_argument("--config", metavar="FILE", help="JSON config file (flags override it; "
+                        "`edge-agent config default` prints one, commented)")
+    for name in names:
+        key, options, text = FLAGS[name]
+        default = default_of(key)
+        if "default:" not in text:
+            shown = {"": "none", False: "off", True: "on"}.get(default, default) if not isinstance(
+                default, (int, float)) or isinstance(default, bool) else default
+            text += " (default: %s)" % shown
+        parser.add_argument("--" + name.replace("_", "-"), help="%s [config: %s]" % (text, key), **options)
 
 
 def build_parser():
@@ -71,19 +98,29 @@ def build_parser():
                                      "collects CPU, memory and network metrics and ships compact batches over MQTT.")
     parser.add_argument("--version", action="version", version="edge-agent " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="sample and send batches until stopped")
-    add_common(run)
-    run.add_argument("--duration", type=float, help="stop after this many seconds (default: run forever)")
-    once = sub.add_parser("once", help="collect one batch and print it decoded, for debugging")
-    add_common(once)
-    once.add_argument("--ticks", type=int, default=2, help="ticks in the batch (default 2, so rates appear)")
+    run = sub.add_parser("run", help="sample and send batches until stopped",
+                         description="Sample and send batches until stopped. Flags override the config file, "
+                         "which overrides the defaults. The password may also come from $%s." % PASSWORD_ENV)
+    add_config_flags(run)
+    run.add_argument("--duration", type=float, metavar="S", help="stop after this many seconds (default: run forever)")
+    once = sub.add_parser("once", help="collect one batch and print it decoded, for debugging",
+                          description="Collect one batch from this machine and print it decoded (never connects).")
+    add_config_flags(once, ONCE_FLAGS)
+    once.add_argument("--ticks", type=int, default=2, help="ticks in the batch (default: 2, so rates appear)")
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    replay = sub.add_parser("replay", help="evaluate a sampling policy on a recorded trace", add_help=False)
-    replay.add_argument("args", nargs=argparse.REMAINDER)
+    cfg = sub.add_parser("config", help="check a config file, or print the default one",
+                         description="Check a config file, or print the defaults as a commented config file.")
+    cfg_sub = cfg.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = cfg_sub.add_parser("check", help="validate FILE: one line per problem, exit 2 if any")
+    check.add_argument("file", metavar="FILE")
+    cfg_sub.add_parser("default", help="print the default config, every key explained")
+    from edge_agent.replay_cli import add_parser as add_replay
+
+    add_replay(sub)
     return parser
 
 
-def effective_config(args):
+def effective_config(args, environ=os.environ):
     overrides = {}
     for flag in FLAG_KEYS:
         value = getattr(args, flag, None)
@@ -91,24 +128,38 @@ def effective_config(args):
             overrides[FLAG_KEYS[flag]] = value
     if getattr(args, "compress", None):
         overrides["compress"] = True
+    if environ.get(PASSWORD_ENV) and "password" not in overrides:
+        overrides["password"] = environ[PASSWORD_ENV]
     if args.config:
-        return configuration.load(args.config, overrides)
-    return configuration.build({}, overrides)
+        cfg = configuration.load(args.config, overrides)
+    else:
+        cfg = configuration.build({}, overrides)
+    if cfg["password_file"] and "password" not in overrides:  # a password given outright wins
+        try:
+            with open(cfg["password_file"]) as f:
+                cfg["password"] = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise configuration.ConfigError("config key 'password_file': %s: cannot read it (%s)"
+                                            % (cfg["password_file"], exc.strerror or exc))
+    return cfg
 
 
 def device_info(cfg, effective):
     proc = cfg["proc_root"]
     boot_id, boot_time_ms = read_boot(proc)
-    return {
+    info = {
         "device": cfg["device_id"] or socket.gethostname(),
         "boot_id": boot_id,
         "boot_time_ms": boot_time_ms,
+        "start_ms": int(time.time() * 1000),  # counters that start with the agent start here
         "agent": __version__,
         "os": "linux",
         "platform": "%s-%s" % (platform.python_implementation().lower(), platform.python_version()),
         "collectors": effective,
         "group": cfg["group"],
     }
+    info.update(read_host(proc))
+    return info
 
 
 def build_collectors(cfg, log):
@@ -137,14 +188,20 @@ def build_sampler(cfg, names):
 
 
 def build_transport(cfg, device):
+    """The paho transport; ValueError naming the option when a TLS file cannot be used."""
     from edge_agent.transport.paho import PahoTransport
+    from edge_agent.transport.paho_connect import process_client_id, tls_context
 
     host, port, tls = configuration.parse_broker(cfg["broker"])
-    tls_options = cfg["tls"] if tls or cfg["tls"]["ca"] else None
+    tls_options = None
+    if tls or cfg["tls"]["ca"]:
+        t = cfg["tls"]
+        names = {"ca": "--ca (tls.ca)", "cert": "--cert (tls.cert)", "key": "--key (tls.key)"}
+        tls_options = dict(t, context=tls_context(t["ca"], t["cert"], t["key"], t["insecure"], names))
     state_topic = "%s/%s/state" % (cfg["topic_prefix"], device)
-    return PahoTransport(host, port, client_id="edge-" + device, keepalive=cfg["keepalive_s"],
-                         username=cfg["username"], password=cfg["password"], tls=tls_options,
-                         will=(state_topic, b"offline", 1, True))
+    return PahoTransport(host, port, client_id=cfg["client_id"] or process_client_id("edge-" + device),
+                         keepalive=cfg["keepalive_s"], username=cfg["username"], password=cfg["password"],
+                         tls=tls_options, will=(state_topic, b"offline", 1, True))
 
 
 def apply_overrides(cfg, overrides, log=None):
@@ -164,16 +221,34 @@ def apply_overrides(cfg, overrides, log=None):
             cfg["collectors"][name].update(change)
 
 
+def stop_accounting(outbox):
+    """What the stop line adds to the agent's stats: every drop of the run (`ext.lost` up to the
+    end), what the stop lost (undelivered batches left in RAM: a spool keeps them for the next run)
+    and what was delivered."""
+    lost = outbox.lost()
+    unsent = sum([e.samples for e in outbox.entries])  # what a spool took (and its loaded segment) is kept
+    return {"lost_batches": lost[0], "lost_samples": lost[1], "unsent_samples": unsent, "delivered": outbox.sent, "delivery": "gateway receipt" if outbox.receipts else "broker puback"}
+
+
 def command_run(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
     if cfg["state_dir"]:
-        os.makedirs(cfg["state_dir"], exist_ok=True)
+        try:
+            os.makedirs(cfg["state_dir"], exist_ok=True)
+        except OSError as exc:
+            print("edge-agent: state_dir %s: cannot create it (%s)" % (cfg["state_dir"], exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     overrides = load_overrides(cfg["state_dir"])
     apply_overrides(cfg, overrides, log)
     collectors, effective = build_collectors(cfg, log)
     info = device_info(cfg, effective)
-    transport = build_transport(cfg, info["device"])
+    try:
+        transport = build_transport(cfg, info["device"])
+    except ValueError as exc:  # a TLS file: named, with what is wrong
+        print("edge-agent: %s" % exc, file=sys.stderr)
+        return 2
     sampler = build_sampler(cfg, [c.name for c in collectors])
     commands = None
     if cfg["commands"]["enabled"]:
@@ -186,15 +261,44 @@ def command_run(args):
 
     spool = None
     if cfg["buffer"]["spool_max_bytes"]:
-        spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
+        try:
+            spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
+        except OSError as exc:
+            print("edge-agent: spool %s/spool: cannot use it (%s)" % (cfg["state_dir"], exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
                   collector_factory=factory, overrides=overrides, spool=spool,
                   loadwatch=LoadWatch(cfg["proc_root"]))
+    agent.link = LinkState()  # the connection's story in the log (edge_agent.linkstate)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    log("agent_start", device=info["device"], broker=cfg["broker"], collectors=json.dumps(effective, sort_keys=True))
+    log("agent_start", device=info["device"], broker=cfg["broker"], client_id=transport.client_id,
+        collectors=",".join(["%s:%s" % kv for kv in sorted(effective.items())]),
+        delivery=cfg["delivery"]["ack"] if cfg["delivery"]["ack"] != "auto" else "auto (now %s)" % (
+            "gateway receipt" if agent.outbox.receipts else "broker puback"))
     agent.run(max_seconds=args.duration)
-    log("agent_stop", device=info["device"], **agent.stats)
+    log("agent_stop", device=info["device"], **dict(agent.stats, **stop_accounting(agent.outbox)))
+    return never_connected(agent, cfg["broker"])
+
+
+def never_connected(agent, broker):
+    """Exit status of a run: 1, with one line saying why, when the broker was never reached."""
+    if agent.link.reconnects:
+        return 0
+    why = agent.transport.last_error or "no answer"
+    print("edge-agent: never connected to %s: %s" % (broker, why), file=sys.stderr)
+    return 1
+
+
+def command_config(args):
+    if args.action == "default":
+        from edge_agent.config_doc import render_default
+
+        sys.stdout.write(render_default())
+        return 0
+    configuration.load(args.file)  # ConfigError: reported by main
+    print("%s: ok" % args.file)
     return 0
 
 
@@ -244,19 +348,20 @@ def command_once(args):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "replay":
-        from edge_agent.replay import replay_main
-
-        return replay_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
         if args.command == "run":
             return command_run(args)
+        if args.command == "config":
+            return command_config(args)
+        if args.command == "replay":
+            from edge_agent.replay_cli import command_replay
+
+            return command_replay(args)
         return command_once(args)
     except configuration.ConfigError as exc:
         print("edge-agent: bad configuration\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)

@@ -8,8 +8,8 @@ signature covers the body text exactly as sent, so no canonical-JSON rules are n
 
 Topics: `<prefix>/<device>/cmd` (device key or fleet key), `<prefix>/_fleet/cmd` and
 `<prefix>/_group/<G>/cmd` (fleet key). The agent rejects unsigned (unless signing was turned off
-explicitly), badly signed, stale (|now - ts| > max_skew_s), replayed (nonce seen), mis-addressed
-and malformed commands, and invalid parameters; every outcome is acknowledged on
+explicitly), badly signed, stale (|now - ts| > max_skew_s), replayed, mis-addressed and malformed
+commands, and invalid parameters; every outcome is acknowledged on
 `<prefix>/<device>/ack` and nothing is applied unless everything checked out.
 
 MicroPython-compatible; the gateway's `tune` command signs with `sign()` from this module. A small
@@ -21,11 +21,13 @@ and string constant is in the heap while it is loaded, and every new name is int
 import binascii
 import json
 
+from edge_agent.clock import mono_ms
 from edge_agent.hmac import hmac_sha256
 from edge_agent.statefile import ensure_dir, read_json, write_atomic
 
 MAX_COMMAND_BYTES = 4096
 MAX_NONCES = 512
+FLOOR = ""  # the key, among the nonces (8 to 64 characters), of the newest timestamp forgotten
 COMMANDS = ("set_sampling", "set_collectors", "get_config", "ping", "rebirth", "flush")
 
 
@@ -72,18 +74,31 @@ class CommandHandler:
         try:
             body = self.verify(topic, payload)
             command_id = body["id"]
-            # authenticated: never again, even if invalid; a nonce is kept (persisted) until its
-            # command could no longer be fresh
+            # Replays. A nonce is kept (persisted with a state_dir) until its command could no
+            # longer be fresh; when more than MAX_NONCES are fresh, the oldest is forgotten and
+            # every command as old as it is refused from then on (FLOOR), so forgetting reopens
+            # nothing. A command signed before this agent started is refused too: without a
+            # state_dir the nonces it may have used are gone (the monotonic clock says when the
+            # agent started, the wall clock's second before that is the limit).
+            ts = body["ts"]
+            started = self.now_s() - (mono_ms() - agent.started_ms) // 1000 - 1
+            if ts <= self.nonces.get(FLOOR, -1) or ts < started:
+                raise Rejected("replayed", "signed before the oldest command this agent remembers (%s)"
+                               % ("its start" if ts < started else "older ones were forgotten"))
+            # authenticated and new: never again, even if invalid
             horizon = self.now_s() - self.settings["max_skew_s"]
             for nonce in list(self.nonces):
                 if self.nonces[nonce] < horizon:
                     del self.nonces[nonce]
-            while len(self.nonces) >= MAX_NONCES:  # keep the newest; older ones soon turn stale anyway
-                oldest = min(self.nonces, key=self.nonces.get)
-                del self.nonces[oldest]
-            self.nonces[body["nonce"]] = body["ts"]
+            while len(self.nonces) >= MAX_NONCES:  # keep the newest; the floor covers the others
+                oldest = min([n for n in self.nonces if n != FLOOR], key=self.nonces.get)
+                self.nonces[FLOOR] = max(self.nonces.pop(oldest), self.nonces.get(FLOOR, -1))
+            self.nonces[body["nonce"]] = ts
             if self.state_dir:
-                write_atomic(self.state_dir + "/nonces.json", json.dumps(self.nonces))
+                try:
+                    write_atomic(self.state_dir + "/nonces.json", json.dumps(self.nonces))
+                except OSError as exc:  # remembered in memory; after a restart the start limit holds
+                    self.state_error("nonces", exc)
             cmd = body["cmd"]
             ack = {"id": command_id, "device": self.device, "status": "ok", "cmd": cmd}
             if cmd == "ping":
@@ -120,6 +135,10 @@ class CommandHandler:
         ack["config"] = effective_config(agent)
         ack["ts"] = self.now_s()
         return json.dumps(ack).encode()
+
+    def state_error(self, what, exc):
+        if self.log:
+            self.log("state_error", what=what, path=self.state_dir, error=str(exc))
 
     def verify(self, topic, payload):
         """The body of an authentic, fresh, well-formed command for this device; else Rejected."""
@@ -183,7 +202,7 @@ class CommandHandler:
         if skew > self.settings["max_skew_s"]:
             raise Rejected("stale", "timestamp is %d s away from the device clock (limit %d s)"
                            % (skew, self.settings["max_skew_s"]))
-        if body["nonce"] in self.nonces:
+        if body["nonce"] in self.nonces or body["nonce"] == FLOOR:
             raise Rejected("replayed", "nonce already used")
         if body["cmd"] not in COMMANDS:
             raise Rejected("unknown_command", "unknown command %r; known: %s" % (body["cmd"], ", ".join(COMMANDS)))
@@ -225,8 +244,11 @@ def save_overrides(agent, section, changes):
     agent.overrides[section] = saved
     state_dir = agent.config["state_dir"]
     if state_dir:
-        ensure_dir(state_dir)
-        write_atomic(state_dir + "/overrides.json", json.dumps(agent.overrides))
+        try:
+            ensure_dir(state_dir)
+            write_atomic(state_dir + "/overrides.json", json.dumps(agent.overrides))
+        except OSError as exc:  # applied now, but not after a restart: said so in the log
+            agent.log("state_error", what="overrides", path=state_dir, error=str(exc))
     rebirth(agent)  # the retained birth shows the effective settings to `edge-gateway devices`
 
 

@@ -1,5 +1,8 @@
 """Agent configuration: embedded defaults, a JSON file over them, command-line flags over that.
 
+A config file is JSON; lines whose first non-blank character is `#` are comments (what
+`edge-agent config default` prints, each key explained by edge_agent/config_doc.py).
+
 Validation is driven by one table (`SPEC`) that gives each key its default and its bounds or
 choices, so every problem is reported as "config key 'a.b': <what is wrong>" — the key and the
 problem, nothing vaguer. Unknown keys are errors too: a typo must not silently fall back to a default.
@@ -17,6 +20,8 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 # The type is the default's; "*" stands for every collector. Text rather than nested dicts of
 # tuples: a small heap holds one string. Notes on some keys:
 #   device_id          empty: the host name
+#   client_id          empty: edge-<device>-<random>, new each run (the agent's MQTT session is clean)
+#   password_file      its first line is the password (also $EDGE_AGENT_MQTT_PASSWORD)
 #   group              fleet group for group commands
 #   interval_s         base read interval; sampling.* may tune it per collector
 #   batch_s            a data batch is sent at least this often
@@ -27,16 +32,22 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 #   buffer.*           RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in
 #                      <state_dir>/spool, written spool_chunk batches at a time while offline (what a
 #                      power cut may lose)
+#   delivery.ack       what delivers a batch (docs/reliability.md): "gateway" its receipt, "broker"
+#                      the PUBACK, "auto" the receipt once a gateway has sent one for this device
+#   delivery.resend_s  no receipt this long after the PUBACK: sent again (doubling each try)
+#   delivery.fallback_s  "auto": no receipt this long while the broker acknowledges: PUBACK again (0: never)
 #   commands.require_signature   turning this off must be explicit
 #   commands.device_key          hex ("hex:00ff…") or text HMAC key for this device
 #   commands.fleet_key           key for fleet and group commands
 SPEC = """
 device_id "" [null, 128]
+client_id "" [null, 128]
 broker "mqtt://127.0.0.1:1883" [1, 512]
 topic_prefix "edge" [1, 64]
 group "" [null, 64]
 username "" [null, 256]
 password "" [null, 256]
+password_file "" [null, 1024]
 tls.ca "" [null, 1024]
 tls.cert "" [null, 1024]
 tls.key "" [null, 1024]
@@ -57,6 +68,9 @@ sampling {}
 buffer.max_batches 360 [1, 100000]
 buffer.spool_max_bytes 0 [0, 17179869184]
 buffer.spool_chunk 6 [1, 1000]
+delivery.ack "auto" ["auto", "gateway", "broker"]
+delivery.resend_s 5.0 [0.1, 3600]
+delivery.fallback_s 3600 [0, 604800]
 commands.enabled true
 commands.require_signature true
 commands.device_key "" [null, 256]
@@ -157,6 +171,19 @@ def check(config):
         errors.append("config key 'batch_s': must not be shorter than interval_s (%s)" % config["interval_s"])
     if not errors and config["buffer"]["spool_max_bytes"] and not config["state_dir"]:
         errors.append("config key 'buffer.spool_max_bytes': the spool needs state_dir to be set")
+    commands = config.get("commands")
+    for name in ("device_key", "fleet_key"):
+        key = commands.get(name) if isinstance(commands, dict) else None
+        if isinstance(key, str) and key[:4] == "hex:":  # as edge_agent.hmac.key_bytes reads it
+            import binascii
+
+            try:
+                ok = len(binascii.unhexlify(key[4:])) > 0
+            except ValueError:  # binascii.Error is one
+                ok = False
+            if not ok:
+                errors.append("config key 'commands.%s': 'hex:' must be followed by an even number of hex "
+                              "digits (0-9, a-f) (the key itself is not shown)" % name)
     device = config.get("device_id")
     if isinstance(device, str) and device and (device[0] == "_" or [c for c in "/+#" if c in device]):
         errors.append("config key 'device_id': must not start with '_' nor contain '/', '+' or '#', got %s" % _show(device))
@@ -165,7 +192,8 @@ def check(config):
         try:
             parse_broker(broker)
         except ValueError:
-            errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % _show(broker))
+            shown = _show(broker) if "@" not in broker else "a URL with credentials (use username and password)"
+            errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % shown)
     sampling = config.get("sampling")
     if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling_rules is not even loaded
         from edge_agent.sampling_rules import validate_sampling
@@ -185,6 +213,8 @@ def parse_broker(url):
         raise ValueError("scheme must be mqtt or mqtts")
     tls = scheme in ("mqtts", "ssl")
     rest = rest.rstrip("/")
+    if "@" in rest:  # credentials belong in username/password, never in a URL that gets logged
+        raise ValueError("credentials in the URL")
     if rest.startswith("["):  # [ipv6]:port
         host, _, port = rest[1:].partition("]")
         port = port[1:] if port.startswith(":") else ""
@@ -218,6 +248,16 @@ def build(file_values=None, overrides=None):
     return config
 
 
+def strip_comments(text):
+    """Blank the lines that start with `#` (after blanks): comments, line numbers kept for errors.
+    A JSON string cannot span lines, so such a line is never inside one."""
+    lines = text.split("\n")
+    for i in range(len(lines)):
+        if lines[i].lstrip().startswith("#"):
+            lines[i] = ""
+    return "\n".join(lines)
+
+
 def load(path, overrides=None):
     """Read a JSON config file and build the effective config; errors name the file and key."""
     try:
@@ -226,7 +266,7 @@ def load(path, overrides=None):
     except OSError as exc:
         raise ConfigError("config file %s: cannot read (%s)" % (path, exc))
     try:
-        values = json.loads(text)
+        values = json.loads(strip_comments(text))
     except ValueError as exc:
         raise ConfigError("config file %s: not valid JSON (%s)" % (path, exc))
     if not isinstance(values, dict):

@@ -18,8 +18,9 @@ edge_agent/model_extra.py, loaded on first use through this module's `__getattr_
 """
 
 GAUGE = 0
-COUNTER = 1  # cumulative and monotonic since `start` (boot time unless stated)
-HISTOGRAM = 2  # cumulative since `start`
+COUNTER = 1  # cumulative and monotonic since the series' `start` (boot time unless stated)
+HISTOGRAM = 2  # cumulative since the series' `start`
+BOOT = 0  # a series' `start` when it counts since the kernel booted (the birth's `btime`)
 
 
 NO_ATTRS = {}  # shared by every series without attributes: never modified
@@ -37,6 +38,10 @@ class Series:
     """
 
     bounds = None  # set on the instance only when given: an attribute less per series (small heaps)
+    # when a cumulative series started counting: BOOT (the kernel's counters), or ms since the epoch
+    # for one that counts from its collector's start (eBPF maps); set on the instance only then.
+    # A counter that starts again is a new series (another start, so another id in the birth).
+    start = BOOT
 
     def __init__(self, name, kind, unit, attrs=None, scale=1, bounds=None, source="", family=None):
         self.family = family if family is not None else (name, kind, unit, scale, source)
@@ -100,8 +105,8 @@ class SeriesTable:
         known = self.series
         if 0 <= series.id < len(known) and known[series.id] is series:
             return series.id
-        for other in known:  # the same series (name and attributes) as another object?
-            if other.family[0] == series.family[0] and other.attrs == series.attrs:
+        for other in known:  # the same series (name, attributes, start) as another object?
+            if other.family[0] == series.family[0] and other.attrs == series.attrs and other.start == series.start:
                 series.id = other.id
                 return other.id
         series.id = len(known)

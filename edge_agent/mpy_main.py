@@ -157,7 +157,7 @@ def main(argv):
         mpy_setup = None
         release("edge_agent.mpy_setup", "edge_agent.config", "edge_agent.statefile", *REGISTRY)
         sys.stderr.write("edge-agent: out of memory while starting in a %d KB heap; run MicroPython with a "
-                         "larger one (-X heapsize=128K, EDGE_AGENT_HEAP for the launcher)\n"
+                         "larger one (-X heapsize=160K, EDGE_AGENT_HEAP for the launcher)\n"
                          % ((gc.mem_alloc() + gc.mem_free()) // 1024))
         return 3
     mpy_setup = None

@@ -29,8 +29,9 @@ def load_config(path, release):
 
 
 def device_info(cfg, effective):
+    from edge_agent.clock import wall_ms
     from edge_agent.collectors.procfs import read_text
-    from edge_agent.collectors.procfs_system import read_boot
+    from edge_agent.collectors.procfs_system import read_boot, read_host
 
     root = cfg["proc_root"]
     name = cfg["device_id"]
@@ -38,11 +39,13 @@ def device_info(cfg, effective):
         name = read_text(root, "sys/kernel/hostname").strip()
     boot_id, boot_time_ms = read_boot(root)
     impl = sys.implementation
-    return {
-        "device": name, "boot_id": boot_id, "boot_time_ms": boot_time_ms, "agent": __version__,
+    info = {
+        "device": name, "boot_id": boot_id, "boot_time_ms": boot_time_ms, "start_ms": wall_ms(), "agent": __version__,
         "os": "linux", "platform": "%s-%d.%d.%d" % ((impl.name,) + tuple(impl.version[:3])),
         "collectors": effective, "group": cfg["group"],
     }
+    info.update(read_host(root))
+    return info
 
 
 def build_sampler(cfg, root):

@@ -18,7 +18,8 @@ def boot_tag(boot_id):
 
 
 def encode_birth(info, table):
-    """The birth message: `info` holds device, boot_id, boot_time_ms, agent, platform, collectors."""
+    """The birth message: `info` holds device, boot_id, boot_time_ms, agent, platform, collectors,
+    and optionally host, host_id, os_description, start_ms (docs/wire-format.md)."""
     out = bytearray()
     encode_birth_into(out, info, table)
     return bytes(out)
@@ -42,8 +43,20 @@ def encode_birth_into(out, info, table):
     for key in ("interval_ms", "sampling", "group"):
         if key in info:
             birth[key] = info[key]
+    # who the host is and when the agent started: small additive fields (docs/wire-format.md)
+    for key, name in (("host", "host"), ("hid", "host_id"), ("osd", "os_description"), ("ast", "start_ms")):
+        if info.get(name):
+            birth[key] = info[name]
+    starts = {}  # series that count from another moment than the boot: [[start_ms, id, ...], ...]
+    for s in table.series:
+        if s.start:
+            if s.start not in starts:
+                starts[s.start] = [s.start]
+            starts[s.start].append(s.id)
+    if starts:
+        birth["st"] = list(starts.values())
     # the series go last, packed one at a time: the whole list never exists at once (small heaps)
-    out.append(0x80 | (len(birth) + 1))  # a fixmap: 15 keys at most
+    pack_array_header(len(birth) + 1, out, 0x80)  # a fixmap up to 15 keys, a map 16 beyond
     for key in birth:
         pack_into(key, out)
         pack_into(birth[key], out)

@@ -55,6 +55,56 @@ def inflate(data, limit=MAX_INFLATED):
     return out
 
 
+# ---------------------------------------------------------------- delivery receipts
+
+RECEIPT_VERSION = 1
+EXPORTED, REFUSED, WANTED = 0, 1, 2  # what a receipt says of a run of batches
+MAX_RUN = 0x3FFF
+
+
+def encode_receipt(boot, runs):
+    """A gateway's delivery receipt for one device and boot tag (docs/wire-format.md).
+
+    `runs` is a list of (first seq, count, kind): EXPORTED (the receiver accepted them), REFUSED
+    (settled without export: bad data, the agent counts them lost) or WANTED (their dictionary is
+    missing: the agent sends its births again). Longer runs are split at MAX_RUN batches."""
+    out = bytearray([RECEIPT_VERSION])
+    out.extend((boot & 0xFFFFFFFF).to_bytes(4, "big"))
+    for first, count, kind in runs:
+        while count > 0:
+            n = min(count, MAX_RUN)
+            out.extend(first.to_bytes(8, "big"))
+            out.extend((kind << 14 | n).to_bytes(2, "big"))
+            first += n
+            count -= n
+    return bytes(out)
+
+
+def parse_receipt(payload):
+    """(boot, [(first, count, kind), ...]) of a receipt; WireError("bad_receipt") for anything else."""
+    _need(isinstance(payload, (bytes, bytearray)) and len(payload) >= 15 and (len(payload) - 5) % 10 == 0,
+          "bad_receipt", "length")
+    _need(payload[0] == RECEIPT_VERSION, "bad_receipt", "version %d" % payload[0])
+    boot = int.from_bytes(payload[1:5], "big")
+    runs = []
+    for pos in range(5, len(payload), 10):
+        word = int.from_bytes(payload[pos + 8:pos + 10], "big")
+        _need(word >> 14 <= WANTED and word & MAX_RUN, "bad_receipt", "run at byte %d" % pos)
+        runs.append((int.from_bytes(payload[pos:pos + 8], "big"), word & MAX_RUN, word >> 14))
+    return boot, runs
+
+
+def runs_of(seqs, kind=EXPORTED):
+    """Sorted runs (first, count, kind) of consecutive sequence numbers."""
+    runs = []
+    for seq in sorted(set(seqs)):
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1][1] += 1
+        else:
+            runs.append([seq, 1, kind])
+    return [tuple(r) for r in runs]
+
+
 # ---------------------------------------------------------------- gateway side: strict decoding
 
 
@@ -89,8 +139,12 @@ class Birth:
         self.os = obj.get("os", "")
         self.platform = obj.get("platform", "")
         self.collectors = obj.get("collectors", {})
+        self.host = obj.get("host", "")
+        self.host_id = obj.get("hid", "")
+        self.os_description = obj.get("osd", "")
+        self.agent_start_ms = obj.get("ast", 0)  # 0: an agent that does not say
         self.raw = obj
-        self.series = series  # id -> Series
+        self.series = series  # id -> Series (with `start` set where the birth's `st` says)
 
 
 def _is_uint(value, bits=64):
@@ -240,8 +294,12 @@ def parse_birth(obj, max_series=10000):
     for key in ("bt", "btime", "dict"):
         _need(_is_uint(obj.get(key)), "bad_birth", "%s is not an unsigned integer" % key)
     _need(_is_uint(obj.get("base", 0)) and obj.get("base", 0) <= obj["dict"], "bad_birth", "base epoch")
-    for key in ("agent", "os", "platform"):  # free text the gateway puts into OTLP resource attributes
+    for key in ("agent", "os", "platform", "host", "hid", "osd"):  # free text for OTLP resource attributes
         _need(isinstance(obj.get(key, ""), str) and len(obj.get(key, "")) <= 255, "bad_birth", key)
+    _need(_is_uint(obj.get("ast", 0)), "bad_birth", "ast is not an unsigned integer")
+    starts = obj.get("st", [])
+    _need(isinstance(starts, list) and all([isinstance(g, list) and len(g) >= 2 and all([_is_uint(x) for x in g])
+                                             for g in starts]), "bad_birth", "st must be [[start_ms, id, ...], ...]")
     _need(isinstance(obj.get("collectors", {}), dict), "bad_birth", "collectors is not a map")
     raw = obj.get("series")
     _need(isinstance(raw, list), "bad_birth", "series list")
@@ -263,4 +321,8 @@ def parse_birth(obj, max_series=10000):
         s = Series(name, kind, unit, attrs, scale, bounds, source if isinstance(source, str) else "")
         s.id = sid
         series[sid] = s
+    for group in starts:
+        for sid in group[1:]:
+            if sid in series and series[sid].kind != GAUGE:
+                series[sid].start = group[0]
     return Birth(obj, series)

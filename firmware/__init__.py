@@ -14,6 +14,7 @@ MPY_MODULES = [
     "edge_agent/config.py",
     "edge_agent/agent.py",
     "edge_agent/lifecycle.py",
+    "edge_agent/receipts.py",
     "edge_agent/clock.py",
     "edge_agent/statefile.py",
     "edge_agent/sampling.py",
@@ -34,7 +35,7 @@ MPY_MODULES = [
 ]
 
 # the CPython zipapp carries the whole package except what only a developer runs
-PYZ_EXCLUDE = ["edge_agent/replay.py", "edge_agent/baselines.py"]
+PYZ_EXCLUDE = ["edge_agent/replay.py", "edge_agent/baselines.py", "edge_agent/collectors/bpf_libbpf.py"]
 
 PACKAGE = "edge-agent"
 IPK_RELEASE = 1

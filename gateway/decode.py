@@ -36,11 +36,13 @@ UINT64 = 1 << 64
 class Rejected(Exception):
     """A payload the gateway refuses; `reason` is a metric label, `detail` is for the log."""
 
-    def __init__(self, reason: str, detail: str = "", device: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", device: str = "",
+                 key: tuple[str, int, int] | None = None) -> None:
         super().__init__(reason + (": " + detail if detail else ""))
         self.reason = reason
         self.detail = detail
         self.device = device
+        self.key = key  # (device, boot, seq) when the header could be read: the device gets a receipt
 
 
 class UnknownDictionary(Rejected):
@@ -199,29 +201,44 @@ class Dictionaries:
     # ------------------------------------------------------------ data
 
     def resolve(self, topic_device: str, payload: bytes) -> Resolved:
+        key = None
         try:
-            batch = wire.parse_batch(wire.decode(payload, unpack, self.max_payload), unpack)
+            obj = wire.decode(payload, unpack, self.max_payload)
+            key = _header_key(obj, topic_device)
+            batch = wire.parse_batch(obj, unpack)
         except wire.WireError as exc:
-            raise Rejected(exc.reason, exc.detail, topic_device)
+            raise Rejected(exc.reason, exc.detail, topic_device, key)
         if batch.device != topic_device:
             raise Rejected("device_mismatch", "header says %r" % batch.device, topic_device)
+        key = (batch.device, batch.boot, batch.seq)
         birth = self._birth(batch.device, batch.boot, batch.dict_epoch)
         if birth is None and self._pending:
             birth = self._admit_pending(batch.device, batch.boot, batch.dict_epoch)
         if birth is None:
-            raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch), topic_device)
+            raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch),
+                                    topic_device, key)
         points = []
         for sid, indexes, values in batch.columns:
             series = birth.series.get(sid)
             if series is None:
-                raise Rejected("unknown_series", "series id %d" % sid, topic_device)
+                raise Rejected("unknown_series", "series id %d" % sid, topic_device, key)
             try:
                 _check_values(series, values)
             except Rejected as exc:
-                exc.device = topic_device
+                exc.device, exc.key = topic_device, key
                 raise
             points.append((series, indexes, values))
         return Resolved(batch, birth, points, len(payload))
+
+
+def _header_key(obj: object, topic_device: str) -> tuple[str, int, int] | None:
+    """(device, boot, seq) of a batch whose header fields can be read, even if the rest is bad."""
+    if isinstance(obj, list) and len(obj) >= 5 and obj[2] == topic_device:
+        boot, seq = obj[3], obj[4]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (boot, seq)) and 0 <= boot < 1 << 32 \
+                and 0 <= seq < UINT64:
+            return topic_device, boot, seq
+    return None
 
 
 def _increasing(bounds: object) -> bool:

@@ -16,21 +16,26 @@ from gateway.fleet import connect, gather
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gateway.cli import add_broker_options
+    from gateway.cli import HelpFormatter, add_broker_options
 
     p = subparsers.add_parser("devices", help="list devices: online state, last seen, lag, sampling",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_broker_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.cli import broker_config
+    from gateway.cli import broker_config, fail
 
     prefix = args.topic_prefix
-    config = broker_config(args, "edge-devices-" + secrets.token_hex(4))
-    client, inbox = connect(config, [prefix + "/+/state", prefix + "/+/birth", prefix + "/_status/+"])
+    try:
+        config = broker_config(args, "edge-devices-" + secrets.token_hex(4))
+        client, inbox = connect(config, [prefix + "/+/state", prefix + "/+/birth", prefix + "/_status/+"])
+    except ValueError as exc:
+        return fail("edge-gateway devices", exc)
+    except ConnectionError as exc:
+        return fail("edge-gateway devices", exc, 1)
     try:
         fleet = gather(inbox, prefix)
     finally:

@@ -3,7 +3,8 @@
 Every exporter offers `send(request) -> Outcome` (one attempt) and `close()`. `send_with_retry`
 adds the policy: exponential backoff with jitter on retryable answers (Retry-After honoured),
 immediate give-up on the others. `config_from_env` reads the standard OTEL_EXPORTER_OTLP_*
-variables the OpenTelemetry SDKs and Collector use.
+variables the OpenTelemetry SDKs and Collector use, for metrics or (`signal="logs"`) logs; the
+same exporters carry either signal's request (a gRPC one is given the logs service's stub).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ RETRYABLE_GRPC = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.DATA_LOSS,
 })
 MAX_RETRY_AFTER_S = 300.0
+# failed attempts that may have reached the receiver all the same: what is sent again after one of
+# these may be stored twice (with identical timestamps and values, which a time-series store collapses)
+UNCERTAIN = frozenset({"timeout", "connection", "grpc_deadline_exceeded", "grpc_cancelled", "grpc_unknown"})
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ class OtlpConfig:
     insecure: bool | None = None
 
 
-def _env(env: Mapping[str, str], name: str) -> str | None:
-    """The signal-specific OTEL_EXPORTER_OTLP_METRICS_<name> first, then OTEL_EXPORTER_OTLP_<name>."""
-    for key in ("OTEL_EXPORTER_OTLP_METRICS_" + name, "OTEL_EXPORTER_OTLP_" + name):
+def _env(env: Mapping[str, str], name: str, signal: str = "metrics") -> str | None:
+    """The signal-specific OTEL_EXPORTER_OTLP_<SIGNAL>_<name> first, then OTEL_EXPORTER_OTLP_<name>."""
+    for key in ("OTEL_EXPORTER_OTLP_%s_%s" % (signal.upper(), name), "OTEL_EXPORTER_OTLP_" + name):
         value = env.get(key, "").strip()
         if value:
             return value
@@ -98,45 +102,47 @@ def parse_headers(text: str) -> dict[str, str]:
     return headers
 
 
-def config_from_env(env: Mapping[str, str] = os.environ) -> OtlpConfig | None:
-    """The OTLP exporter configuration, or None when no OTLP variable is set (use the file exporter)."""
-    protocol = _env(env, "PROTOCOL")
-    endpoint = _env(env, "ENDPOINT")
+def config_from_env(env: Mapping[str, str] = os.environ, signal: str = "metrics") -> OtlpConfig | None:
+    """The OTLP exporter configuration for `signal` (metrics, logs), or None when no OTLP variable is
+    set (use the file exporter)."""
+    protocol = _env(env, "PROTOCOL", signal)
+    endpoint = _env(env, "ENDPOINT", signal)
     if protocol is None and endpoint is None:
         return None
     protocol = protocol or HTTP
     if protocol not in (HTTP, GRPC):
         raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL: %r is not supported (use grpc or http/protobuf)" % protocol)
     config = OtlpConfig(protocol=protocol)
-    specific = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()
+    specific = env.get("OTEL_EXPORTER_OTLP_%s_ENDPOINT" % signal.upper(), "").strip()
     if protocol == GRPC:
         config.endpoint = endpoint or "http://localhost:4317"
     elif specific:
         config.endpoint = specific  # the signal-specific URL is used as is
     else:
-        config.endpoint = (endpoint or "http://localhost:4318").rstrip("/") + "/v1/metrics"
-    config.headers = parse_headers(_env(env, "HEADERS") or "")
-    timeout = _env(env, "TIMEOUT")
+        config.endpoint = (endpoint or "http://localhost:4318").rstrip("/") + "/v1/" + signal
+    config.headers = parse_headers(_env(env, "HEADERS", signal) or "")
+    timeout = _env(env, "TIMEOUT", signal)
     if timeout is not None:
         try:
             config.timeout_s = float(timeout) / 1000.0  # milliseconds, per the spec
         except ValueError:
             raise ValueError("OTEL_EXPORTER_OTLP_TIMEOUT: %r is not a number of milliseconds" % timeout)
-    compression = (_env(env, "COMPRESSION") or "none").lower()
+    compression = (_env(env, "COMPRESSION", signal) or "none").lower()
     if compression not in ("gzip", "none"):
         raise ValueError("OTEL_EXPORTER_OTLP_COMPRESSION: %r is not gzip or none" % compression)
     config.compression = compression
-    config.certificate = _env(env, "CERTIFICATE")
-    config.client_key = _env(env, "CLIENT_KEY")
-    config.client_certificate = _env(env, "CLIENT_CERTIFICATE")
-    insecure = _env(env, "INSECURE")
+    config.certificate = _env(env, "CERTIFICATE", signal)
+    config.client_key = _env(env, "CLIENT_KEY", signal)
+    config.client_certificate = _env(env, "CLIENT_CERTIFICATE", signal)
+    insecure = _env(env, "INSECURE", signal)
     if insecure is not None:
         config.insecure = insecure.lower() == "true"
     return config
 
 
-def make_exporter(config: OtlpConfig) -> Exporter:
-    return GrpcExporter(config) if config.protocol == GRPC else HttpExporter(config)
+def make_exporter(config: OtlpConfig, stub: Callable | None = None) -> Exporter:
+    """The OTLP exporter `config` asks for; `stub` is the gRPC service stub (metrics by default)."""
+    return GrpcExporter(config, stub or MetricsServiceStub) if config.protocol == GRPC else HttpExporter(config)
 
 
 # ---------------------------------------------------------------- OTLP/HTTP
@@ -173,22 +179,37 @@ class HttpExporter:
         if self.config.compression == "gzip":
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
-        http_request = urllib.request.Request(self.config.endpoint, body, headers, method="POST")
-        try:
-            with urllib.request.urlopen(http_request, timeout=self.config.timeout_s, context=self._context) as answer:
-                reply = answer.read()
-            return _partial(reply) if reply else OK
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-            return Outcome(False, code in RETRYABLE_HTTP, "http_%d" % code, _retry_after(exc.headers.get("Retry-After")))
-        except TimeoutError:
-            return Outcome(False, True, "timeout")
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            return Outcome(False, True, "timeout" if isinstance(reason, TimeoutError) else "connection")
+        outcome, reply = post(self.config.endpoint, body, headers, self.config.timeout_s, self._context)
+        if outcome.ok and reply:
+            return _partial(reply)
+        return outcome
 
     def close(self) -> None:
         pass
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, context: ssl.SSLContext | None,
+         answer: Callable[[int, str], Outcome | None] | None = None) -> tuple[Outcome, bytes]:
+    """One HTTP POST: (OK, the reply's body), or (the failure, b""). An error answer is retryable when
+    its code is in RETRYABLE_HTTP, unless `answer(code, first bytes of its body)` decides otherwise."""
+    http_request = urllib.request.Request(url, body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(http_request, timeout=timeout_s, context=context) as reply:
+            return OK, reply.read()
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+        decided = answer(code, exc.read(300).decode("utf-8", "replace").strip()) if answer else None
+        if decided is not None:
+            return decided, b""
+        return Outcome(False, code in RETRYABLE_HTTP, "http_%d" % code, _retry_after(exc.headers.get("Retry-After"))), b""
+    except TimeoutError:
+        return Outcome(False, True, "timeout"), b""
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            return Outcome(False, True, "timeout"), b""
+        # refused: nothing was sent; anything else may have broken after the request went out
+        return Outcome(False, True, "refused" if isinstance(reason, ConnectionRefusedError) else "connection"), b""
 
 
 def _partial(body: bytes) -> Outcome:
@@ -204,9 +225,9 @@ def _partial(body: bytes) -> Outcome:
 
 
 class GrpcExporter:
-    """The opentelemetry-proto MetricsService stub over a grpcio channel."""
+    """An opentelemetry-proto service stub (MetricsService, LogsService) over a grpcio channel."""
 
-    def __init__(self, config: OtlpConfig) -> None:
+    def __init__(self, config: OtlpConfig, stub: Callable = MetricsServiceStub) -> None:
         self.config = config
         url = urllib.parse.urlsplit(config.endpoint if "://" in config.endpoint else "http://" + config.endpoint)
         target = url.netloc or url.path
@@ -221,7 +242,7 @@ class GrpcExporter:
             self._channel = grpc.secure_channel(target, credentials, options)
         else:
             self._channel = grpc.insecure_channel(target, options)
-        self._stub = MetricsServiceStub(self._channel)
+        self._stub = stub(self._channel)
         self._metadata = list(config.headers.items())
         self._compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
 
@@ -232,7 +253,9 @@ class GrpcExporter:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             return Outcome(False, code in RETRYABLE_GRPC, "grpc_" + code.name.lower())
-        return Outcome(True, rejected_points=response.partial_success.rejected_data_points)
+        partial = response.partial_success  # metrics count data points, logs log records
+        return Outcome(True, rejected_points=getattr(partial, "rejected_data_points", None)
+                       or getattr(partial, "rejected_log_records", 0))
 
     def close(self) -> None:
         self._channel.close()
@@ -242,7 +265,11 @@ class GrpcExporter:
 
 
 class FileExporter:
-    """One OTLP/JSON ExportMetricsServiceRequest per line, to a file (appended) or stdout ("-")."""
+    """One OTLP/JSON request (metrics or logs) per line, to a file (appended) or stdout ("-").
+
+    OTLP/JSON as the OTLP specification encodes it: proto3 JSON with lowerCamelCase keys, enums as
+    their integer values (`"aggregationTemporality":2`), 64-bit integers as decimal strings.
+    """
 
     def __init__(self, path: str = "-", stream: TextIO | None = None) -> None:
         self._own = stream is None and path != "-"
@@ -250,18 +277,27 @@ class FileExporter:
         self._lock = threading.Lock()
 
     def send(self, request: ExportMetricsServiceRequest) -> Outcome:
-        line = json.dumps(json_format.MessageToDict(request), separators=(",", ":"))
+        line = json.dumps(json_format.MessageToDict(request, use_integers_for_enums=True), separators=(",", ":"))
         try:
             with self._lock:
                 self._stream.write(line + "\n")
                 self._stream.flush()
         except OSError:
             return Outcome(False, True, "write")
+        except ValueError:  # closed: the gateway is stopping
+            return Outcome(False, False, "closed")
         return OK
+
+    def sharing(self) -> FileExporter:
+        """Another exporter writing to the same stream, under the same lock, that does not close it."""
+        other = FileExporter(stream=self._stream)
+        other._lock = self._lock
+        return other
 
     def close(self) -> None:
         if self._own:
-            self._stream.close()
+            with self._lock:
+                self._stream.close()
 
 
 # ---------------------------------------------------------------- retry policy
@@ -280,11 +316,17 @@ class RetryPolicy:
         return base * (1 + random.uniform(-self.jitter, self.jitter))
 
 
+SETTLED = Outcome(False, False, "settled")  # `refresh` found nothing left to send
+
+
 def send_with_retry(exporter: Exporter, request: ExportMetricsServiceRequest, policy: RetryPolicy,
-                    stop: threading.Event, on_retry: Callable[[Outcome, float], None] | None = None) -> Outcome:
+                    stop: threading.Event, on_retry: Callable[[Outcome, float], None] | None = None,
+                    refresh: Callable[[], ExportMetricsServiceRequest | None] | None = None) -> Outcome:
     """Send until success, a non-retryable answer, `policy.max_elapsed_s`, or `stop` is set.
 
-    A stop returns the last retryable outcome: the caller then neither acks nor drops.
+    A stop returns the last retryable outcome: the caller then neither acks nor drops. Before each
+    retry `refresh()` may give the request to send instead (what is still to be sent), or None:
+    nothing is (SETTLED).
     """
     started = time.monotonic()
     attempt = 0
@@ -302,3 +344,7 @@ def send_with_retry(exporter: Exporter, request: ExportMetricsServiceRequest, po
         if stop.wait(delay):
             return outcome
         attempt += 1
+        if refresh is not None:
+            request = refresh()
+            if request is None:
+                return SETTLED

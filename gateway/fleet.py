@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import msgpack
 import paho.mqtt.client as paho
 
+from edge_agent.transport.paho_connect import describe
 from gateway.mqtt import BrokerConfig
 
 
@@ -31,17 +32,26 @@ class Device:
     status: dict = field(default_factory=dict)  # published by gateways: last_seen, lag_ms, ...
 
 
-def connect(config: BrokerConfig, topics: list[str]) -> tuple[paho.Client, queue.Queue]:
-    """A connected client subscribed to `topics`; messages arrive as (topic, payload) on the queue."""
+def connect(config: BrokerConfig, topics: list[str], timeout_s: float = 10.0) -> tuple[paho.Client, queue.Queue]:
+    """A connected client subscribed to `topics`; messages arrive as (topic, payload) on the queue.
+
+    ConnectionError says in one line why there is none (unreachable, refused, TLS, no answer)."""
     inbox: queue.Queue = queue.Queue()
     ready = threading.Event()
+    refused: list[str] = []
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=paho.MQTTv5)
-    if config.tls or config.ca:
+    if config.tls_context is not None:
+        client.tls_set_context(config.tls_context)
+    elif config.tls or config.ca:
         client.tls_set(ca_certs=config.ca, certfile=config.cert, keyfile=config.key)
     if config.username is not None:
         client.username_pw_set(config.username, config.password)
 
-    def on_connect(c: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+    def on_connect(c: paho.Client, userdata: object, flags: object, reason: paho.ReasonCode, props: object) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            ready.set()
+            return
         c.subscribe([(t, 1) for t in topics])
 
     def on_subscribe(c: paho.Client, userdata: object, mid: int, codes: list, props: object) -> None:
@@ -50,11 +60,17 @@ def connect(config: BrokerConfig, topics: list[str]) -> tuple[paho.Client, queue
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = lambda c, u, m: inbox.put((m.topic, m.payload))
-    client.connect(config.host, config.port, 30)
+    try:
+        client.connect(config.host, config.port, 30)
+    except OSError as exc:
+        raise ConnectionError(describe(exc, config.host, config.port, config.tls or bool(config.ca))) from None
     client.loop_start()
-    if not ready.wait(10):
+    if not ready.wait(timeout_s) or refused:
         client.loop_stop()
-        raise ConnectionError("no answer from the broker at %s:%d" % (config.host, config.port))
+        if refused:
+            raise ConnectionError("the broker at %s:%d refused the connection: %s" % (config.host, config.port, refused[0]))
+        raise ConnectionError("no answer from the broker at %s:%d within %g s%s" % (
+            config.host, config.port, timeout_s, "" if config.tls else " (is it a TLS port? then use mqtts://)"))
     return client, inbox
 
 

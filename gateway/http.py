@@ -1,4 +1,5 @@
-"""/healthz and Prometheus /metrics on a small stdlib HTTP server thread."""
+"""/healthz, /readyz (gateway/health.py says what they mean) and Prometheus /metrics on a small
+stdlib HTTP server thread."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusServer:
-    """`render()` feeds /metrics; `health()` returns (healthy, details) for /healthz (200 or 503)."""
+    """`render()` feeds /metrics; `health()` and `ready()` return (ok, details) for /healthz and /readyz
+    (200 or 503). Binding the port happens here: OSError when it is taken."""
 
     def __init__(self, render: Callable[[], str], health: Callable[[], tuple[bool, dict]],
-                 host: str = "127.0.0.1", port: int = 9464) -> None:
+                 host: str = "127.0.0.1", port: int = 9464, ready: Callable[[], tuple[bool, dict]] | None = None) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -22,9 +24,10 @@ class StatusServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._answer(200, PROMETHEUS, server.render().encode())
-                elif path == "/healthz":
-                    healthy, details = server.health()
-                    body = json.dumps({"status": "ok" if healthy else "unhealthy", **details}).encode()
+                elif path in ("/healthz", "/readyz"):
+                    healthy, details = (server.health if path == "/healthz" else server.ready)()
+                    word = ("ok" if healthy else "unhealthy") if path == "/healthz" else ("ready" if healthy else "not ready")
+                    body = json.dumps({"status": word, **details}).encode()
                     self._answer(200 if healthy else 503, "application/json", body)
                 else:
                     self._answer(404, "text/plain", b"not found\n")
@@ -41,6 +44,7 @@ class StatusServer:
 
         self.render = render
         self.health = health
+        self.ready = ready or health
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]

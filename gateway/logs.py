@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import urllib.parse
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,3 +50,11 @@ def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def redact(url: str) -> str:
+    """A URL fit for the log: user name and password removed."""
+    parts = urllib.parse.urlsplit(url if "://" in url else "mqtt://" + url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

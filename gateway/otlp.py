@@ -1,10 +1,18 @@
 """Resolved batches -> one OTLP ExportMetricsServiceRequest. `to_request` is the only public entry.
 
 One ResourceMetrics per device (and boot), one ScopeMetrics "edge-telemetry", one Metric per
-(name, kind, unit) with a data point per series and tick. Counters become cumulative monotonic
-Sums starting at the device's boot time, gauges Gauges, histograms cumulative explicit-bucket
-Histograms. Values are `integer * scale`: integral scales stay integers (as_int) unless the result
-leaves int64 (a 64-bit byte counter can), then they become doubles.
+(name, type, unit) with a data point per series and tick. Types, units and descriptions follow the
+Collector's hostmetrics receiver (gateway/conventions.py, docs/metrics.md): counters become
+cumulative monotonic Sums, gauges Gauges or, where the convention says so (memory), cumulative
+non-monotonic Sums; histograms cumulative explicit-bucket Histograms. A cumulative point starts at
+its series' start: the device's boot time for the kernel's counters, the moment given in the
+birth (`st`) for counters that start with their collector. Values are `integer * scale`: integral
+scales stay integers (as_int) unless the result leaves int64 (a 64-bit byte counter can), then
+they become doubles.
+
+Besides the device's series, each batch gives `edge.sampling.interval` (the base interval, and
+the stretched ones) and `edge.agent.lost.batches|samples` (what the agent reports it dropped,
+cumulative since the agent's start), at the batch's last tick.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
 from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series
-from gateway import __version__
+from gateway import __version__, conventions
+from gateway.conventions import HISTOGRAM_T, SUM, UPDOWN, Presenter
 from gateway.decode import Resolved
 
 SCOPE = "edge-telemetry"
@@ -40,40 +49,74 @@ def to_request(batches: Iterable[Resolved]) -> ExportMetricsServiceRequest:
             scope.scope.version = __version__
             entry = resources[(birth.device, birth.boot_id)] = (scope, {})
         scope, metrics = entry
-        start_ns = birth.boot_time_ms * 1_000_000
+        presenter = birth.__dict__.get("presenter")
+        if presenter is None:
+            presenter = birth.presenter = Presenter(birth.series)
+        boot_ns = birth.boot_time_ms * 1_000_000
         ticks = resolved.batch.ticks
         for series, indexes, values in resolved.points:
-            key = (series.name, series.kind, series.unit)
-            metric = metrics.get(key)
-            if metric is None:
-                metric = metrics[key] = _metric(scope, series)
+            attrs = presenter.attrs(series)
+            if attrs is None:
+                continue
+            metric = _metric_for(scope, metrics, series.name, series.kind, series.unit)
+            start_ns = series.start * 1_000_000 if series.start else boot_ns
             try:
-                _points(metric, series, [ticks[i] * 1_000_000 for i in indexes], values, start_ns)
+                _points(metric, series, attrs, [ticks[i] * 1_000_000 for i in indexes], values, start_ns)
             except (ValueError, TypeError, OverflowError) as exc:
                 raise ValueError("device %s, series %s: %s" % (birth.device, series.key, exc)) from exc
         _intervals(scope, metrics, resolved)
+        _lost(scope, metrics, resolved)
     return request
 
 
-def _intervals(scope: pb.ScopeMetrics, metrics: dict, resolved: Resolved) -> None:
-    """`edge.sampling.interval`: the effective send interval of series the sampler stretched.
+def _metric_for(scope: pb.ScopeMetrics, metrics: dict, name: str, kind: int, unit: str) -> pb.Metric:
+    convention = conventions.convention(name, kind)
+    unit = conventions.unit(name, kind, unit)
+    key = (name, convention.type, unit)
+    metric = metrics.get(key)
+    if metric is None:
+        metric = metrics[key] = scope.metrics.add(name=name, unit=unit, description=convention.description)
+        if convention.type in (SUM, UPDOWN):
+            metric.sum.aggregation_temporality = CUMULATIVE
+            metric.sum.is_monotonic = convention.type == SUM
+        elif convention.type == HISTOGRAM_T:
+            metric.histogram.aggregation_temporality = CUMULATIVE
+        else:
+            metric.gauge.SetInParent()
+    return metric
 
-    The base interval is the resource attribute `edge.sampling.interval_ms`; a series whose
+
+def _lost(scope: pb.ScopeMetrics, metrics: dict, resolved: Resolved) -> None:
+    """`edge.agent.lost.batches|samples`: the agent's own drop count (batch ext `lost`), cumulative
+    since the agent started (the birth's `ast`; its boot time for an agent that does not say)."""
+    lost = resolved.batch.ext.get("lost") or [0, 0]
+    birth = resolved.birth
+    start = (birth.agent_start_ms or birth.boot_time_ms) * 1_000_000
+    t = resolved.batch.ticks[-1] * 1_000_000
+    for name, value in (("edge.agent.lost.batches", lost[0]), ("edge.agent.lost.samples", lost[1])):
+        metric = _metric_for(scope, metrics, name, COUNTER, conventions.CATALOG[name].unit)
+        metric.sum.data_points.add(start_time_unix_nano=start, time_unix_nano=max(t, start), as_int=value)
+
+
+def _intervals(scope: pb.ScopeMetrics, metrics: dict, resolved: Resolved) -> None:
+    """`edge.sampling.interval`: the device's base interval, and the series the sampler stretched.
+
+    The base interval (also the resource attribute `edge.sampling.interval_ms`) is a point without
+    attributes; a series whose
     samples are further apart than that (adaptive policy, load back-off) is listed in the batch's
     `ext.iv`, and gets a point here, at the batch's last tick, with the series' own name and
     attributes as attributes (`metric.name`, ...). Downstream, a gap no longer than this interval
     is sampling; a longer one is a fault.
     """
-    groups = resolved.batch.ext.get("iv") or []
-    if not groups:
-        return
-    series = resolved.birth.series
-    key = (INTERVAL_METRIC, GAUGE, "ms")
-    metric = metrics.get(key)
-    if metric is None:
-        metric = metrics[key] = scope.metrics.add(name=INTERVAL_METRIC, unit="ms")
-        metric.gauge.SetInParent()
     t = resolved.batch.ticks[-1] * 1_000_000
+    base = resolved.birth.raw.get("interval_ms")
+    groups = resolved.batch.ext.get("iv") or []
+    if not groups and not isinstance(base, int):
+        return
+    metric = _metric_for(scope, metrics, INTERVAL_METRIC, GAUGE, "ms")
+    if isinstance(base, int) and not isinstance(base, bool) and base >= 0:
+        metric.gauge.data_points.add(time_unix_nano=t, as_int=base)  # the base: no metric.name
+    series = resolved.birth.series
     for group in groups:
         for sid in group[1:]:
             known = series.get(sid)
@@ -84,17 +127,25 @@ def _intervals(scope: pb.ScopeMetrics, metrics: dict, resolved: Resolved) -> Non
 
 
 def _resource(rm: pb.ResourceMetrics, birth) -> None:
+    _attributes(rm.resource.attributes, resource_attributes(birth))
+
+
+def resource_attributes(birth) -> dict:
+    """The device's OTLP resource (metrics and logs alike): who it is, its OS and the agent."""
     attrs = {
-        "host.name": birth.device,
-        "service.instance.id": birth.device,
         "service.name": SERVICE,
+        "service.instance.id": birth.device,
         "service.version": birth.agent,
+        "device.id": birth.device,
+        "host.name": birth.host or birth.device,
+        "host.id": birth.host_id,
         "os.type": birth.os.lower(),
-        "os.description": birth.platform,
+        "os.description": birth.os_description,
+        "process.runtime.description": birth.platform,
         "host.boot.id": birth.boot_id,
         "edge.sampling.interval_ms": birth.raw.get("interval_ms"),
     }
-    _attributes(rm.resource.attributes, {k: v for k, v in attrs.items() if v is not None and v != ""})
+    return {k: v for k, v in attrs.items() if v is not None and v != ""}
 
 
 def _attributes(target, attrs: dict) -> None:
@@ -107,35 +158,23 @@ def _attributes(target, attrs: dict) -> None:
             kv.value.string_value = str(value)
 
 
-def _metric(scope: pb.ScopeMetrics, series: Series) -> pb.Metric:
-    metric = scope.metrics.add(name=series.name, unit=series.unit)
-    if series.kind == COUNTER:
-        metric.sum.aggregation_temporality = CUMULATIVE
-        metric.sum.is_monotonic = True
-    elif series.kind == HISTOGRAM:
-        metric.histogram.aggregation_temporality = CUMULATIVE
-    elif series.kind == GAUGE:
-        metric.gauge.SetInParent()
-    return metric
-
-
-def _points(metric: pb.Metric, series: Series, times: list[int], values: list, start_ns: int) -> None:
+def _points(metric: pb.Metric, series: Series, attrs: dict, times: list[int], values: list, start_ns: int) -> None:
     if series.kind == HISTOGRAM:
         for t, value in zip(times, values, strict=True):
             point = metric.histogram.data_points.add(start_time_unix_nano=start_ns, time_unix_nano=t)
-            _attributes(point.attributes, series.attrs)
+            _attributes(point.attributes, attrs)
             point.count = value[0]
             point.sum = _scaled(value[1], series.scale)
             point.bucket_counts.extend(value[2:])
             point.explicit_bounds.extend(series.bounds)
         return
-    counter = series.kind == COUNTER
-    points = metric.sum.data_points if counter else metric.gauge.data_points
+    cumulative = metric.WhichOneof("data") == "sum"
+    points = metric.sum.data_points if cumulative else metric.gauge.data_points
     for t, value in zip(times, values, strict=True):
         point = points.add(time_unix_nano=t)
-        if counter:
-            point.start_time_unix_nano = start_ns
-        _attributes(point.attributes, series.attrs)
+        if cumulative:
+            point.start_time_unix_nano = min(start_ns, t)
+        _attributes(point.attributes, attrs)
         _number(point, value, series.scale)
 
 

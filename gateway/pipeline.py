@@ -8,8 +8,14 @@ retries, then reports each item's fate through its `done` callback:
   callbacks, `on_exported(resolved batches)` runs once for the whole request (the gateway marks
   them as exported and makes that durable there, so one fsync covers a request);
 - "dropped":  a non-retryable failure or bad data; counted, and acked so it is not redelivered;
+- "elsewhere": before an attempt, `settled_elsewhere(resolved)` said another replica of the share
+  group exported it (its receipt was seen): it is left out of the request and acked as a duplicate;
 - nothing at all when the pipeline stops mid-retry: the message stays unacked and the broker
   redelivers it to the persistent session later.
+
+A retry after an attempt whose fate is unknown (a timeout, a connection broken after the request
+went out: export.UNCERTAIN) may store those batches twice at the receiver, with identical
+timestamps and values: every such re-send is counted (`batches_resent_total{reason}`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.decode import Resolved
-from gateway.export import Exporter, Outcome, RetryPolicy, send_with_retry
+from gateway.export import UNCERTAIN, Exporter, Outcome, RetryPolicy, send_with_retry
 from gateway.metrics import GatewayMetrics
 from gateway.otlp import to_request
 
 EXPORTED = "exported"
 DROPPED = "dropped"
+ELSEWHERE = "elsewhere"
 
 log = logging.getLogger("gateway.export")
 
@@ -49,6 +56,7 @@ class ExportPipeline:
         self.retry = retry or RetryPolicy()
         self.stopping = threading.Event()
         self.on_exported: Callable[[list[Resolved]], None] | None = None
+        self.settled_elsewhere: Callable[[Resolved], bool] | None = None
         self._threads = [threading.Thread(target=self._run, name="exporter-%d" % i, daemon=True)
                          for i in range(workers)]
         self.metrics.queue_capacity.set(queue_size)
@@ -114,14 +122,39 @@ class ExportPipeline:
                 log.exception("export crashed", extra={"fields": {"event": "export_crashed"}})
 
     def _export(self, items: list[Item]) -> None:
+        good = self._pending(items)
+        if not good:
+            return
         try:
-            good, request = items, to_request(i.resolved for i in items)
+            request = to_request(i.resolved for i in good)
         except ValueError:
-            good = [item for item in items if self._convertible(item)]
+            good = [item for item in good if self._convertible(item)]
             if not good:
                 return
             request = to_request(i.resolved for i in good)
-        outcome = send_with_retry(self.exporter, request, self.retry, self.stopping, self._on_retry)
+        last: list[Outcome] = []
+
+        def on_retry(outcome: Outcome, delay: float) -> None:
+            last[:] = [outcome]
+            self._on_retry(outcome, delay)
+
+        def refresh() -> object:
+            nonlocal good, request
+            left = self._pending(good)
+            if not left:
+                return None
+            reason = last[0].reason if last else ""
+            if reason in UNCERTAIN:  # the last attempt may have been stored: this one may double it
+                self.metrics.resent.inc(len(left), reason=reason)
+                self.metrics.samples_resent.inc(sum(i.resolved.samples() for i in left))
+            if len(left) != len(good):
+                good = left
+                request = to_request(i.resolved for i in good)
+            return request
+
+        outcome = send_with_retry(self.exporter, request, self.retry, self.stopping, on_retry, refresh)
+        if not good or outcome.reason == "settled":
+            return
         samples = sum(i.resolved.samples() for i in good)
         if outcome.ok:
             self.metrics.export_requests.inc()
@@ -141,6 +174,18 @@ class ExportPipeline:
             fate = DROPPED
         for item in good:
             item.done(fate)
+
+    def _pending(self, items: list[Item]) -> list[Item]:
+        """The items no other replica has exported (those are settled here as ELSEWHERE)."""
+        if self.settled_elsewhere is None:
+            return items
+        left = []
+        for item in items:
+            if self.settled_elsewhere(item.resolved):
+                item.done(ELSEWHERE)
+            else:
+                left.append(item)
+        return left
 
     def _convertible(self, item: Item) -> bool:
         """Whether one batch converts; a batch that does not is dropped on its own."""

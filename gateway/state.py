@@ -19,6 +19,7 @@ Layout: `lock` (flock: one gateway per directory), `dedupe.snapshot`, `dedupe.lo
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -52,11 +53,16 @@ def _fsync_dir(path: str) -> None:
 
 def write_atomic(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk leaves no half file behind
+        raise
     _fsync_dir(os.path.dirname(path))
 
 
@@ -83,10 +89,15 @@ class GatewayState:
 
     def close(self) -> None:
         with self._dedupe_lock:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+            self._close_log()
         self._lock_file.close()
+
+    def _close_log(self) -> None:
+        """Close the log; what a full disk kept in its buffer is dropped (it never was durable)."""
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()  # the file is closed even when the final flush fails
+            self._log = None
 
     # ------------------------------------------------------------ dedupe
 
@@ -119,11 +130,15 @@ class GatewayState:
         """Append the batches of one accepted export request; durable when this returns."""
         line = json.dumps([list(k) for k in keys], separators=(",", ":")) + "\n"
         with self._dedupe_lock:
-            if self._log is None:
-                self._log = open(self.log_path, "a")
-            self._log.write(line)
-            self._log.flush()
-            os.fsync(self._log.fileno())
+            try:
+                if self._log is None:
+                    self._log = open(self.log_path, "a")
+                self._log.write(line)
+                self._log.flush()
+                os.fsync(self._log.fileno())
+            except OSError:
+                self._close_log()  # the next request starts on a clean line
+                raise
             self._records += len(keys)
             due = self._records >= max(COMPACT_MIN, 4 * self._snapshot_streams)
         if due:
@@ -136,8 +151,7 @@ class GatewayState:
         with self._dedupe_lock:
             streams = tracker.snapshot()
             write_atomic(self.snapshot_path, json.dumps(streams, separators=(",", ":")).encode())
-            if self._log is not None:
-                self._log.close()
+            self._close_log()
             self._log = open(self.log_path, "w")
             self._log.flush()
             os.fsync(self._log.fileno())

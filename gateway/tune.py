@@ -4,8 +4,8 @@
     edge-gateway tune --group west set_collectors network.backend=procfs
     edge-gateway tune --all ping
 
-The HMAC key comes from --command-key or $EDGE_COMMAND_KEY ("hex:…" or text): the device key
-for one device, the fleet key for --group/--all. Who must answer is read from the retained
+The HMAC key comes from --command-key-file, $EDGE_COMMAND_KEY or --command-key ("hex:…" or text;
+`edge-gateway keygen` makes one): the device key for one device, the fleet key for --group/--all. Who must answer is read from the retained
 state and births: the device named, or every online device (of the group). The exit code is 0
 only when every expected device acknowledged with "ok".
 """
@@ -16,29 +16,30 @@ import argparse
 import json
 import os
 import secrets
-import sys
 import time
 
 from edge_agent.commands import COMMANDS, sign
+from edge_agent.hmac import key_bytes
 from gateway.fleet import connect, gather, note
 
 ARGLESS = ("get_config", "ping", "rebirth", "flush")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gateway.cli import add_broker_options
+    from gateway.cli import HelpFormatter, add_broker_options
 
     p = subparsers.add_parser("tune", help="send a signed command and show each device's answer",
-                              description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                               epilog="commands: " + ", ".join(COMMANDS) + "\n" + "\n".join(__doc__.split("\n")[2:5]))
     add_broker_options(p)
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--group", help="every online device of this group")
     scope.add_argument("--all", action="store_true", help="every online device")
     p.add_argument("words", nargs="+", metavar="[DEVICE] COMMAND [key=value ...]")
-    p.add_argument("--command-key", default=os.environ.get("EDGE_COMMAND_KEY", ""),
-                   help="HMAC key (default: $EDGE_COMMAND_KEY)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acks (default 10)")
+    p.add_argument("--command-key", help="HMAC key, text or hex:... (default: $EDGE_COMMAND_KEY; "
+                   "visible to other users in ps: prefer the variable or --command-key-file)")
+    p.add_argument("--command-key-file", metavar="FILE", help="read the HMAC key from FILE's first line")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acks")
     p.add_argument("--json", action="store_true", help="print the acks as JSON")
     p.set_defaults(func=run)
 
@@ -68,27 +69,46 @@ def build_args(command: str, params: list[str]) -> dict:
     return args
 
 
+def command_key(args: argparse.Namespace) -> str:
+    """The key from --command-key, --command-key-file or $EDGE_COMMAND_KEY; ValueError says where a bad
+    one came from (never the key itself)."""
+    from edge_agent.transport.paho_connect import readable_secret
+
+    where = "--command-key-file %s" % args.command_key_file if args.command_key_file else (
+        "--command-key" if args.command_key else "$EDGE_COMMAND_KEY")
+    key = readable_secret(args.command_key or os.environ.get("EDGE_COMMAND_KEY", ""), args.command_key_file,
+                          "--command-key-file")
+    if not key:
+        raise ValueError("no key: give --command-key-file FILE, $EDGE_COMMAND_KEY or --command-key "
+                         "(`edge-gateway keygen` makes one)")
+    try:
+        key_bytes(key)
+    except ValueError:  # binascii.Error is one
+        raise ValueError("%s: 'hex:' must be followed by an even number of hex digits (0-9, a-f); the key is "
+                         "not shown" % where) from None
+    if key == "hex:":
+        raise ValueError("%s: the key is empty" % where)
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
-    from gateway.cli import broker_config
+    from gateway.cli import broker_config, fail
 
     words = list(args.words)
     device = None if (args.group or args.all) else words.pop(0)
     if not words or words[0] not in COMMANDS:
-        print("edge-gateway tune: expected a command (%s)" % ", ".join(COMMANDS), file=sys.stderr)
-        return 2
+        return fail("edge-gateway tune", "expected a command (%s)" % ", ".join(COMMANDS))
     command, params = words[0], words[1:]
-    if not args.command_key:
-        print("edge-gateway tune: no key (--command-key or $EDGE_COMMAND_KEY)", file=sys.stderr)
-        return 2
     try:
+        key = command_key(args)
         command_args = build_args(command, params)
+        prefix = args.topic_prefix
+        config = broker_config(args, "edge-tune-" + secrets.token_hex(4))
+        client, inbox = connect(config, [prefix + "/+/state", prefix + "/+/birth", prefix + "/+/ack"])
     except ValueError as exc:
-        print("edge-gateway tune: %s" % exc, file=sys.stderr)
-        return 2
-
-    prefix = args.topic_prefix
-    config = broker_config(args, "edge-tune-" + secrets.token_hex(4))
-    client, inbox = connect(config, [prefix + "/+/state", prefix + "/+/birth", prefix + "/+/ack"])
+        return fail("edge-gateway tune", exc)
+    except ConnectionError as exc:
+        return fail("edge-gateway tune", exc, 1)
     try:
         fleet = gather(inbox, prefix)
         if device is not None:
@@ -104,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         body = {"id": command_id, "cmd": command, "args": command_args, "ts": int(time.time()),
                 "nonce": secrets.token_hex(12), "target": target}
         sent = time.monotonic()
-        client.publish(topic, sign(body, args.command_key), qos=1).wait_for_publish(5)
+        client.publish(topic, sign(body, key), qos=1).wait_for_publish(5)
         acks = collect_acks(inbox, prefix, command_id, expected, fleet, sent, args.timeout)
     finally:
         client.loop_stop()

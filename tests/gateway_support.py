@@ -34,11 +34,11 @@ def birth(table: SeriesTable, device: str = "dev-1", boot_id: str = BOOT_ID) -> 
 
 
 def batch(ticks: list[tuple[int, list[tuple[Series, object]]]], device: str = "dev-1", seq: int = 1,
-          epoch: int = 0, boot_id: str = BOOT_ID, compress: bool = False) -> bytes:
+          epoch: int = 0, boot_id: str = BOOT_ID, compress: bool = False, ext: dict | None = None) -> bytes:
     builder = wire.BatchBuilder()
     for ts, samples in ticks:
         builder.add_tick(ts, samples)
-    return builder.encode(device, wire.boot_tag(boot_id), seq, epoch, compress)
+    return builder.encode(device, wire.boot_tag(boot_id), seq, epoch, compress, ext)
 
 
 def steady(series: dict[str, Series], t0: int = BOOT_TIME_MS + 60_000, n: int = 3) -> list:

@@ -1,6 +1,8 @@
-"""A real OTLP/HTTP metrics receiver for tests: POST /v1/metrics, parsed with opentelemetry-proto.
+"""A real OTLP/HTTP receiver for tests: POST /v1/metrics (and /v1/logs), parsed with opentelemetry-proto.
 
-`answer` decides each response (200 by default), so tests can stage outages (503) and recovery.
+`answer` decides each response (200 by default), so tests can stage outages (503) and recovery;
+`delay` how long it takes to answer after it stored a request (0 by default), so tests can stage a
+receiver that stores what it then answers too late.
 """
 
 from __future__ import annotations
@@ -8,8 +10,10 @@ from __future__ import annotations
 import gzip
 import http.server
 import threading
+import time
 from collections.abc import Callable
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -19,8 +23,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 class OtlpReceiver:
     def __init__(self) -> None:
         self.requests: list[ExportMetricsServiceRequest] = []
+        self.logs: list[ExportLogsServiceRequest] = []
         self.refused = 0
         self.answer: Callable[[], int] = lambda: 200
+        self.delay: Callable[[], float] = lambda: 0.0
         self.lock = threading.Lock()
         receiver = self
 
@@ -29,8 +35,13 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                code = receiver.answer() if self.path == "/v1/metrics" else 404
-                if code == 200:
+                code = receiver.answer() if self.path in ("/v1/metrics", "/v1/logs") else 404
+                if code == 200 and self.path == "/v1/logs":
+                    logs = ExportLogsServiceRequest()
+                    logs.ParseFromString(body)
+                    with receiver.lock:
+                        receiver.logs.append(logs)
+                elif code == 200:
                     request = ExportMetricsServiceRequest()
                     request.ParseFromString(body)
                     with receiver.lock:
@@ -38,7 +49,9 @@ class OtlpReceiver:
                 else:
                     with receiver.lock:
                         receiver.refused += 1
-                reply = ExportMetricsServiceResponse().SerializeToString() if code == 200 else b""
+                time.sleep(receiver.delay())
+                answer = ExportLogsServiceResponse() if self.path == "/v1/logs" else ExportMetricsServiceResponse()
+                reply = answer.SerializeToString() if code == 200 else b""
                 self.send_response(code)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))

@@ -1,6 +1,7 @@
 """Backend selection: eBPF when it can load, else netlink / procfs with ONE line saying why,
-and the same metric names either way. Each case runs in a child process so that blocking bcc's
-import or dropping privileges does not touch this test process."""
+and the same metric names either way; nothing of eBPF (loader, ctypes, bcc) and only pyroute2's
+message class imported unless used. Each case runs in a child process (its own imports; dropped
+privileges; EDGE_AGENT_BPF_DIR pointing at missing or refused objects)."""
 
 import json
 import os
@@ -11,32 +12,44 @@ import tempfile
 
 import pytest
 
+from edge_agent.collectors import procfs_cpu
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = {"system.cpu.time", "system.cpu.utilization", "system.network.io", "system.network.packets",
         "system.network.errors", "system.network.dropped", "system.memory.usage", "system.uptime"}
 CHILD = """
 import json, sys, time
-if sys.argv[1] == "block-bcc":
-    sys.modules["bcc"] = None  # import bcc now raises ImportError
 from edge_agent.collectors.select import build_collectors
 lines = []
-config = json.loads(sys.argv[2])
+config = json.loads(sys.argv[1])
 collectors, effective = build_collectors(config, log=lines.append)
-names = set()
+names, states = set(), set()
 for _ in range(2):
     for c in collectors:
-        names.update(s.name for s, _ in c.collect())
+        for s, _ in c.collect():
+            names.add(s.name)
+            if s.name == "system.cpu.time":
+                states.add(s.attrs["state"])
     time.sleep(0.2)
 for c in collectors:
     c.close()
-print(json.dumps({"lines": lines, "effective": effective, "names": sorted(names)}))
+modules = sorted(m for m in sys.modules if m in ("bcc", "ctypes", "edge_agent.collectors.bpf_loader",
+                 "edge_agent.collectors.bpf_syscall", "pyroute2.iproute", "pyroute2.ndb") or m.startswith("asyncio"))
+print(json.dumps({"lines": lines, "effective": effective, "names": sorted(names), "states": sorted(states),
+                  "modules": modules}))
 """
+PROC_STATES = sorted(procfs_cpu.STATES)  # the hostmetrics names of the kernel's accounting states
 ALL_AUTO = dict((n, {"enabled": True, "backend": "auto"}) for n in ("cpu", "network", "memory", "load", "system"))
 
 
-def _run(mode, config=None, prefix=(), python=sys.executable, cwd=ROOT):
-    out = subprocess.run(list(prefix) + [python, "-c", CHILD, mode, json.dumps(config or ALL_AUTO)],
-                         cwd=cwd, capture_output=True, text=True, timeout=60)
+def _run(bpf_dir=None, config=None, prefix=(), python=sys.executable, cwd=ROOT):
+    env = dict(os.environ)
+    env.pop("EDGE_AGENT_BPF_DIR", None)
+    env.pop("EDGE_AGENT_BPF_LOADER", None)
+    if bpf_dir:
+        env["EDGE_AGENT_BPF_DIR"] = bpf_dir
+    out = subprocess.run(list(prefix) + [python, "-c", CHILD, json.dumps(config or ALL_AUTO)],
+                         cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -48,31 +61,57 @@ def _need(condition, reason):
         pytest.skip(reason)
 
 
-def test_without_bcc_falls_back_with_one_line_each_and_same_names():
+def test_without_objects_falls_back_with_one_line_each_and_same_names(tmp_path):
     _need(sys.platform.startswith("linux"), "not Linux")
-    got = _run("block-bcc")
+    got = _run(str(tmp_path))  # an empty directory: no compiled objects
     assert got["effective"] == {"cpu": "procfs", "network": "netlink", "memory": "procfs", "load": "procfs",
                                 "system": "procfs"}
     assert len(got["lines"]) == 2, got["lines"]
     cpu_line, net_line = got["lines"]
-    assert cpu_line.startswith("collector cpu: eBPF unavailable (bcc not importable") and cpu_line.endswith("using procfs")
-    assert net_line.startswith("collector network: eBPF unavailable (bcc") and net_line.endswith("using netlink")
+    if os.geteuid() == 0:
+        assert cpu_line == "collector cpu: eBPF unavailable (no compiled cpu.bpfel.o in %s (python -m bpf.build)); " \
+            "using procfs" % tmp_path, cpu_line
+    assert cpu_line.startswith("collector cpu: eBPF unavailable (") and cpu_line.endswith("using procfs")
+    assert net_line.startswith("collector network: eBPF unavailable (") and net_line.endswith("using netlink")
     assert CORE <= set(got["names"]), sorted(CORE - set(got["names"]))
+    assert got["modules"] == [], got["modules"]  # no loader, ctypes, bcc, pyroute2 beyond its message class
 
 
-def test_ebpf_and_fallback_send_the_same_core_names():
+def _ebpf_here():
     _need(sys.platform.startswith("linux") and os.geteuid() == 0, "needs root for eBPF")
-    from edge_agent.collectors import bpf_loader
+    from edge_agent.collectors import bpf_check
 
-    reason = bpf_loader.missing("cpu") or bpf_loader.missing("net")
+    reason = bpf_check.missing("cpu") or bpf_check.missing("net")
     _need(reason is None, "eBPF unavailable: %s" % reason)
-    ebpf = _run("normal")
+
+
+def test_ebpf_and_fallback_send_the_same_core_names(tmp_path):
+    _ebpf_here()
+    ebpf = _run()
     assert ebpf["effective"]["cpu"] == "ebpf" and ebpf["effective"]["network"] == "ebpf", ebpf["lines"]
     assert ebpf["lines"] == []
-    fallback = _run("block-bcc")
+    fallback = _run(str(tmp_path))
     assert CORE <= set(ebpf["names"]), sorted(CORE - set(ebpf["names"]))
     assert set(ebpf["names"]) & CORE == set(fallback["names"]) & CORE
     assert "system.cpu.runqueue.latency" in ebpf["names"] and "system.network.tcp.retransmits" in ebpf["names"]
+    assert "system.cpu.scheduler.busy_time" in ebpf["names"]
+    # system.cpu.time means the same whatever the backend: the kernel's accounting states only
+    assert ebpf["states"] == fallback["states"] == PROC_STATES
+    assert "bcc" not in ebpf["modules"] and "pyroute2.iproute" not in ebpf["modules"], ebpf["modules"]
+
+
+def test_a_refused_program_falls_back_to_proc_without_losing_a_name(tmp_path):
+    _ebpf_here()
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_ebpf_kernel import refused_objects
+
+    got = _run(refused_objects(str(tmp_path)))
+    assert got["effective"]["cpu"] == "procfs" and got["effective"]["network"] == "netlink", got
+    cpu_line = got["lines"][0]
+    assert cpu_line.startswith("collector cpu: eBPF unavailable (the eBPF program failed to load (the kernel refused "
+                               "program sched_switch (tracepoint sched/sched_switch): R"), cpu_line
+    assert "invalid mem access" in cpu_line and cpu_line.endswith("using procfs"), cpu_line
+    assert CORE <= set(got["names"]) and got["states"] == PROC_STATES
 
 
 def test_without_privileges_the_line_says_so():
@@ -86,22 +125,23 @@ def test_without_privileges_the_line_says_so():
         for base, dirs, files in os.walk(public):
             for name in dirs + files + [""]:
                 os.chmod(os.path.join(base, name), 0o755)
-        got = _run("normal", prefix=(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"),
+        got = _run(prefix=(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"),
                    python=os.path.realpath(sys.executable), cwd=public)
     finally:
         shutil.rmtree(public, ignore_errors=True)
     assert got["effective"]["cpu"] == "procfs" and got["effective"]["network"] in ("netlink", "procfs")
     assert any(line.startswith("collector cpu: eBPF unavailable (no privileges") for line in got["lines"]), got["lines"]
+    assert got["modules"] == [], got["modules"]  # the non-root default imports nothing of eBPF
 
 
-def test_explicit_backends_and_impossible_ones():
+def test_explicit_backends_and_impossible_ones(tmp_path):
     _need(sys.platform.startswith("linux"), "not Linux")
     config = dict(ALL_AUTO)
     config["cpu"] = {"enabled": True, "backend": "procfs", "per_cpu": False}
     config["network"] = {"enabled": True, "backend": "netlink", "include": ["lo"], "exclude": []}
     config["memory"] = {"enabled": True, "backend": "ebpf"}
     config["load"] = {"enabled": False, "backend": "auto"}
-    got = _run("block-bcc", config)
+    got = _run(str(tmp_path), config)
     assert got["effective"] == {"cpu": "procfs", "network": "netlink", "memory": "procfs", "system": "procfs"}
     assert got["lines"] == ["collector memory: memory has no ebpf backend; using procfs"]
     assert "system.cpu.load_average.1m" not in got["names"]

@@ -142,3 +142,52 @@ def test_signing_can_only_be_turned_off_explicitly(tmp_path):
     assert send(handler, agent, unsigned)["status"] == "ok"
     # a present but wrong signature is still rejected
     assert send(handler, agent, sign(body(nonce="another-nonce-1"), "wrong"))["reason"] == "bad_signature"
+
+
+def test_a_command_signed_before_the_agent_started_is_refused_without_a_state_dir(tmp_path):
+    """Issue 12: with the default empty state_dir a command could be replayed after a restart."""
+    cfg = config.build({"device_id": "dev-7", "commands": {"device_key": DEVICE_KEY}})
+    clock = [NOW]
+    handler = CommandHandler(cfg, "dev-7", lambda: clock[0])
+    agent = Agent(cfg, [], Offline(), {"device": "dev-7", "boot_id": "b", "boot_time_ms": 0, "collectors": {}},
+                  commands=handler)
+    captured = sign(body(ts=NOW), DEVICE_KEY)
+    assert send(handler, agent, captured)["status"] == "ok"
+    clock[0] = NOW + 60  # a minute later the agent restarts, remembering nothing
+    restarted = CommandHandler(cfg, "dev-7", lambda: clock[0])
+    agent2 = Agent(cfg, [], Offline(), {"device": "dev-7", "boot_id": "b", "boot_time_ms": 0, "collectors": {}},
+                   commands=restarted)
+    ack = send(restarted, agent2, captured)  # still within the 300 s skew: only its age refuses it
+    assert ack["status"] == "error" and ack["reason"] == "replayed" and "start" in ack["message"]
+    fresh = sign(body(ts=NOW + 60, nonce="fresh-nonce-0001"), DEVICE_KEY)
+    assert send(restarted, agent2, fresh)["status"] == "ok"
+
+
+def test_forgetting_old_nonces_reopens_nothing(tmp_path, monkeypatch):
+    """Issue 12: after MAX_NONCES newer commands within the window an old one was accepted again."""
+    from edge_agent import commands
+
+    monkeypatch.setattr(commands, "MAX_NONCES", 8)
+    agent, handler, clock, _ = make_agent(tmp_path)
+    first = sign(body(ts=NOW, nonce="nonce-first-0"), DEVICE_KEY)
+    assert send(handler, agent, first)["status"] == "ok"
+    for i in range(10):
+        clock[0] = NOW + 1 + i
+        assert send(handler, agent, sign(body(ts=NOW + 1 + i, nonce="nonce-later-%02d" % i), DEVICE_KEY))["status"] == "ok"
+    assert "nonce-first-0" not in handler.nonces  # forgotten ...
+    agent.started_ms -= 3600 * 1000  # (this test's clock runs ahead of the monotonic one)
+    ack = send(handler, agent, first)
+    assert ack["reason"] == "replayed" and "forgotten" in ack["message"]  # ... yet refused
+    agent2, handler2, _, _ = make_agent(tmp_path)  # and after a restart (the floor is persisted)
+    handler2.now_s = lambda: NOW + 20
+    agent2.started_ms -= 3600 * 1000  # started long before: only the floor can refuse it
+    assert send(handler2, agent2, first)["reason"] == "replayed"
+
+
+@pytest.mark.parametrize("key", ["hex:zz5ecret", "hex:abc5ecret1", "hex:5ec", "hex:"])
+def test_a_malformed_hex_key_is_a_config_error_that_does_not_show_the_key(key):
+    """Issue 12: a malformed `hex:` key passed the check and crashed the agent at the first command."""
+    with pytest.raises(config.ConfigError) as info:
+        config.build({"commands": {"device_key": key, "fleet_key": "text-key"}})
+    assert "config key 'commands.device_key'" in str(info.value) and "5ec" not in str(info.value)
+    config.build({"commands": {"device_key": "hex:00ff", "fleet_key": "any text"}})  # these are fine

@@ -13,6 +13,7 @@ import pytest
 from gateway_support import batch, birth, make_table, steady
 from google.protobuf import json_format
 from mosquitto import free_port
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from test_gateway_export import Receiver
 
@@ -86,7 +87,7 @@ def test_run_with_file_output_json_logs_and_status_endpoints(tmp_path, mosquitto
         assert wait_for(lambda: any(e.get("event") == "mqtt_connected" for e in log_events(tmp_path)))
         send_device_data(mosquitto_broker)
         assert wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 1)
-        assert wait_for(lambda: "edge_gateway_samples_exported_total 30" in get(metrics_port, "/metrics")[1])
+        assert wait_for(lambda: "edge_gateway_samples_exported_total 30.0" in get(metrics_port, "/metrics")[1])
         status, health = get(metrics_port, "/healthz")
         assert status == 200 and json.loads(health)["mqtt_connected"] is True
     finally:
@@ -100,11 +101,18 @@ def test_run_with_file_output_json_logs_and_status_endpoints(tmp_path, mosquitto
     assert rejected and rejected[0]["device"] == "dev-1" and rejected[0]["reason"] == "not_msgpack"
     assert events[-1]["event"] == "stopping" or any(e.get("event") == "stopping" for e in events)
     points = 0
+    records = []
     for line in out.read_text().splitlines():
+        if "resourceLogs" in line:  # device events (OTLP logs) share the file, one request a line
+            request = json_format.Parse(line, ExportLogsServiceRequest())
+            records += [r for rl in request.resource_logs for r in rl.scope_logs[0].log_records]
+            continue
         request = json_format.Parse(line, ExportMetricsServiceRequest())
         points += sum(len(m.sum.data_points) + len(m.gauge.data_points) + len(m.histogram.data_points)
-                      for rm in request.resource_metrics for m in rm.scope_metrics[0].metrics)
+                      for rm in request.resource_metrics for m in rm.scope_metrics[0].metrics
+                      if not m.name.startswith("edge."))  # the gateway's delivery metrics are not device samples
     assert points == 30
+    assert "device.birth" in [r.event_name for r in records]
 
 
 def test_run_exports_over_otlp_http_from_the_environment(tmp_path, mosquitto_broker):

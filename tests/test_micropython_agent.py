@@ -35,7 +35,7 @@ from firmware.build import compile_mpy, mpy_sources
 
 BIN = os.path.dirname(sys.executable)
 MICROPYTHON = os.path.join(BIN, "micropython")
-HEAP = "128K"
+HEAP = "160K"
 DEVICE = "mpy-e2e"
 DEVICE_KEY = "hex:0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
@@ -178,8 +178,8 @@ def test_mpy_bundle_reaches_otlp_and_obeys_signed_commands(pipeline):
         by_key.setdefault((name, tuple(sorted(attrs.items()))), []).append((unit, point))
     unit, point = by_key[("system.memory.limit", ())][-1]
     assert unit == "By" and point_value(point) == mem_total_kib() * 1024
-    assert all(0.0 <= point_value(p) <= 1.0 for _u, p in by_key[("system.cpu.utilization", (("cpu", "total"),))])
-    unit, point = by_key[("system.cpu.time", (("cpu", "total"), ("state", "idle")))][-1]
+    assert all(0.0 <= point_value(p) <= 1.0 for _u, p in by_key[("system.cpu.utilization", (("cpu", "cpu0"), ("state", "idle")))])
+    unit, point = by_key[("system.cpu.time", (("cpu", "cpu0"), ("state", "idle")))][-1]
     assert unit == "s" and point_value(point) > 0
     assert abs(point.time_unix_nano / 1e9 - time.time()) < 30
 

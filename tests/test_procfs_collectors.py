@@ -28,7 +28,7 @@ NAMES = ("cpu", "memory", "load", "network", "system")
 # docs/architecture.md, "Metric names": name -> (kind, unit, scale, attribute keys)
 METRICS = {
     "system.cpu.time": (COUNTER, "s", 0.01, {"cpu", "state"}),
-    "system.cpu.utilization": (GAUGE, "1", 0.0001, {"cpu"}),
+    "system.cpu.utilization": (GAUGE, "1", 0.0001, {"cpu", "state"}),
     "system.memory.usage": (GAUGE, "By", 1024, {"state"}),
     "system.memory.limit": (GAUGE, "By", 1024, set()),
     "system.linux.memory.available": (GAUGE, "By", 1024, set()),
@@ -36,9 +36,9 @@ METRICS = {
     "system.cpu.load_average.5m": (GAUGE, "{thread}", 0.01, set()),
     "system.cpu.load_average.15m": (GAUGE, "{thread}", 0.01, set()),
     "system.network.io": (COUNTER, "By", 1, {"device", "direction"}),
-    "system.network.packets": (COUNTER, "{packet}", 1, {"device", "direction"}),
-    "system.network.errors": (COUNTER, "{error}", 1, {"device", "direction"}),
-    "system.network.dropped": (COUNTER, "{packet}", 1, {"device", "direction"}),
+    "system.network.packets": (COUNTER, "{packets}", 1, {"device", "direction"}),
+    "system.network.errors": (COUNTER, "{errors}", 1, {"device", "direction"}),
+    "system.network.dropped": (COUNTER, "{packets}", 1, {"device", "direction"}),
     "system.uptime": (GAUGE, "s", 0.01, set()),
 }
 
@@ -63,8 +63,12 @@ def cpu(name, state):
     return "system.cpu.time{cpu=%s,state=%s}" % (name, state)
 
 
-def util(name):
-    return "system.cpu.utilization{cpu=%s}" % name
+def util(name, state):
+    return "system.cpu.utilization{cpu=%s,state=%s}" % (name, state)
+
+
+def total(state, metric="time"):
+    return "system.cpu.%s{state=%s}" % (metric, state)
 
 
 def net(metric, device, direction):
@@ -74,6 +78,8 @@ def net(metric, device, direction):
 def check_against_table(out):
     for series, value in out:
         kind, unit, scale, attrs = METRICS[series.name]
+        if series.name.startswith("system.cpu.") and "cpu" not in series.attrs:
+            attrs = attrs - {"cpu"}  # per_cpu off: the machine total
         assert (series.kind, series.unit, series.scale, set(series.attrs)) == (kind, unit, scale, attrs), series
         assert series.source == "procfs"
         assert isinstance(value, int) and value >= 0, (series, value)
@@ -178,11 +184,12 @@ def test_cpu_collector_times_and_utilization():
         reads.append({s.key: v for s, v in out})
     t0, t1 = reads
     assert not any(key.startswith("system.cpu.utilization") for key in t0), "no utilization on the first read"
-    assert len(t0) == 3 * 8
-    assert t0[cpu("total", "user")] == 10000 and t0[cpu("cpu1", "steal")] == 10
-    assert t1[cpu("cpu0", "user")] == 5030 and t1[cpu("total", "idle")] == 80060
-    # busy = all - idle - iowait over the interval: 135/200, 40/100, 95/100
-    assert (t1[util("total")], t1[util("cpu0")], t1[util("cpu1")]) == (6750, 4000, 9500)
+    assert len(t0) == 2 * 8, "one series per CPU and state; no cpu=total beside them"
+    assert t0[cpu("cpu0", "user")] == 5000 and t0[cpu("cpu1", "steal")] == 10 and t0[cpu("cpu0", "wait")] == 450
+    assert t1[cpu("cpu0", "user")] == 5030 and t1[cpu("cpu1", "idle")] == 40005
+    # each state's share of the interval's ticks: cpu0 +30 user +10 system +55 idle +5 wait of +100
+    assert [t1[util("cpu0", s)] for s in STATES] == [3000, 0, 1000, 5500, 500, 0, 0, 0]
+    assert [t1[util("cpu1", s)] for s in STATES] == [8000, 0, 1500, 500, 0, 0, 0, 0]
     # a steady tick hands out the same Series objects
     again = collector.collect()
     assert all(a is b for (a, _), (b, _) in zip(first_out, again, strict=False))
@@ -190,14 +197,22 @@ def test_cpu_collector_times_and_utilization():
 
 def test_cpu_collector_per_cpu_off_emits_only_the_aggregate():
     out = CpuCollector(snap("modern", "t0"), per_cpu=False).collect()
-    assert [s.attrs for s, _ in out] == [{"cpu": "total", "state": state} for state in STATES]
+    assert [s.attrs for s, _ in out] == [{"state": state} for state in STATES]
+    assert [v for _, v in out] == [10000, 50, 4000, 80000, 900, 0, 150, 20]
+    assert STATES == ["user", "nice", "system", "idle", "wait", "interrupt", "softirq", "steal"]  # hostmetrics'
+
+
+def test_cpu_utilization_of_the_total_without_per_cpu():
+    t0, t1 = replay(CpuCollector(per_cpu=False), "modern", ("t0", "t1"))
+    assert t1[total("user", "utilization")] == 5500 and t1[total("idle", "utilization")] == 3000
+    assert not any("cpu=" in key for key in t1)
 
 
 def test_cpu_collector_old_kernel_emits_all_eight_states():
     t0, t1 = replay(CpuCollector(), "kernel24", ("t0", "t1"))
-    assert t0[cpu("total", "steal")] == 0 and t0[cpu("total", "iowait")] == 0
-    assert len([k for k in t0 if k.startswith("system.cpu.time")]) == 2 * 8
-    assert t1[util("cpu0")] == 3000  # user +20, system +10, idle +70
+    assert t0[cpu("cpu0", "steal")] == 0 and t0[cpu("cpu0", "wait")] == 0
+    assert len([k for k in t0 if k.startswith("system.cpu.time")]) == 8
+    assert (t1[util("cpu0", "user")], t1[util("cpu0", "system")], t1[util("cpu0", "idle")]) == (2000, 1000, 7000)
 
 
 def test_cpu_going_offline_and_back_never_goes_backwards():
@@ -206,13 +221,14 @@ def test_cpu_going_offline_and_back_never_goes_backwards():
     assert cpu("cpu2", "user") in t0
     assert not any("cpu=cpu2" in key for key in t1), "an offline CPU is not emitted"
     # cpu2 comes back counting on from its last reading, with no utilization over an interval it missed
-    assert [t2[cpu("cpu2", s)] for s in ("user", "system", "idle", "iowait")] == [150, 110, 1040, 12]
-    assert util("cpu2") not in t2 and util("cpu0") in t2
+    assert [t2[cpu("cpu2", s)] for s in ("user", "system", "idle", "wait")] == [150, 110, 1040, 12]
+    assert util("cpu2", "user") not in t2 and util("cpu0", "user") in t2
     # iowait stepping back (10 -> 7) is held, not taken as a reset, and counts on from the high mark
-    assert (t0[cpu("cpu1", "iowait")], t1[cpu("cpu1", "iowait")], t2[cpu("cpu1", "iowait")]) == (10, 10, 12)
-    assert (t1[cpu("total", "iowait")], t2[cpu("total", "iowait")]) == (40, 44)
-    # cpu1 over t0..t1: busy +20 of all +103 ticks (iowait held)
-    assert t1[util("cpu1")] == (20 * 10000 + 51) // 103
+    assert (t0[cpu("cpu1", "wait")], t1[cpu("cpu1", "wait")], t2[cpu("cpu1", "wait")]) == (10, 10, 12)
+    totals = replay(CpuCollector(per_cpu=False), "cpu_hotplug", ("t0", "t1", "t2"))
+    assert [t[total("wait")] for t in totals] == [40, 40, 44]
+    # cpu1 over t0..t1: user +20, idle +83 of all +103 ticks (wait held)
+    assert t1[util("cpu1", "user")] == (20 * 10000 + 51) // 103 and t1[util("cpu1", "idle")] == (83 * 10000 + 51) // 103
     for before, after in zip(reads, reads[1:], strict=False):
         for key, value in after.items():
             if key in before and key.startswith("system.cpu.time"):
@@ -226,8 +242,10 @@ def test_memory_collector_states_partition_the_total():
     assert values == {
         "system.memory.usage{state=used}": 4000000 - 1000000 - 100000 - 1500000,
         "system.memory.usage{state=free}": 1000000,
-        "system.memory.usage{state=buffers}": 100000,
+        "system.memory.usage{state=buffered}": 100000,
         "system.memory.usage{state=cached}": 1200000 + 300000,  # Cached + SReclaimable
+        "system.memory.usage{state=slab_reclaimable}": 300000,
+        "system.memory.usage{state=slab_unreclaimable}": 100000,
         "system.memory.limit": 4000000,
         "system.linux.memory.available": 2500000,
     }
@@ -337,7 +355,7 @@ def test_registry():
     assert sorted(collectors) == sorted(NAMES)
     for name, collector in collectors.items():
         assert (collector.name, collector.source, collector.root) == (name, "procfs", snap("modern", "t0"))
-    assert {s.attrs["cpu"] for s, _ in collectors["cpu"].collect()} == {"total"}
+    assert all("cpu" not in s.attrs for s, _ in collectors["cpu"].collect())
     assert "lo" not in {s.attrs["device"] for s, _ in collectors["network"].collect()}
     assert procfs_collectors()["cpu"].root == "/proc"
     with pytest.raises(ValueError, match="per_cpus"):
@@ -394,7 +412,7 @@ def test_collectors_on_the_real_proc():
         assert {s.name for s, _ in second[name]} <= set(METRICS)
 
     cpus = {s.attrs["cpu"] for s, _ in second["cpu"]}
-    assert "total" in cpus and len(cpus) == 1 + os.sysconf("SC_NPROCESSORS_ONLN")
+    assert len(cpus) == os.sysconf("SC_NPROCESSORS_ONLN") and "total" not in cpus
     t1 = {s.key: v for s, v in second["cpu"]}
     t0 = {s.key: v for s, v in first["cpu"]}
     assert all(t1[key] >= t0[key] for key in t0)
@@ -404,7 +422,8 @@ def test_collectors_on_the_real_proc():
     memory = {s.key: v for s, v in second["memory"]}
     limit = memory["system.memory.limit"]
     assert abs(limit * 1024 - os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) <= limit * 1024 // 100
-    assert sum(v for k, v in memory.items() if k.startswith("system.memory.usage")) == limit
+    partition = ("used", "free", "buffered", "cached")  # the slab states break cached and used down further
+    assert sum(memory["system.memory.usage{state=%s}" % state] for state in partition) == limit
     assert 0 < memory["system.linux.memory.available"] <= limit
 
     load = {s.key: v for s, v in second["load"]}

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import umsgpack, wire
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, SeriesCache, SeriesTable
+from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesCache, SeriesTable
 
 U64 = (1 << 64) - 1
 
@@ -281,3 +281,39 @@ def test_birth_round_trip_and_checks():
     raw["series"][0][3] = 9
     with pytest.raises(wire.WireError):
         wire.parse_birth(raw)
+
+
+def test_birth_says_who_the_host_is_and_when_counters_started():
+    """host, hid, osd, ast and st (docs/wire-format.md): a birth over 15 keys is a map 16, byte-identical to msgpack."""
+
+    table = SeriesTable(7)
+    table.base = 7
+    since_boot = Series("system.network.io", COUNTER, "By", {"device": "lo", "direction": "receive"}, 1, None, "procfs")
+    agent_start = SeriesCache("ebpf", start_ms=1_700_000_123_000)
+    retrans = agent_start.get("system.network.tcp.retransmits", COUNTER, "{segment}")
+    seeded = agent_start.get("system.cpu.time", COUNTER, "s", {"cpu": "cpu0", "state": "user"}, 0.01, start=0)
+    gauge = agent_start.get("system.cpu.utilization", GAUGE, "1", {"cpu": "cpu0", "state": "user"}, 0.0001)
+    for s in (since_boot, retrans, seeded, gauge):
+        table.intern(s)
+    info = {"device": "d1", "boot_id": "b", "boot_time_ms": 1_700_000_000_000, "agent": "0.1.0", "os": "linux",
+            "platform": "cpython-3.11.2", "collectors": {}, "interval_ms": 1000, "sampling": {}, "group": "g",
+            "host": "router-7", "host_id": "0123456789abcdef0123456789abcdef",
+            "os_description": "OpenWrt 23.05.2 (Linux 5.15.137)", "start_ms": 1_700_000_100_000}
+    payload = wire.encode_birth(info, table)
+    raw = msgpack.unpackb(payload)
+    assert len(raw) == 20 and payload[0] == 0xDE  # map 16
+    assert msgpack.packb(raw) == payload
+    assert raw["st"] == [[1_700_000_123_000, retrans.id]]
+    birth = wire.parse_birth(raw)
+    assert (birth.host, birth.host_id, birth.os_description, birth.agent_start_ms) == (
+        "router-7", "0123456789abcdef0123456789abcdef", "OpenWrt 23.05.2 (Linux 5.15.137)", 1_700_000_100_000)
+    assert [birth.series[s.id].start for s in (since_boot, retrans, seeded, gauge)] == [0, 1_700_000_123_000, 0, 0]
+    # a counter that starts again is another series: another id, the old one keeps its start
+    restarted = SeriesCache("ebpf", start_ms=1_700_000_999_000).get("system.network.tcp.retransmits", COUNTER, "{segment}")
+    assert table.intern(restarted) == 4 and table.intern(retrans) == retrans.id == 1
+    for bad in ({"st": [[5]]}, {"st": [["x", 1]]}, {"ast": -1}, {"hid": 7}, {"osd": "x" * 300}):
+        with pytest.raises(wire.WireError):
+            wire.parse_birth(dict(raw, **bad))
+    # an old birth without the new fields still parses: boot time for every counter
+    old = {k: v for k, v in raw.items() if k not in ("host", "hid", "osd", "ast", "st")}
+    assert all(s.start == 0 for s in wire.parse_birth(old).series.values())

@@ -16,15 +16,19 @@ plus, from the companion collector (netlink, else procfs) because no tracepoint 
 `system.linux.network.*`). Those series keep the companion's `source`.
 
 Semantics: io/packets count what the tracepoints see (net:netif_receive_skb after GRO, so a
-merged super-packet counts once; net:net_dev_xmit with rc 0). The tracepoint's receive length
-excludes the link-layer header, so `to_samples` adds it per packet (14 bytes on Ethernet and
-loopback) to match the device counters. Interfaces are keyed by name in the kernel program and
-only names present in the agent's network namespace are reported. Counters are seeded from the
-companion's value when an interface is first seen, so they continue the kernel's device
-counters. `transitions` counts entries into each TCP state (not the current population);
-`opened` counts completed handshakes and `closed` the end of a connection that was established.
-kernel.dropped counts every skb:kfree_skb (every freed-as-dropped packet, whatever the layer),
-by the kernel's own reason names (read from tracefs at start; `not_specified` is common).
+merged super-packet counts once; net:net_dev_xmit with rc 0). Bytes are made to match the
+device's own counters, which differ by link type: on Ethernet (and veth) the device counts the
+14-byte header both ways, while the receive tracepoint's length excludes it, so `to_samples` adds
+14 per received packet; loopback counts neither way (loopback_xmit takes the length after
+eth_type_trans), while the transmit tracepoint's length includes it, so 14 per sent packet comes
+off (LINK_ADJUST, by ARPHRD type from /sys/class/net/<dev>/type). Interfaces are keyed by name in
+the kernel program and only names present in the agent's network namespace are reported.
+Counters are seeded from the companion's value when an interface is first seen, so they continue
+the kernel's device counters. `transitions` counts entries into each TCP state (not the current
+population); `opened` counts completed handshakes and `closed` the end of a connection that was
+established. kernel.dropped counts every skb:kfree_skb (every freed-as-dropped packet, whatever
+the layer), by the kernel's own reason names (read from tracefs at start; `not_specified` is
+common).
 
 Example output:
 
@@ -37,20 +41,24 @@ Example output:
 
 import os
 
-from edge_agent.model import COUNTER
+from edge_agent.model import BOOT, COUNTER
 
-ARPHRD_HEADER = {1: 14, 772: 14}  # ARPHRD_ETHER, ARPHRD_LOOPBACK: Ethernet header on receive
+# bytes per packet to add to the tracepoints' (receive, transmit) lengths to get the device's count
+LINK_ADJUST = {1: (14, 0), 772: (0, -14)}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 FROM_COMPANION = ("system.network.errors", "system.network.dropped")
 
 
-def to_samples(reading, cache, header=None, devices=None, base=None):
+def to_samples(reading, cache, adjust=None, devices=None, base=None, since_boot=False):
     """Samples for one loader reading (see bpf_loader.NetProgram.read for its shape).
 
-    header:  {device: link-layer header bytes added per received packet}; missing is 0.
+    adjust:  {device: (bytes per received packet, bytes per sent packet)} added to io (LINK_ADJUST
+             of its link type); missing is (0, 0).
     devices: names to report (others skipped); None reports every name in the reading.
     base:    {(metric, device, direction): value} added to io/packets (the seed); missing is 0.
+    since_boot: io/packets are seeded with the kernel's counters (here or by the collector), so
+             they count since boot (series start BOOT), not since the program's load.
     """
-    header = header or {}
+    adjust = adjust or {}
     base = base or {}
     out = []
     seen = set()
@@ -58,10 +66,12 @@ def to_samples(reading, cache, header=None, devices=None, base=None):
         if devices is not None and name not in devices:
             continue
         seen.add(name)
-        _device(out, cache, name, rx_bytes + header.get(name, 0) * rx_packets, rx_packets, tx_bytes, tx_packets, base)
+        rx_adjust, tx_adjust = adjust.get(name, (0, 0))
+        _device(out, cache, name, max(rx_bytes + rx_adjust * rx_packets, 0), rx_packets,
+                max(tx_bytes + tx_adjust * tx_packets, 0), tx_packets, base, since_boot)
     for name in sorted(devices or ()):
         if name not in seen:  # present but no traffic since the program loaded
-            _device(out, cache, name, 0, 0, 0, 0, base)
+            _device(out, cache, name, 0, 0, 0, 0, base, since_boot)
     tcp = reading.get("tcp")
     if tcp is not None:
         out.append((cache.get("system.network.tcp.retransmits", COUNTER, "{segment}"), tcp["retransmits"]))
@@ -79,24 +89,27 @@ def to_samples(reading, cache, header=None, devices=None, base=None):
     return out
 
 
-def _device(out, cache, name, rx_bytes, rx_packets, tx_bytes, tx_packets, base):
+def _device(out, cache, name, rx_bytes, rx_packets, tx_bytes, tx_packets, base, since_boot):
     for metric, unit, direction, value in (
         ("system.network.io", "By", "receive", rx_bytes),
         ("system.network.packets", "{packet}", "receive", rx_packets),
         ("system.network.io", "By", "transmit", tx_bytes),
         ("system.network.packets", "{packet}", "transmit", tx_packets),
     ):
-        series = cache.get(metric, COUNTER, unit, {"device": name, "direction": direction})
+        # seeded with the kernel's own counters: counts since boot; else since the program's load
+        series = cache.get(metric, COUNTER, unit, {"device": name, "direction": direction},
+                           start=BOOT if since_boot else None)
         out.append((series, value + base.get((metric, name, direction), 0)))
 
 
-def link_header(name, sysfs="/sys/class/net"):
-    """Bytes of link-layer header a received packet of interface `name` had (0 if unknown)."""
+def link_adjust(name, sysfs="/sys/class/net"):
+    """(receive, transmit) bytes per packet that make the tracepoints' lengths the device's count
+    for interface `name` ((0, 0) for a link type not in LINK_ADJUST, or unknown)."""
     try:
         with open("%s/%s/type" % (sysfs, name)) as f:
-            return ARPHRD_HEADER.get(int(f.read().strip()), 0)
+            return LINK_ADJUST.get(int(f.read().strip()), (0, 0))
     except (OSError, ValueError):
-        return 0
+        return (0, 0)
 
 
 def _matches(name, patterns):
@@ -107,7 +120,7 @@ def _matches(name, patterns):
 
 
 class EbpfNetCollector:
-    """network collector over a loader with `read()` (bpf_loader.NetProgram or a replacement).
+    """network collector over a loader with `read()` (bpf_loader.NetProgram).
 
     `companion` is the netlink or procfs network collector: it supplies the per-device errors
     and drops no tracepoint sees, the seed of each interface's counters, and link events.
@@ -117,6 +130,7 @@ class EbpfNetCollector:
     source = "ebpf"
 
     def __init__(self, program, companion=None, include=None, exclude=None, sysfs="/sys/class/net"):
+        from edge_agent.clock import wall_ms
         from edge_agent.model import SeriesCache
 
         self.program = program
@@ -124,8 +138,8 @@ class EbpfNetCollector:
         self.include = list(include or ())
         self.exclude = list(exclude or ())
         self.sysfs = sysfs
-        self.cache = SeriesCache(self.source)
-        self.header = {}
+        self.cache = SeriesCache(self.source, start_ms=wall_ms())  # the maps count from their load
+        self.adjust = {}
         self.base = None  # per device: {(metric, device, direction): value}
         self.seeded = set()
         self.floor = {}
@@ -142,9 +156,9 @@ class EbpfNetCollector:
         reading = self.program.read()
         devices = self._present()
         for name in devices or ():
-            if name not in self.header:
-                self.header[name] = link_header(name, self.sysfs)
-        raw = to_samples(reading, self.cache, self.header, devices)
+            if name not in self.adjust:
+                self.adjust[name] = link_adjust(name, self.sysfs)
+        raw = to_samples(reading, self.cache, self.adjust, devices, since_boot=self.companion is not None)
         # seed interfaces seen for the first time with the kernel's own counters
         kernel = {}
         out = []
@@ -173,6 +187,7 @@ class EbpfNetCollector:
         for name in list(self.seeded):
             if devices is not None and name not in devices:  # gone: seed again if it comes back
                 self.seeded.discard(name)
+                self.adjust.pop(name, None)
                 for key in [k for k in self.base if k[1] == name]:
                     del self.base[key]
                 for key in [k for k in self.floor if "device=%s," % name in k]:

@@ -1,7 +1,10 @@
-"""Interface statistics and link events over rtnetlink (pyroute2).
+"""Interface statistics and link events over rtnetlink (pyroute2's message class).
 
-One RTM_GETLINK dump per read (pyroute2) gives every interface's 64-bit statistics (IFLA_STATS64),
-its operational state, carrier and MTU. A second, plain netlink socket bound to RTMGRP_LINK
+One RTM_GETLINK dump per read gives every interface's 64-bit statistics (IFLA_STATS64), its
+operational state, carrier and MTU: the request goes out on a plain netlink socket and each reply
+is decoded by pyroute2's `ifinfmsg`. Only that class is imported, not pyroute2's package, whose
+__init__ imports every pyroute2 feature (+22 MiB of RSS against +2 MiB; `pyroute2_part`).
+A second plain netlink socket bound to RTMGRP_LINK
 receives link changes (created, deleted, up, down, carrier):
 `poll_events()` returns the names of interfaces whose link changed since the last call without
 blocking, and `fileno()` lets a caller wait on it with select().
@@ -9,9 +12,9 @@ blocking, and `fileno()` lets a caller wait on it with select().
 Metrics (the first four as procfs' /proc/net/dev, same attributes, units and scale):
 
     system.network.io                    counter  By        device, direction=receive|transmit
-    system.network.packets               counter  {packet}  device, direction
-    system.network.errors                counter  {error}   device, direction
-    system.network.dropped               counter  {packet}  device, direction
+    system.network.packets               counter  {packets} device, direction
+    system.network.errors                counter  {errors}  device, direction
+    system.network.dropped               counter  {packets} device, direction
     system.linux.network.errors          counter  {error}   device, direction, type=length|over|crc|frame|
                                                             fifo|missed (receive), aborted|carrier|fifo|
                                                             heartbeat|window (transmit)
@@ -33,6 +36,8 @@ Example output:
     system.linux.network.mtu{device=eth0}                              1500
 """
 
+import gc
+import os
 import socket
 import struct
 
@@ -43,12 +48,12 @@ from edge_agent.model import COUNTER, GAUGE, SeriesCache
 STATS64 = {
     "rx_bytes": ("system.network.io", "By", "receive", None),
     "tx_bytes": ("system.network.io", "By", "transmit", None),
-    "rx_packets": ("system.network.packets", "{packet}", "receive", None),
-    "tx_packets": ("system.network.packets", "{packet}", "transmit", None),
-    "rx_errors": ("system.network.errors", "{error}", "receive", None),
-    "tx_errors": ("system.network.errors", "{error}", "transmit", None),
-    "rx_dropped": ("system.network.dropped", "{packet}", "receive", None),
-    "tx_dropped": ("system.network.dropped", "{packet}", "transmit", None),
+    "rx_packets": ("system.network.packets", "{packets}", "receive", None),
+    "tx_packets": ("system.network.packets", "{packets}", "transmit", None),
+    "rx_errors": ("system.network.errors", "{errors}", "receive", None),
+    "tx_errors": ("system.network.errors", "{errors}", "transmit", None),
+    "rx_dropped": ("system.network.dropped", "{packets}", "receive", None),
+    "tx_dropped": ("system.network.dropped", "{packets}", "transmit", None),
     "multicast": ("system.linux.network.multicast", "{packet}", "receive", None),
     "collisions": ("system.linux.network.collisions", "{collision}", None, None),
     "rx_compressed": ("system.linux.network.compressed", "{packet}", "receive", None),
@@ -62,7 +67,10 @@ for _t in ("aborted", "carrier", "fifo", "heartbeat", "window"):
     STATS64["tx_%s_errors" % _t] = ("system.linux.network.errors", "{error}", "transmit", _t)
 
 RTMGRP_LINK = 1
-RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
+DUMP_TIMEOUT_S = 2.0
 IFLA_IFNAME = 3
 OPERSTATE = {"UNKNOWN": 0, "NOTPRESENT": 1, "DOWN": 2, "LOWERLAYERDOWN": 3, "TESTING": 4, "DORMANT": 5, "UP": 6}
 
@@ -105,6 +113,62 @@ def parse_link_events(data):
     return names
 
 
+def pyroute2_part(module, name):
+    """`from pyroute2.<module> import <name>` without running pyroute2/__init__.py.
+
+    The package is registered unexecuted (its submodules import as usual); the first use of a
+    top-level name that is not a submodule (`from pyroute2 import IPRoute` elsewhere in the
+    process) runs its __init__ then, so other users of pyroute2 see the whole library.
+    """
+    import importlib
+    import sys
+
+    if "pyroute2" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is None:
+            raise ImportError("No module named 'pyroute2'", name="pyroute2")
+        package = importlib.util.module_from_spec(spec)
+
+        def complete(attr):  # PEP 562: only for names the package does not have yet
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            if importlib.util.find_spec("pyroute2." + attr) is not None:
+                return importlib.import_module("pyroute2." + attr)
+            del package.__getattr__
+            spec.loader.exec_module(package)
+            return getattr(package, attr)
+
+        package.__getattr__ = complete
+        sys.modules["pyroute2"] = package
+    return getattr(importlib.import_module("pyroute2." + module), name)
+
+
+def dump_links(sock, seq, decode):
+    """RTM_GETLINK dump on a bound NETLINK_ROUTE socket -> [decoded RTM_NEWLINK messages]."""
+    sock.send(struct.pack("=IHHII", 32, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + bytes(16))
+    messages = []
+    while True:
+        data = sock.recv(1 << 16)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind, _flags, reply_seq = struct.unpack_from("=IHHI", data, offset)
+            if length < 16 or offset + length > len(data):
+                break
+            if reply_seq == seq:
+                if kind == NLMSG_DONE:
+                    return messages
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, offset + 16)[0]
+                    raise OSError(code, "RTM_GETLINK: %s" % os.strerror(code))
+                if kind == RTM_NEWLINK:
+                    msg = decode(data[offset : offset + length])
+                    msg.decode()
+                    messages.append(msg)
+            offset += (length + 3) & ~3
+
+
 def to_samples(links, cache, counters=None):
     """Samples for parsed links; `counters` (a counters.Monotonic) makes counters monotonic."""
     out = []
@@ -142,14 +206,17 @@ class NetlinkCollector:
     OPTIONS = {"include": [], "exclude": []}
 
     def __init__(self, include=None, exclude=None, events=True):
-        from pyroute2 import IPRoute
+        self.ifinfmsg = pyroute2_part("netlink.rtnl.ifinfmsg", "ifinfmsg")
 
         self.include = list(include or ())
         self.exclude = list(exclude or ())
         self.cache = SeriesCache(self.source)
         self.counters = Monotonic()
         self.names = set()
-        self.query = IPRoute()
+        self.query = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.query.bind((0, 0))
+        self.query.settimeout(DUMP_TIMEOUT_S)  # a dump never blocks the agent for longer
+        self.seq = 0
         self.events = None
         if events:  # a plain non-blocking socket: select() on it is exact, no library-side queue
             self.events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
@@ -160,7 +227,15 @@ class NetlinkCollector:
         return (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
 
     def links(self):
-        return [link for link in (parse_link(m) for m in self.query.get_links()) if link["name"] and self._wanted(link["name"])]
+        self.seq += 1
+        messages = dump_links(self.query, self.seq, self.ifinfmsg)
+        links = [link for link in (parse_link(m) for m in messages) if link["name"] and self._wanted(link["name"])]
+        # pyroute2's messages hold themselves in a cycle (nlmsg_base.chain = [self]): free this read's
+        # now, in the young generations, rather than let them pile up to the next automatic
+        # collection (+2.4 MiB of peak RSS measured; collecting makes a read cheaper, not dearer)
+        del messages
+        gc.collect(1)
+        return links
 
     def collect(self):
         links = self.links()

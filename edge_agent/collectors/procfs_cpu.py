@@ -1,17 +1,21 @@
-"""CPU time per state and utilization, from /proc/stat.
+"""CPU time per state and utilization, from /proc/stat, as the Collector's hostmetrics receiver.
 
-Metrics (see docs/architecture.md):
+Metrics (see docs/metrics.md):
 
-    system.cpu.time          counter  s  scale 0.01    cpu=total|cpu0|cpu1..., state=user|nice|system|idle|
-                                                       iowait|irq|softirq|steal
-    system.cpu.utilization   gauge    1  scale 0.0001  cpu=total|cpu0|cpu1...
+    system.cpu.time          counter  s  scale 0.01    cpu=cpu0|cpu1..., state=user|nice|system|idle|
+                                                       wait|interrupt|softirq|steal
+    system.cpu.utilization   gauge    1  scale 0.0001  cpu, state (the same eight)
 
 Values are USER_HZ ticks, which the kernel fixes at 100 per second on every architecture except
-Alpha, hence scale 0.01. Utilization is the busy fraction over the last interval in basis points:
-busy = all - idle - iowait over the deltas of the eight states; it is not emitted on the first read
-of a CPU, nor for a CPU that was not online in the previous read, nor when no tick elapsed.
+Alpha, hence scale 0.01. The states are /proc/stat's eight columns under hostmetrics' names
+(iowait is `wait`, irq is `interrupt`). Utilization is each state's share of the interval, in basis
+points: its tick delta over the delta of all eight (so a CPU's states add up to 1); it is not
+emitted on the first read of a CPU, nor for a CPU that was not online in the previous read, nor
+when no tick elapsed.
 
-Options: per_cpu (default True) also emits the cpuN lines; False emits only cpu=total.
+Options: per_cpu (default True) emits one series per CPU and state; the machine total is left to
+queries (`sum by (state)`), never mixed in as a `cpu` value. per_cpu False emits only the total,
+as series without a `cpu` attribute.
 
 Counters: kernels older than 2.6.11 print fewer than eight fields; the missing trailing ones are 0.
 CPU counters are 64-bit and never reset while the system is up, but idle/iowait may step backwards
@@ -22,20 +26,21 @@ back, counts on from there (the kernel keeps its counters across hotplug).
 
 Example output (first read, per_cpu=False), as (series key, value):
 
-    system.cpu.time{cpu=total,state=user}     3415
-    system.cpu.time{cpu=total,state=nice}     0
+    system.cpu.time{state=user}     3415
+    system.cpu.time{state=nice}     0
     ...
-    system.cpu.time{cpu=total,state=steal}    20
+    system.cpu.time{state=steal}    20
 
-Small on a device: a CPU's state is 9 slots of two flat lists (`series`, `ticks`), found by name.
+Small on a device: a CPU is 16 slots of `series` and 17 of `ticks` (flat lists), found by name.
 """
 
 from edge_agent.model import COUNTER, GAUGE, Series, family
 
 # a list, not a tuple: MicroPython loads a constant tuple's strings as separate str objects
-STATES = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"]
-IDLE = 3
+STATES = ["user", "nice", "system", "idle", "wait", "interrupt", "softirq", "steal"]
+IDLE = 3  # column indexes, for the readers of whole-CPU load (loadwatch)
 IOWAIT = 4
+SLOTS = 17  # per CPU: 8 time series, 8 utilization series, and the read that last saw it
 TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
 UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
 
@@ -63,7 +68,9 @@ def parse_stat(text):
 
 
 class CpuCollector:
-    """The cpu collector; `cpus` maps a CPU name to its first slot in `series` and `ticks`."""
+    """The cpu collector; `cpus` maps a CPU name to its number k in order of first sight ("total"
+    for the aggregate line, which only per_cpu=False reads): its series are `series[16k:16k+16]`,
+    its readings `ticks[17k:17k+17]`."""
 
     name = "cpu"
     source = "procfs"
@@ -72,8 +79,8 @@ class CpuCollector:
         self.root = root
         self.per_cpu = per_cpu
         self.cpus = {}  # kept while a CPU is offline
-        # per CPU, 9 slots: its 8 time series then its utilization; the 8 counters' highest readings
-        # then the number of the last read that saw it online (-1: none)
+        # per CPU, 17 slots: its 8 time series then its 8 utilization series; the 8 counters' highest
+        # readings, the 8 previous readings (for utilization), then the last read that saw it online
         self.series = []
         self.ticks = []
         self.reads = 0
@@ -85,28 +92,32 @@ class CpuCollector:
         ticks = self.ticks
         out = []
         for name, fields in rows:
-            if name != "total" and not self.per_cpu:
+            if (name == "total") == self.per_cpu:  # per CPU, or the total alone: never both
                 continue
-            first = self.cpus.get(name)
-            if first is None:
-                first = self.cpus[name] = len(ticks)
-                for state in STATES:
-                    self.series.append(Series.of(TIME, {"cpu": name, "state": state}))
-                self.series.append(Series.of(UTILIZATION, {"cpu": name}))
-                ticks += [0] * 8 + [-1]
+            k = self.cpus.get(name)
+            if k is None:
+                k = self.cpus[name] = len(ticks) // SLOTS
+                for metric in [TIME, UTILIZATION]:
+                    for state in STATES:
+                        attrs = {"state": state}
+                        if name != "total":
+                            attrs["cpu"] = name
+                        self.series.append(Series.of(metric, attrs))
+                ticks += [0] * 16 + [-1]
+            first = k * SLOTS  # this CPU's ticks; its series start at k * 16
+            series = k * 16
             prev_all = sum(ticks[first : first + 8])
-            prev_busy = prev_all - ticks[first + IDLE] - ticks[first + IOWAIT]
             for i in range(8):
+                ticks[first + 8 + i] = ticks[first + i]
                 if fields[i] > ticks[first + i]:
                     ticks[first + i] = fields[i]  # a drop is held (see above)
-                out.append((self.series[first + i], ticks[first + i]))
-            all_ticks = sum(ticks[first : first + 8])
-            busy = all_ticks - ticks[first + IDLE] - ticks[first + IOWAIT]
-            if ticks[first + 8] == self.reads - 1 and all_ticks > prev_all:
-                elapsed = all_ticks - prev_all
-                ratio = ((busy - prev_busy) * 10000 + elapsed // 2) // elapsed
-                out.append((self.series[first + 8], min(max(ratio, 0), 10000)))
-            ticks[first + 8] = self.reads
+                out.append((self.series[series + i], ticks[first + i]))
+            elapsed = sum(ticks[first : first + 8]) - prev_all
+            if ticks[first + 16] == self.reads - 1 and elapsed > 0:
+                for i in range(8):
+                    ratio = ((ticks[first + i] - ticks[first + 8 + i]) * 10000 + elapsed // 2) // elapsed
+                    out.append((self.series[series + 8 + i], min(ratio, 10000)))
+            ticks[first + 16] = self.reads
         return out
 
     def close(self):

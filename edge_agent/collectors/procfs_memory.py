@@ -1,14 +1,18 @@
-"""Memory usage, limit and availability, from /proc/meminfo.
+"""Memory usage, limit and availability, from /proc/meminfo, as the Collector's hostmetrics receiver.
 
-Metrics (see docs/architecture.md), all values in kB as the kernel prints them, hence scale 1024:
+Metrics (see docs/metrics.md), all values in kB as the kernel prints them, hence scale 1024 (the
+gateway exports them as non-monotonic Sums, as hostmetrics does):
 
-    system.memory.usage             gauge  By  scale 1024  state=used|free|buffers|cached
+    system.memory.usage             gauge  By  scale 1024  state=used|free|buffered|cached|
+                                                           slab_reclaimable|slab_unreclaimable
     system.memory.limit             gauge  By  scale 1024  -
     system.linux.memory.available   gauge  By  scale 1024  -
 
-The four usage states partition MemTotal, as the OpenTelemetry convention asks, following the
-"cache" column of procps `free -w`: cached = Cached + SReclaimable, used = MemTotal - free -
-buffers - cached (never below 0; inside some containers the fields do not add up).
+The states are hostmetrics' on Linux (its gopsutil arithmetic): used, free, buffered and cached
+partition MemTotal, with cached = Cached + SReclaimable (the "cache" column of procps `free -w`)
+and used = MemTotal - free - buffered - cached (never below 0; inside some containers the fields do
+not add up); slab_reclaimable (SReclaimable, so also inside cached) and slab_unreclaimable
+(SUnreclaim) break the slab down. Sum used+free+buffered+cached for the total, not every state.
 
 Kernels before 3.14 have no MemAvailable. We then estimate it like the kernel's own
 si_mem_available() without the zone watermarks (which /proc/meminfo does not show):
@@ -20,10 +24,12 @@ Options: none.
 
 Example output (tests/fixtures/proc/modern/t0/meminfo):
 
-    system.memory.usage{state=used}      1400000
-    system.memory.usage{state=free}      1000000
-    system.memory.usage{state=buffers}   100000
-    system.memory.usage{state=cached}    1500000
+    system.memory.usage{state=used}                1400000
+    system.memory.usage{state=free}                1000000
+    system.memory.usage{state=buffered}            100000
+    system.memory.usage{state=cached}              1500000
+    system.memory.usage{state=slab_reclaimable}    ...
+    system.memory.usage{state=slab_unreclaimable}  ...
     system.memory.limit                  4000000
     system.linux.memory.available        2500000
 """
@@ -57,7 +63,8 @@ def available(fields):
 
 
 class MemoryCollector:
-    """The memory collector; `series` are usage used, free, buffers, cached, then limit, available."""
+    """The memory collector; `series` are usage used, free, buffered, cached, slab_reclaimable,
+    slab_unreclaimable, then limit, available."""
 
     name = "memory"
     source = "procfs"
@@ -66,7 +73,7 @@ class MemoryCollector:
         self.root = root
         usage = family("system.memory.usage", GAUGE, "By", 1024, "procfs")
         self.series = []
-        for state in ["used", "free", "buffers", "cached"]:  # a list: see procfs_cpu.STATES
+        for state in ["used", "free", "buffered", "cached", "slab_reclaimable", "slab_unreclaimable"]:  # a list: see procfs_cpu.STATES
             self.series.append(Series.of(usage, {"state": state}))
         self.series.append(Series.of(family("system.memory.limit", GAUGE, "By", 1024, "procfs")))
         self.series.append(Series.of(family("system.linux.memory.available", GAUGE, "By", 1024, "procfs")))
@@ -82,7 +89,8 @@ class MemoryCollector:
         cached = fields.get("Cached", 0) + fields.get("SReclaimable", 0)
         # never below 0: inside some containers the fields do not add up
         used = max(total - free - buffers - cached, 0)
-        values = (used, free, buffers, cached, total, available(fields))
+        values = (used, free, buffers, cached, fields.get("SReclaimable", 0), fields.get("SUnreclaim", 0),
+                  total, available(fields))
         return list(zip(self.series, values))  # noqa: B905 (MicroPython: no strict=)
 
     def close(self):

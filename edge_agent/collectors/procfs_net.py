@@ -3,9 +3,9 @@
 Metrics (see docs/architecture.md), cumulative counters, scale 1:
 
     system.network.io        counter  By        device=<iface>, direction=receive|transmit
-    system.network.packets   counter  {packet}  device, direction
-    system.network.errors    counter  {error}   device, direction
-    system.network.dropped   counter  {packet}  device, direction
+    system.network.packets   counter  {packets} device, direction
+    system.network.errors    counter  {errors}  device, direction
+    system.network.dropped   counter  {packets} device, direction
 
 Options:
     include       [] (all)  interface names to collect; "name*" matches a prefix
@@ -45,9 +45,9 @@ from edge_agent.model import COUNTER, Series, family
 # the metrics of each direction, in series order: /proc/net/dev columns 0-3 of a direction
 FAMILIES = (
     family("system.network.io", COUNTER, "By", 1, "procfs"),
-    family("system.network.packets", COUNTER, "{packet}", 1, "procfs"),
-    family("system.network.errors", COUNTER, "{error}", 1, "procfs"),
-    family("system.network.dropped", COUNTER, "{packet}", 1, "procfs"),
+    family("system.network.packets", COUNTER, "{packets}", 1, "procfs"),
+    family("system.network.errors", COUNTER, "{errors}", 1, "procfs"),
+    family("system.network.dropped", COUNTER, "{packets}", 1, "procfs"),
 )
 # the guess before any evidence: the kernel is as wide as this process
 DEFAULT_BITS = 64 if sys.maxsize > 0xFFFFFFFF else 32

@@ -1,4 +1,5 @@
-"""Uptime, boot id and boot time, from /proc/uptime, /proc/sys/kernel/random/boot_id, /proc/stat.
+"""Uptime, boot id and boot time, from /proc/uptime, /proc/sys/kernel/random/boot_id, /proc/stat;
+and who the host is (`read_host`: host name, /etc/machine-id, the OS from /etc/os-release).
 
 Metrics (see docs/architecture.md):
 
@@ -55,6 +56,50 @@ def read_boot(root="/proc"):
     except (OSError, ValueError):
         boot_time_ms = 0
     return boot_id, boot_time_ms
+
+
+def _first_line(path):
+    try:
+        with open(path) as f:
+            return f.read().strip().split("\n")[0].strip()
+    except OSError:
+        return ""
+
+
+def parse_os_release(text):
+    """os-release(5) text -> its PRETTY_NAME ("Debian GNU/Linux 12 (bookworm)"), else NAME VERSION."""
+    fields = {}
+    for line in text.split("\n"):
+        eq = line.find("=")
+        if eq > 0 and line[0] != "#":
+            value = line[eq + 1 :].strip()
+            if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            fields[line[:eq].strip()] = value
+    if fields.get("PRETTY_NAME"):
+        return fields["PRETTY_NAME"]
+    return (fields.get("NAME", "") + " " + fields.get("VERSION", "")).strip()
+
+
+def read_host(root="/proc", etc="/etc"):
+    """{"host", "host_id", "os_description"} for the birth: the kernel's host name, the machine id
+    (/etc/machine-id, as OpenTelemetry's host.id on Linux) and the OS with its kernel, e.g.
+    "Debian GNU/Linux 12 (bookworm) (Linux 6.1.0-18-amd64)"; "" where a file is missing."""
+    text = ""
+    for path in (etc + "/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path) as f:
+                text = f.read()
+            break
+        except OSError:
+            pass
+    name = parse_os_release(text) or "Linux"
+    kernel = _first_line(root + "/sys/kernel/osrelease")
+    return {
+        "host": _first_line(root + "/sys/kernel/hostname"),
+        "host_id": _first_line(etc + "/machine-id") or _first_line("/var/lib/dbus/machine-id"),
+        "os_description": name + (" (Linux " + kernel + ")" if kernel else ""),
+    }
 
 
 class SystemCollector:

@@ -12,13 +12,19 @@ backend actually used, for the birth message and `edge-agent once`.
     network    ebpf, netlink, procfs
     memory, load, system: procfs only
 
-When a preferred backend cannot be used (bcc missing, no privileges, a tracepoint or the kernel
-headers absent, the program failing to load, pyroute2 missing) `log` gets ONE line saying what is
-missing and which backend is used instead. Asking explicitly for an unavailable backend falls back
+When a preferred backend cannot be used (no privileges, tracefs or a tracepoint absent, an old
+kernel, the objects not built, the kernel refusing a program, pyroute2 missing) `log` gets ONE line
+saying what is missing and which backend is used instead. Asking explicitly for an unavailable backend falls back
 the same way (with the same kind of line) rather than failing: the agent never stops for it.
 
 The eBPF network collector keeps a netlink (else procfs) collector as companion for the per-device
-errors and drops no tracepoint sees, and for link events (`poll_events()`, `fileno()`).
+errors and drops no tracepoint sees, and for link events (`poll_events()`, `fileno()`); the eBPF
+cpu collector keeps the procfs cpu collector for system.cpu.time and .utilization (the kernel's
+accounting states, whatever the backend).
+
+Nothing of eBPF is imported unless it can run: bpf_check.missing() is asked first, and only then
+the loader (ctypes). EDGE_AGENT_BPF_LOADER=libbpf loads the same objects with Debian's libbpf
+instead of our loader (development and cross-checks; bpf_libbpf.py).
 
 Options beyond the procfs ones: cpu.top_processes (0: off) reports the N commands with the most
 CPU time from eBPF.
@@ -35,35 +41,49 @@ def _first_line(exc):
     return text.splitlines()[0][:200]
 
 
-def _ebpf(name, section, proc_root, companion):
-    """(collector, None) or (None, what is missing)."""
-    from edge_agent.collectors import bpf_loader
+def _loader():
+    import os
 
-    reason = bpf_loader.missing(EBPF_PROGRAM[name])
+    if os.environ.get("EDGE_AGENT_BPF_LOADER") == "libbpf":
+        from edge_agent.collectors.bpf_libbpf import load
+    else:
+        from edge_agent.collectors.bpf_loader import load
+    return load
+
+
+def _ebpf(name, section, proc_root, companion):
+    """(collector, None) or (None, what is missing). `companion()` gives the procfs (cpu) or
+    netlink/procfs (network) collector the eBPF one is built around."""
+    from edge_agent.collectors.bpf_check import missing
+
+    reason = missing(EBPF_PROGRAM[name])
     if reason:
         return None, reason
+    from edge_agent.collectors import bpf_loader
+
     program = None
     try:
         if name == "cpu":
             from edge_agent.collectors.ebpf_cpu import EbpfCpuCollector
 
             top_n = int(section.get("top_processes") or 0)
-            program = bpf_loader.CpuProgram(top_pids=4096 if top_n else 0)
-            return EbpfCpuCollector(program, per_cpu=section.get("per_cpu", True), top_n=top_n, proc_root=proc_root), None
+            program = bpf_loader.CpuProgram(top_pids=4096 if top_n else 0, loader=_loader())
+            return EbpfCpuCollector(program, companion(name), per_cpu=section.get("per_cpu", True), top_n=top_n,
+                                    proc_root=proc_root), None
         from edge_agent.collectors.ebpf_net import EbpfNetCollector
 
-        program = bpf_loader.NetProgram()
-        return EbpfNetCollector(program, companion(), section.get("include"), section.get("exclude")), None
-    except Exception as e:  # compile, verifier or attach failure: report and fall back
+        program = bpf_loader.NetProgram(loader=_loader())
+        return EbpfNetCollector(program, companion(name), section.get("include"), section.get("exclude")), None
+    except Exception as e:  # relocation, verifier or attach failure: report and fall back
         if program is not None:
             program.close()
         return None, "the eBPF program failed to load (%s)" % _first_line(e)
 
 
 def _netlink(section):
-    try:
-        import pyroute2  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("pyroute2") is None:  # without importing it: netlink.py takes only its parts
         return None, "pyroute2 is not installed"
     try:
         from edge_agent.collectors.netlink import NetlinkCollector
@@ -87,13 +107,13 @@ def build_collectors(collectors_config, proc_root="/proc", log=print):
         options[name] = dict([(k, v) for k, v in section.items() if k not in ("enabled", "backend") and k not in extra])
     procfs = procfs_collectors(proc_root, options)
 
-    def companion():
-        collector, _ = _netlink(enabled.get("network", {}))
-        return collector if collector is not None else procfs_network()
-
-    def procfs_network():
-        kept.add("network")
-        return procfs["network"]
+    def companion(name):
+        if name == "network":
+            collector, _ = _netlink(enabled.get("network", {}))
+            if collector is not None:
+                return collector
+        kept.add(name)
+        return procfs[name]
 
     kept = set()
 
