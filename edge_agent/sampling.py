@@ -19,8 +19,9 @@ chooses the readings that minimise
     sum of |reading - what the receiver shows| x how long it is shown  +  price x readings sent
 
 (for a counter, the squared deviation of each rate from its stretch's average rate). The price is
-the series' own: exp(mu) times its running range (p5-p95 at the default `adaptive_guard_q`), and a
-slow controller moves mu after each batch so that the series sends `adaptive_share` of its
+the series' own, exp(mu): it starts at e^MU0 x the range the series has shown (x one base interval;
+squared for a counter's rates; none while the series has not moved), and a slow controller moves mu
+after each batch so that the series sends `adaptive_share` of its
 readings in the long run: mu += (sent - share x read) / (share x adaptive_settle). One price over a
 long stretch is also what the best offline choice for a budget uses (its Lagrange multiplier):
 samples go where they remove the most error, not evenly in time.
