@@ -108,8 +108,11 @@ def otlp_points(transport):
                 for p in data:
                     attrs = {a.key: a.value.string_value or a.value.int_value for a in p.attributes}
                     if metric.name == INTERVAL_METRIC:
+                        if "metric.name" not in attrs:  # the device's base interval, in every batch
+                            assert p.as_int == 1000
+                            continue
                         intervals.append((p.time_unix_nano // 1_000_000, attrs["k"], p.as_int))
-                    else:
+                    elif metric.name.startswith("test."):  # (not the gateway's own, e.g. the agent's losses)
                         points.setdefault(attrs["k"], []).append((p.time_unix_nano // 1_000_000, p.as_int))
     return points, intervals
 
