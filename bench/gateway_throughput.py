@@ -7,8 +7,10 @@ project's /proc collectors, 1 s interval, 10 s batches) records `--batches` batc
 machine's stream; each is kept plain and, from the same builder, with a deflated body.
 
 The measured code is the gateway's own: `gateway.decode.Dictionaries.resolve` (size limit, msgpack
-decode, `edge_agent.wire.parse_batch`, dictionary lookup, value checks) and
-`gateway.otlp.to_request` (+ `SerializeToString()`, what the OTLP exporters send). The pipeline
+decode, `edge_agent.wire.parse_batch`, dictionary lookup, value checks) and the conversion to the
+bytes the OTLP exporters send: `gateway.otlpwire.encode` (what the pipeline runs: protobuf written
+directly, issue 18) and, for comparison, `gateway.otlp.to_request` + `SerializeToString()` (message
+objects, the reference the other is checked against byte for byte). The pipeline
 (`gateway/pipeline.py`) converts up to 32 queued batches into one request, so conversion is
 measured with 1 and with 32 batches per request.
 
@@ -38,6 +40,7 @@ from bench.wire_size import deflated_twin, machine, record  # noqa: E402
 from edge_agent import umsgpack, wire  # noqa: E402
 from gateway.decode import Dictionaries  # noqa: E402
 from gateway.otlp import to_request  # noqa: E402
+from gateway.otlpwire import encode  # noqa: E402
 
 C_UNPACK = gateway_decode.unpack
 
@@ -110,6 +113,16 @@ def main(argv=None):
             to_request(group)
         return work
 
+    def encoded(group):
+        def work():
+            encode(group).SerializeToString()
+        return work
+
+    def end_to_end_encoded(payloads):
+        def work():
+            encode([dictionaries.resolve(device, p) for p in payloads]).SerializeToString()
+        return work
+
     n = len(recorded)
     variants = [
         # name, unpack, work, samples per call
@@ -122,6 +135,10 @@ def main(argv=None):
         ("convert+serialize (32 batches/request)", C_UNPACK, convert(group32), sum(r.samples() for r in group32)),
         ("all: decode+validate+convert+serialize, plain", C_UNPACK, end_to_end(plain), samples),
         ("all: decode+validate+convert+serialize, deflated", C_UNPACK, end_to_end(deflated), samples),
+        ("otlpwire encode (1 batch/request)", C_UNPACK, encoded(resolved[:1]), resolved[0].samples()),
+        ("otlpwire encode (32 batches/request)", C_UNPACK, encoded(group32), sum(r.samples() for r in group32)),
+        ("all with otlpwire: decode+validate+encode, plain", C_UNPACK, end_to_end_encoded(plain), samples),
+        ("all with otlpwire: decode+validate+encode, deflated", C_UNPACK, end_to_end_encoded(deflated), samples),
     ]
     each = args.seconds / len(variants)
     results = []

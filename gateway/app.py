@@ -51,12 +51,19 @@ MAX_PARKED = 64  # per device
 MAX_PARKED_TOTAL = 1024  # QoS 0 data is not bounded by Receive Maximum
 STATUS_EVERY_S = 10.0
 REBIRTH_EVERY_S = 5.0  # per device
+SWEEP_EVERY_S = 60.0  # looking for devices to forget
+LIMIT_LOG_EVERY_S = 600.0  # a limit that keeps being reached: one line per limit this often
+BATCH_LINES_PER_S = 20  # one log line per batch up to this rate; above it, a summary every 10 s
 
 
 class DeviceStatus:
     """What the gateway knows about one device, as published under `<prefix>/_status/<device>`."""
 
+    __slots__ = ("last_seen", "lag_ms", "seq", "batches", "samples", "gaps", "duplicates", "lost", "published",
+                 "dirty", "active")
+
     def __init__(self) -> None:
+        self.active = time.monotonic()  # the last message from the device (forget_after counts from it)
         self.last_seen = 0.0  # unix seconds of the newest batch's last tick
         self.lag_ms = 0
         self.seq = -1
@@ -88,7 +95,8 @@ class Gateway:
 
     def __init__(self, dictionaries: Dictionaries, pipeline: ExportPipeline, metrics: GatewayMetrics,
                  dedupe: SeqTracker | None = None, birth_wait_s: float = 10.0, state: GatewayState | None = None,
-                 publish_status: Callable[[str, dict], bool] | None = None, receipts: bool = True) -> None:
+                 publish_status: Callable[[str, dict], bool] | None = None, receipts: bool = True,
+                 forget_after_s: float = 0.0) -> None:
         self.dictionaries = dictionaries
         self.pipeline = pipeline
         self.metrics = metrics
@@ -103,6 +111,11 @@ class Gateway:
         self._status: dict[str, DeviceStatus] = {}
         self._wanted: dict[str, float] = {}  # device -> when its births may be asked for again
         self._state_log_at = 0.0
+        self.forget_after_s = forget_after_s  # 0: never forget a device
+        self._swept = time.monotonic()
+        self._limit_log_at: dict[str, float] = {}
+        self._evicted = 0  # dedupe streams evicted, as last seen
+        self._batch_lines = _LineBudget(BATCH_LINES_PER_S)
         self._lock = threading.Lock()
         pipeline.on_exported = self._exported
         pipeline.settled_elsewhere = self._settled_elsewhere
@@ -137,8 +150,15 @@ class Gateway:
             birth = self.dictionaries.add_birth(device, payload)
         except Rejected as exc:
             self.metrics.births_rejected.inc(reason=exc.reason)
+            if exc.reason == "too_many_devices":
+                self.limit_reached("devices", "device limit reached: %s devices known; births of new devices are "
+                                   "refused until silent ones are forgotten (--max-devices, --forget-after)"
+                                   % exc.detail.removeprefix("limit "), device=device)
+                return
             _event(logging.WARNING, "birth rejected", "birth_rejected", device=device, reason=exc.reason, detail=exc.detail)
             return
+        with self._lock:
+            self._device(device).active = time.monotonic()
         _event(logging.INFO, "birth", "birth", device=device, boot=birth.boot_id, dict=birth.dict_epoch,
                series=len(birth.series), agent=birth.agent)
         if self.events is not None:
@@ -157,6 +177,8 @@ class Gateway:
         state = payload.decode("utf-8", "replace")[:32]
         _event(logging.INFO, "device " + (state or "cleared"), "state", device=device, state=state)
         self.metrics.online.set(1 if state == "online" else 0, device=device)
+        with self._lock:
+            self._device(device).active = time.monotonic()
         if self.events is not None:
             self.events.state(device, state)
 
@@ -255,6 +277,7 @@ class Gateway:
         lost = reported_lost(batch.ext)
         with self._lock:
             status = self._device(device)
+            status.active = time.monotonic()
             status.batches += 1
             status.samples += resolved.samples()
             status.gaps += gap
@@ -268,8 +291,9 @@ class Gateway:
             if changed:
                 previous, status.lost = status.lost, lost
             status.dirty = True
-        _event(logging.INFO, "batch", "batch", device=device, seq=batch.seq,
-               samples=resolved.samples(), bytes=resolved.size, lag_ms=int(lag_s * 1000))
+        if self._batch_lines.take(resolved.samples()):
+            _event(logging.INFO, "batch", "batch", device=device, seq=batch.seq,
+                   samples=resolved.samples(), bytes=resolved.size, lag_ms=int(lag_s * 1000))
         if changed:
             self.metrics.lost_batches.set(lost[0], device=device)
             self.metrics.lost_samples.set(lost[1], device=device)
@@ -412,10 +436,96 @@ class Gateway:
         for device, (_, payload, ack) in expired:
             self.on_data(device, payload, ack, parked=0.0)  # a last try, then released
         self.publish_due(now=None)
+        suppressed = self._batch_lines.summary()
+        if suppressed:
+            _event(logging.INFO, "more batches exported in the last %d s than one line each can show (%d a second)"
+                   % (suppressed[2], BATCH_LINES_PER_S), "batches", batches=suppressed[0], samples=suppressed[1])
+        if now - self._swept >= SWEEP_EVERY_S:
+            self._swept = now
+            self.sweep(now)
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Forget the devices silent for longer than `forget_after_s`: dictionaries, dedupe state, status
+        and per-device metrics (a device that comes back is asked for its birth, like a new one).
+        Returns the devices forgotten."""
+        now = time.monotonic() if now is None else now
+        gone: list[str] = []
+        if self.forget_after_s > 0:
+            with self._lock:
+                gone = [d for d, s in self._status.items() if now - s.active > self.forget_after_s
+                        and d not in self._parked]
+                for device in gone:
+                    del self._status[device]
+                    self._wanted.pop(device, None)
+            for device in gone:
+                self.dictionaries.forget(device)
+                self.metrics.forget_device(device)
+                if self.events is not None:
+                    self.events.forget(device)
+            if self.dedupe is not None:
+                self.dedupe.forget(gone)
+            if gone:
+                self.metrics.forgotten.inc(len(gone))
+                _event(logging.INFO, "forgot %d devices silent for more than %d s" % (len(gone), self.forget_after_s),
+                       "forgotten", devices=len(gone), first=gone[0])
+        if self.dedupe is not None and self.dedupe.evicted > self._evicted:
+            self.metrics.limits.inc(self.dedupe.evicted - self._evicted, limit="dedupe_streams")
+            self._evicted = self.dedupe.evicted
+            self.limit_reached("dedupe_streams", "dedupe limit reached: %d streams kept; the least recently used "
+                               "are forgotten (a resend of their batches would be exported again)"
+                               % self.dedupe.max_streams, count=False)
+        return gone
+
+    def limit_reached(self, limit: str, message: str, count: bool = True, **fields: object) -> None:
+        """A limit refused something: counted each time, one line per limit every LIMIT_LOG_EVERY_S."""
+        if count:
+            self.metrics.limits.inc(limit=limit)
+        now = time.monotonic()
+        with self._lock:
+            if now < self._limit_log_at.get(limit, 0.0):
+                return
+            self._limit_log_at[limit] = now + LIMIT_LOG_EVERY_S
+        _event(logging.ERROR, message, "limit_reached", limit=limit, **fields)
 
     def parked(self) -> int:
         with self._lock:
             return sum(len(v) for v in self._parked.values())
+
+
+class _LineBudget:
+    """Up to `per_s` lines a second (a burst of as many); what is over is counted for a summary."""
+
+    def __init__(self, per_s: int, every_s: float = 10.0) -> None:
+        self.per_s = per_s
+        self.every_s = every_s
+        self.tokens = float(per_s)
+        self.at = time.monotonic()
+        self.suppressed = 0
+        self.samples = 0
+        self.since = self.at
+        self._lock = threading.Lock()
+
+    def take(self, samples: int) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.per_s, self.tokens + (now - self.at) * self.per_s)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            self.suppressed += 1
+            self.samples += samples
+            return False
+
+    def summary(self) -> tuple[int, int, int] | None:
+        """(lines suppressed, their samples, seconds) once every `every_s`, when some were."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self.since < self.every_s:
+                return None
+            out = (self.suppressed, self.samples, round(now - self.since))
+            self.suppressed, self.samples, self.since = 0, 0, now
+            return out if out[0] else None
 
 
 def _event(level: int, message: str, event: str, **fields: object) -> None:

@@ -18,7 +18,7 @@ import threading
 import urllib.parse
 
 from edge_agent.transport.paho_connect import readable_secret, tls_context
-from gateway import __version__, exporters, health, identity, logs
+from gateway import __version__, amqp, exporters, health, identity, logs
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
 from gateway.dedupe import SeqTracker
@@ -142,9 +142,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "again what was not (default: on; with several independent gateways on the same devices, "
                      "on for one of them only)")
     run.add_argument("--workers", type=int, default=1, help="exporter threads")
+    run.add_argument("--max-devices", type=int, default=100000, metavar="N",
+                     help="devices whose dictionaries are kept; a new device's birth beyond it is refused "
+                     "(one log line, edge_gateway_limit_reached_total{limit=\"devices\"})")
+    run.add_argument("--forget-after", type=float, default=86400.0, metavar="S",
+                     help="forget a device silent for S seconds: dictionaries, dedupe state, metrics "
+                     "(0: never; a device that comes back is asked for its birth)")
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
     exporters.add_options(run)
+    amqp.add_options(run)
     run.set_defaults(func=run_command)
 
 
@@ -164,21 +171,29 @@ def run_command(args: argparse.Namespace) -> int:
         return fail("edge-gateway", "--state-dir: %s" % exc)
     except OSError as exc:
         return fail("edge-gateway", "--state-dir %s: cannot use it (%s)" % (args.state_dir, exc.strerror or exc))
-    dictionaries = Dictionaries(max_payload=args.max_payload, max_new_series=args.max_new_series)
+    dictionaries = Dictionaries(max_payload=args.max_payload, max_new_series=args.max_new_series,
+                                max_devices=args.max_devices)
     pipeline: ExportPipeline | None = None
     metrics = GatewayMetrics(queue_depth=lambda: pipeline.depth() if pipeline else 0,
                              devices=lambda: len(dictionaries.devices()))
     pipeline = ExportPipeline(exporter, metrics, queue_size=args.queue_size, max_batches=args.max_batches,
                               retry=RetryPolicy(), workers=args.workers)
     # with a share group each replica sees only part of a device's sequence: its gaps mean nothing
-    dedupe = SeqTracker(gaps=args.share_group is None) if args.dedupe else None
-    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts)
+    shared = args.share_group is not None or bool(args.amqp)
+    dedupe = SeqTracker(gaps=not shared, max_streams=2 * args.max_devices) if args.dedupe else None
+    gateway = Gateway(dictionaries, pipeline, metrics, dedupe, args.birth_wait, state, receipts=args.receipts,
+                      forget_after_s=args.forget_after)
     gateway.late_after_s = args.late_after
     events = None
     if logs_exporter is not None:
         events = gateway.events = DeviceEvents(logs_exporter, dictionaries.latest, metrics, RetryPolicy())
     births, replayed = gateway.restore()
-    intake = MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
+    try:  # RabbitMQ over AMQP (gateway/amqp.py), or an MQTT broker
+        intake = amqp.intake(args, gateway, metrics, broker.client_id, broker.persistent) if args.amqp else \
+            MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
+    except ValueError as exc:
+        return fail("edge-gateway", exc)
+    where = " ".join(map(amqp.redact, args.amqp)) if args.amqp else logs.redact(args.broker)
     gateway.publish_status = intake.publish_status
     gateway.publish_receipt = intake.publish_receipt
     checks = health.Checks(pipeline, intake, args.unhealthy_after, lambda: {
@@ -199,7 +214,7 @@ def run_command(args: argparse.Namespace) -> int:
     status.start()
     intake.start()
     log.info("gateway started", extra={"fields": {
-        "event": "started", "broker": logs.redact(args.broker), "exporter": described, "metrics_port": status.port,
+        "event": "started", "broker": where, "exporter": described, "metrics_port": status.port,
         "client_id": broker.client_id, "session": "persistent" if broker.persistent else "ends with this process",
         "dedupe": dedupe is not None, "state_dir": args.state_dir or "",
         "births_restored": births, "batches_replayed": replayed, "receipts": args.receipts}})
@@ -220,7 +235,7 @@ def run_command(args: argparse.Namespace) -> int:
         state.close()
     if not intake.ever_connected():
         return fail("edge-gateway", "never connected to the broker at %s: %s" % (
-            broker_url(broker), intake.last_error() or "no answer"), 1)
+            where if args.amqp else broker_url(broker), intake.last_error() or "no answer"), 1)
     return 0
 
 

@@ -5,9 +5,10 @@ adds what only the gateway knows: which dictionary each device announced, and wh
 values make sense for the series they claim to be. Every refusal is a `Rejected` carrying a short,
 stable `reason` label that metrics count by.
 
-Births are kept per device and agent run, (boot tag, base epoch), the last few runs. A run's
-dictionary is append-only, so its newest birth resolves every batch quoting an epoch in
-[base, dict], including batches buffered while the dictionary grew (docs/wire-format.md).
+Births are kept per device and agent run, (boot tag, base epoch), the last few runs, as plain
+records whose series the whole fleet shares (gateway/records.py). A run's dictionary is
+append-only, so its newest birth resolves every batch quoting an epoch in [base, dict], including
+batches buffered while the dictionary grew (docs/wire-format.md).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgpack
 
 from edge_agent import wire
-from edge_agent.model import COUNTER, HISTOGRAM, Series
+from edge_agent.model import COUNTER, HISTOGRAM
+from gateway import records
+from gateway.records import RunRecord, SeriesRecord
 
 MAX_PAYLOAD = 65536
 MAX_BIRTH = 1 << 20  # a birth lists every series: hundreds of CPUs and interfaces make it large
@@ -61,14 +62,18 @@ def unpack(payload: bytes) -> object:
     )
 
 
-@dataclass(frozen=True)
 class Resolved:
-    """A valid batch with its birth; `points` is a list of (Series, tick indexes, absolute values)."""
+    """A valid batch with its birth; `points` is a list of (SeriesRecord, tick indexes, absolute values)."""
 
-    batch: wire.Batch
-    birth: wire.Birth
-    points: list[tuple[Series, list[int], list]]
-    size: int  # payload bytes
+    __slots__ = ("batch", "birth", "points", "size", "_samples")
+
+    def __init__(self, batch: wire.Batch, birth: RunRecord, points: list[tuple[SeriesRecord, list[int], list]],
+                 size: int) -> None:
+        self.batch = batch
+        self.birth = birth
+        self.points = points
+        self.size = size  # payload bytes
+        self._samples = None
 
     @property
     def device(self) -> str:
@@ -79,7 +84,9 @@ class Resolved:
         return (self.batch.device, self.batch.boot, self.batch.seq)
 
     def samples(self) -> int:
-        return sum(len(indexes) for _, indexes, _ in self.points)
+        if self._samples is None:
+            self._samples = sum([len(indexes) for _, indexes, _ in self.points])
+        return self._samples
 
     def last_tick_ms(self) -> int:
         return self.batch.ticks[-1]
@@ -107,29 +114,29 @@ class Dictionaries:
         self.max_new_series = max_new_series
         self.keep = keep
         self.clock = clock
-        self._births: dict[str, OrderedDict[tuple[int, int], wire.Birth]] = {}
+        self._births: dict[str, list[RunRecord]] = {}  # device -> its kept runs' births, oldest first
         self._allowance: dict[str, tuple[float, float]] = {}  # device -> (new series allowed, when)
-        self._pending: dict[str, wire.Birth] = {}  # device -> its newest birth refused for series_rate
+        self._pending: dict[str, RunRecord] = {}  # device -> its newest birth refused for series_rate
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ births
 
-    def add_birth(self, topic_device: str, payload: bytes) -> wire.Birth:
+    def add_birth(self, topic_device: str, payload: bytes) -> RunRecord:
         try:
-            birth = wire.parse_birth(wire.decode(payload, unpack, self.max_birth), self.max_series)
+            birth = records.parse_birth(wire.decode(payload, unpack, self.max_birth), self.max_series)
         except wire.WireError as exc:
             raise Rejected(exc.reason, exc.detail, topic_device)
         if birth.device != topic_device:
             raise Rejected("device_mismatch", "birth for %r on the topic of %r" % (birth.device, topic_device), topic_device)
-        for series in birth.series.values():
+        for sid, series in birth.series.items():
             if series.kind == HISTOGRAM and not _increasing(series.bounds):
-                raise Rejected("bad_birth", "series %d: bounds must be finite and increasing" % series.id, topic_device)
+                raise Rejected("bad_birth", "series %d: bounds must be finite and increasing" % sid, topic_device)
         with self._lock:
             runs = self._births.get(birth.device)
             if runs is None:
                 if len(self._births) >= self.max_devices:
                     raise Rejected("too_many_devices", "limit %d" % self.max_devices, topic_device)
-                runs = self._births[birth.device] = OrderedDict()
+                runs = self._births[birth.device] = []
             try:
                 self._admit_new_series(birth, runs)
             except Rejected:
@@ -139,22 +146,27 @@ class Dictionaries:
             self._store(runs, birth)
         return birth
 
-    def _store(self, runs: OrderedDict, birth: wire.Birth) -> None:
+    def _store(self, runs: list[RunRecord], birth: RunRecord) -> None:
         key = (birth.boot, birth.base)
-        known = runs.pop(key, None)
-        # within one run the dictionary only grows: a late, older birth adds nothing
-        runs[key] = known if known is not None and known.dict_epoch > birth.dict_epoch else birth
-        while len(runs) > self.keep:
-            runs.popitem(last=False)
+        for i, known in enumerate(runs):
+            if (known.boot, known.base) == key:
+                del runs[i]
+                # within one run the dictionary only grows: a late, older birth adds nothing
+                if known.dict_epoch > birth.dict_epoch:
+                    birth = known
+                break
+        runs.append(birth)
+        if len(runs) > self.keep:
+            del runs[:len(runs) - self.keep]
 
-    def _admit_new_series(self, birth: wire.Birth, runs: OrderedDict) -> None:
+    def _admit_new_series(self, birth: RunRecord, runs: list[RunRecord]) -> None:
         """Charge the birth's new series to its device's allowance, a token bucket of `max_new_series`
         refilled per minute; a birth with more new series than that passes only on a full bucket and
         leaves it in debt, so a burst is paid for by waiting. Raises `series_rate` when short."""
         if self.max_new_series <= 0 or not runs:  # a device's first birth is bounded by max_series alone
             return
         known = set()
-        for run in runs.values():
+        for run in runs:
             known.update(s.key for s in run.series.values())
         new = sum(1 for s in birth.series.values() if s.key not in known)
         now = self.clock()
@@ -167,24 +179,31 @@ class Dictionaries:
                            % (new, allowed, self.max_new_series), birth.device)
         self._allowance[birth.device] = (allowed - new, now)
 
-    def latest(self, device: str) -> wire.Birth | None:
+    def latest(self, device: str) -> RunRecord | None:
         with self._lock:
             runs = self._births.get(device)
-            return next(reversed(runs.values())) if runs else None
+            return runs[-1] if runs else None
 
     def devices(self) -> list[str]:
         with self._lock:
             return list(self._births)
 
-    def _birth(self, device: str, boot: int, epoch: int) -> wire.Birth | None:
+    def _birth(self, device: str, boot: int, epoch: int) -> RunRecord | None:
         """The birth of the agent run whose append-only dictionary covers `epoch`: base <= epoch <= dict."""
         with self._lock:
-            for (run_boot, base), birth in (self._births.get(device) or {}).items():
-                if run_boot == boot and base <= epoch <= birth.dict_epoch:
+            for birth in self._births.get(device) or ():
+                if birth.boot == boot and birth.base <= epoch <= birth.dict_epoch:
                     return birth
         return None
 
-    def _admit_pending(self, device: str, boot: int, epoch: int) -> wire.Birth | None:
+    def forget(self, device: str) -> bool:
+        """Drop everything known about a device (gone for longer than the gateway keeps devices)."""
+        with self._lock:
+            self._allowance.pop(device, None)
+            self._pending.pop(device, None)
+            return self._births.pop(device, None) is not None
+
+    def _admit_pending(self, device: str, boot: int, epoch: int) -> RunRecord | None:
         """A birth refused for series_rate that a batch needs: admitted once the allowance has refilled."""
         with self._lock:
             pending = self._pending.get(device)
@@ -218,15 +237,20 @@ class Dictionaries:
             raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch),
                                     topic_device, key)
         points = []
+        lookup = birth.series.get
         for sid, indexes, values in batch.columns:
-            series = birth.series.get(sid)
+            series = lookup(sid)
             if series is None:
                 raise Rejected("unknown_series", "series id %d" % sid, topic_device, key)
-            try:
-                _check_values(series, values)
-            except Rejected as exc:
-                exc.device, exc.key = topic_device, key
-                raise
+            kind = series.kind
+            # the common cases inline (a gauge, a counter that rises); _check_values says what is wrong
+            if kind == HISTOGRAM or type(values[0]) is not int or (
+                    kind == COUNTER and (values[0] < 0 or values != sorted(values))):
+                try:
+                    _check_values(series, values)
+                except Rejected as exc:
+                    exc.device, exc.key = topic_device, key
+                    raise
             points.append((series, indexes, values))
         return Resolved(batch, birth, points, len(payload))
 
@@ -249,7 +273,7 @@ def _increasing(bounds: object) -> bool:
     return all(a < b for a, b in zip(bounds, bounds[1:], strict=False))
 
 
-def _check_values(series: Series, values: list) -> None:
+def _check_values(series: SeriesRecord, values: list) -> None:
     name = series.key
     if series.kind == HISTOGRAM:
         width = len(series.bounds) + 3  # count, sum, one bucket per bound and +Inf
@@ -264,9 +288,9 @@ def _check_values(series: Series, values: list) -> None:
                 raise Rejected("counter_backwards", "%s: count %d after %d" % (name, count, prev))
             prev = count
         return
-    if any(isinstance(v, list) for v in values):
+    if isinstance(values[0], list):  # the decoder lets no column mix histograms and integers
         raise Rejected("bad_value", "%s: histogram value for a scalar series" % name)
-    if series.kind == COUNTER:
+    if series.kind == COUNTER and (values[0] < 0 or values != sorted(values)):
         if values[0] < 0:
             raise Rejected("bad_value", "%s: negative counter %d" % (name, values[0]))
         for a, b in zip(values, values[1:], strict=False):

@@ -14,12 +14,16 @@ gateway knew the stream are not evidence of loss.
 This assumes the agent never reuses a sequence number within one boot, which is the agent's
 side of the at-least-once contract. `snapshot()` / `restore()` carry the state across a gateway
 restart (gateway/state.py).
+
+Small per stream, whatever its age: (highest, lowest, holes), where `holes` is an integer whose bit
+i is set when highest - i was not seen, within the window. A stream without gaps is three small
+integers (about 150 bytes with its key), not a set of the last 4096 numbers (up to 300 KB).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections.abc import Iterable
 
 
 class SeqTracker:
@@ -27,34 +31,66 @@ class SeqTracker:
         self.window = window
         self.max_streams = max_streams
         self.gaps = gaps  # False with shared subscriptions: each replica sees only part of a stream
-        self._streams: OrderedDict[tuple[str, int], tuple[int, set[int]]] = OrderedDict()
+        self.evicted = 0  # streams forgotten because max_streams was reached (the oldest used first)
+        self._mask = (1 << window) - 1
+        # (device, boot) -> (highest, lowest seen, holes); dict order is the order of last use
+        self._streams: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._lock = threading.Lock()
 
     def seen(self, device: str, boot: int, seq: int) -> bool:
         with self._lock:
             stream = self._streams.get((device, boot))
-            return stream is not None and seq in stream[1]
+        if stream is None:
+            return False
+        highest, low, holes = stream
+        return low <= seq <= highest and not holes >> (highest - seq) & 1
 
     def mark(self, device: str, boot: int, seq: int, base: int | None = None) -> int:
         """Remember an accepted batch; returns how many sequence numbers it skipped (the gap).
 
         `base` is the first sequence number of the batch's agent run (its birth's `base`)."""
+        key = (device, boot)
         with self._lock:
-            key = (device, boot)
-            highest, seen = self._streams.pop(key, (seq - 1, set()))
-            if base is not None and highest < base <= seq:
-                highest = max(highest, base - 1)  # a new agent run: the jump to its base is no loss
-            gap = max(0, seq - highest - 1)
-            if seq < highest - self.window:  # far behind: the stream restarted, start over
-                highest, seen, gap = seq, set(), 0
-            highest = max(highest, seq)
-            seen.add(seq)
-            if len(seen) > 2 * self.window:
-                seen = {s for s in seen if s > highest - self.window}
-            self._streams[key] = (highest, seen)
+            stream = self._streams.pop(key, None)
+            gap = 0
+            if stream is None:
+                highest, low, holes = seq, seq, 0
+            else:
+                highest, low, holes = stream
+                last = highest
+                if base is not None and last < base <= seq:
+                    last = base - 1  # a new agent run: the jump to its base is no loss
+                gap = max(0, seq - last - 1)
+                if seq < highest - self.window:  # far behind: the stream restarted, start over
+                    highest, low, holes, gap = seq, seq, 0, 0
+                elif seq > highest:  # bits move up; the numbers skipped are holes, seq is seen
+                    shift = seq - highest
+                    if shift >= self.window:  # a jump past the window (never shift by 2**64 bits)
+                        holes = self._mask & ~1
+                    else:
+                        holes = (holes << shift | ((1 << (shift - 1)) - 1) << 1) & self._mask
+                    highest = seq
+                elif seq >= low:
+                    holes &= ~(1 << (highest - seq))
+                else:  # before the first one seen: what lies between is not seen
+                    holes |= ((1 << (low - seq)) - 1) << (highest - low + 1)
+                    holes &= ~(1 << (highest - seq)) & self._mask
+                    low = seq
+                low = max(low, highest - self.window + 1)
+            self._streams[key] = (highest, low, holes)
             while len(self._streams) > self.max_streams:
-                self._streams.popitem(last=False)
+                del self._streams[next(iter(self._streams))]
+                self.evicted += 1
             return gap if self.gaps else 0
+
+    def forget(self, devices: Iterable[str]) -> int:
+        """Drop the streams of `devices` (gone for long); returns how many."""
+        devices = set(devices)
+        with self._lock:
+            keys = [key for key in self._streams if key[0] in devices]
+            for key in keys:
+                del self._streams[key]
+        return len(keys)
 
     def __len__(self) -> int:
         with self._lock:
@@ -63,15 +99,22 @@ class SeqTracker:
     def snapshot(self) -> list[list]:
         """Every stream as [device, boot, highest, [[first, last], ...]]: seen numbers as ranges."""
         with self._lock:
-            streams = [(k, v[0], sorted(s for s in v[1] if s > v[0] - self.window)) for k, v in self._streams.items()]
+            streams = list(self._streams.items())
         out = []
-        for (device, boot), highest, seqs in streams:
+        for (device, boot), (highest, low, holes) in streams:
+            missing = []
+            while holes:
+                bit = holes & -holes
+                holes ^= bit
+                missing.append(highest - (bit.bit_length() - 1))
             ranges: list[list[int]] = []
-            for s in seqs:
-                if ranges and ranges[-1][1] == s - 1:
-                    ranges[-1][1] = s
-                else:
-                    ranges.append([s, s])
+            first = low
+            for hole in sorted(missing):
+                if hole > first:
+                    ranges.append([first, hole - 1])
+                first = max(first, hole + 1)
+            if first <= highest:
+                ranges.append([first, highest])
             out.append([device, boot, highest, ranges])
         return out
 
@@ -81,9 +124,17 @@ class SeqTracker:
             for entry in streams:
                 try:
                     device, boot, highest, ranges = entry
-                    seen = {s for first, last in ranges for s in range(max(first, highest - self.window + 1), last + 1)}
+                    highest = int(highest)
+                    floor = highest - self.window + 1
+                    spans = [(max(int(a), floor), min(int(b), highest)) for a, b in ranges]
+                    spans = [(a, b) for a, b in spans if a <= b]
+                    low = min([a for a, _ in spans], default=highest + 1)
+                    holes = (1 << (highest - low + 1)) - 1 if spans else 0
+                    for a, b in spans:
+                        holes &= ~(((1 << (b - a + 1)) - 1) << (highest - b))
                 except (TypeError, ValueError):
                     continue
-                self._streams[(str(device), int(boot))] = (int(highest), seen)
+                self._streams[(str(device), int(boot))] = (highest, low, holes)
             while len(self._streams) > self.max_streams:
-                self._streams.popitem(last=False)
+                del self._streams[next(iter(self._streams))]
+                self.evicted += 1

@@ -101,9 +101,17 @@ class DeviceEvents:
                       reason, ack.get("message") or "")), time_ms,
                   edge_command_id=str(ack.get("id") or ""), edge_command_reason=reason)
 
+    def forget(self, device: str) -> None:
+        """A device gone for long: its links' last states are no longer kept."""
+        with self._lock:
+            for key in [k for k in self._links if k[0] == device]:
+                del self._links[key]
+
     def batch(self, resolved) -> None:
         """Link up/down from an exported batch's operstate samples (netlink reports them, and samples
         a link at once when it changes)."""
+        if OPERSTATE not in resolved.birth.names:  # most devices' batches need no look
+            return
         ticks = resolved.batch.ticks
         for series, indexes, values in resolved.points:
             if series.name != OPERSTATE:
@@ -174,3 +182,4 @@ class DeviceEvents:
             record.body.string_value = body
             _attributes(record.attributes, dict(attrs, **{"event.name": event}))
         return request
+

@@ -27,6 +27,8 @@ from typing import Protocol, TextIO
 
 import grpc
 from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -243,6 +245,10 @@ class GrpcExporter:
         else:
             self._channel = grpc.insecure_channel(target, options)
         self._stub = stub(self._channel)
+        path = SERVICES.get(stub)
+        if path is not None:  # requests may come serialised already (gateway/otlpwire.py): send their bytes
+            self._stub.Export = self._channel.unary_unary(path[0], request_serializer=_serialized,
+                                                          response_deserializer=path[1].FromString)
         self._metadata = list(config.headers.items())
         self._compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
 
@@ -261,6 +267,17 @@ class GrpcExporter:
         self._channel.close()
 
 
+def _serialized(request) -> bytes:
+    return request.SerializeToString()
+
+
+SERVICES = {  # stub -> (method path, response type), for the requests' own serialisation
+    MetricsServiceStub: ("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                         ExportMetricsServiceResponse),
+    LogsServiceStub: ("/opentelemetry.proto.collector.logs.v1.LogsService/Export", ExportLogsServiceResponse),
+}
+
+
 # ---------------------------------------------------------------- OTLP JSON lines
 
 
@@ -277,7 +294,8 @@ class FileExporter:
         self._lock = threading.Lock()
 
     def send(self, request: ExportMetricsServiceRequest) -> Outcome:
-        line = json.dumps(json_format.MessageToDict(request, use_integers_for_enums=True), separators=(",", ":"))
+        message = request.message() if hasattr(request, "message") else request  # otlpwire.Encoded: parsed
+        line = json.dumps(json_format.MessageToDict(message, use_integers_for_enums=True), separators=(",", ":"))
         try:
             with self._lock:
                 self._stream.write(line + "\n")

@@ -10,10 +10,12 @@ metrics` passes on the output (tests/test_central_stack.py).
 from __future__ import annotations
 
 import platform
+import threading
 from collections.abc import Callable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway import __version__
 
@@ -67,6 +69,57 @@ class Histogram(_Metric):
         return int(self.value())
 
 
+class DeviceMetric:
+    """A counter or gauge per device whose values live in one dict, exposed by a collector.
+
+    A prometheus_client child per label value costs about 600 bytes (an object, a lock, a value);
+    a gateway serving 100 000 devices has six of these per device. Here a device costs a dict entry
+    per metric, and `forget(device)` drops it when the device is gone for good."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, help: str, counter: bool = False) -> None:
+        self.name = name
+        self.help = help
+        self.counter = counter
+        self.labelnames = ("device",)
+        self._values: dict[str, float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def inc(self, amount: float = 1, device: str = "") -> None:
+        with self._lock:
+            self._values[device] = self._values.get(device, 0) + amount
+
+    def set(self, value: float, device: str = "") -> None:
+        with self._lock:
+            self._values[device] = value
+
+    def value(self, device: str = "") -> float:
+        return self._values.get(device, 0)
+
+    def forget(self, device: str) -> None:
+        with self._lock:
+            self._values.pop(device, None)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def _family(self):
+        if self.counter:
+            return CounterMetricFamily(self.name.removesuffix("_total"), self.help, labels=self.labelnames)
+        return GaugeMetricFamily(self.name, self.help, labels=self.labelnames)
+
+    def describe(self):
+        return [self._family()]
+
+    def collect(self):
+        family = self._family()
+        with self._lock:
+            values = list(self._values.items())
+        for device, value in values:
+            family.add_metric([device], value)
+        return [family]
+
+
 class GatewayMetrics:
     """Every metric the gateway exposes, as attributes, plus `render()` for /metrics."""
 
@@ -85,7 +138,7 @@ class GatewayMetrics:
         self.births = Counter(r, p + "births_received_total", "Birth messages received")
         self.births_rejected = Counter(r, p + "births_rejected_total", "Birth messages rejected, by reason", ("reason",))
         self.duplicates = Counter(r, p + "batches_duplicate_total", "Data batches dropped as duplicates of (device, boot, seq)")
-        self.gaps = Counter(r, p + "batch_gaps_total", "Sequence numbers skipped, by device", ("device",))
+        self.gaps = DeviceMetric(r, p + "batch_gaps_total", "Sequence numbers skipped, by device", counter=True)
         self.exported_batches = Counter(r, p + "batches_exported_total", "Data batches accepted by the exporter")
         self.samples = Counter(r, p + "samples_exported_total", "Samples (data points) accepted by the exporter")
         self.dropped = Counter(r, p + "samples_dropped_total", "Samples dropped: a non-retryable export failure, "
@@ -104,15 +157,23 @@ class GatewayMetrics:
         self.released = Counter(r, p + "batches_released_total", "Batches acked to the broker unexported and without "
                                 "a receipt (their dictionary did not come in time): the agent sends them again",
                                 ("reason",))
-        self.lost_batches = Gauge(r, p + "device_lost_batches", "Batches the device's agent dropped from its "
-                                  "buffer, as it last reported (cumulative per agent run)", ("device",))
-        self.lost_samples = Gauge(r, p + "device_lost_samples", "Samples in those batches", ("device",))
-        self.late_samples = Counter(r, p + "device_late_samples_total", "Samples exported later than --late-after "
-                                    "seconds after they were measured (a backlog, a slow link), by device", ("device",))
-        self.online = Gauge(r, p + "device_online", "1 while the device's retained state is online, 0 once it "
-                            "is offline (its last will)", ("device",))
-        self.last_seen = Gauge(r, p + "device_last_seen_timestamp_seconds", "Unix time of the newest sample "
-                               "exported for the device", ("device",))
+        self.lost_batches = DeviceMetric(r, p + "device_lost_batches", "Batches the device's agent dropped from "
+                                         "its buffer, as it last reported (cumulative per agent run)")
+        self.lost_samples = DeviceMetric(r, p + "device_lost_samples", "Samples in those batches")
+        self.late_samples = DeviceMetric(r, p + "device_late_samples_total", "Samples exported later than "
+                                         "--late-after seconds after they were measured (a backlog, a slow link), "
+                                         "by device", counter=True)
+        self.online = DeviceMetric(r, p + "device_online", "1 while the device's retained state is online, 0 "
+                                   "once it is offline (its last will)")
+        self.last_seen = DeviceMetric(r, p + "device_last_seen_timestamp_seconds", "Unix time of the newest "
+                                      "sample exported for the device")
+        self.per_device = (self.gaps, self.lost_batches, self.lost_samples, self.late_samples, self.online,
+                           self.last_seen)
+        self.limits = Counter(r, p + "limit_reached_total", "Times a limit refused or dropped something, by limit "
+                              "(devices: a new device's birth; dedupe_streams: the oldest stream forgotten)",
+                              ("limit",))
+        self.forgotten = Counter(r, p + "devices_forgotten_total", "Devices forgotten after --forget-after "
+                                 "seconds without a message (their dictionaries, dedupe state and metrics)")
         self.state_errors = Counter(r, p + "state_errors_total", "Failed writes to --state-dir")
         self.events = Counter(r, p + "events_total", "Device events logged (OTLP logs), by event", ("event",))
         self.events_exported = Counter(r, p + "events_exported_total", "Device events accepted by the logs exporter")
@@ -124,6 +185,10 @@ class GatewayMetrics:
         self.connected = Gauge(r, p + "mqtt_connected", "1 while connected to the broker")
         self.lag = Histogram(r, p + "lag_seconds", "End-to-end lag: export accepted minus the batch's last tick",
                              (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
+
+    def forget_device(self, device: str) -> None:
+        for metric in self.per_device:
+            metric.forget(device)
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

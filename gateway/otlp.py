@@ -49,9 +49,7 @@ def to_request(batches: Iterable[Resolved]) -> ExportMetricsServiceRequest:
             scope.scope.version = __version__
             entry = resources[(birth.device, birth.boot_id)] = (scope, {})
         scope, metrics = entry
-        presenter = birth.__dict__.get("presenter")
-        if presenter is None:
-            presenter = birth.presenter = Presenter(birth.series)
+        presenter = Presenter(birth.series)
         boot_ns = birth.boot_time_ms * 1_000_000
         ticks = resolved.batch.ticks
         for series, indexes, values in resolved.points:
@@ -109,7 +107,7 @@ def _intervals(scope: pb.ScopeMetrics, metrics: dict, resolved: Resolved) -> Non
     is sampling; a longer one is a fault.
     """
     t = resolved.batch.ticks[-1] * 1_000_000
-    base = resolved.birth.raw.get("interval_ms")
+    base = resolved.birth.interval_ms
     groups = resolved.batch.ext.get("iv") or []
     if not groups and not isinstance(base, int):
         return
@@ -143,7 +141,7 @@ def resource_attributes(birth) -> dict:
         "os.description": birth.os_description,
         "process.runtime.description": birth.platform,
         "host.boot.id": birth.boot_id,
-        "edge.sampling.interval_ms": birth.raw.get("interval_ms"),
+        "edge.sampling.interval_ms": birth.interval_ms,
     }
     return {k: v for k, v in attrs.items() if v is not None and v != ""}
 

@@ -1,8 +1,9 @@
 """The bounded queue between MQTT intake and the exporter thread(s), with batching.
 
 `submit` blocks while the queue is full (backpressure). A worker takes up to `max_batches`
-queued batches (lingering briefly for more), converts them into one OTLP request, sends it with
-retries, then reports each item's fate through its `done` callback:
+queued batches (lingering briefly for more), converts them into one OTLP request (protobuf bytes
+written directly, gateway/otlpwire.py), sends it with retries, then reports each item's fate
+through its `done` callback:
 
 - "exported": accepted by the receiver; the caller acks the MQTT message. Before any of those
   callbacks, `on_exported(resolved batches)` runs once for the whole request (the gateway marks
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from gateway.decode import Resolved
 from gateway.export import UNCERTAIN, Exporter, Outcome, RetryPolicy, send_with_retry
 from gateway.metrics import GatewayMetrics
-from gateway.otlp import to_request
+from gateway.otlpwire import encode
 
 EXPORTED = "exported"
 DROPPED = "dropped"
@@ -126,12 +127,12 @@ class ExportPipeline:
         if not good:
             return
         try:
-            request = to_request(i.resolved for i in good)
+            request = encode(i.resolved for i in good)
         except ValueError:
             good = [item for item in good if self._convertible(item)]
             if not good:
                 return
-            request = to_request(i.resolved for i in good)
+            request = encode(i.resolved for i in good)
         last: list[Outcome] = []
 
         def on_retry(outcome: Outcome, delay: float) -> None:
@@ -149,7 +150,7 @@ class ExportPipeline:
                 self.metrics.samples_resent.inc(sum(i.resolved.samples() for i in left))
             if len(left) != len(good):
                 good = left
-                request = to_request(i.resolved for i in good)
+                request = encode(i.resolved for i in good)
             return request
 
         outcome = send_with_retry(self.exporter, request, self.retry, self.stopping, on_retry, refresh)
@@ -190,7 +191,7 @@ class ExportPipeline:
     def _convertible(self, item: Item) -> bool:
         """Whether one batch converts; a batch that does not is dropped on its own."""
         try:
-            to_request([item.resolved])
+            encode([item.resolved])
             return True
         except ValueError as exc:
             self.metrics.rejected.inc(reason="convert")

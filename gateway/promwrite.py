@@ -146,6 +146,8 @@ class Converted:
 
 
 def convert(request: ExportMetricsServiceRequest) -> Converted:
+    if hasattr(request, "message"):  # serialised already (gateway/otlpwire.py): parsed once, here
+        request = request.message()
     out = Converted()
     for rm in request.resource_metrics:
         resource = {kv.key: _text(kv.value) for kv in rm.resource.attributes}

@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 class OtlpReceiver:
     def __init__(self) -> None:
         self.requests: list[ExportMetricsServiceRequest] = []
+        self.arrivals: list[float] = []  # time.time() each request in `requests` arrived
         self.logs: list[ExportLogsServiceRequest] = []
         self.refused = 0
         self.answer: Callable[[], int] = lambda: 200
@@ -46,6 +47,7 @@ class OtlpReceiver:
                     request.ParseFromString(body)
                     with receiver.lock:
                         receiver.requests.append(request)
+                        receiver.arrivals.append(time.time())
                 else:
                     with receiver.lock:
                         receiver.refused += 1

@@ -33,6 +33,7 @@ from fuzz.seeds import same
 from gateway.decode import Dictionaries, Rejected, UnknownDictionary
 from gateway.dedupe import SeqTracker
 from gateway.otlp import to_request
+from gateway.otlpwire import encode
 
 LABEL = re.compile(r"^[a-z][a-z_]{2,30}$")
 GATEWAY_REASONS = {
@@ -161,7 +162,7 @@ def gateway() -> Dictionaries:
 
 
 def snapshot(dicts: Dictionaries) -> dict:
-    return {device: [(key, id(b)) for key, b in runs.items()] for device, runs in dicts._births.items()}
+    return {device: [((b.boot, b.base), id(b)) for b in runs] for device, runs in dicts._births.items()}
 
 
 def check_gateway(dicts: Dictionaries, kind: str, payload: bytes, device: str = "dev-1") -> str | None:
@@ -174,9 +175,13 @@ def check_gateway(dicts: Dictionaries, kind: str, payload: bytes, device: str = 
         else:
             resolved = dicts.resolve(device, payload)
             try:
-                to_request([resolved])
+                expected = to_request([resolved]).SerializeToString()
             except ValueError:
-                pass
+                expected = None
+            try:  # the direct protobuf writer: the same bytes, or the same refusal
+                assert encode([resolved]).SerializeToString() == expected
+            except ValueError:
+                assert expected is None
         return None
     except Rejected as exc:
         assert LABEL.match(exc.reason) and exc.reason in GATEWAY_REASONS, exc.reason

@@ -1,4 +1,7 @@
-"""OTLP conversion, checked field by field on real opentelemetry-proto messages."""
+"""OTLP conversion, checked field by field on real opentelemetry-proto messages.
+
+Every conversion here also goes through the gateway's direct protobuf writer (gateway/otlpwire.py),
+which must produce the very same bytes as the message objects of `to_request`."""
 
 import pytest
 from gateway_support import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, steady
@@ -9,6 +12,7 @@ from edge_agent.model import COUNTER, GAUGE, Series, SeriesCache, SeriesTable
 from gateway.conventions import CATALOG
 from gateway.decode import Dictionaries
 from gateway.otlp import to_request
+from gateway.otlpwire import encode
 
 T0 = BOOT_TIME_MS + 60_000
 
@@ -16,11 +20,13 @@ T0 = BOOT_TIME_MS + 60_000
 def convert(*payloads, table=None, device="dev-1"):
     dicts = Dictionaries()
     dicts.add_birth(device, birth(table or make_table()[0], device))
-    request = to_request([dicts.resolve(device, p) for p in payloads])
-    # what goes over the wire parses back identically
+    resolved = [dicts.resolve(device, p) for p in payloads]
+    request = to_request(resolved)
+    # what goes over the wire parses back identically, and the direct writer writes the same bytes
     again = ExportMetricsServiceRequest()
     again.ParseFromString(request.SerializeToString())
     assert again == request
+    assert encode(resolved).SerializeToString() == request.SerializeToString()
     return again
 
 
