@@ -1,22 +1,30 @@
 """The MicroPython agent's heap: what each module costs to load, and what the running agent uses.
 
-    .venv/bin/python bench/mpy_heap.py [--heap 64K] [--seconds 75] [--policy fixed] [--imports-only] [--json]
+    .venv/bin/python bench/mpy_heap.py [--binary dist/micropython-edge-agent-VERSION-ARCH]
+                                       [--heap 64K] [--seconds 75] [--policy fixed] [--imports-only] [--json]
 
-Compiles MPY_MODULES (firmware/__init__.py) with mpy-cross into a temporary directory, exactly as
-`python -m firmware build` does, and runs the real `micropython` unix port on those .mpy files:
+The modules are firmware/manifest.py's, resident ones in its order (dependencies first), then the
+transient ones. Two interpreters:
+- by default the PyPI `micropython` (a stock unix port) on those modules compiled with mpy-cross into
+  a temporary directory, exactly as `python -m firmware build` makes the .mpy bundle: bytecode loaded
+  from .mpy lives in the heap;
+- with --binary, the agent's own interpreter (`python -m firmware build`), the modules frozen in: an
+  import costs only the module's functions, classes and globals. For a foreign architecture the
+  binary runs under qemu-user.
 
-1. imports: one interpreter imports the device's modules one at a time, in dependency order, and
-   prints the growth of gc.mem_alloc() (after gc.collect()) that each import caused. Bytecode from
-   a .mpy file lives in the heap on the unix port, so this is the module's resident cost.
-   `micropython.mem_peak()` is printed too (the interpreter's own start-up is in it).
-2. run: a real mosquitto on a free port and `micropython -X heapsize=HEAP -m edge_agent.mpy_main`
-   with the default config (fixed policy unless --policy, commands enabled, no spool), cpu +
-   network + memory collectors at 1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute
-   (gc.mem_alloc() after gc.collect(), the highest gc.mem_alloc() seen, micropython.mem_peak());
-   this bench asks it for one every 10 s (EDGE_AGENT_HEAP_EVERY_S) and prints them.
+1. imports: one interpreter imports the device's modules one at a time and prints the growth of
+   gc.mem_alloc() (after gc.collect()) that each import caused: its resident cost. A transient module
+   is measured while loaded and again after release (what stays is its qstrs; none when frozen).
+   `micropython.mem_peak()` is printed too (the interpreter's own start-up is in it). With --binary,
+   the fragments that exist only for the heap (FRAGMENTS) are priced as if merged back into the
+   resident module of their concept: that module would carry their functions all the time.
+2. run: a real mosquitto on a free port and `-X heapsize=HEAP -m edge_agent.mpy_main` with the
+   default config (fixed policy unless --policy, commands enabled, no spool), cpu + network + memory collectors at
+   1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute (gc.mem_alloc()
+   after gc.collect(), the highest seen, the largest free block); this bench asks for one every 10 s
+   (EDGE_AGENT_HEAP_EVERY_S) and prints them.
 
-Figures are bytes. The unix port runs inside an ordinary process: its RSS says nothing about the
-MicroPython heap; gc.mem_alloc() does.
+Figures are bytes. RSS says nothing about the MicroPython heap; gc.mem_alloc() does.
 """
 
 from __future__ import annotations
@@ -33,25 +41,34 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from firmware.build import compile_mpy, mpy_sources  # noqa: E402
+from firmware import manifest  # noqa: E402
+from firmware.build import compile_mpy  # noqa: E402
+from firmware.interpreter import ARCHES  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
-# what a device with the default config loads, dependencies before dependants
-DEVICE_IMPORTS = [
-    "edge_agent", "edge_agent.clock", "edge_agent.model", "edge_agent.umsgpack", "edge_agent.wire",
-    "edge_agent.outbox", "edge_agent.agent", "edge_agent.collectors", "edge_agent.collectors.procfs_cpu",
-    "edge_agent.collectors.procfs_memory", "edge_agent.collectors.procfs_net", "edge_agent.transport",
-    "edge_agent.transport.umqtt", "edge_agent.mpy_main",
-]
-# loaded only for a while (start-up, connecting, a birth, a command, another sampling policy) or only
-# with a spool or with the load/system collectors enabled
-TRANSIENT_IMPORTS = ["edge_agent.mpy_setup", "edge_agent.statefile", "edge_agent.config",
-                     "edge_agent.collectors.procfs", "edge_agent.collectors.procfs_load",
-                     "edge_agent.collectors.procfs_system", "edge_agent.lifecycle", "edge_agent.receipts", "edge_agent.wire_birth",
-                     "edge_agent.transport.umqtt_connect", "edge_agent.hmac", "edge_agent.commands",
-                     "edge_agent.sampling_rules", "edge_agent.collector_changes", "edge_agent.sampling",
-                     "edge_agent.loadwatch", "edge_agent.spool"]
+DEVICE_IMPORTS = manifest.modules(manifest.RESIDENT)
+TRANSIENT_IMPORTS = manifest.modules(manifest.TRANSIENT)
+# modules split off a concept only to be released on a stock interpreter: fragment -> its concept's module
+FRAGMENTS = {
+    "edge_agent.mpy_setup": "edge_agent.mpy_main",
+    "edge_agent.lifecycle": "edge_agent.agent",
+    "edge_agent.wire_birth": "edge_agent.wire",
+    "edge_agent.transport.umqtt_connect": "edge_agent.transport.umqtt",
+    "edge_agent.collector_changes": "edge_agent.commands",
+    "edge_agent.sampling_rules": "edge_agent.sampling",
+}
+
+
+def interpreter(binary):
+    """The command that runs `binary` here (qemu-user for a foreign architecture), or the PyPI one."""
+    if not binary:
+        return [MICROPYTHON]
+    for arch in ARCHES.values():
+        if binary.endswith("-" + arch.name) and arch.qemu:
+            return [arch.qemu, os.path.abspath(binary)]
+    return [os.path.abspath(binary)]
+
 
 IMPORT_SCRIPT = """
 import gc, sys, micropython
@@ -90,8 +107,7 @@ micropython.qstr_info()
 
 
 def build_lib(tmp):
-    sources, _missing = mpy_sources(lambda line: None)
-    mpy, _version = compile_mpy(sources)
+    mpy, _version = compile_mpy(manifest.sources())
     for rel, data in mpy.items():
         path = os.path.join(tmp, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -100,12 +116,15 @@ def build_lib(tmp):
     return sum(len(d) for d in mpy.values()), len(mpy)
 
 
-def import_costs(lib):
-    script = IMPORT_SCRIPT % {"lib": lib, "names": DEVICE_IMPORTS, "transient": TRANSIENT_IMPORTS}
-    path = os.path.join(lib, "..", "imports.py")
-    with open(path, "w") as f:
-        f.write(script)
-    proc = subprocess.run([MICROPYTHON, "-X", "heapsize=1M", path], capture_output=True, text=True, timeout=60)
+def import_costs(lib, binary=None):
+    """Each module's heap cost; `lib` is the .mpy folder (None: the modules are frozen into `binary`)."""
+    script = IMPORT_SCRIPT % {"lib": lib or ".frozen", "names": DEVICE_IMPORTS, "transient": TRANSIENT_IMPORTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "imports.py")
+        with open(path, "w") as f:
+            f.write(script)
+        proc = subprocess.run(interpreter(binary) + ["-X", "heapsize=1M", path], capture_output=True, text=True,
+                              timeout=120, cwd="/")
     if proc.returncode:
         raise SystemExit(proc.stdout + proc.stderr)
     rows = {"modules": {}, "transient": {}}
@@ -147,18 +166,19 @@ def heap_lines(text):
     return out
 
 
-def run_agent(lib, heap, seconds, tmp, every_s=10, policy="fixed"):
+def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
     from mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     try:
         config = os.path.join(tmp, "config.json")
         write_config(config, port, os.path.join(tmp, "state"), policy)
-        env = dict(os.environ, MICROPYPATH=lib + ":.frozen", EDGE_AGENT_HEAP_EVERY_S=str(every_s))
+        env = dict(os.environ, MICROPYPATH=".frozen:" + lib if lib else ".frozen", EDGE_AGENT_HEAP_EVERY_S=str(every_s))
         log_path = os.path.join(tmp, "agent.log")
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=" + heap, "-m", "edge_agent.mpy_main", config],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+            proc = subprocess.Popen(interpreter(binary) + ["-X", "heapsize=" + heap, "-m", "edge_agent.mpy_main",
+                                                           config],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/")
             try:
                 proc.wait(seconds)
             except subprocess.TimeoutExpired:
@@ -173,6 +193,8 @@ def run_agent(lib, heap, seconds, tmp, every_s=10, policy="fixed"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--binary", help="the agent's interpreter (python -m firmware build); default: the "
+                                         "PyPI micropython on the .mpy modules")
     parser.add_argument("--heap", default="64K")
     parser.add_argument("--seconds", type=float, default=75)
     parser.add_argument("--policy", default="fixed", help="sampling policy of the running agent")
@@ -180,25 +202,39 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        lib = os.path.join(tmp, "lib")
-        size, count = build_lib(lib)
-        result = {"mpy_bytes": size, "mpy_files": count, "imports": import_costs(lib)}
+        if args.binary:
+            lib = None
+            result = {"binary": os.path.basename(args.binary), "imports": import_costs(None, args.binary)}
+            print("%s: the modules frozen in" % result["binary"])
+        else:
+            lib = os.path.join(tmp, "lib")
+            size, count = build_lib(lib)
+            result = {"mpy_bytes": size, "mpy_files": count, "imports": import_costs(lib)}
+            print("bundle: %d .mpy files, %d bytes" % (count, size))
         imports = result["imports"]
-        print("bundle: %d .mpy files, %d bytes" % (count, size))
         print("%-40s %8s" % ("module (resident on a device)", "heap B"))
         for name, cost in imports["modules"].items():
             print("%-40s %8d" % (name, cost))
         print("%-40s %8d" % ("all of the above", imports["resident"]))
         for name, (cost, left) in imports["transient"].items():
-            print("%-40s %8d  (loaded only for a while; %d B of qstrs stay)" % (name, cost, left))
+            print("%-40s %8d  (loaded only for a while; %d B stay after release)" % (name, cost, left))
         for label, pool in zip(("resident modules", "+ every transient one"), imports.get("qstrs", []), strict=False):
-            print("qstrs, %s: %d in %d pools, %d B (a pool is allocated at a time, each twice the last)"
+            print("qstrs in the heap, %s: %d in %d pools, %d B (a pool is allocated at a time, each twice the last)"
                   % (label, pool["n_qstr"], pool["n_pool"], pool["n_total_bytes"]))
+        if args.binary:
+            merged = {name: imports["transient"][name][0] for name in FRAGMENTS if name in imports["transient"]}
+            resident = sum(cost for name, cost in merged.items() if FRAGMENTS[name] in DEVICE_IMPORTS)
+            result["merged_fragments"] = {"modules": merged, "resident_cost": resident}
+            print("merging the heap-only fragments back into their concepts, frozen:")
+            for name, cost in merged.items():
+                where = "resident" if FRAGMENTS[name] in DEVICE_IMPORTS else "while it is loaded"
+                print("  %-36s into %-28s +%5d B %s" % (name, FRAGMENTS[name], cost, where))
+            print("  resident heap: +%d B (%.1f KB)" % (resident, resident / 1024))
         if not args.imports_only:
-            code, text = run_agent(lib, args.heap, args.seconds, tmp, policy=args.policy)
+            code, text = run_agent(lib, args.heap, args.seconds, tmp, binary=args.binary, policy=args.policy)
             lines = heap_lines(text)
             result.update({"heap": args.heap, "seconds": args.seconds, "policy": args.policy, "exit": code,
-                           "reports": lines, "memory_error": "MemoryError" in text})
+                           "reports": lines, "memory_error": "MemoryError" in text or "memory_error" in text})
             print("agent (%s policy) under -X heapsize=%s for %d s: exit %s, MemoryError: %s"
                   % (args.policy, args.heap, args.seconds, code, result["memory_error"]))
             for fields in lines:

@@ -231,13 +231,15 @@ class Agent:
         self.errors_by_collector = {}
         self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
+        self.kept = []  # sample(): the tick's kept samples, until the next tick
         self.fallback_ms = 0  # with "auto" delivery (lifecycle.start): no receipt this long, PUBACK again
         self.run_lifecycle("start", "start", "receipts")
 
     # ------------------------------------------------------------------ sampling
 
     def sample(self, names, now_ms=None):
-        """Read the named collectors once and add what the sampler keeps as one tick."""
+        """Read the named collectors once and add what the sampler keeps as one tick; returns how many
+        samples it kept."""
         now = mono_ms() if now_ms is None else now_ms
         ts = wall_ms()
         if ts <= self.last_tick_ms:
@@ -247,9 +249,10 @@ class Agent:
                 n = self.stats["clock_skips"] = self.stats["clock_skips"] + 1
                 if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th... tick skipped
                     self.log("clock_backwards", dropped_ticks=n)
-                return []
+                return 0
             ts = self.last_tick_ms + 1  # ticks in one millisecond, or a step back of a few: just after
-        kept = []
+        kept = self.kept  # one list kept for every tick (del [:] keeps its room): not a new one grown each tick
+        del kept[:]  # (a MemoryError may have left some of the last one)
         for name in names:
             collector = self.collectors.get(name)
             if collector is None:
@@ -270,17 +273,22 @@ class Agent:
                     self.table.intern(pair[0])
                 kept.append(pair)
         self.stats["ticks"] += 1
-        if kept:
+        n = len(kept)
+        if n:
             if len(self.builder) >= wire.MAX_TICKS:
                 self.flush()
             try:
                 self.builder.add_tick(ts, kept)
             except MemoryError:  # the batch may hold half a tick now: drop it with this tick
-                self.drop_batch("tick", len(kept))
-                return kept
+                self.drop_batch("tick", n)
+                n = 0
+        # the tick's (series, value) pairs go now, not at the next tick: on a 64-bit device ~2 KB
+        # that the batch, a birth or a command needs in between
+        del kept[:]
+        if n:
             self.last_tick_ms = ts
-            self.stats["samples_kept"] += len(kept)
-        return kept
+            self.stats["samples_kept"] += n
+        return n
 
     def observe_load(self, now):
         if self.loadwatch is None:
@@ -316,7 +324,9 @@ class Agent:
                 self.table.base = seq
             self.table.changed = False
             # published before any batch that needs it; with a spool also kept on disk for as long
-            # as a spooled batch may need it (a restart or a crash cannot strand that batch)
+            # as a spooled batch may need it (a restart or a crash cannot strand that batch). Due from
+            # now on: a MemoryError on the way to it (caught by the loop) must not leave it forgotten
+            self.birth_due = True
             self.publish_birth()
         try:
             out = wire.Chunks() if self.chunked else bytearray()
@@ -401,13 +411,17 @@ class Agent:
         """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.receipts), with the module
         loaded only while it runs; without room to load it, a MemoryError at `where` (the caller's
         *_due flag has it tried at the next pass)."""
+        names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
         try:
             code = getattr(__import__("edge_agent." + module), module)
         except MemoryError:
+            # MicroPython leaves a module whose import ran out of memory in sys.modules, without its
+            # package attribute: found there next time, getattr raised AttributeError and the agent exited
+            unload(*names)
             self.out_of_memory(where)
             return
         getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
-        unload("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
+        unload(*names)
 
     # ------------------------------------------------------------------ network
 

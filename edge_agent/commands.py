@@ -167,10 +167,14 @@ class CommandHandler:
                 given = binascii.unhexlify(sig) if isinstance(sig, str) and len(sig) == 64 else b""
             except (ValueError, TypeError):
                 given = b""
+            try:
+                data = text.encode()
+            except UnicodeError:  # a lone surrogate (\ud800 escaped in the JSON): no signer made that
+                raise Rejected("malformed", "body is not valid UTF-8")
             signed = False
             for key in keys:
                 if key and given:
-                    digest = hmac_sha256(key, text.encode())
+                    digest = hmac_sha256(key, data)
                     diff = 0  # compared in a time independent of where the digests differ
                     for i in range(32):
                         diff |= digest[i] ^ given[i]

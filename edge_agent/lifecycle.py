@@ -43,12 +43,19 @@ def announce(agent):
         agent.out_of_memory("connect")
 
 
-def birth_payload(agent):
+def birth_payload(agent, pieces=False):
+    """The current birth for agent.transport: bytes, pieces (wire.Chunks) for a chunked transport, or,
+    for one that `streams` (umqtt), a wire_birth.StreamedBirth, encoded as it is written; `pieces`
+    asks for pieces even then (the spool archives them)."""
     info = dict(agent.info)
     info["interval_ms"] = agent.base_interval_ms()
     info["sampling"] = agent.sampler.snapshot()
     if not agent.chunked:
         return wire.encode_birth(info, agent.table)
+    if not pieces and getattr(agent.transport, "streams", False):
+        from edge_agent.wire_birth import StreamedBirth
+
+        return StreamedBirth(info, agent.table)
     out = wire.Chunks()
     wire.encode_birth_into(out, info, agent.table)
     return out.pieces()
@@ -74,7 +81,7 @@ def publish_birth(agent, base=None):
     if not agent.table.series or not (connected or archive):
         return
     try:
-        payload = birth_payload(agent)
+        payload = birth_payload(agent, archive)
         if archive:
             spool.epoch = agent.table.epoch
             try:

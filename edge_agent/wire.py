@@ -33,6 +33,7 @@ VERSION = 1
 FLAG_DEFLATE = 1
 MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
 CHUNK = 512  # bytes a piece of a chunked payload holds (Chunks)
+MIN_CHUNK = 64  # ... and the least it goes down to on a fragmented heap
 
 
 # ---------------------------------------------------------------- agent side: building batches
@@ -41,13 +42,15 @@ CHUNK = 512  # bytes a piece of a chunked payload holds (Chunks)
 class Chunks:
     """A byte sink (`append`, `extend`, as pack_into needs) that keeps what it is given as pieces of
     `size` bytes, so no single allocation holds a whole message: on a small, fragmented heap a 4 KB
-    birth may find no 4 KB of contiguous room when 512-byte pieces still fit. `pieces()` is the
-    list to hand to a transport that writes a payload piece by piece (transport/umqtt.py)."""
+    birth may find no 4 KB of contiguous room when 512-byte pieces still fit. When not even a piece
+    of `size` fits, the next ones are smaller (halved, down to MIN_CHUNK): more pieces, but a message
+    that fits in the free memory is not lost to its fragmentation. `pieces()` is the list to hand to
+    a transport that writes a payload piece by piece (transport/umqtt.py)."""
 
     def __init__(self, size=CHUNK):
         self.size = size
         self.parts = []
-        self.fill = size  # the last piece is full: the first write starts one
+        self.fill = self.room = 0  # bytes written into the last piece, and its length
 
     def extend(self, data):
         """Write `data` (bytes; or one byte as an int, which makes this `append`)."""
@@ -55,25 +58,38 @@ class Chunks:
         n = 1 if one else len(data)
         done = 0
         while done < n:
-            if self.fill == self.size:
-                self.parts.append(bytearray(self.size))
-                self.fill = 0
+            if self.fill == self.room:
+                self.grow()
             piece = self.parts[-1]
             if one:
                 piece[self.fill] = data
                 k = 1
             else:
-                k = min(n - done, self.size - self.fill)
+                k = min(n - done, self.room - self.fill)
                 piece[self.fill:self.fill + k] = data if k == n else memoryview(data)[done:done + k]
             self.fill += k
             done += k
 
     append = extend
 
+    def grow(self):
+        """A new last piece of `size` bytes, or of less when the heap has no such block left."""
+        while True:
+            try:
+                self.parts.append(bytearray(self.size))
+                break
+            except MemoryError:
+                if self.size <= MIN_CHUNK:
+                    raise
+                self.size //= 2
+        self.fill = 0
+        self.room = self.size
+
     def pieces(self):
         """The payload as a list of byte pieces; the last one is a view of what was written into it."""
-        if self.parts and self.fill < self.size:
+        if self.parts and self.fill < self.room:
             self.parts[-1] = memoryview(self.parts[-1])[:self.fill]
+            self.room = self.fill
         return self.parts
 
 
@@ -106,6 +122,7 @@ class BatchBuilder:
         self.prevs = []  # series id -> its last value in this batch
         self.reads = []  # series id -> the ticks it was read at, once `thin` narrowed `masks`
         self.thinned = False
+        self.order = []  # add_tick's sort of a tick whose samples are not in id order
         self.samples = 0
 
     def clear(self):
@@ -117,6 +134,13 @@ class BatchBuilder:
             self.masks[sid] = self.prevs[sid] = 0
         self.thinned = False
         self.samples = 0
+
+    def reserve(self, nbytes):
+        """Take room for `nbytes` of values now (a device does at start-up, while its heap is in one
+        piece) rather than grow `data` by reallocation during the first batch; kept, as all room is."""
+        if not self.ticks:
+            self.data = bytearray(nbytes)
+            self.data[:] = b""
 
     def __len__(self):
         return len(self.ticks)
@@ -145,16 +169,24 @@ class BatchBuilder:
                 top = series.id
             elif order is not None:
                 order = None  # out of id order (or one series twice)
-        if order is None:  # rare: sort by id, then by position, so the first of a series comes first
-            order = []
+        if order is None:  # sort by id, then by position, so the first of a series comes first
+            # common (a series first seen after others, like a CPU's utilization, has a higher id):
+            # one list of the tick's size, kept for the next tick, not a new one grown item by item
+            order = self.order
+            if len(order) != n:
+                order = self.order = [0] * n
             for i in range(n):
-                order.append(samples[i][0].id * n + i)
+                order[i] = samples[i][0].id * n + i
             order.sort()
         masks, prevs, data = self.masks, self.prevs, self.data
         if top >= len(masks):
             grow = [0] * (top + 1 - len(masks))  # extending by a list allocates just what is needed
             masks.extend(grow)
-            prevs.extend(grow)
+            try:
+                prevs.extend(grow)
+            except MemoryError:  # both lists stay the same length, or clear() fails (IndexError)
+                del masks[len(prevs):]
+                raise
         self.ticks.append(ts_ms)
         self.starts.append(len(data))
         bit = 1 << index

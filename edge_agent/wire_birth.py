@@ -7,9 +7,10 @@ when the dictionary grows), so this code is loaded for those moments and may be 
 """
 
 import binascii
+import errno
 
 from edge_agent.umsgpack import pack_array_header, pack_into
-from edge_agent.wire import VERSION
+from edge_agent.wire import CHUNK, VERSION
 
 
 def boot_tag(boot_id):
@@ -47,8 +48,13 @@ def encode_birth_into(out, info, table):
     for key, name in (("host", "host"), ("hid", "host_id"), ("osd", "os_description"), ("ast", "start_ms")):
         if info.get(name):
             birth[key] = info[name]
+    series = table.series
+    n = getattr(table, "count", None)  # the first `count` series only (StreamedBirth); else all of them
+    if n is None:
+        n = len(series)
     starts = {}  # series that count from another moment than the boot: [[start_ms, id, ...], ...]
-    for s in table.series:
+    for i in range(n):
+        s = series[i]
         if s.start:
             if s.start not in starts:
                 starts[s.start] = [s.start]
@@ -61,7 +67,91 @@ def encode_birth_into(out, info, table):
         pack_into(key, out)
         pack_into(birth[key], out)
     pack_into("series", out)
-    pack_array_header(len(table.series), out)
-    for s in table.series:
+    pack_array_header(n, out)
+    for i in range(n):
+        s = series[i]
         name, kind, unit, scale, source = s.family
         pack_into([s.id, name, unit, kind, s.attrs, scale, s.bounds, source], out)
+
+
+class StreamedBirth:
+    """A birth that a transport writes as it is encoded (`write_to`), for transports that take one
+    (`streams`, transport/umqtt.py): a birth is retained and QoS 1, so it is kept until its PUBACK, and
+    kept encoded it is ~75 bytes a series (6 KB for 80 series, in 512-byte pieces) at the moment a data
+    batch is encoded too: the largest allocation a 64 KB heap sees. Kept as this, it is the series known
+    now (how many of the table's, which only grows) and one CHUNK-byte buffer, allocated here (so that
+    a heap without room fails before anything is written); `len()` is its size in bytes, counted by
+    encoding it once without keeping anything. The series table only grows, and the `info` given is a
+    copy: every write (the first one, and one after a reconnect) sends the same bytes."""
+
+    base = None
+
+    def __init__(self, info, table):
+        self.info = info
+        self.series = table.series
+        self.count = len(table.series)
+        self.epoch = table.epoch
+        if getattr(table, "base", None) is not None:
+            self.base = table.base
+        self.buf = bytearray(CHUNK)
+        count = Count()
+        encode_birth_into(count, info, self)
+        self.size = count.n
+
+    def __len__(self):
+        return self.size
+
+    def write_to(self, write):
+        """Encode the birth again, handing `write` a piece each time the buffer is full. `write`
+        returns the bytes it took (None: all of them); fewer is a timeout (OSError)."""
+        out = Flush(self.buf, write)
+        encode_birth_into(out, self.info, self)
+        out.flush()
+
+
+class Count:
+    """A byte sink (as pack_into needs) that keeps only how many bytes it was given."""
+
+    def __init__(self):
+        self.n = 0
+
+    def extend(self, data):
+        self.n += 1 if isinstance(data, int) else len(data)
+
+    append = extend
+
+
+class Flush:
+    """A byte sink that fills `buf` and hands it to `write` each time it is full (and at `flush`)."""
+
+    def __init__(self, buf, write):
+        self.buf = buf
+        self.write = write
+        self.fill = 0
+
+    def extend(self, data):
+        buf = self.buf
+        if isinstance(data, int):
+            if self.fill == len(buf):
+                self.flush()
+            buf[self.fill] = data
+            self.fill += 1
+            return
+        n = len(data)
+        done = 0
+        while done < n:
+            if self.fill == len(buf):
+                self.flush()
+            k = min(n - done, len(buf) - self.fill)
+            buf[self.fill:self.fill + k] = data if k == n else memoryview(data)[done:done + k]
+            self.fill += k
+            done += k
+
+    append = extend
+
+    def flush(self):
+        if self.fill:
+            n = self.write(memoryview(self.buf)[:self.fill])
+            if n is not None and n < self.fill:  # MicroPython's write returns short on a timeout
+                raise OSError(errno.ETIMEDOUT)
+            self.fill = 0

@@ -4,9 +4,10 @@ Every archive is written from an in-memory list of (path, bytes, mode) entries, 
 mtime = SOURCE_DATE_EPOCH (else the last commit's time), uid/gid 0 with no user names, fixed modes,
 and gzip headers with mtime 0 and no file name. Nothing is read from the file system's metadata.
 
-Artifacts (VERSION is edge_agent.__version__):
-  edge-agent-micropython-VERSION.tar.gz  root-file-system layout: .mpy modules, launcher, config, guide
-  edge-agent_VERSION-1_all.ipk           OpenWrt package (procd service) running that bundle
+Artifacts (VERSION is edge_agent.__version__, ARCH each of firmware.interpreter.ARCHES):
+  micropython-edge-agent-VERSION-ARCH    MicroPython with the agent frozen in (static executable)
+  edge-agent_VERSION-1_OPENWRTARCH.ipk   OpenWrt package (procd service) running that interpreter
+  edge-agent-micropython-VERSION.tar.gz  for a stock MicroPython: .mpy modules, launcher, config, guide
   edge-agent-VERSION.pyz                 CPython zipapp (edge_agent + vendored paho-mqtt, .py and .pyc, eBPF objects)
   edge-agent-cpython-VERSION.tar.gz      the zipapp, eBPF objects, systemd unit and config, for `tar -C /`
 each with ARTIFACT.manifest.json (version, commit, files with sizes and sha256), plus SHA256SUMS.
@@ -27,7 +28,7 @@ import time
 import zipfile
 import zlib
 
-from firmware import IPK_RELEASE, MPY_BUNDLE_TARGET, MPY_MODULES, PACKAGE, PYZ_EXCLUDE
+from firmware import IPK_RELEASE, MPY_BUNDLE_TARGET, PACKAGE, PYZ_EXCLUDE, interpreter, manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = os.path.join(ROOT, "firmware", "files")
@@ -37,8 +38,7 @@ LIB = "./usr/lib/edge-agent"
 CONFIG = "./etc/edge-agent/config.json"
 
 
-class BuildError(Exception):
-    pass
+BuildError = interpreter.BuildError
 
 
 # ---------------------------------------------------------------- inputs
@@ -65,19 +65,6 @@ def version():
     namespace = {}
     exec(read(os.path.join(ROOT, "edge_agent", "__init__.py")), namespace)
     return namespace["__version__"]
-
-
-def mpy_sources(log):
-    """The existing files of MPY_MODULES, in order, and the patterns that matched nothing."""
-    found, missing = [], []
-    for pattern in MPY_MODULES:
-        matches = sorted(glob.glob(os.path.join(ROOT, pattern)))
-        if not matches:
-            missing.append(pattern)
-        found.extend(os.path.relpath(m, ROOT) for m in matches if os.path.relpath(m, ROOT) not in found)
-    for pattern in missing:
-        log("warning: %s does not exist yet; the MicroPython bundle goes without it" % pattern)
-    return found, missing
 
 
 def find_mpy_cross():
@@ -201,40 +188,52 @@ def pyc(rel, source):
         return read(out)
 
 
-def micropython_entries(mpy, config):
+def micropython_bundle(mpy, config, mtime):
+    """For a device with a stock MicroPython: the .mpy modules, the launcher, the config and the guide."""
     entries = [(LIB + "/" + rel, data, 0o644) for rel, data in mpy.items()]
     entries.append(("./usr/bin/edge-agent-mpy", read(os.path.join(FILES, "edge-agent-mpy")), 0o755))
     entries.append((CONFIG, config, 0o644))
-    return entries
-
-
-def micropython_bundle(mpy, config, mtime):
     guide = read(os.path.join(ROOT, "firmware", "INSTALL-micropython.md"))
-    entries = micropython_entries(mpy, config)
     entries.append(("./usr/share/doc/edge-agent/INSTALL-micropython.md", guide, 0o644))
     return tar_gz(with_dirs(entries), mtime), entries
 
 
-def ipk(mpy, config, ver, mtime, objects=()):
-    data_entries = micropython_entries(mpy, config)
-    # for a CPython agent on the device (the MicroPython one has no eBPF): both byte orders, "all"
-    data_entries.extend((LIB + "/bpf/" + name, data, 0o644) for name, data in objects)
-    data_entries.append(("./etc/init.d/edge-agent", read(os.path.join(FILES, "edge-agent.init")), 0o755))
+def init_script(arch):
+    """The procd service, running the agent at the architecture's default heap (firmware.interpreter.ARCHES)."""
+    text = read(os.path.join(FILES, "edge-agent.init")).decode()
+    line = "procd_set_param env EDGE_AGENT_HEAP=64K"
+    if text.count(line) != 1:
+        raise BuildError("firmware/files/edge-agent.init: expected one line %r" % line)
+    return text.replace(line, "procd_set_param env EDGE_AGENT_HEAP=" + arch.heap).encode()
+
+
+def ipk(arch, binary, config, ver, mtime, objects=()):
+    """The OpenWrt package for `arch`: the agent's interpreter (agent frozen in), launcher, service, config,
+    and the eBPF objects in the architecture's byte order, for a CPython agent on the device (the
+    MicroPython one has no eBPF)."""
+    data_entries = [
+        (LIB + "/micropython", binary, 0o755),
+        ("./usr/bin/edge-agent-mpy", read(os.path.join(FILES, "edge-agent-mpy")), 0o755),
+        ("./etc/init.d/edge-agent", init_script(arch), 0o755),
+        (CONFIG, config, 0o644),
+    ]
+    data_entries.extend((LIB + "/bpf/" + name, data, 0o644) for name, data in objects
+                        if name.endswith("." + arch.bpf + ".o"))
     installed = sum(len(d) for _n, d, _m in data_entries)
     control = (
         "Package: %s\n"
         "Version: %s-%d\n"
-        "Depends: libc, micropython\n"
         "Source: edge-telemetry\n"
         "SourceName: %s\n"
         "License: Apache-2.0\n"
         "Section: utils\n"
         "SourceDateEpoch: %d\n"
         "Maintainer: edge-telemetry project\n"
-        "Architecture: all\n"
+        "Architecture: %s\n"
         "Installed-Size: %d\n"
-        "Description:  Edge telemetry agent on MicroPython: /proc metrics in compact msgpack batches over MQTT.\n"
-    ) % (PACKAGE, ver, IPK_RELEASE, PACKAGE, mtime, installed)
+        "Description:  Edge telemetry agent: /proc metrics in compact msgpack batches over MQTT, on its own\n"
+        " MicroPython (static, %s; the agent frozen in, runs in a %s heap).\n"
+    ) % (PACKAGE, ver, IPK_RELEASE, PACKAGE, mtime, arch.openwrt, installed, arch.name, arch.heap)
     control_entries = [
         ("./control", control.encode(), 0o644),
         ("./conffiles", b"/etc/edge-agent/config.json\n", 0o644),
@@ -303,7 +302,7 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def manifest(name, data, entries, info):
+def manifest_json(name, data, entries, info):
     files = [{"path": n[2:] if n.startswith("./") else n, "size": len(d), "sha256": sha256(d)}
              for n, d, _m in sorted(entries) if d is not None]
     record = dict(info)
@@ -311,10 +310,11 @@ def manifest(name, data, entries, info):
     return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
 
 
-def build_all(out="dist", vendor=True, log=print):
+def build_all(out="dist", vendor=True, log=print, arches=None):
+    """Build every artifact into `out`; `arches` are the interpreters' architectures (default all, [] none)."""
     ver = version()
     mtime = source_date_epoch()
-    sources, missing = mpy_sources(log)
+    sources = manifest.sources()
     mpy, mpy_cross_version = compile_mpy(sources)
     config = default_config()
     objects, clang = bpf_objects(log)
@@ -329,24 +329,32 @@ def build_all(out="dist", vendor=True, log=print):
     }
 
     artifacts = []
+    names = list(interpreter.ARCHES) if arches is None else arches
+    frozen = [("./" + rel, read(os.path.join(ROOT, rel)), 0o644) for rel in sources]
+    for arch, binary, build_info in interpreter.build_interpreters(names, log):
+        name = "micropython-%s-%s-%s" % (PACKAGE, ver, arch.name)
+        binary_info = dict(info, interpreter=build_info)
+        del binary_info["toolchain"]
+        artifacts.append((name, binary, frozen, binary_info, 0o755))
+        package, entries = ipk(arch, binary, config, ver, mtime, objects)
+        artifacts.append(("%s_%s-%d_%s.ipk" % (PACKAGE, ver, IPK_RELEASE, arch.openwrt), package, entries,
+                          dict(info, interpreter=build_info), 0o644))
     bundle, entries = micropython_bundle(mpy, config, mtime)
-    mpy_info = dict(info, missing_modules=missing, mpy_bytes=sum(len(d) for d in mpy.values()))
-    artifacts.append(("%s-micropython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, mpy_info))
-    package, entries = ipk(mpy, config, ver, mtime, objects)
-    artifacts.append(("%s_%s-%d_all.ipk" % (PACKAGE, ver, IPK_RELEASE), package, entries, info))
+    mpy_info = dict(info, mpy_bytes=sum(len(d) for d in mpy.values()))
+    artifacts.append(("%s-micropython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, mpy_info, 0o644))
     app_entries = pyz(vendor, log, objects)
     app = zipapp(app_entries, mtime)
-    artifacts.append(("%s-%s.pyz" % (PACKAGE, ver), app, app_entries, info))
+    artifacts.append(("%s-%s.pyz" % (PACKAGE, ver), app, app_entries, info, 0o644))
     bundle, entries = cpython_bundle(app, config, ver, mtime, objects)
-    artifacts.append(("%s-cpython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, info))
+    artifacts.append(("%s-cpython-%s.tar.gz" % (PACKAGE, ver), bundle, entries, info, 0o644))
 
     os.makedirs(out, exist_ok=True)
     sums = []
-    for name, data, entries, extra in artifacts:
-        write(os.path.join(out, name), data)
-        write(os.path.join(out, name + ".manifest.json"), manifest(name, data, entries, extra))
+    for name, data, entries, extra, mode in artifacts:
+        write(os.path.join(out, name), data, mode)
+        write(os.path.join(out, name + ".manifest.json"), manifest_json(name, data, entries, extra))
         sums.append("%s  %s\n" % (sha256(data), name))
-        log("%-40s %8d bytes" % (name, len(data)))
+        log("%-48s %8d bytes" % (name, len(data)))
     write(os.path.join(out, "SHA256SUMS"), "".join(sums).encode())
     size = mpy_info["mpy_bytes"]
     log("MicroPython modules: %d .mpy files, %d bytes (target <= %d)" % (len(mpy), size, MPY_BUNDLE_TARGET))
@@ -355,9 +363,9 @@ def build_all(out="dist", vendor=True, log=print):
     return [os.path.join(out, a[0]) for a in artifacts]
 
 
-def write(path, data):
+def write(path, data, mode=0o644):
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)

@@ -41,7 +41,11 @@ def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
             persistence += "user root\n"
     with open(conf, "w") as f:
         f.write("listener %d 127.0.0.1\nallow_anonymous true\n%s%s\n" % (port, persistence, extra_conf))
-    log = log_path(tmp_path, port)
+    return run_broker(conf, port, log_path(tmp_path, port)), port
+
+
+def run_broker(conf: str, port: int, log: str) -> subprocess.Popen:
+    """mosquitto -c CONF (its output appended to `log`), once it accepts connections on `port`."""
     with open(log, "ab") as log_file:
         proc = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
@@ -50,7 +54,7 @@ def start_mosquitto(tmp_path, extra_conf: str = "", port: int | None = None,
             raise RuntimeError("mosquitto exited with %s, see %s" % (proc.returncode, log))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
+            return proc
         except OSError:
             time.sleep(0.05)
     proc.kill()
@@ -93,3 +97,4 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
             return result
         time.sleep(poll)
     raise AssertionError("timed out waiting for " + what)
+

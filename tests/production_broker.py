@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mosquitto import MOSQUITTO, free_port, stop
+from mosquitto import free_port, run_broker, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "mosquitto"
@@ -60,13 +59,7 @@ def start(tmp: Path, devices=("dev-a", "dev-b"), edit=None, acl_extra: str = "")
         conf += "\n# tests run as root with keys in a private temp dir\nuser root\n"
     (tmp / "mosquitto.conf").write_text(conf)
     log = tmp / "mosquitto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=out,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while "running" not in log.read_text(errors="replace"):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-        time.sleep(0.05)
+    proc = run_broker(str(tmp / "mosquitto.conf"), service_port, str(log))
     return Broker(proc, device_port, service_port, certs, log, conf)
 
 

@@ -1,5 +1,6 @@
 """The compiled eBPF objects travel in every artifact, and the zipapp runs from its own bytecode:
-the wheel (package data), the OpenWrt .ipk, the zipapp (loaded from inside the zip, as root)."""
+the wheel (package data), each OpenWrt .ipk (its architecture's byte order), the zipapp (loaded
+from inside the zip, as root)."""
 
 import importlib.util
 import os
@@ -10,19 +11,20 @@ import zipfile
 
 import pytest
 
+from firmware.interpreter import ARCHES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTS = ["cpu.bpfeb.o", "cpu.bpfel.o", "net.bpfeb.o", "net.bpfel.o"]
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "firmware", "build", "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, SOURCE_DATE_EPOCH="1700000000"))
-    assert proc.returncode == 0, proc.stderr
+def dist(firmware_dist):
+    out, _log = firmware_dist  # the session's one firmware build (conftest)
     names = os.listdir(out)
-    return dict((kind, os.path.join(out, [n for n in names if n.endswith(kind)][0]))
-                for kind in (".pyz", ".ipk", "cpython-0.1.0.tar.gz"))
+    found = dict((kind, os.path.join(out, [n for n in names if n.endswith(kind)][0]))
+                 for kind in (".pyz", "cpython-0.1.0.tar.gz"))
+    found["ipks"] = dict((arch, os.path.join(out, "edge-agent_0.1.0-1_%s.ipk" % ARCHES[arch].openwrt)) for arch in ARCHES)
+    return found
 
 
 def _bpf_bytes(name):
@@ -49,13 +51,19 @@ def test_the_zipapp_imports_its_bytecode(dist):
     assert out == [dist[".pyz"] + "/edge_agent/agent.pyc", "None"]  # the .pyc, built -OO (no docstrings)
 
 
-def test_the_ipk_carries_the_objects(dist):
-    with tarfile.open(dist[".ipk"]) as outer:
-        data = outer.extractfile("./data.tar.gz")
-        with tarfile.open(fileobj=data) as inner:
-            got = dict((m.name, inner.extractfile(m).read()) for m in inner.getmembers() if "/bpf/" in m.name and m.isfile())
-    assert sorted(got) == ["./usr/lib/edge-agent/bpf/" + n for n in OBJECTS]
-    assert all(got["./usr/lib/edge-agent/bpf/" + n] == _bpf_bytes(n) for n in OBJECTS)
+def test_each_ipk_carries_the_objects_of_its_byte_order(dist):
+    orders = {}
+    for arch, path in dist["ipks"].items():
+        with tarfile.open(path) as outer:
+            data = outer.extractfile("./data.tar.gz")
+            with tarfile.open(fileobj=data) as inner:
+                got = dict((m.name, inner.extractfile(m).read()) for m in inner.getmembers()
+                           if "/bpf/" in m.name and m.isfile())
+        want = [n for n in OBJECTS if ("." + ARCHES[arch].bpf + ".") in n]
+        assert sorted(got) == ["./usr/lib/edge-agent/bpf/" + n for n in want], arch
+        assert all(got["./usr/lib/edge-agent/bpf/" + n] == _bpf_bytes(n) for n in want), arch
+        orders[arch] = ARCHES[arch].bpf
+    assert orders == {"x86_64": "bpfel", "armhf": "bpfel", "i686": "bpfel", "mips": "bpfeb"}  # MIPS routers are big-endian
 
 
 def test_the_systemd_bundle_has_the_objects_where_its_unit_looks(dist):

@@ -1,5 +1,7 @@
 """firmware/: `python -m firmware build` gives the same bytes twice, and what it builds is well formed:
-the .ipk as opkg expects it, the systemd unit, the manifests, and .mpy modules the real MicroPython loads."""
+the device interpreters (MicroPython with the agent frozen in, static, one per architecture), the
+.ipk as opkg expects it, the systemd unit, the manifests, and .mpy modules the real MicroPython loads.
+tests/test_device_binary.py runs the interpreters against the broker and the gateway."""
 
 import gzip
 import hashlib
@@ -7,12 +9,15 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
 import zipfile
 
 import pytest
+from conftest import SOURCE_DATE_EPOCH as SDE
+from conftest import firmware_build
 
 from edge_agent import __version__
 from edge_agent import config as configuration
@@ -20,29 +25,22 @@ from edge_agent import config as configuration
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # an editable install made before firmware/ had an __init__.py sees a namespace there
     sys.path.insert(0, ROOT)
-from firmware import MPY_BUNDLE_TARGET, build  # noqa: E402
+from firmware import MPY_BUNDLE_TARGET, build, manifest  # noqa: E402
+from firmware.interpreter import ARCHES  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
-SDE = "1700000000"
 MPY = "edge-agent-micropython-%s.tar.gz" % __version__
-IPK = "edge-agent_%s-1_all.ipk" % __version__
 PYZ = "edge-agent-%s.pyz" % __version__
 CPY = "edge-agent-cpython-%s.tar.gz" % __version__
-
-
-def run_build(out, **env):
-    full = dict(os.environ, SOURCE_DATE_EPOCH=SDE, **env)
-    proc = subprocess.run([sys.executable, "-m", "firmware", "build", "--out", str(out)], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o077))
-    assert proc.returncode == 0, proc.stderr
-    return proc.stderr
+BINARIES = {arch: "micropython-edge-agent-%s-%s" % (__version__, arch) for arch in ARCHES}
+IPKS = {arch: "edge-agent_%s-1_%s.ipk" % (__version__, ARCHES[arch].openwrt) for arch in ARCHES}
+# ELF e_machine of each architecture, and its byte order
+ELF = {"x86_64": (62, "<"), "armhf": (40, "<"), "mips": (8, ">"), "i686": (3, "<")}
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    log = run_build(out)
-    return out, log
+def dist(firmware_dist):
+    return firmware_dist
 
 
 def members(data):
@@ -58,17 +56,17 @@ def read(path):
 
 def test_two_builds_give_the_same_bytes(dist, tmp_path):
     out, _ = dist
-    run_build(tmp_path, TZ="Asia/Kolkata", LC_ALL="C")  # another time zone, locale and umask
+    firmware_build(tmp_path, TZ="Asia/Kolkata", LC_ALL="C")  # another time zone, locale and umask
     names = sorted(os.listdir(out))
     assert names == sorted(os.listdir(tmp_path))
-    assert {MPY, IPK, PYZ, CPY, "SHA256SUMS"} <= set(names)
+    assert {MPY, PYZ, CPY, "SHA256SUMS"} | set(BINARIES.values()) | set(IPKS.values()) <= set(names)
     for name in names:
         assert read(os.path.join(out, name)) == read(os.path.join(tmp_path, name)), name
 
 
 def test_archives_are_normalised(dist):
     out, _ = dist
-    for name in (MPY, IPK, CPY):
+    for name in [MPY, CPY] + list(IPKS.values()):
         data = read(os.path.join(out, name))
         assert data[4:8] == b"\x00\x00\x00\x00"  # gzip header mtime 0
         for info, _content in members(data).values():
@@ -90,7 +88,10 @@ def test_source_date_epoch_defaults_to_the_last_commit(monkeypatch):
 
 
 def inner_files(name, data):
-    """path -> bytes of every file inside an artifact, with the names its manifest uses."""
+    """path -> bytes of every file inside an artifact, with the names its manifest uses (an interpreter's
+    are the sources frozen into it)."""
+    if name in BINARIES.values():
+        return {rel: read(os.path.join(ROOT, rel)) for rel in manifest.sources()}
     if name.endswith(".pyz"):
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             return {n: zf.read(n) for n in zf.namelist()}
@@ -112,7 +113,7 @@ def test_manifests_and_checksums_match_the_files(dist):
     for line in read(os.path.join(out, "SHA256SUMS")).decode().splitlines():
         digest, name = line.split("  ")
         sums[name] = digest
-    assert set(sums) == {MPY, IPK, PYZ, CPY}
+    assert set(sums) == {MPY, PYZ, CPY} | set(BINARIES.values()) | set(IPKS.values())
     for name in sums:
         data = read(os.path.join(out, name))
         manifest = json.loads(read(os.path.join(out, name + ".manifest.json")))
@@ -131,19 +132,21 @@ def sh_syntax_ok(script):
     return proc.returncode == 0, proc.stderr.decode()
 
 
-def test_ipk_structure(dist):
+@pytest.mark.parametrize("arch", list(ARCHES))
+def test_ipk_structure(dist, arch):
     out, _ = dist
-    outer = members(read(os.path.join(out, IPK)))
+    outer = members(read(os.path.join(out, IPKS[arch])))
     assert list(outer) == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]  # ipkg-build's order
     assert outer["./debian-binary"][1] == b"2.0\n"
     control = members(outer["./control.tar.gz"][1])
     data = members(outer["./data.tar.gz"][1])
 
-    fields = dict(line.split(": ", 1) for line in control["./control"][1].decode().splitlines())
+    lines = control["./control"][1].decode().splitlines()
+    fields = dict(line.split(": ", 1) for line in lines if not line.startswith(" "))
     assert fields["Package"] == "edge-agent"
     assert fields["Version"] == __version__ + "-1"
-    assert fields["Architecture"] == "all"
-    assert "micropython" in fields["Depends"]
+    assert fields["Architecture"] == ARCHES[arch].openwrt
+    assert "Depends" not in fields  # the interpreter is in the package, linked statically
     assert int(fields["Installed-Size"]) == sum(len(c) for _i, c in data.values() if c is not None)
     for name in ("Maintainer", "License", "Section", "Description"):
         assert fields[name].strip()
@@ -162,12 +165,76 @@ def test_ipk_structure(dist):
     assert sh_syntax_ok(init) == (True, "")
     text = init.decode()
     for needle in ("USE_PROCD=1", "start_service()", "procd_open_instance", "procd_set_param command /usr/bin/",
-                   "procd_set_param respawn", "procd_close_instance"):
+                   "procd_set_param respawn", "procd_close_instance",
+                   "procd_set_param env EDGE_AGENT_HEAP=%s\n" % ARCHES[arch].heap):
         assert needle in text.replace('"$PROG"', "/usr/bin/edge-agent-mpy"), needle
     launcher = data["./usr/bin/edge-agent-mpy"]
     assert launcher[0].mode == 0o755 and sh_syntax_ok(launcher[1]) == (True, "")
-    assert any(name.startswith("./usr/lib/edge-agent/edge_agent/") and name.endswith(".mpy") for name in data)
-    assert not any(name.endswith(".py") for name in data)
+    # the agent's own interpreter, where the launcher looks for it; no module file beside it
+    info, binary = data["./usr/lib/edge-agent/micropython"]
+    assert info.mode == 0o755 and binary == read(os.path.join(out, BINARIES[arch]))
+    assert not any(name.endswith((".py", ".mpy")) for name in data)
+
+
+def elf_header(data):
+    """(class bits, byte order, e_machine, has PT_INTERP) of an ELF executable."""
+    assert data[:4] == b"\x7fELF"
+    bits = 64 if data[4] == 2 else 32
+    order = "<" if data[5] == 1 else ">"
+    if bits == 64:
+        machine, = struct.unpack_from(order + "H", data, 18)
+        phoff, = struct.unpack_from(order + "Q", data, 32)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 54)
+    else:
+        machine, = struct.unpack_from(order + "H", data, 18)
+        phoff, = struct.unpack_from(order + "I", data, 28)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 42)
+    types = [struct.unpack_from(order + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]
+    return bits, order, machine, 3 in types  # PT_INTERP = 3: a dynamic executable
+
+
+@pytest.mark.parametrize("arch", list(ARCHES))
+def test_interpreters_are_static_executables_of_their_architecture(dist, arch):
+    out, _ = dist
+    path = os.path.join(out, BINARIES[arch])
+    assert os.stat(path).st_mode & 0o777 == 0o755
+    data = read(path)
+    assert elf_header(data) == (ARCHES[arch].bits, ELF[arch][1], ELF[arch][0], False)
+    info = json.loads(read(path + ".manifest.json"))
+    built = info["interpreter"]
+    assert built["arch"] == arch and built["heap_default"] == ARCHES[arch].heap and built["static"]
+    assert built["micropython"].startswith("1.25.") and "Debian trixie source" in built["micropython"]
+    assert "Mbed TLS 3.6" in built["mbedtls"]
+    assert built["frozen_modules"] == manifest.modules()
+    assert built["patches"] == sorted(os.listdir(os.path.join(ROOT, "firmware", "micropython", "patches")))
+
+
+FROZEN_SCRIPT = """
+import sys
+help('modules')
+for name in %r:
+    __import__(name)
+    print('frozen', name, sys.modules[name].__file__)
+"""
+
+
+def test_the_frozen_modules_are_the_manifests(dist, tmp_path):
+    """One list: the interpreter holds exactly firmware/manifest.py's modules, and imports them frozen (from
+    /, with a stray edge_agent package in the library folder it must not take)."""
+    out, _ = dist
+    stray = tmp_path / "lib" / "edge_agent"
+    stray.mkdir(parents=True)
+    (stray / "__init__.py").write_text("raise SystemExit('a stray source shadowed the frozen agent')\n")
+    proc = subprocess.run([os.path.join(out, BINARIES["x86_64"]), "-c", FROZEN_SCRIPT % manifest.modules()],
+                          env={"MICROPYPATH": ".frozen:" + str(tmp_path / "lib")}, cwd="/",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    help_text = proc.stdout.split("\nfrozen ")[0]  # help('modules') names frozen modules by path
+    listed = {word.replace("/__init__", "").replace("/", ".") for word in help_text.split()}
+    frozen = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("frozen ")]
+    assert [name for name, _file in frozen] == manifest.modules()
+    assert all(path == manifest.source(name) for name, path in frozen)  # a frozen module's path, no folder
+    assert {name for name in listed if name.startswith("edge_agent")} == set(manifest.modules())
 
 
 def test_default_config_is_valid(dist, tmp_path):
@@ -239,16 +306,13 @@ def test_mpy_modules_load_under_micropython(dist, tmp_path):
     loaded = [line.split() for line in proc.stdout.splitlines()]
     assert [m for _ok, m, _f in loaded] == sorted(modules)
     assert all(f.endswith(".mpy") and f.startswith(str(lib)) for _ok, _m, f in loaded)
-    for must in ("edge_agent.umsgpack", "edge_agent.wire", "edge_agent.transport.umqtt"):
-        assert must in modules
+    assert sorted(modules) == sorted(manifest.modules())  # the bundle holds the same modules as the interpreters
 
 
-def test_bundle_size_and_missing_modules(dist):
+def test_bundle_size(dist):
     out, log = dist
-    manifest = json.loads(read(os.path.join(out, MPY + ".manifest.json")))
-    assert manifest["mpy_bytes"] <= MPY_BUNDLE_TARGET
+    manifest_info = json.loads(read(os.path.join(out, MPY + ".manifest.json")))
+    assert manifest_info["mpy_bytes"] <= MPY_BUNDLE_TARGET
     assert os.path.getsize(os.path.join(out, MPY)) <= MPY_BUNDLE_TARGET
-    for pattern in manifest["missing_modules"]:
-        assert "warning: %s does not exist yet" % pattern in log
     gz = gzip.decompress(read(os.path.join(out, MPY)))
     assert len(gz) % 512 == 0

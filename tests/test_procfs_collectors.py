@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.collectors import procfs, procfs_cpu, procfs_net
 from edge_agent.collectors.procfs import procfs_collectors
 from edge_agent.collectors.procfs_cpu import STATES, CpuCollector, parse_stat
 from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_loadavg
-from edge_agent.collectors.procfs_memory import MemoryCollector, available, parse_meminfo
+from edge_agent.collectors.procfs_memory import FIELDS, MemoryCollector, available, parse_meminfo
 from edge_agent.collectors.procfs_net import NetworkCollector, parse_net_dev
 from edge_agent.collectors.procfs_system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
 from edge_agent.model import COUNTER, GAUGE
@@ -112,11 +114,16 @@ def test_parse_stat_old_kernels_pad_missing_fields_with_zero():
 
 
 def test_parse_meminfo():
-    assert parse_meminfo("MemTotal:  100 kB\nMemFree:    40 kB\nHugePages_Total:       3\n") == {
+    # only the fields the collector and loadwatch use: a dict of all ~55 each tick starved a 64 KB heap
+    assert parse_meminfo("MemTotal:  100 kB\nMemFree:    40 kB\nHugePages_Total:       3\nSwapCached: 7 kB\n"
+                         "Cached: 9 kB\nActive(file):  5 kB") == {
         "MemTotal": 100,
         "MemFree": 40,
-        "HugePages_Total": 3,
+        "Cached": 9,
+        "Active(file)": 5,
     }
+    modern = parse_meminfo((FIXTURES / "modern/t0/meminfo").read_text())
+    assert sorted(modern) == sorted(FIELDS)
     linux24 = parse_meminfo((FIXTURES / "kernel24/t0/meminfo").read_text())
     assert (linux24["MemTotal"], linux24["MemFree"], linux24["Cached"]) == (255624, 6472, 146100)
     assert "total" not in linux24 and "MemAvailable" not in linux24
@@ -498,3 +505,68 @@ def test_micropython_matches_cpython(tmp_path):
     outputs = [entry[3] for entry in expected if entry[2] in NAMES]
     assert sum(1 for out in outputs if out != "OSError") >= 20
     assert any(v == 2**64 for out in outputs if out != "OSError" for _, _, _, _, v in out)
+
+
+def test_meminfo_keys_are_the_fields():
+    from edge_agent.collectors import procfs_memory
+
+    assert procfs_memory.KEYS == [name + ":" for name in FIELDS]
+    assert procfs_memory.LINES == [key.encode() for key in procfs_memory.KEYS]
+
+
+LINE = st.text(alphabet="abcpu :0123456789", max_size=40).map(str.encode)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(LINE, max_size=30), st.booleans(), st.sampled_from([None, [b"a"], [b"cpu", b"b"]]),
+       st.sampled_from([8, 16, 33]))
+def test_lines_reads_through_its_buffer_as_split_would(tmp_path_factory, items, newline_at_end, prefixes, size):
+    """edge_agent.collectors.lines (the /proc reader of the device): the lines a split gives, the ones
+    starting with a prefix only, those longer than the buffer skipped, whatever the buffer boundaries."""
+    from edge_agent import collectors
+
+    text = b"\n".join(items) + (b"\n" if newline_at_end and items else b"")
+    path = tmp_path_factory.mktemp("lines") / "file"
+    path.write_bytes(text)
+    saved = collectors.SIZE, list(collectors.BUFFER)
+    collectors.SIZE = size
+    collectors.BUFFER[:] = []
+    try:
+        got = collectors.lines(str(path), prefixes)
+    finally:
+        collectors.SIZE = saved[0]
+        collectors.BUFFER[:] = saved[1]
+    pieces = text.split(b"\n")
+    if not text or text.endswith(b"\n"):
+        pieces = pieces[:-1]
+    want = [line.decode() for line in pieces
+            if len(line) < size and (prefixes is None or any(line.startswith(p) for p in prefixes))]
+    assert got == want
+
+
+class FailingExtend(list):
+    """A list whose next `extend` fails, as on a full MicroPython heap."""
+
+    armed = True
+
+    def extend(self, items):
+        if self.armed:
+            self.armed = False
+            raise MemoryError
+        list.extend(self, items)
+
+
+@pytest.mark.parametrize("make, flat", [
+    (lambda root: CpuCollector(root), "ticks"),
+    (lambda root: NetworkCollector(root), "raw"),
+    (lambda root: NetworkCollector(root), "total"),
+])
+def test_a_memory_error_while_adding_a_cpu_or_interface_leaves_the_collector_usable(make, flat):
+    # seen in a 64 KB soak: the name was registered, its slots not, and the next read raised IndexError
+    root = str(FIXTURES / "modern" / "t0")
+    expected = [(s.key, v) for s, v in make(root).collect()]
+    collector = make(root)
+    setattr(collector, flat, FailingExtend())
+    with pytest.raises(MemoryError):
+        collector.collect()
+    assert [(s.key, v) for s, v in collector.collect()] == expected

@@ -145,6 +145,39 @@ def test_bytes_publish_in_pieces():
     assert sock.writes == [6, 100, 0, 100]
 
 
+def test_bytes_a_birth_is_written_as_it_is_encoded():
+    # wire_birth.StreamedBirth (transport.streams): the encoded birth's bytes, in CHUNK-byte writes after
+    # the header, and the same again on a retransmit; what waits for the PUBACK is not the encoded birth
+    from edge_agent import wire_birth
+    from edge_agent.model import GAUGE, Series, SeriesTable, family
+
+    table = SeriesTable()
+    gauge = family("g", GAUGE, "1")
+    for i in range(80):
+        table.intern(Series.of(gauge, {"i": str(i)}))
+    info = {"device": "d", "boot_id": "b", "boot_time_ms": 1, "collectors": {}}
+    whole = wire_birth.encode_birth(info, table)
+    birth = wire_birth.StreamedBirth(info, table)
+    assert len(birth) == len(whole) > 2 * wire_birth.CHUNK
+    table.intern(Series.of(gauge, {"i": "late"}))  # met after the birth was made: not in it
+    client, sock = attached()
+    token = client.publish("t", birth, qos=1, retain=True)
+    n = len(whole) + 5  # topic length and "t", packet id
+    head = bytes([0x33, (n & 0x7F) | 0x80, n >> 7, 0, 1]) + b"t" + b"\x00\x01"
+    assert n < 1 << 14 and sent(sock) == head + whole
+    pieces = [wire_birth.CHUNK] * (len(whole) // wire_birth.CHUNK)
+    if len(whole) % wire_birth.CHUNK:
+        pieces.append(len(whole) % wire_birth.CHUNK)
+    assert sock.writes == [len(head)] + pieces
+    sock.writes = []
+    client._inflight[1][1] = ago(30000)
+    client.poll(0)
+    assert sent(sock) == bytes([0x3B]) + head[1:] + whole
+    sock.data.extend(b"\x40\x02\x00\x01")
+    client.poll(0)
+    assert client.acked(token)
+
+
 def test_bytes_large_payload_is_not_copied():
     # bytes above SMALL go as their own write after the header; small ones in the packet (one write)
     client, sock = attached()
@@ -534,3 +567,29 @@ def test_tls_rejects_an_unknown_ca(tls_broker):
     client = make(port, "tls-bad", tls={"cert": tls["cert"], "key": tls["key"]})  # system CAs only
     client.poll(0.3)
     assert not client.connected and "CERTIFICATE_VERIFY_FAILED" in client.last_error
+
+
+UNKNOWN_CA_SCRIPT = """
+from edge_agent.transport.umqtt import Transport
+t = Transport("127.0.0.1", %(port)d, client_id="mpy-bad", tls=%(tls)r, reconnect=(0.1, 0.2))
+t.start(None, None)
+errors = []
+for i in range(40):
+    t.poll(0.05)
+    if t.last_error and t.last_error not in errors:
+        errors.append(t.last_error)
+print(t.connected, t.errors >= 2, errors)
+"""
+
+
+def test_micropython_tls_verification_failure_is_a_failed_attempt(tls_broker, tmp_path):
+    # mbedtls raises ValueError for a certificate that fails verification: it used to end the agent
+    port, tls = tls_broker
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=another-ca", "-keyout", "ca.key", "-out", "ca.crt"],
+                   check=True, capture_output=True, cwd=str(other))
+    out = run_micropython(UNKNOWN_CA_SCRIPT % {"port": port, "tls": dict(tls, ca=str(other / "ca.crt"))})
+    assert out.startswith("False True ["), out
+    assert "OSError" in out and "TLS: " in out and "Traceback" not in out, out

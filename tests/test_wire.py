@@ -134,6 +134,34 @@ def test_chunked_encoding_is_the_same_bytes_in_pieces(data, size, compress):
     assert wire.payload_size(pieces) == sum(len(p) for p in pieces)
 
 
+def test_chunks_get_smaller_when_the_heap_has_no_room_for_a_piece(monkeypatch):
+    # a fragmented 64 KB heap: 23 KB free, no 512-byte block; a birth in 512-byte pieces never went out
+    real = bytearray
+    refused = []
+
+    def fragmented(size):
+        if size > 128:
+            refused.append(size)
+            raise MemoryError
+        return real(size)
+
+    table, series = make_series(40, 40)
+    builder = wire.BatchBuilder()
+    builder.add_tick(1000, [(s, 123456789) for s in series])
+    builder.add_tick(2000, [(s, 123456999) for s in series])
+    monkeypatch.setattr(wire, "bytearray", fragmented, raising=False)
+    out = wire.Chunks()
+    builder.encode_into(out, "dev-1", 7, 1, 1)
+    monkeypatch.undo()
+    pieces = out.pieces()
+    assert refused == [512, 256] and out.size == 128
+    assert all(len(p) == 128 for p in pieces[:-1])
+    assert b"".join(pieces) == builder.encode("dev-1", 7, 1, 1)
+    monkeypatch.setattr(wire, "bytearray", lambda size: (_ for _ in ()).throw(MemoryError), raising=False)
+    with pytest.raises(MemoryError):  # below MIN_CHUNK it is the caller's MemoryError (the batch is dropped)
+        wire.Chunks().extend(b"x")
+
+
 @settings(max_examples=100, deadline=None)
 @given(batches(), st.data())
 def test_samples_in_any_order_or_twice_and_a_reused_builder(data, draw):
@@ -205,6 +233,33 @@ def test_clock_step_backwards_is_clamped():
     builder.add_tick(4000, [(series[0], 1)])
     batch = wire.parse_batch(wire.decode(builder.encode("d", 1, 1, 1)))
     assert batch.ticks == [5000, 5000]
+
+
+class ShortOfMemory(list):
+    """A list whose next `extend` fails as on a full MicroPython heap."""
+
+    fail = True
+
+    def extend(self, items):
+        if self.fail:
+            self.fail = False
+            raise MemoryError
+        list.extend(self, items)
+
+
+def test_a_memory_error_while_growing_leaves_the_builder_usable():
+    # seen at a 48 KB heap: `masks` grew, `prevs` did not, and clear() raised IndexError (the agent exited)
+    table, series = make_series(3, 0)
+    builder = wire.BatchBuilder()
+    builder.add_tick(1000, [(series[0], 1)])
+    builder.prevs = ShortOfMemory(builder.prevs)
+    with pytest.raises(MemoryError):
+        builder.add_tick(2000, [(series[0], 2), (series[2], 7)])
+    assert len(builder.masks) == len(builder.prevs)
+    builder.clear()  # what the agent does: the batch is dropped and counted
+    builder.add_tick(3000, [(series[0], 3), (series[2], 8)])
+    batch = wire.parse_batch(wire.decode(builder.encode("d", 1, 1, 1)))
+    assert batch.ticks == [3000] and [c[0] for c in batch.columns] == [series[0].id, series[2].id]
 
 
 def good_message():

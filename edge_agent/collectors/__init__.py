@@ -1,0 +1,73 @@
+"""The collectors, and the reader the /proc collectors share: `lines(path, prefix)`.
+
+Read whole, a /proc file is a new string of its size every tick (1-2 KB for /proc/stat or
+/proc/meminfo), grown by reallocation while it is read: on a small MicroPython heap those blocks,
+made and dropped every tick, break the free memory into pieces, and then the read itself no longer
+fits (seen at 64K: meminfo reads failing with 23 KB free, in pieces of 1.5 KB at most). `lines`
+reads through one buffer reserved once (`reserve`, at start-up) and makes only the lines asked for,
+each a small string. Part of the MicroPython-compatible core.
+"""
+
+SIZE = 1024  # the buffer; a longer line (the intr line of /proc/stat) is skipped, never returned
+BUFFER = []  # [bytearray(SIZE)] once reserved
+
+
+def reserve():
+    """The shared read buffer, allocated on the first call (a device calls it at start-up)."""
+    if not BUFFER:
+        BUFFER.append(bytearray(SIZE))
+    return BUFFER[0]
+
+
+def lines(path, prefixes=None):
+    """The lines of the file at `path` as strings without their newline, in file order; with
+    `prefixes` (a list of bytes) only the lines that start with one of them: each line made costs
+    two small blocks of heap. Lines longer than SIZE are skipped."""
+    buf = reserve()
+    view = memoryview(buf)
+    out = []
+    with open(path, "rb") as f:
+        have = 0  # bytes in buf; a line begins at buf[0]
+        skip = False  # inside a line being dropped (not asked for, or longer than the buffer)
+        while True:
+            n = f.readinto(view[have:])
+            have += n or 0
+            start = 0
+            while True:
+                end = buf.find(b"\n", start, have)
+                if end < 0:
+                    if not n and start < have and not skip:  # the last line has no newline
+                        end = have
+                    else:
+                        break
+                if not skip and wanted(buf, start, prefixes):
+                    out.append(str(view[start:end], "utf-8"))
+                skip = False
+                start = end + 1
+            if not n:
+                return out
+            if skip or (start == 0 and have == SIZE) or unwanted(buf, start, have, prefixes):
+                skip = True  # a line not asked for, or too long: drop it up to its end, uncopied
+                have = 0
+            elif start:  # the unfinished line to the front (a copy of it, as the two overlap; a short one)
+                buf[0:have - start] = buf[start:have]
+                have -= start
+
+
+def wanted(buf, start, prefixes):
+    if prefixes is None:
+        return True
+    for prefix in prefixes:
+        if buf.startswith(prefix, start):
+            return True
+    return False
+
+
+def unwanted(buf, start, have, prefixes):
+    """True when the unfinished line at buf[start:have] already shows it is not one of `prefixes`."""
+    if prefixes is None:
+        return False
+    for prefix in prefixes:
+        if have - start < len(prefix) or buf.startswith(prefix, start):
+            return False
+    return True

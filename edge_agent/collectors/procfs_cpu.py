@@ -31,9 +31,11 @@ Example output (first read, per_cpu=False), as (series key, value):
     ...
     system.cpu.time{state=steal}    20
 
-Small on a device: a CPU is 16 slots of `series` and 17 of `ticks` (flat lists), found by name.
+Small on a device: a CPU is 16 slots of `series` and 17 of `ticks` (flat lists), found by name; a
+state's time and utilization series share one attribute dict.
 """
 
+from edge_agent.collectors import lines
 from edge_agent.model import COUNTER, GAUGE, Series, family
 
 # a list, not a tuple: MicroPython loads a constant tuple's strings as separate str objects
@@ -43,12 +45,14 @@ IOWAIT = 4
 SLOTS = 17  # per CPU: 8 time series, 8 utilization series, and the read that last saw it
 TIME = family("system.cpu.time", COUNTER, "s", 0.01, "procfs")
 UTILIZATION = family("system.cpu.utilization", GAUGE, "1", 0.0001, "procfs")
+CPU_LINES = [b"cpu"]  # the lines of /proc/stat read (edge_agent.collectors.lines)
 
 
 def scan_cpus(text):
-    """The cpu lines of /proc/stat in file order as [(name, [8 ints])]; name "total" for the aggregate."""
+    """The cpu lines of /proc/stat in file order as [(name, [8 ints])]; name "total" for the aggregate.
+    `text` is the file, or a list of its lines (edge_agent.collectors.lines)."""
     rows = []
-    for line in text.split("\n"):
+    for line in text.split("\n") if isinstance(text, str) else text:
         if line.startswith("cpu"):
             tokens = line.split()
             fields = [0] * 8  # older kernels print fewer: the missing ones are 0
@@ -85,9 +89,29 @@ class CpuCollector:
         self.ticks = []
         self.reads = 0
 
+    def add(self, name):
+        """A new CPU's slots; its number k. Out of memory half-way, nothing is added (the next read
+        tries again): collect() indexes `series` and `ticks` together."""
+        series = [None] * 16
+        for i in range(8):
+            attrs = {"state": STATES[i]}  # shared by the state's time and utilization series
+            if name != "total":
+                attrs["cpu"] = name
+            series[i] = Series.of(TIME, attrs)
+            series[8 + i] = Series.of(UTILIZATION, attrs)
+        k = len(self.ticks) // SLOTS
+        try:
+            self.series.extend(series)
+            self.ticks.extend([0] * 16 + [-1])
+        except MemoryError:
+            del self.series[k * 16 :]
+            del self.ticks[k * SLOTS :]
+            raise
+        self.cpus[name] = k
+        return k
+
     def collect(self):
-        with open(self.root + "/stat") as f:
-            rows = scan_cpus(f.read())
+        rows = scan_cpus(lines(self.root + "/stat", CPU_LINES))
         self.reads += 1
         ticks = self.ticks
         out = []
@@ -96,14 +120,7 @@ class CpuCollector:
                 continue
             k = self.cpus.get(name)
             if k is None:
-                k = self.cpus[name] = len(ticks) // SLOTS
-                for metric in [TIME, UTILIZATION]:
-                    for state in STATES:
-                        attrs = {"state": state}
-                        if name != "total":
-                            attrs["cpu"] = name
-                        self.series.append(Series.of(metric, attrs))
-                ticks += [0] * 16 + [-1]
+                k = self.add(name)
             first = k * SLOTS  # this CPU's ticks; its series start at k * 16
             series = k * 16
             prev_all = sum(ticks[first : first + 8])

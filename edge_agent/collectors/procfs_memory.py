@@ -34,19 +34,31 @@ Example output (tests/fixtures/proc/modern/t0/meminfo):
     system.linux.memory.available        2500000
 """
 
+from edge_agent.collectors import lines
 from edge_agent.model import GAUGE, Series, family
+
+# the fields this collector and loadwatch use: a dict of all ~55 would cost ~1 KB of heap a read,
+# which a small, fragmented MicroPython heap often does not have. Literals, not computed: in a frozen
+# module they cost no heap.
+FIELDS = ["MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SReclaimable", "SUnreclaim",
+          "Active(file)", "Inactive(file)"]
+KEYS = ["MemTotal:", "MemFree:", "MemAvailable:", "Buffers:", "Cached:", "SReclaimable:", "SUnreclaim:",
+        "Active(file):", "Inactive(file):"]
+# the lines edge_agent.collectors.lines makes of the file
+LINES = [b"MemTotal:", b"MemFree:", b"MemAvailable:", b"Buffers:", b"Cached:", b"SReclaimable:", b"SUnreclaim:",
+         b"Active(file):", b"Inactive(file):"]
 
 
 def parse_meminfo(text):
-    """/proc/meminfo -> {field: int kB}, e.g. {"MemTotal": 24684084, "HugePages_Total": 0, ...}."""
+    """/proc/meminfo -> {field: int kB} of the FIELDS present, e.g. {"MemTotal": 24684084, ...}.
+    `text` is the file, or a list of its lines (edge_agent.collectors.lines)."""
     fields = {}
-    for line in text.split("\n"):
-        colon = line.find(":")
-        if colon <= 0:
-            continue
-        tokens = line[colon + 1 :].split()
-        if tokens and tokens[0].isdigit():  # Linux 2.4 opens with a "total: used: ..." header
-            fields[line[:colon].strip()] = int(tokens[0])
+    for line in text.split("\n") if isinstance(text, str) else text:
+        for i in range(len(KEYS)):
+            if line.startswith(KEYS[i]):
+                unit = line.find("kB")
+                fields[FIELDS[i]] = int(line[len(KEYS[i]):unit if unit > 0 else len(line)])  # int() skips spaces
+                break
     return fields
 
 
@@ -79,8 +91,7 @@ class MemoryCollector:
         self.series.append(Series.of(family("system.linux.memory.available", GAUGE, "By", 1024, "procfs")))
 
     def collect(self):
-        with open(self.root + "/meminfo") as f:
-            fields = parse_meminfo(f.read())
+        fields = parse_meminfo(lines(self.root + "/meminfo", LINES))
         if "MemTotal" not in fields:
             raise OSError("meminfo: no MemTotal")
         total = fields["MemTotal"]

@@ -40,6 +40,7 @@ and a width, found by name; its four series of a direction share one attribute d
 
 import sys
 
+from edge_agent.collectors import lines
 from edge_agent.model import COUNTER, Series, family
 
 # the metrics of each direction, in series order: /proc/net/dev columns 0-3 of a direction
@@ -69,9 +70,10 @@ def advance(last, raw, bits=64):
 
 
 def scan_net_dev(text):
-    """[(iface, [up to 16 ints])] in file order; lines with fewer than 12 numbers are skipped."""
+    """[(iface, [up to 16 ints])] in file order; lines with fewer than 12 numbers are skipped.
+    `text` is the file, or a list of its lines (edge_agent.collectors.lines)."""
     rows = []
-    for line in text.split("\n"):
+    for line in text.split("\n") if isinstance(text, str) else text:
         colon = line.find(":")
         if colon < 0:
             continue  # the two header lines
@@ -118,25 +120,38 @@ class NetworkCollector:
         self.total = []  # the running totals
         self.widths = []  # one per interface: the width its counters wrap at (32 or 64)
 
+    def add(self, name):
+        """A new interface's 8 slots; out of memory half-way, nothing is added (the next read tries again)."""
+        series = []
+        for direction in ["receive", "transmit"]:  # a list: see procfs_cpu.STATES
+            attrs = {"device": name, "direction": direction}  # shared by the direction's series
+            for metric in FAMILIES:
+                series.append(Series.of(metric, attrs))
+        first = len(self.raw)
+        try:
+            self.series.extend(series)
+            self.raw.extend([-1] * 8)
+            self.total.extend([0] * 8)
+            self.widths.append(self.bits)
+        except MemoryError:  # the lists stay in step, as collect() indexes them together
+            for flat in (self.series, self.raw, self.total):
+                del flat[first:]
+            del self.widths[first // 8:]
+            raise
+        self.ifaces[name] = first
+
     def collect(self):
-        with open(self.root + "/net/dev") as f:
-            rows = scan_net_dev(f.read())
+        rows = scan_net_dev(lines(self.root + "/net/dev"))
         raw = self.raw
         total = self.total
         out = []
         seen = []
         for name, columns in rows:
             if name not in self.ifaces:
-                wanted = (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
-                self.ifaces[name] = len(raw) if wanted else None
-                if wanted:
-                    for direction in ["receive", "transmit"]:  # a list: see procfs_cpu.STATES
-                        attrs = {"device": name, "direction": direction}  # shared by the direction's series
-                        for metric in FAMILIES:
-                            self.series.append(Series.of(metric, attrs))
-                    raw += [-1] * 8
-                    total += [0] * 8
-                    self.widths.append(self.bits)
+                if (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude):
+                    self.add(name)
+                else:
+                    self.ifaces[name] = None
             first = self.ifaces[name]
             if first is None:
                 continue

@@ -13,7 +13,9 @@ Trade-offs, stated first:
 - Packets are built into one bytearray, except a PUBLISH payload: it is written after the packet's
   header as it is given (bytes, or a list of pieces such as wire.Chunks makes), never copied into
   one buffer, so sending a large message needs no large contiguous allocation. A QoS 1 message keeps
-  its header and payload (the pieces) until its PUBACK. Incoming packets are read into one reused
+  its header and payload (the pieces) until its PUBACK. A payload may also be an object that writes
+  itself as it is encoded (`write_to(write)`, with `len()` its size; `streams`): the agent's birth
+  (wire_birth.StreamedBirth), so that what waits for its PUBACK is not the encoded birth. Incoming packets are read into one reused
   buffer.
 - Built for a small heap (bytecode loaded from .mpy lives in the heap on MicroPython's unix port):
   what only a connection attempt needs (socket, TLS and certificates, CONNECT, SUBSCRIBE, the
@@ -39,9 +41,10 @@ class Transport:
     """
 
     chunked = True  # publish takes a payload as a list of pieces (the agent then encodes into wire.Chunks)
+    streams = True  # ... or as an object it writes as it encodes it (`write_to`, wire_birth.StreamedBirth)
 
     def __init__(self, host, port=1883, client_id="edge-agent", keepalive=60, username=None, password=None,
-                 tls=None, will=None, reconnect=(1, 60), clean_session=True, max_inflight=16, rx_size=2048,
+                 tls=None, will=None, reconnect=(1, 16), clean_session=True, max_inflight=16, rx_size=2048,
                  timeout_s=5, retry_s=20):
         if password and not username:
             raise ValueError("a password needs a username")  # MQTT 3.1.1
@@ -53,6 +56,7 @@ class Transport:
         self.password = password
         self.will = will  # (topic, payload, qos, retain) or None
         self.tls = tls  # None, or a dict: ca, cert, key, insecure, server_hostname
+        self.tls_context = None  # made once, by umqtt_connect.context
         self.clean_session = clean_session
         self.timeout_s = timeout_s
         self.reconnect = reconnect
@@ -66,6 +70,7 @@ class Transport:
         self.running = False
         self.dropped = 0  # incoming packets too large for rx_size
         self.reconnects = 0
+        self.errors = 0  # connections (and connection attempts) that failed; last_error says why
         self.last_error = None
         self.backoff_ms = 0  # the latest reconnect delay (umqtt_connect doubles it after a failure)
         self.retry_in_ms = 0  # when the connection is down, the next attempt, counted from down_at
@@ -104,7 +109,7 @@ class Transport:
         self.connected = False
         if poller is not None:  # None when attaching it failed (MemoryError)
             try:
-                poller.unregister(sock)
+                poller.unregister(self._polled)  # the socket, or the one under TLS (umqtt_connect.attach)
             except (OSError, KeyError, ValueError):
                 pass
         if sock is not None:
@@ -113,6 +118,7 @@ class Transport:
             except OSError:
                 pass
         if error is not None:
+            self.errors += 1
             self.last_error = repr(error)
             self.down_at = mono_ms()
 
@@ -124,7 +130,8 @@ class Transport:
         A MemoryError between two writes would leave half a packet on the wire: the connection is
         closed instead and the caller sees an OSError (a QoS 1 message goes again after reconnecting).
         """
-        pieces = payload if isinstance(payload, list) else () if payload is None else [payload]
+        stream = getattr(payload, "write_to", None)  # encoded as it is written (wire_birth.StreamedBirth)
+        pieces = payload if isinstance(payload, list) else () if payload is None or stream else [payload]
         i = -1  # -1: data, then the pieces
         try:
             while i < len(pieces):
@@ -133,6 +140,8 @@ class Transport:
                 n = self._write(piece)
                 if n is not None and n < len(piece):  # MicroPython's write returns short on a timeout
                     raise OSError(errno.ETIMEDOUT)
+            if stream is not None:
+                stream(self._write)
         except MemoryError:
             self.close()
             raise OSError(errno.ENOMEM)
@@ -168,7 +177,7 @@ class Transport:
         else:
             size = len(payload)
         head = 2 + len(topic) + 2 * qos  # the variable header
-        small = size <= 128 and not isinstance(payload, list)  # copied into the packet: one write
+        small = size <= 128 and isinstance(payload, (bytes, bytearray, memoryview))  # copied in: one write
         n = head + size  # the remaining length, 7 bits a byte in the fixed header
         if qos not in (0, 1) or n > 268435455:
             raise ValueError("QoS 2, or a packet over 256 MB")

@@ -35,9 +35,10 @@ def connect(transport):
             sock = socket.socket(ai[0], socket.SOCK_STREAM)
             sock.settimeout(transport.timeout_s)
             sock.connect(ai[-1])
+            raw = sock
             if transport.tls is not None:
                 sock = wrap(transport, sock)
-            attach(transport, sock)
+            attach(transport, sock, raw=raw)
             transport._send(connect_packet(transport))
             rx = transport._rx
             transport._recv(rx, 4)
@@ -71,8 +72,9 @@ def connect(transport):
         release()
 
 
-def attach(transport, sock, poller=None):
-    """Make `sock` the transport's connection (the tests hand in a fake socket and poller)."""
+def attach(transport, sock, poller=None, raw=None):
+    """Make `sock` the transport's connection (the tests hand in a fake socket and poller); `raw` is the
+    socket under `sock` when that is a TLS socket."""
     transport.sock = sock
     transport.connected = True
     transport._recv_into = getattr(sock, "readinto", None) or sock.recv_into
@@ -81,19 +83,55 @@ def attach(transport, sock, poller=None):
     transport._ping_at = None  # no PINGREQ unanswered
     transport._last_tx = transport._last_rx = mono_ms()
     transport._poller = poller or select.poll()
-    transport._poller.register(sock, select.POLLIN)
+    transport._polled = sock
+    if raw is not None and raw is not sock and transport._pending is None:
+        # MicroPython's TLS socket has no file descriptor, so select.poll would ask it every
+        # millisecond (30 ms of CPU a second on x86_64): wait on the socket under it instead, and ask
+        # the TLS socket, without waiting, whether it already holds decrypted bytes
+        decrypted = select.poll()
+        decrypted.register(sock, select.POLLIN)
+        transport._pending = lambda: decrypted.poll(0)
+        transport._polled = raw
+    transport._poller.register(transport._polled, select.POLLIN)
 
 
 def wrap(transport, sock):
-    """The TLS socket over `sock`, as transport.tls says: ca, cert, key, insecure, server_hostname."""
-    import ssl
+    """The TLS socket over `sock`, as transport.tls says: ca, cert, key, insecure, server_hostname.
 
+    A failed handshake or certificate check raises OSError, as on CPython (ssl.SSLError): on
+    MicroPython mbedtls raises ValueError (a server certificate that fails verification, a local
+    certificate or key it cannot parse), which would otherwise end the agent instead of a retry."""
     tls = transport.tls
-    hostname = tls.get("server_hostname", transport.host)
-    if not hasattr(ssl, "SSLContext"):  # older MicroPython ports
-        return ssl.wrap_socket(sock, server_hostname=hostname)
+    try:
+        ctx = context(transport)
+        if ctx is None:  # older MicroPython ports: no SSLContext
+            import ssl
+
+            return ssl.wrap_socket(sock, server_hostname=tls.get("server_hostname", transport.host))
+        return ctx.wrap_socket(sock, server_hostname=tls.get("server_hostname", transport.host))
+    except ValueError as exc:
+        raise OSError("TLS: %s" % exc)
+
+
+def context(transport):
+    """The transport's TLS context (certificates loaded), made once and kept for every connection.
+
+    On MicroPython it is one block of ~3 KB (64-bit; ~1.7 KB on 32-bit) in the heap, which a small heap
+    has in one piece at start-up but maybe not later: mpy_setup makes it then (a ValueError here is a
+    certificate or key mbedtls cannot parse)."""
+    ctx = getattr(transport, "tls_context", None)
+    if ctx is not None:
+        return ctx
+    tls = transport.tls
+    cpython = sys.implementation.name != "micropython"
+    if cpython:
+        import ssl
+    else:
+        try:
+            import tls as ssl  # 1.23 and later: the C module (micropython-lib's `ssl` only wraps it)
+        except ImportError:
+            return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cpython = hasattr(ctx, "load_default_certs")
     if tls.get("insecure"):
         if cpython:
             ctx.check_hostname = False
@@ -101,8 +139,8 @@ def wrap(transport, sock):
     else:
         ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's client default is CERT_NONE
         if tls.get("ca"):
-            ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(
-                cadata=der(tls["ca"]))
+            # MicroPython's tls takes the certificate itself (positional only), CPython's a file
+            ctx.load_verify_locations(cafile=tls["ca"]) if cpython else ctx.load_verify_locations(der(tls["ca"]))
         elif cpython:
             ctx.load_default_certs()
     if tls.get("cert"):
@@ -110,7 +148,8 @@ def wrap(transport, sock):
             ctx.load_cert_chain(tls["cert"], tls.get("key"))
         else:
             ctx.load_cert_chain(der(tls["cert"]), der(tls.get("key") or tls["cert"]))
-    return ctx.wrap_socket(sock, server_hostname=hostname)
+    transport.tls_context = ctx
+    return ctx
 
 
 def der(path):

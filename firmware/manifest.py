@@ -1,0 +1,72 @@
+"""The device's modules: the one list that the firmware build, the tests and the heap bench read.
+
+Every module a MicroPython device runs, with when it is in memory:
+- RESIDENT: imported at start and kept while the agent runs (listed dependencies first, the
+  order bench/mpy_heap.py imports them in to measure each one's cost);
+- TRANSIENT: imported for a while and released (start-up, connecting, a birth, a receipt's rare
+  cases, a command, another sampling policy, the disk spool, the load/system collectors), see
+  edge_agent.mpy_main.
+
+`python -m firmware build` freezes all of them into the interpreter it builds (firmware/interpreter.py)
+and compiles them to .mpy for devices that already run MicroPython (the bundle and its tests).
+"""
+
+import os
+
+RESIDENT = "resident"
+TRANSIENT = "transient"
+
+DEVICE_MODULES = [
+    ("edge_agent", RESIDENT),
+    ("edge_agent.clock", RESIDENT),
+    ("edge_agent.model", RESIDENT),
+    ("edge_agent.umsgpack", RESIDENT),
+    ("edge_agent.wire", RESIDENT),
+    ("edge_agent.outbox", RESIDENT),
+    ("edge_agent.agent", RESIDENT),
+    ("edge_agent.collectors", RESIDENT),
+    ("edge_agent.collectors.procfs_cpu", RESIDENT),
+    ("edge_agent.collectors.procfs_memory", RESIDENT),
+    ("edge_agent.collectors.procfs_net", RESIDENT),
+    ("edge_agent.transport", RESIDENT),
+    ("edge_agent.transport.umqtt", RESIDENT),
+    ("edge_agent.mpy_main", RESIDENT),
+    ("edge_agent.mpy_setup", TRANSIENT),
+    ("edge_agent.statefile", TRANSIENT),
+    ("edge_agent.config", TRANSIENT),
+    ("edge_agent.collectors.procfs", TRANSIENT),
+    ("edge_agent.collectors.procfs_load", TRANSIENT),
+    ("edge_agent.collectors.procfs_system", TRANSIENT),
+    ("edge_agent.lifecycle", TRANSIENT),
+    ("edge_agent.receipts", TRANSIENT),
+    ("edge_agent.linkstate", TRANSIENT),
+    ("edge_agent.wire_birth", TRANSIENT),
+    ("edge_agent.transport.umqtt_connect", TRANSIENT),
+    ("edge_agent.hmac", TRANSIENT),
+    ("edge_agent.commands", TRANSIENT),
+    ("edge_agent.sampling_rules", TRANSIENT),
+    ("edge_agent.collector_changes", TRANSIENT),
+    ("edge_agent.sampling", TRANSIENT),
+    ("edge_agent.loadwatch", TRANSIENT),
+    ("edge_agent.spool", TRANSIENT),
+]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def modules(when=None):
+    """The module names, in list order; only the RESIDENT or TRANSIENT ones when `when` is given."""
+    return [name for name, role in DEVICE_MODULES if when is None or role == when]
+
+
+def source(name):
+    """The repository path of a module's source: a package is its __init__.py."""
+    path = name.replace(".", "/")
+    if os.path.isdir(os.path.join(ROOT, path)):
+        return path + "/__init__.py"
+    return path + ".py"
+
+
+def sources():
+    """Every device module's repository path, in list order."""
+    return [source(name) for name in modules()]
