@@ -414,14 +414,18 @@ class Agent:
         names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
         try:
             code = getattr(__import__("edge_agent." + module), module)
-        except MemoryError:
+        except (MemoryError, AttributeError):
             # MicroPython leaves a module whose import ran out of memory in sys.modules, without its
-            # package attribute: found there next time, getattr raised AttributeError and the agent exited
+            # package attribute: found there next time, getattr raises AttributeError (the import that
+            # failed may have been another's: receipts imports lifecycle). Unloaded, it is tried again
             unload(*names)
             self.out_of_memory(where)
             return
-        getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
-        unload(*names)
+        try:
+            getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
+        finally:  # out of memory in the task too: nothing half-imported stays for the next one
+            code = None
+            unload(*names)
 
     # ------------------------------------------------------------------ network
 
