@@ -1,7 +1,7 @@
 """The MicroPython agent's heap: what each module costs to load, and what the running agent uses.
 
     .venv/bin/python bench/mpy_heap.py [--binary dist/micropython-edge-agent-VERSION-ARCH]
-                                       [--heap 64K] [--seconds 75] [--imports-only] [--json]
+                                       [--heap 64K] [--seconds 75] [--policy fixed] [--imports-only] [--json]
 
 The modules are firmware/manifest.py's, resident ones in its order (dependencies first), then the
 transient ones. Two interpreters:
@@ -19,7 +19,7 @@ transient ones. Two interpreters:
    the fragments that exist only for the heap (FRAGMENTS) are priced as if merged back into the
    resident module of their concept: that module would carry their functions all the time.
 2. run: a real mosquitto on a free port and `-X heapsize=HEAP -m edge_agent.mpy_main` with the
-   default config (fixed policy, commands enabled, no spool), cpu + network + memory collectors at
+   default config (fixed policy unless --policy, commands enabled, no spool), cpu + network + memory collectors at
    1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute (gc.mem_alloc()
    after gc.collect(), the highest seen, the largest free block); this bench asks for one every 10 s
    (EDGE_AGENT_HEAP_EVERY_S) and prints them.
@@ -144,12 +144,13 @@ def import_costs(lib, binary=None):
     return rows
 
 
-def write_config(path, port, state_dir):
+def write_config(path, port, state_dir, policy="fixed"):
     config = {
         "device_id": "mpy-heap", "broker": "mqtt://127.0.0.1:%d" % port, "interval_s": 1.0, "batch_s": 10.0,
         "state_dir": state_dir,
         "collectors": {"load": {"enabled": False}, "system": {"enabled": False}},
         "commands": {"device_key": "hex:00112233445566778899aabbccddeeff"},
+        "sampling": {} if policy == "fixed" else {"policy": policy},
     }
     with open(path, "w") as f:
         json.dump(config, f)
@@ -165,13 +166,13 @@ def heap_lines(text):
     return out
 
 
-def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None):
+def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
     from mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     try:
         config = os.path.join(tmp, "config.json")
-        write_config(config, port, os.path.join(tmp, "state"))
+        write_config(config, port, os.path.join(tmp, "state"), policy)
         env = dict(os.environ, MICROPYPATH=".frozen:" + lib if lib else ".frozen", EDGE_AGENT_HEAP_EVERY_S=str(every_s))
         log_path = os.path.join(tmp, "agent.log")
         with open(log_path, "wb") as log:
@@ -196,6 +197,7 @@ def main(argv=None):
                                          "PyPI micropython on the .mpy modules")
     parser.add_argument("--heap", default="64K")
     parser.add_argument("--seconds", type=float, default=75)
+    parser.add_argument("--policy", default="fixed", help="sampling policy of the running agent")
     parser.add_argument("--imports-only", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -229,12 +231,12 @@ def main(argv=None):
                 print("  %-36s into %-28s +%5d B %s" % (name, FRAGMENTS[name], cost, where))
             print("  resident heap: +%d B (%.1f KB)" % (resident, resident / 1024))
         if not args.imports_only:
-            code, text = run_agent(lib, args.heap, args.seconds, tmp, binary=args.binary)
+            code, text = run_agent(lib, args.heap, args.seconds, tmp, binary=args.binary, policy=args.policy)
             lines = heap_lines(text)
-            result.update({"heap": args.heap, "seconds": args.seconds, "exit": code, "reports": lines,
-                           "memory_error": "MemoryError" in text or "memory_error" in text})
-            print("agent under -X heapsize=%s for %d s: exit %s, MemoryError: %s"
-                  % (args.heap, args.seconds, code, result["memory_error"]))
+            result.update({"heap": args.heap, "seconds": args.seconds, "policy": args.policy, "exit": code,
+                           "reports": lines, "memory_error": "MemoryError" in text or "memory_error" in text})
+            print("agent (%s policy) under -X heapsize=%s for %d s: exit %s, MemoryError: %s"
+                  % (args.policy, args.heap, args.seconds, code, result["memory_error"]))
             for fields in lines:
                 print("  " + " ".join("%s=%s" % (k, fields[k]) for k in sorted(fields)))
             if code not in (0, None) or result["memory_error"]:

@@ -1,7 +1,8 @@
 """The agent loop: read collectors when due, keep what the sampler selects, batch, send.
 
     tick:  sampler.due() -> collector.collect() -> sampler.select() -> BatchBuilder.add_tick()
-    flush: BatchBuilder.encode() -> Outbox (store-and-forward)
+    flush: sampler.thin() (adaptive: what each series sends) -> BatchBuilder.encode() -> Outbox
+           (store-and-forward)
     pump:  Outbox -> transport.publish (QoS 1) ... PUBACK ... the gateway's receipt -> removed
            from the Outbox (docs/reliability.md: the receipt when a gateway sends them, else the PUBACK)
 
@@ -119,6 +120,9 @@ class EveryInterval:
     def next_due_ms(self):
         return self.next_ms if self.next_ms is not None else 0
 
+    def load_due(self, now_ms):
+        return False
+
     def observe_load(self, now_ms, cpu_util, runq, mem_avail_ratio, self_cpu):
         pass
 
@@ -223,6 +227,7 @@ class Agent:
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0, "clock_skips": 0,
                       "unsent": 0}
+        self.stretched = bytearray()  # series reported with an interval other than the base (batch_ext)
         self.errors_by_collector = {}
         self.memory_log_ms = {}  # place -> next time a memory_error there may be logged
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
@@ -300,6 +305,18 @@ class Agent:
         """Encode the pending ticks as one batch into the outbox (birth first if the dictionary grew)."""
         if not len(self.builder):
             return None
+        thin = getattr(self.sampler, "thin", None)
+        if thin is not None:  # a policy that chooses what to send having seen the whole batch
+            read = self.builder.samples
+            try:
+                thin(self.builder, self.table.series)
+            except MemoryError:
+                self.drop_batch("batch")
+                return None
+            self.stats["samples_kept"] -= read - self.builder.samples
+            if not self.builder.samples:  # nothing worth sending in this one
+                self.builder.clear()
+                return None
         seq = self.seq.take()
         if self.table.changed:
             self.table.epoch = seq
@@ -360,11 +377,15 @@ class Agent:
         intervals = {}
         base = self.base_interval_ms()
         masks = self.builder.masks  # series id -> its ticks in this batch (0: none)
+        stretched = self.stretched  # series id -> 1 while its last reported interval was not the base
+        if len(stretched) < len(masks):
+            stretched.extend(bytes(len(masks) - len(stretched)))
         for sid in range(len(masks)):
             if not masks[sid]:
                 continue
             ms = self.sampler.effective_interval_ms(self.table.series[sid])
-            if ms != base:
+            if ms != base or stretched[sid]:  # back at the base: said once, or the last one reported stands
+                stretched[sid] = ms != base
                 group = intervals.get(ms)
                 if group is None:
                     intervals[ms] = [ms, sid]
@@ -393,14 +414,18 @@ class Agent:
         names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.statefile")
         try:
             code = getattr(__import__("edge_agent." + module), module)
-        except MemoryError:
+        except (MemoryError, AttributeError):
             # MicroPython leaves a module whose import ran out of memory in sys.modules, without its
-            # package attribute: found there next time, getattr raised AttributeError and the agent exited
+            # package attribute: found there next time, getattr raises AttributeError (the import that
+            # failed may have been another's: receipts imports lifecycle). Unloaded, it is tried again
             unload(*names)
             self.out_of_memory(where)
             return
-        getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
-        unload(*names)
+        try:
+            getattr(code, task)(self, arg) if arg is not None else getattr(code, task)(self)
+        finally:  # out of memory in the task too: nothing half-imported stays for the next one
+            code = None
+            unload(*names)
 
     # ------------------------------------------------------------------ network
 
@@ -483,8 +508,9 @@ class Agent:
                 self.flush()
                 self.flush_at = now + self.batch_ms
         due = self.sampler.due(now)
-        if due:
+        if due or self.sampler.load_due(now):  # the load is watched even while reads are stretched
             self.observe_load(now)
+        if due:
             self.sample(due, now)
         if now >= self.flush_at:
             self.flush()

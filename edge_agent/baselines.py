@@ -125,3 +125,64 @@ def adam_match(values, m, t_max=32, alpha=0.4, beta=1.0):
         if score == 0:
             break
     return best[1], best[2]
+
+
+def optimum_match(values, m, cache=None, rounds=30):
+    """The best offline choice of about m kept readings for LOCF: (kept count, kept indices).
+
+    For a price lam per kept reading, a dynamic programme over the whole trace finds the kept set
+    that minimises sum |x - last kept x| + lam x count (the first point is known, as in replay's
+    reconstruction): the Lagrangian relaxation of "the least error with m readings", exact at the
+    counts it reaches. lam is bisected to the fewest kept readings at or above m, so the error is at
+    most that of the best choice of exactly m: a floor that errs on the low side. O(n^2) per price,
+    vectorised: needs numpy. `cache` (a dict) keeps the programmes run for other m on this trace.
+    """
+    import numpy as np
+
+    cache = {} if cache is None else cache
+    x = np.asarray(values, dtype=float)
+    spread = float(x.max() - x.min()) or 1.0
+
+    def at(lam):
+        if lam not in cache:
+            cache[lam] = _optimum_at(x, len(x), lam, np)
+        return cache[lam]
+
+    lo, hi = 1e-9 * spread, 1e3 * spread * len(x)  # lo keeps everything that differs, hi nothing
+    best = None
+    for _ in range(rounds):
+        mid = (lo * hi) ** 0.5
+        count, kept = at(mid)
+        if count >= m:
+            if best is None or count < best[0]:
+                best = (count, kept)
+            lo = mid
+        else:
+            hi = mid
+        if best is not None and best[0] <= m + max(1, m // 200):
+            break
+    if best is None:
+        best = at(lo)
+    return best
+
+
+def _optimum_at(x, n, lam, np):
+    best = np.full(n + 1, np.inf)  # best[j]: least cost with the last kept reading at j (n: the end)
+    back = np.zeros(n + 1, dtype=np.int64)
+    best[0] = 0.0
+    for i in range(n):
+        base = best[i]
+        held = np.abs(x[i + 1:] - x[i])  # the error of showing x[i] at i+1 .. n-1
+        cand = base + np.concatenate(([0.0], np.cumsum(held)))  # keep j = i+1+k after holding k points; last: the end
+        cand[:-1] += lam
+        seg = slice(i + 1, n + 1)
+        better = cand < best[seg]
+        best[seg] = np.where(better, cand, best[seg])
+        back[seg] = np.where(better, i, back[seg])
+    kept = []
+    j = int(back[n])
+    while j > 0:
+        kept.append(j)
+        j = int(back[j])
+    kept.reverse()
+    return len(kept), kept

@@ -204,9 +204,18 @@ def build_transport(cfg, device):
                          tls=tls_options, will=(state_topic, b"offline", 1, True))
 
 
-def apply_overrides(cfg, overrides):
-    """Remote changes accepted before a restart win over the file (they were newer)."""
-    cfg["sampling"].update(overrides.get("sampling", {}))
+def apply_overrides(cfg, overrides, log=None):
+    """Remote changes accepted before a restart win over the file (they were newer); a sampling knob
+    that is no longer valid (retired since) is left out with one line."""
+    from edge_agent.sampling_rules import usable
+
+    sampling, dropped = usable(overrides.get("sampling", {}))
+    for problem in dropped:
+        if log:
+            log("override_dropped", section="sampling", problem=problem)
+    if dropped:
+        overrides["sampling"] = sampling  # and left out of the file at the next accepted change
+    cfg["sampling"].update(sampling)
     for name, change in overrides.get("collectors", {}).items():
         if name in cfg["collectors"]:
             cfg["collectors"][name].update(change)
@@ -232,7 +241,7 @@ def command_run(args):
                   file=sys.stderr)
             return 2
     overrides = load_overrides(cfg["state_dir"])
-    apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides, log)
     collectors, effective = build_collectors(cfg, log)
     info = device_info(cfg, effective)
     try:

@@ -117,7 +117,17 @@ def build(path, runtime):
     overrides = read_json(cfg["state_dir"] + "/overrides.json") if cfg["state_dir"] else None
     if not isinstance(overrides, dict):
         overrides = {}
-    cfg["sampling"].update(overrides.get("sampling", {}))
+    sampling = overrides.get("sampling")
+    if sampling:  # checked only when there are some: loading the rules interns their names for good
+        from edge_agent.sampling_rules import usable  # a knob retired since it was set remotely is left out
+
+        sampling, dropped = usable(sampling)
+        for problem in dropped:
+            log("override_dropped", section="sampling", problem=problem)
+        if dropped:
+            overrides["sampling"] = sampling
+        cfg["sampling"].update(sampling)
+        release("edge_agent.sampling_rules")
     for name in overrides.get("collectors", {}):
         if name in cfg["collectors"]:
             cfg["collectors"][name].update(overrides["collectors"][name])

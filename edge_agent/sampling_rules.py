@@ -13,7 +13,6 @@ POLICIES = ("fixed", "load", "adaptive", "load+adaptive")
 
 MS_LOW = 100
 MS_HIGH = 86400000
-DEFAULT_MIN_FACTOR = 15
 
 # The knobs, one line each: name, default, bounds. The bounds are "low high" (a number between
 # them, an integer when both are written as integers) or "ms" (0, which inherits, or an integer
@@ -21,9 +20,8 @@ DEFAULT_MIN_FACTOR = 15
 # instead of a key, a tuple and boxed floats per knob.
 #   intervals in ms; a per-collector 0 inherits the global value
 #     interval_ms         base read interval of every collector
-#     min_interval_ms     adaptive: heartbeat right after a surprise (0: 15 x the base interval)
-#     max_interval_ms     longest gap between two sent samples of a series; load ceiling
-#     <c>_base_ms, <c>_min_ms, <c>_max_ms   the same per collector <c> (COLLECTORS), default 0, "ms"
+#     max_interval_ms     longest gap between two sent samples of a series (the heartbeat); load ceiling
+#     <c>_base_ms, <c>_max_ms   the same per collector <c> (COLLECTORS), default 0, "ms"
 #   load policy
 #     load_high           pressure at or above which the read interval steps up
 #     load_low            pressure at or below which it returns to the base interval
@@ -31,20 +29,15 @@ DEFAULT_MIN_FACTOR = 15
 #     load_hold           consecutive observations beyond a watermark before acting (hysteresis)
 #     load_runq_full      runnable threads per CPU that count as pressure 1.0
 #     cpu_budget          the agent's own CPU, as a fraction of one core
-#   adaptive policy
-#     adaptive_k          band width in units of the typical step-to-step change (chosen on NAB, see docs)
-#     adaptive_floor      band floor as a fraction of the series' spread (quantised signals)
-#     adaptive_range      band floor as a fraction of the series' running p5-p95 range
-#     adaptive_drift      drift trigger: sum of deviations over band (0: off)
-#     adaptive_peak_q     peak guard: above this running quantile, a rise is sent (0: off)
-#     adaptive_peak_rise  peak guard: the rise over the last sent value, in running ranges
-#     adaptive_peak_z     older peak guard: above mean + z * spread (0: off)
-#     adaptive_growth     heartbeat multiplier after each quiet heartbeat
-#     adaptive_alpha      PEWMA history weight (closer to 1: slower)
-#     adaptive_beta       PEWMA outlier damping (0: plain EWMA)
+#   adaptive policy (the batch look-ahead, edge_agent.sampling)
+#     adaptive_share      the share of its readings each series aims to send (its budget; the kept share
+#                         runs about 1.25x it on traces of 1,500-4,000 reads: docs/sampling.md)
+#     adaptive_guard      peak guard tolerance, in running ranges: a new local high (low) further
+#                         than this above (below) what the receiver would show is always sent
+#     adaptive_guard_q    running quantile above which (below 1 - q) a local extreme is a high (low)
+#     adaptive_settle     how many reads the budget controller takes to correct a share that is off
 KNOBS = """
 interval_ms 10000 100 86400000
-min_interval_ms 0 ms
 max_interval_ms 300000 100 86400000
 load_high 0.85 0.05 1.0
 load_low 0.60 0.0 0.95
@@ -52,18 +45,15 @@ load_step 2.0 1.1 10.0
 load_hold 2 1 100
 load_runq_full 2.0 0.5 64.0
 cpu_budget 0.01 0.0001 1.0
-adaptive_k 3.1 0.1 100.0
-adaptive_floor 0.1 0.0 10.0
-adaptive_range 0.01 0.0 10.0
-adaptive_drift 3.0 0.0 1000.0
-adaptive_peak_q 0.97 0.0 0.9999
-adaptive_peak_rise 0.04 0.0 10.0
-adaptive_peak_z 0.0 0.0 10.0
-adaptive_growth 2.0 1.0 16.0
-adaptive_alpha 0.99 0.5 0.9999
-adaptive_beta 0.5 0.0 1.0
+adaptive_share 0.15 0.01 1.0
+adaptive_guard 0.08 0.0 1.0
+adaptive_guard_q 0.9 0.5 0.9999
+adaptive_settle 1000 10 1000000
 """
-PER_COLLECTOR = ("_base_ms", "_min_ms", "_max_ms")
+# knobs of the earlier adaptive policy (a band around the last sent value), refused with a pointer
+RETIRED = ("min_interval_ms adaptive_k adaptive_floor adaptive_range adaptive_drift adaptive_peak_q adaptive_peak_rise "
+           "adaptive_peak_z adaptive_growth adaptive_alpha adaptive_beta")
+PER_COLLECTOR = ("_base_ms", "_max_ms")
 
 
 def knob(key):
@@ -84,7 +74,7 @@ def validate_sampling(params):
     """Problems with `params` (a full or partial sampling dict) as "key: problem" strings.
 
     Each given key is checked against its bounds; cross-key rules (low < high watermark, base <=
-    min <= max per collector) are checked on the defaults overlaid with `params`.
+    max per collector) are checked on the defaults overlaid with `params`.
     """
     if not isinstance(params, dict):
         return ["sampling: must be an object"]
@@ -98,7 +88,8 @@ def validate_sampling(params):
             if value not in POLICIES:
                 problem = "must be one of %s, got %r" % (", ".join(POLICIES), value)
         elif rule is None:
-            problem = "unknown key"
+            retired = key in RETIRED.split() or key.endswith("_min_ms") and key[:-7] in COLLECTORS
+            problem = "retired with the earlier adaptive policy (docs/sampling.md)" if retired else "unknown key"
         elif isinstance(rule[1], float) and not number:
             problem = "must be a number"
         elif not isinstance(rule[1], float) and (not number or isinstance(value, float)):
@@ -113,31 +104,38 @@ def validate_sampling(params):
     if errors:
         return errors
     merged = dict(params)  # the defaults that the cross-key rules read, overlaid with params
-    for key in ("load_low", "load_high", "interval_ms", "min_interval_ms", "max_interval_ms"):
+    for key in ("load_low", "load_high", "interval_ms", "max_interval_ms"):
         if key not in merged:
             merged[key] = knob(key)[0]
     if merged["load_low"] >= merged["load_high"]:
         errors.append("load_low: must be below load_high (%s), got %s" % (merged["load_high"], merged["load_low"]))
     for c in COLLECTORS:
-        base, low, high = collector_intervals(merged, c)
+        base, high = collector_intervals(merged, c)
         if base > high:
             errors.append("%s_max_ms: the longest interval (%d) is below the base interval (%d)" % (c, high, base))
-        elif low > high:
-            errors.append("%s_min_ms: the heartbeat after a surprise (%d) exceeds the longest interval (%d)"
-                          % (c, low, high))
     return errors
 
 
+def usable(params):
+    """(the keys of `params` that pass validation, "key: problem" for each one dropped): persisted
+    remote changes are applied at start with this, so a knob retired since (or a value out of
+    today's bounds) is reported and left out rather than stopping the agent."""
+    kept = {}
+    dropped = []
+    for key in sorted(params):
+        problems = validate_sampling({key: params[key]})
+        if problems:
+            dropped.extend(problems)
+        else:
+            kept[key] = params[key]
+    problems = validate_sampling(kept)
+    if problems:  # the keys are fine alone, not together (a watermark pair): keep none of them
+        return {}, dropped + problems
+    return kept, dropped
+
+
 def collector_intervals(params, c):
-    """(base, min, max) ms of collector `c` after inheritance; min is never below base.
+    """(base, max) ms of collector `c` after inheritance.
 
     `params` holds the global intervals; a missing per-collector one is 0 (inherit)."""
-    base = params.get(c + "_base_ms", 0) or params["interval_ms"]
-    own_min = params.get(c + "_min_ms", 0)
-    low = own_min or params["min_interval_ms"] or base * DEFAULT_MIN_FACTOR
-    high = params.get(c + "_max_ms", 0) or params["max_interval_ms"]
-    if own_min == 0 and params["min_interval_ms"] == 0 and low > high:
-        low = high  # the derived default never breaks the ceiling
-    if low < base:
-        low = base
-    return base, low, high
+    return params.get(c + "_base_ms", 0) or params["interval_ms"], params.get(c + "_max_ms", 0) or params["max_interval_ms"]

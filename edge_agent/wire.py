@@ -120,6 +120,8 @@ class BatchBuilder:
         self.data = bytearray()
         self.masks = []  # series id -> bit i set when it has a sample at tick i (0: none in this batch)
         self.prevs = []  # series id -> its last value in this batch
+        self.reads = []  # series id -> the ticks it was read at, once `thin` narrowed `masks`
+        self.thinned = False
         self.order = []  # add_tick's sort of a tick whose samples are not in id order
         self.samples = 0
 
@@ -130,6 +132,7 @@ class BatchBuilder:
         self.data[:] = b""
         for sid in range(len(self.masks)):
             self.masks[sid] = self.prevs[sid] = 0
+        self.thinned = False
         self.samples = 0
 
     def reserve(self, nbytes):
@@ -210,6 +213,41 @@ class BatchBuilder:
             prevs[sid] = value
         self.samples += n
 
+    def thin(self, choose, values):
+        """Narrow every series to the readings `choose(sid, mask, values, count)` keeps.
+
+        `values` is a list of at least MAX_TICKS slots, reused: for each series in id order it holds
+        the series' `count` values of this batch in tick order (`mask` has their ticks) when `choose`
+        is called; `choose` returns the ticks to send, a part of `mask`. Values are read back from
+        `data` with one cursor per tick, as the encoder does; nothing the size of the batch is
+        allocated."""
+        masks, reads, data = self.masks, self.reads, self.data
+        if len(reads) < len(masks):
+            reads.extend([0] * (len(masks) - len(reads)))
+        if self.thinned:
+            masks = reads  # thinned twice: choose again among everything read
+        n = len(self.ticks)
+        cursor = self.starts[:]
+        samples = 0
+        for sid in range(len(masks)):
+            mask = masks[sid]
+            reads[sid] = mask
+            if not mask:
+                continue
+            count = 0
+            for t in range(n):
+                if mask >> t & 1:
+                    delta = take(data, cursor, t)
+                    values[count] = delta if not count else _add(values[count - 1], delta)
+                    count += 1
+            kept = choose(sid, mask, values, count) & mask
+            self.masks[sid] = kept
+            while kept:
+                samples += kept & 1
+                kept >>= 1
+        self.samples = samples
+        self.thinned = True
+
     def encode(self, device, boot, seq, dict_epoch, compress=False, ext=None):
         out = bytearray()
         self.encode_into(out, device, boot, seq, dict_epoch, compress, ext)
@@ -233,16 +271,29 @@ class BatchBuilder:
             prev = ts
         full = (1 << n) - 1
         masks, data = self.masks, self.data
+        reads = self.reads if self.thinned else masks
         cursor = self.starts[:]  # the next value of each tick in `data`
         pack_array_header(len(masks) - masks.count(0), body)
         for sid in range(len(masks)):
             mask = masks[sid]
-            if not mask:
+            read = reads[sid]
+            if not read:
                 continue
-            count = 0
-            for t in range(n):
-                count += mask >> t & 1
-            pack_array_header(2 + count, body)
+            if mask != read:  # thinned: each kept value as its difference from the previous kept one
+                value = sent = None
+                if mask:
+                    pack_array_header(2 + _bits(mask), body)
+                    pack_into(sid, body)
+                    pack_into(0 if mask == full else mask, body)
+                for t in range(n):
+                    if read >> t & 1:
+                        delta = take(data, cursor, t)
+                        value = delta if value is None else _add(value, delta)
+                        if mask >> t & 1:
+                            pack_into(value if sent is None else _sub(value, sent), body)
+                            sent = value
+                continue
+            pack_array_header(2 + _bits(mask), body)
             pack_into(sid, body)
             pack_into(0 if mask == full else mask, body)
             for t in range(n):
@@ -270,6 +321,67 @@ class BatchBuilder:
             pack_into(wire_decode.deflate(body), out)
         if ext:
             pack_into(ext, out)
+
+
+def _bits(mask):
+    count = 0
+    while mask:
+        count += mask & 1
+        mask >>= 1
+    return count
+
+
+def take(data, cursor, t):
+    """The msgpack integer at `cursor[t]` in `data` (an array of them, a histogram, as a list), as
+    BatchBuilder writes them; `cursor[t]` moves past it. No tuple is made (MicroPython's heap)."""
+    pos = cursor[t]
+    head = data[pos]
+    if head < 0x80:
+        cursor[t] = pos + 1
+        return head
+    if head >= 0xE0:
+        cursor[t] = pos + 1
+        return head - 0x100
+    if head & 0xF0 == 0x90 or head == 0xDC:  # fixarray, array 16
+        if head == 0xDC:
+            count = data[pos + 1] << 8 | data[pos + 2]
+            cursor[t] = pos + 3
+        else:
+            count = head & 0x0F
+            cursor[t] = pos + 1
+        items = []
+        for _ in range(count):
+            items.append(take(data, cursor, t))
+        return items
+    if not 0xCC <= head <= 0xD3:
+        raise ValueError("batch holds a value that is not an integer (0x%02x)" % head)
+    size = 1 << (head & 3)
+    value = 0
+    for i in range(pos + 1, pos + 1 + size):
+        value = value << 8 | data[i]
+    if head >= 0xD0 and value >> (8 * size - 1):  # signed, negative
+        value -= 1 << 8 * size
+    cursor[t] = pos + 1 + size
+    return value
+
+
+def _add(value, delta):
+    """value + delta, element-wise for histograms (lists)."""
+    if isinstance(value, list):
+        out = []
+        for k in range(len(value)):
+            out.append(value[k] + delta[k])
+        return out
+    return value + delta
+
+
+def _sub(value, base):
+    if isinstance(value, list):
+        out = []
+        for k in range(len(value)):
+            out.append(value[k] - base[k])
+        return out
+    return value - base
 
 
 def __getattr__(name):

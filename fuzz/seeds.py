@@ -123,7 +123,7 @@ def command_bodies() -> list[dict]:
     return [dict(base, id="c-%d" % i, cmd=cmd, args=args) for i, (cmd, args) in enumerate([
         ("ping", {}), ("get_config", {}), ("rebirth", {}), ("flush", {}),
         ("set_sampling", {"policy": "adaptive", "interval_ms": 5000}),
-        ("set_sampling", {"policy": "fixed", "min_interval_ms": 1000, "max_interval_ms": 60000}),
+        ("set_sampling", {"policy": "adaptive", "adaptive_share": 0.1, "max_interval_ms": 60000}),
         ("set_collectors", {"network": {"enabled": False}}),
         ("set_collectors", {"cpu": {"backend": "procfs", "per_cpu": False}}),
     ])]

@@ -94,16 +94,22 @@ def test_replay_is_argparse_with_a_table_and_json(tmp_path):
     lines = table.stdout.splitlines()
     assert lines[0].startswith("trace %s: 600 samples, step 1s, gauge" % trace)
     header = [line for line in lines if "KEPT" in line][0].split()
-    assert header == ["KEPT", "SHARE", "ERR", "MEAN", "ERR", "P99", "PEAKS", "MISSED", "UNSAMPLED", "STALE", "MAX"]
+    assert header == ["KEPT", "SHARE", "ERR", "MEAN", "ERR", "P99", "P99", "PEAKS", "MISSED", "P95", "PEAKS", "MISSED",
+                      "UNSAMPLED", "STALE", "MAX"]
     rows = {line.split()[0]: line.split() for line in lines[lines.index([x for x in lines if "KEPT" in x][0]) + 1:]}
     assert set(rows) == {"adaptive", "uniform", "deadband", "adam"}
     result = json.loads(run(AGENT, "replay", "--policy", "adaptive", "--json", str(trace)).stdout)
     assert rows["adaptive"][1] == str(result["samples_kept"])
     assert rows["uniform"][1] == str(result["baselines"]["uniform"]["samples_kept"])
+    assert rows["adaptive"][8:11] == [str(result["peaks95_missed"]), "/", str(result["peaks95"])]
+    floor = json.loads(run(AGENT, "replay", "--policy", "adaptive", "--baseline", "deadband,optimum", "--batch", "5",
+                           "--json", str(trace)).stdout)
+    assert floor["batch"] == 5 and set(floor["baselines"]) == {"deadband", "optimum"}
+    assert floor["baselines"]["optimum"]["err_mean"] <= floor["baselines"]["deadband"]["err_mean"]
     assert run(AGENT, "replay", "--help").returncode == 0
     bad = run(AGENT, "replay", "--policy", "adaptive", "--baseline", "nope", str(trace))
     assert bad.returncode == 2 and bad.stderr.strip() == ("edge-agent replay: --baseline: unknown nope "
-                                                          "(choose from uniform, deadband, adam, all, none)")
+                                                          "(choose from uniform, deadband, adam, optimum, all, none)")
     missing = run(AGENT, "replay", "--policy", "fixed", str(tmp_path / "missing.csv"))
     assert missing.returncode == 2 and missing.stderr.strip() == (
         "edge-agent replay: %s: cannot read it (No such file or directory)" % (tmp_path / "missing.csv"))

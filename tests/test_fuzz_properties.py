@@ -422,7 +422,7 @@ json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70), st.floats(), st.text(max_size=20)),
     lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)),
     max_leaves=20)
-SAMPLING_KEYS = ["policy", "interval_ms", "min_interval_ms", "max_interval_ms", "cpu_base_ms", "cpu_min_ms",
+SAMPLING_KEYS = ["policy", "interval_ms", "min_interval_ms", "max_interval_ms", "cpu_base_ms", "adaptive_share",
                  "network_max_ms", "load_high", "load_low", "cpu_budget", "enabled", "backend", "per_cpu", "include",
                  "cpu", "network", "memory", "load", "system"]
 args_values = st.dictionaries(st.one_of(st.sampled_from(SAMPLING_KEYS), st.text(max_size=10)),

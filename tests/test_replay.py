@@ -1,9 +1,11 @@
 """edge-agent replay: trace parsing, counts, error figures and baselines matched to the kept count."""
 
+import gzip
+import itertools
 import json
 
 from edge_agent import baselines
-from edge_agent.replay import evaluate, parse_time, read_trace, reconstruct, replay_main, score
+from edge_agent.replay import evaluate, integer_scale, parse_time, read_trace, reconstruct, replay_main, score
 
 
 def write_csv(path, rows):
@@ -34,14 +36,24 @@ def test_fixed_policy_keeps_everything_with_zero_error(tmp_path):
     assert r["err_mean"] == 0 and r["peaks_missed"] == 0 and r["stale_max_s"] == 0
 
 
-def test_adaptive_on_a_step_trace_counts(tmp_path):
-    # 200 flat points then 200 at a new level, 10 s step: interval 10 s, min 150 s, max 300 s
+def test_adaptive_on_a_step_trace_sends_the_step_and_the_heartbeats(tmp_path):
+    # 200 flat points then 200 at a new level, 10 s step: heartbeat 300 s (30 reads)
     rows = [(i * 10, 10 if i < 200 else 50) for i in range(400)]
     path = write_csv(tmp_path / "t.csv", rows)
     r = evaluate(path, "adaptive", baseline_names=())
-    # first read, heartbeats at +15 then every 30 reads, the step at once, then 15 and 30 again
-    assert r["samples_kept"] == 1 + 1 + 6 + 1 + 1 + 6
-    assert r["err_mean"] == 0 and r["stale_max_s"] == 0
+    assert r["err_mean"] == 0 and r["stale_max_s"] == 0  # the step is sent when it happens
+    assert 10 <= r["samples_kept"] <= 17  # the first, the step, a heartbeat every 30 reads
+    assert r["batch"] == 10
+
+
+def test_gzip_traces_and_integer_scaling(tmp_path):
+    path = tmp_path / "t.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("timestamp,value\n" + "".join("%d,%s\n" % (i, 1.25 + (i % 4) * 0.5) for i in range(50)))
+    times, values, info = read_trace(str(path))
+    assert len(values) == 50 and info["step_s"] == 1
+    assert integer_scale(values) == 100 and integer_scale([1.0, 2.0]) == 1
+    assert integer_scale([51.846000000000004, 1.0]) == 1000  # float noise past 4 digits is not a decimal
 
 
 def test_replay_main_prints_one_json_object_with_matched_baselines(tmp_path, capsys):
@@ -54,23 +66,26 @@ def test_replay_main_prints_one_json_object_with_matched_baselines(tmp_path, cap
         rows.append(("2014-01-01 %02d:%02d:00" % (i // 60 % 24, i % 60), round(x, 3)))
     rows = [("2014-01-%02d %s" % (1 + i // 1440, r[0][11:]), r[1]) for i, r in enumerate(rows)]
     path = write_csv(tmp_path / "walk.csv", rows)
-    assert replay_main(["--policy", "adaptive", "--param", "adaptive_k=3", path]) == 0
+    assert replay_main(["--policy", "adaptive", "--param", "adaptive_share=0.3", path]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["samples_in"] == 600 and out["params"]["adaptive_k"] == 3
+    assert out["samples_in"] == 600 and out["params"]["adaptive_share"] == 0.3
     m = out["samples_kept"]
     assert 0 < m < 600
     base = out["baselines"]
     assert base["uniform"]["samples_kept"] == m
     assert abs(base["deadband"]["samples_kept"] - m) <= max(2, m // 50)
     assert abs(base["adam"]["samples_kept"] - m) <= max(3, m // 10)
-    for name in ("err_mean", "err_p99", "peaks", "peaks_missed", "peak_missed_max", "stale_max_s"):
+    for name in ("err_mean", "err_p99", "peaks", "peaks_missed", "peaks95", "peaks95_missed", "peak_missed_max",
+                 "stale_max_s"):
         assert name in out
 
 
 def test_replay_main_rejects_bad_input(tmp_path, capsys):
     path = write_csv(tmp_path / "t.csv", [(i, i) for i in range(10)])
-    assert replay_main(["--policy", "adaptive", "--param", "adaptive_k=-1", path]) == 2
-    assert "adaptive_k" in capsys.readouterr().err
+    assert replay_main(["--policy", "adaptive", "--param", "adaptive_share=-1", path]) == 2
+    assert "adaptive_share" in capsys.readouterr().err
+    assert replay_main(["--policy", "adaptive", "--param", "adaptive_k=3", path]) == 2
+    assert "retired" in capsys.readouterr().err
     assert replay_main([path]) == 2
     assert replay_main(["--policy", "fixed", str(tmp_path / "missing.csv")]) == 2
 
@@ -85,6 +100,38 @@ def test_score_peaks_and_stale():
     kept = [0, 51, 53]
     r = score(times, values, reconstruct(100, kept, values), kept, change=0.1)
     assert r["peaks_missed"] == 0 and r["stale_max_s"] == 60
+
+
+def test_peaks_at_or_above_p99_count_a_saturated_top_and_p95_runs_count_apart():
+    # a CPU trace pegged at 100 for 3 % of the time: "strictly above p99" would find no peak at all
+    values = [20.0 + (i % 7) for i in range(970)] + [100.0] * 30
+    times = [float(i) for i in range(1000)]
+    kept = [0]
+    r = score(times, values, reconstruct(1000, kept, values), kept)
+    assert r["peaks"] == 1 and r["peaks_missed"] == 1
+    kept = [0, 970, 999]
+    r = score(times, values, reconstruct(1000, kept, values), kept)
+    assert r["peaks"] == 1 and r["peaks_missed"] == 0
+    # runs above p95 are events of their own: two bumps, the second one not shown
+    values = [0.0] * 100
+    values[20:23] = [5.0, 9.0, 5.0]
+    values[60:63] = [5.0, 8.0, 5.0]
+    kept = [21, 23]
+    r = score(times[:100], values, reconstruct(100, kept, values), kept)
+    assert r["peaks95"] == 2 and r["peaks95_missed"] == 1
+
+
+def test_the_offline_optimum_is_the_least_error_for_its_count():
+    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0, 8.0]
+    n = len(values)
+
+    def err(kept):
+        return sum(abs(a - b) for a, b in zip(values, reconstruct(n, kept, values), strict=True))
+
+    for m in range(1, 8):
+        count, kept = baselines.optimum_match(values, m)
+        best = min(err(list(c)) for c in itertools.combinations(range(1, n), count))
+        assert count >= m and abs(err(kept) - best) < 1e-9
 
 
 def test_baselines_match_the_kept_count():

@@ -1,4 +1,5 @@
-"""edge_agent.sampling runs unchanged under the real MicroPython binary and decides like CPython."""
+"""edge_agent.sampling runs unchanged under the real MicroPython binary and decides like CPython: the
+load policy's schedule and the adaptive look-ahead, through a real wire.BatchBuilder."""
 
 import json
 import os
@@ -13,30 +14,41 @@ MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 SCRIPT = """
 import sys
 sys.path.insert(0, %r)
-from edge_agent.model import Series, GAUGE, COUNTER
+from edge_agent.model import Series, SeriesTable, GAUGE, COUNTER
 from edge_agent.sampling import Sampler, validate_sampling
-s = Sampler({"policy": "load+adaptive", "interval_ms": 1000, "max_interval_ms": 16000, "min_interval_ms": 2000})
+from edge_agent import wire
+s = Sampler({"policy": "load+adaptive", "interval_ms": 1000, "max_interval_ms": 16000, "cpu_max_ms": 20000})
+table = SeriesTable()
 g = Series("g", GAUGE, "1")
 c = Series("c", COUNTER, "By")
+table.intern(g)
+table.intern(c)
+builder = wire.BatchBuilder()
 seed = 12345
 total = 0
 out = []
 t = 0
-for i in range(300):
+for i in range(600):
     seed = (seed * 1103515245 + 12345) %% 2147483648
-    noise = (seed %% 1000) / 1000.0
-    level = 20.0 if i < 150 else 70.0
-    if i == 220:
-        level = 99.0
-    total += 100 + (seed %% 7) * (1 if i < 200 else 30)
-    s.observe_load(t, 0.95 if 100 <= i < 130 else 0.1, None, None, 0.001)
+    noise = seed %% 1000
+    level = 20000 if i < 300 else 70000
+    if i %% 97 == 50:
+        level = 99000
+    total += 100 + (seed %% 7) * (1 if i < 400 else 30)
     due = s.due(t)
+    if due or s.load_due(t):
+        s.observe_load(t, 0.95 if 100 <= i < 130 else 0.1, None, None, 0.001)
     if "cpu" in due:
-        kept = s.select(t, "cpu", [(g, level + noise), (c, total)])
-        out.append([t, [p[0].key for p in kept], [s.effective_interval_ms(g), s.effective_interval_ms(c)]])
+        builder.add_tick(t, s.select(t, "cpu", [(g, level + noise), (c, total)]))
+    if len(builder) >= 10:
+        s.thin(builder, table.series)
+        out.append([builder.ticks[0], builder.masks[:], builder.samples, s.effective_interval_ms(g)])
+        builder.encode("d", 1, i, 0)
+        builder.clear()
     t = s.next_due_ms()
-print(repr(validate_sampling({"load_high": 2, "policy": "x"})))
+print(repr(validate_sampling({"load_high": 2, "policy": "x", "adaptive_k": 3})))
 print(repr(out))
+print(repr(sorted(s.sends.items())))
 """
 
 
@@ -50,7 +62,8 @@ def run(interpreter):
 def test_micropython_decisions_match_cpython():
     mpy = run(MICROPYTHON)
     cpy = run(sys.executable)
-    assert mpy[0] == cpy[0] and "load_high" in mpy[0]
-    decisions = json.loads(cpy[1].replace("'", '"'))
-    assert len(decisions) > 100 and any(not kept for _, kept, _ in decisions)
+    assert mpy[0] == cpy[0] and "load_high" in mpy[0] and "retired" in mpy[0]
+    batches = json.loads(cpy[1])
+    assert len(batches) > 40 and all(samples < 20 for _, _, samples, _ in batches)  # thinned: 2 series x 10 ticks read
     assert mpy[1] == cpy[1]
+    assert mpy[2] == cpy[2]
