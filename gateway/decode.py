@@ -237,9 +237,11 @@ class Dictionaries:
             raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch),
                                     topic_device, key)
         points = []
-        lookup = birth.series.get
-        for sid, indexes, values in batch.columns:
-            series = lookup(sid)
+        table = birth.series.table()
+        dense = type(table) is tuple
+        size = len(table)
+        for sid, indexes, values in batch.columns:  # sid is an unsigned int (parse_batch checked)
+            series = (table[sid] if sid < size else None) if dense else table.get(sid)
             if series is None:
                 raise Rejected("unknown_series", "series id %d" % sid, topic_device, key)
             kind = series.kind
