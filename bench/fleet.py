@@ -9,7 +9,9 @@ devices spread over the nodes' MQTT listeners), `edge-gateway run` process(es)
 exporting OTLP/HTTP to a receiver in this process that stores each request's bytes and arrival
 time, and `edge-fleet-sim` with N devices (one MQTT connection each, the agent's protocol and
 receipts, recorded values). The gateway is pinned to the last CPU, broker and simulator to the
-others where there are any.
+others where there are any (`--spread`: nothing pinned). `--baseline REV` runs the gateway of
+another git revision first in each scenario (before/after in one run); `--profile PREFIX` runs the
+gateway under cProfile (bench/profiled.py).
 
 Figures, over the window from the first batch to the end of the run:
 - exported samples/s and the gateway's CPU (utime + stime of its process from /proc), hence samples
@@ -126,7 +128,7 @@ def percentile(pairs: list[tuple[float, float]], q: float) -> float:
 
 def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: int, sim_processes: int,
              saturate: bool, queue: int, rabbitmq: int = 0, stride: int = 1, source: str | None = None,
-             profile: str | None = None, gateway_args: list[str] | None = None) -> dict:
+             profile: str | None = None, gateway_args: list[str] | None = None, spread: bool = False) -> dict:
     cluster = None
     if rabbitmq:
         cluster = Cluster(tmp, nodes=rabbitmq).start()
@@ -145,6 +147,8 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
     receiver = Receiver()
     cpus = sorted(os.sched_getaffinity(0))
     gateway_cpu, other_cpus = {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
+    if spread:  # every process on every CPU: the gateways may use what the simulator and broker leave
+        gateway_cpu = other_cpus = set(cpus)
     gateways = []
     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
     if source:  # the gateway of another revision (--baseline): its package first on the path
@@ -259,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the gateway of git revision REV, before this tree's, in each scenario")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="profile the gateway (bench/profiled.py): PREFIX-<replica>.pstats per scenario")
+    parser.add_argument("--spread", action="store_true",
+                        help="do not pin: gateways, broker and simulator share every CPU (several --replicas)")
     parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for `edge-gateway run` (repeat)")
     args = parser.parse_args(argv)
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile = "%s-%d-%s" % (args.profile, devices, label.replace(" ", "-")) if args.profile else None
                     rows.append(scenario(tmp, devices, args.batch, args.seconds, args.replicas, args.sim_processes,
                                          args.saturate, args.queue, args.rabbitmq, args.stride, source, profile,
-                                         args.gateway_arg))
+                                         args.gateway_arg, args.spread))
                     rows[-1]["gateway"] = label
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("machine: %s" % machine())
