@@ -192,7 +192,7 @@ class Gateway:
     # ------------------------------------------------------------ data
 
     def on_receipt(self, device: str, payload: bytes) -> None:
-        """Another replica's receipt: what it exported or refused is settled here too."""
+        """Another replica's receipt: what it exported is settled here too (what it refused is judged here)."""
         try:
             boot, runs = wire.parse_receipt(payload)
         except wire.WireError:
