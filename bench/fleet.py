@@ -9,7 +9,9 @@ devices spread over the nodes' MQTT listeners), `edge-gateway run` process(es)
 exporting OTLP/HTTP to a receiver in this process that stores each request's bytes and arrival
 time, and `edge-fleet-sim` with N devices (one MQTT connection each, the agent's protocol and
 receipts, recorded values). The gateway is pinned to the last CPU, broker and simulator to the
-others where there are any.
+others where there are any (`--spread`: nothing pinned). `--baseline REV` runs the gateway of
+another git revision first in each scenario (before/after in one run); `--profile PREFIX` runs the
+gateway under cProfile (bench/profiled.py).
 
 Figures, over the window from the first batch to the end of the run:
 - exported samples/s and the gateway's CPU (utime + stime of its process from /proc), hence samples
@@ -125,7 +127,8 @@ def percentile(pairs: list[tuple[float, float]], q: float) -> float:
 
 
 def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: int, sim_processes: int,
-             saturate: bool, queue: int, rabbitmq: int = 0, stride: int = 1) -> dict:
+             saturate: bool, queue: int, rabbitmq: int = 0, stride: int = 1, source: str | None = None,
+             profile: str | None = None, gateway_args: list[str] | None = None, spread: bool = False) -> dict:
     cluster = None
     if rabbitmq:
         cluster = Cluster(tmp, nodes=rabbitmq).start()
@@ -144,12 +147,21 @@ def scenario(tmp: str, devices: int, batch_s: float, seconds: float, replicas: i
     receiver = Receiver()
     cpus = sorted(os.sched_getaffinity(0))
     gateway_cpu, other_cpus = {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
+    if spread:  # every process on every CPU: the gateways may use what the simulator and broker leave
+        gateway_cpu = other_cpus = set(cpus)
     gateways = []
     env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    if source:  # the gateway of another revision (--baseline): its package first on the path
+        env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
     for k in range(replicas):
-        argv = [BIN + "/edge-gateway", "run", *intake, "--client-id",
+        if profile:  # cProfile in every thread of the gateway (bench/profiled.py)
+            command = [sys.executable, os.path.join(HERE, "profiled.py"), "%s-%d.pstats" % (profile, k),
+                       "gateway.cli:main"]
+        else:
+            command = [sys.executable, "-m", "gateway.cli"]
+        argv = [*command, "run", *intake, "--client-id",
                 "bench-gw-%d" % k, "--metrics-port", str(free_port()), "--queue-size", str(queue),
-                "--log-format", "json"] + (["--share-group", "bench"] if replicas > 1 else [])
+                "--log-format", "json", *(gateway_args or [])] + (["--share-group", "bench"] if replicas > 1 else [])
         log = open(os.path.join(tmp, "gateway-%d.log" % k), "ab")
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         os.sched_setaffinity(proc.pid, gateway_cpu)
@@ -247,26 +259,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=int, default=256, help="the gateway's --queue-size")
     parser.add_argument("--rabbitmq", type=int, default=0, metavar="N",
                         help="a RabbitMQ cluster of N nodes (tests/rabbitmq.py) instead of mosquitto; gateways on AMQP")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the gateway of git revision REV, before this tree's, in each scenario")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="profile the gateway (bench/profiled.py): PREFIX-<replica>.pstats per scenario")
+    parser.add_argument("--spread", action="store_true",
+                        help="do not pin: gateways, broker and simulator share every CPU (several --replicas)")
+    parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for `edge-gateway run` (repeat)")
     args = parser.parse_args(argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rows = []
-    for devices in [int(n) for n in args.devices.split(",")]:
-        with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-            print("fleet of %d devices ..." % devices, file=sys.stderr, flush=True)
-            rows.append(scenario(tmp, devices, args.batch, args.seconds, args.replicas, args.sim_processes,
-                                 args.saturate, args.queue, args.rabbitmq, args.stride))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="fleet-baseline-") as base:
+        sources: list[tuple[str, str | None]] = [("this tree", None)]
+        if args.baseline:
+            archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+            revision = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.baseline], check=True,
+                                      capture_output=True, text=True).stdout.strip()
+            sources.insert(0, (revision, base))
+        for devices in [int(n) for n in args.devices.split(",")]:
+            for label, source in sources:
+                with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+                    print("fleet of %d devices, gateway of %s ..." % (devices, label), file=sys.stderr, flush=True)
+                    profile = "%s-%d-%s" % (args.profile, devices, label.replace(" ", "-")) if args.profile else None
+                    rows.append(scenario(tmp, devices, args.batch, args.seconds, args.replicas, args.sim_processes,
+                                         args.saturate, args.queue, args.rabbitmq, args.stride, source, profile,
+                                         args.gateway_arg, args.spread))
+                    rows[-1]["gateway"] = label
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("machine: %s" % machine())
     print()
-    print("| broker | devices | batch s | sample s | replicas | offered samples/s | exported samples/s | gateway cores | broker "
+    print("| gateway | broker | devices | batch s | sample s | replicas | offered samples/s | exported samples/s | gateway cores | broker "
           "cores | samples/s per gateway core | sample→export p50 / p99 s | batch→export p50 / p99 s | gateway RSS "
           "MiB (start → end) | KiB per device | batches made / received / missing / doubled |")
-    print("|---|" + "---:|" * 14)
+    print("|---|---|" + "---:|" * 14)
     for r in rows:
         c = r["check"]
-        print("| %s | %d | %g | %d | %d | %d | %d | %.2f | %.2f | %s | %.2f / %.2f | %.2f / %.2f | %.1f → %.1f | %.1f | "
+        print("| %s | %s | %d | %g | %d | %d | %d | %d | %.2f | %.2f | %s | %.2f / %.2f | %.2f / %.2f | %.1f → %.1f | %.1f | "
               "%d / %d / %d / %d |" % (
-            r["broker"], r["devices"], r["batch_s"], r["sample_s"], r["replicas"], r["offered_samples_per_s"], r["exported_samples_per_s"],
+            r["gateway"], r["broker"], r["devices"], r["batch_s"], r["sample_s"], r["replicas"], r["offered_samples_per_s"], r["exported_samples_per_s"],
             r["gateway_cpu_cores"], r["broker_cpu_cores"], r["samples_per_gateway_cpu_s"], r["latency_sample_p50_s"],
             r["latency_sample_p99_s"], r["latency_batch_p50_s"], r["latency_batch_p99_s"],
             r["gateway_rss_mib_start"], r["gateway_rss_mib_end"], r["gateway_rss_kib_per_device"],

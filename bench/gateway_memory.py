@@ -34,6 +34,7 @@ from edge_agent import umsgpack, wire  # noqa: E402
 from fleetsim.replay import DEFAULT  # noqa: E402
 from gateway import records  # noqa: E402
 from gateway.app import Gateway  # noqa: E402
+from gateway.cli import GC_THRESHOLD  # noqa: E402
 from gateway.decode import Dictionaries  # noqa: E402
 from gateway.dedupe import SeqTracker  # noqa: E402
 from gateway.export import OK  # noqa: E402
@@ -79,7 +80,8 @@ def device_payloads(recording: dict, device: str, batches: int, series_scale: in
     return umsgpack.packb(birth), data
 
 
-def timed(names: list[str], template: bytes, birth: bytes, data: list[bytes]) -> int:
+def timed(names: list[str], template: bytes, birth: bytes, data: list[bytes], threshold: int) -> int:
+    gc.set_threshold(threshold, 20, 100)  # as `edge-gateway run` does (gateway/cli.py GC_THRESHOLD)
     dictionaries = Dictionaries()
     metrics = GatewayMetrics(devices=lambda: len(dictionaries.devices()))
     pipeline = ExportPipeline(NullExporter(), metrics, queue_size=256).start()
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=6, help="data batches per device (<= 18)")
     parser.add_argument("--series-scale", type=int, default=1)
     parser.add_argument("--time", action="store_true", help="CPU per batch, without tracemalloc")
+    parser.add_argument("--gc-threshold", type=int, default=GC_THRESHOLD,
+                        help="the cyclic collector's youngest-generation threshold for --time (Python's default: 700)")
     args = parser.parse_args(argv)
     with open(DEFAULT, "rb") as f:
         recording = wire.decode(f.read(), max_size=1 << 24)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     template = names[0].encode()
 
     if args.time:
-        return timed(names, template, template_birth, template_data)
+        return timed(names, template, template_birth, template_data, args.gc_threshold)
     gc.collect()
     rss0 = rss_kb()
     tracemalloc.start(1)

@@ -275,6 +275,8 @@ def _check_ext(ext):
 
 
 def _undelta(sid, values):
+    if len(values) == 1 and type(values[0]) is int:  # one tick per column: nothing to add up
+        return values
     if accumulate is not None and type(values[0]) is int and len(set(map(type, values))) == 1:
         return list(accumulate(values))  # plain integers (the msgpack decoders give no int subclass)
     out = []

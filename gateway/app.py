@@ -23,7 +23,9 @@ MQTT acks. A crash between the receiver's answer and the state write can export 
 twice.
 
 Replicas of a share group learn from each other's receipts (`on_receipt`): what another replica
-exported is a duplicate here too, and is left out of any export still being retried.
+exported is a duplicate here too, and is left out of any export still being retried. A duplicate is
+known from its header alone: its body is not decoded (under overload devices re-send, and each
+re-send used to cost a whole decode).
 
 Per device the core also keeps what the fleet view shows (`status`): last tick seen, lag, seq,
 counts, gaps, duplicates and the agent's own drop count (batch ext `lost`), published through
@@ -38,7 +40,7 @@ import time
 from collections.abc import Callable
 
 from edge_agent import wire
-from gateway.decode import Dictionaries, Rejected, Resolved, UnknownDictionary
+from gateway.decode import Dictionaries, Rejected, Resolved, Settled, UnknownDictionary
 from gateway.dedupe import SeqTracker
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ExportPipeline, Item
@@ -190,7 +192,7 @@ class Gateway:
     # ------------------------------------------------------------ data
 
     def on_receipt(self, device: str, payload: bytes) -> None:
-        """Another replica's receipt: what it exported or refused is settled here too."""
+        """Another replica's receipt: what it exported is settled here too (what it refused is judged here)."""
         try:
             boot, runs = wire.parse_receipt(payload)
         except wire.WireError:
@@ -200,7 +202,8 @@ class Gateway:
         self.metrics.receipts_seen.inc()
         with self._lock:
             for first, count, kind in runs:
-                if kind != wire.WANTED:
+                # what it refused is not marked: a resend here is refused again, not receipted as exported
+                if kind == wire.EXPORTED:
                     for seq in range(first, first + min(count, 4096)):
                         self.dedupe.mark(device, boot, seq)
 
@@ -209,7 +212,10 @@ class Gateway:
         if parked is None:
             self.metrics.received.inc()
         try:
-            resolved = self.dictionaries.resolve(device, payload)
+            resolved = self.dictionaries.resolve(device, payload, self._seen)
+        except Settled as exc:  # exported before: the device missed the receipt, or sent it again meanwhile
+            self._duplicate(device, exc.key, ack)
+            return
         except UnknownDictionary as exc:
             self._want_births(device, exc.key)
             if self._park(device, payload, ack, parked):
@@ -229,16 +235,31 @@ class Gateway:
             elif not duplicate:
                 self._inflight[key] = [ack]
         if duplicate:
-            self.metrics.duplicates.inc()
-            with self._lock:
-                self._device(device).duplicates += 1
-            if waiting is None:  # exported before: the device missed the receipt, or sent again meanwhile
-                self._receipt(device, key[1], [(key[2], 1, wire.EXPORTED)])
-                ack()
+            if waiting is None:  # exported between the header check and now
+                self._duplicate(device, key, ack)
+            else:
+                self.metrics.duplicates.inc()
+                with self._lock:
+                    self._device(device).duplicates += 1
             return
         if not self.pipeline.submit(Item(resolved, lambda fate: self._settled(resolved, fate))):
             with self._lock:
                 self._inflight.pop(key, None)  # stopping: leave it unacked for redelivery
+
+    def _seen(self, key: tuple[str, int, int]) -> bool:
+        """Whether batch `key` was exported (here, or by a replica whose receipt said so)."""
+        if self.dedupe is None:
+            return False
+        with self._lock:
+            return self.dedupe.seen(*key)
+
+    def _duplicate(self, device: str, key: tuple[str, int, int], ack: Ack) -> None:
+        """A batch exported before: receipted again (the device did not hear the first receipt) and acked."""
+        self.metrics.duplicates.inc()
+        with self._lock:
+            self._device(device).duplicates += 1
+        self._receipt(device, key[1], [(key[2], 1, wire.EXPORTED)])
+        ack()
 
     def _exported(self, batches: list[Resolved]) -> None:
         """Called by the pipeline once the receiver accepted a request, before any of its acks."""

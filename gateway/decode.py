@@ -62,6 +62,14 @@ def unpack(payload: bytes) -> object:
     )
 
 
+class Settled(Exception):
+    """The batch `key` is already settled (exported here, or by another replica): its body was not read."""
+
+    def __init__(self, key: tuple[str, int, int]) -> None:
+        super().__init__("settled")
+        self.key = key
+
+
 class Resolved:
     """A valid batch with its birth; `points` is a list of (SeriesRecord, tick indexes, absolute values)."""
 
@@ -219,11 +227,16 @@ class Dictionaries:
 
     # ------------------------------------------------------------ data
 
-    def resolve(self, topic_device: str, payload: bytes) -> Resolved:
+    def resolve(self, topic_device: str, payload: bytes,
+                settled: Callable[[tuple[str, int, int]], bool] | None = None) -> Resolved:
+        """`settled(key)`, asked once the header is read and before the body is: True raises `Settled`
+        (a batch exported before costs its header only, not the whole decode)."""
         key = None
         try:
             obj = wire.decode(payload, unpack, self.max_payload)
             key = _header_key(obj, topic_device)
+            if key is not None and settled is not None and settled(key):
+                raise Settled(key)
             batch = wire.parse_batch(obj, unpack)
         except wire.WireError as exc:
             raise Rejected(exc.reason, exc.detail, topic_device, key)
@@ -237,9 +250,11 @@ class Dictionaries:
             raise UnknownDictionary("unknown_dict", "boot %08x dictionary %d" % (batch.boot, batch.dict_epoch),
                                     topic_device, key)
         points = []
-        lookup = birth.series.get
-        for sid, indexes, values in batch.columns:
-            series = lookup(sid)
+        table = birth.series.table()
+        dense = type(table) is tuple
+        size = len(table)
+        for sid, indexes, values in batch.columns:  # sid is an unsigned int (parse_batch checked)
+            series = (table[sid] if sid < size else None) if dense else table.get(sid)
             if series is None:
                 raise Rejected("unknown_series", "series id %d" % sid, topic_device, key)
             kind = series.kind

@@ -118,7 +118,7 @@ class SeriesCache:
     `cpu_total` names the metric when the series is a machine total beside which per-CPU series
     are exported (then it is left out, see conventions.Presenter)."""
 
-    __slots__ = ("metric", "attrs", "factor", "inverse", "cpu_total", "heads")
+    __slots__ = ("metric", "attrs", "factor", "inverse", "cpu_total", "heads", "packers")
 
     def __init__(self, record: SeriesRecord) -> None:
         self.metric = header(record.name, record.kind, record.unit)
@@ -134,6 +134,7 @@ class SeriesCache:
         self.attrs = attributes(0x4A if self.metric.histogram else 0x3A, attrs)  # HistogramDataPoint 9 / Number 7
         # each point's field 1 tag and length (its size is fixed): cumulative int, double; gauge int, double
         self.heads = tuple([bytes((DATA_POINT,)) + varint(size + len(self.attrs)) for size in (27, 27, 18, 18)])
+        self.packers: dict[int, struct.Struct] = {}  # points per column -> its Struct (the other shape keys are fixed)
         scale = record.scale
         self.factor = self.inverse = None
         if isinstance(scale, int) or scale.is_integer():
@@ -215,17 +216,27 @@ def _number_column(cache: SeriesCache, start_ns: int | None, times: list[int], v
         if times[0] <= 0:
             return b"".join([_point(None, t, v, attrs) for t, v in zip(times, values, strict=True)])
         head = cache.heads[2 + double]
-        args = [head, TIME, 0, tag, 0, attrs] * k
-        args[2::6] = times
-        args[4::6] = values
+        if k == 1:
+            args = [head, TIME, times[0], tag, values[0], attrs]
+        else:
+            args = [head, TIME, 0, tag, 0, attrs] * k
+            args[2::6] = times
+            args[4::6] = values
     else:
         if start_ns <= 0 or start_ns > times[0]:  # a start after a point's time: that point starts at its time
             return b"".join([_point(start_ns, t, v, attrs) for t, v in zip(times, values, strict=True)])
         head = cache.heads[double]
-        args = [head, START, start_ns, TIME, 0, tag, 0, attrs] * k
-        args[4::8] = times
-        args[6::8] = values
-    return _packer(start_ns is not None, double, k, len(head), len(attrs)).pack(*args)
+        if k == 1:
+            args = [head, START, start_ns, TIME, times[0], tag, values[0], attrs]
+        else:
+            args = [head, START, start_ns, TIME, 0, tag, 0, attrs] * k
+            args[4::8] = times
+            args[6::8] = values
+    # per series, only the point count varies (a series keeps its kind, scale and attributes)
+    packer = cache.packers.get(k)
+    if packer is None:
+        packer = cache.packers[k] = _packer(start_ns is not None, double, k, len(head), len(attrs))
+    return packer.pack(*args)
 
 
 def _point(start_ns: int | None, t: int, value: int | float, attrs: bytes, strict: bool = False) -> bytes:

@@ -73,6 +73,10 @@ class SeriesIds:
         else:
             self._by_id = dict(by_id)
 
+    def table(self) -> tuple | dict:
+        """The id -> record table itself (a tuple with None holes, or a dict), for per-column loops."""
+        return self._by_id
+
     def get(self, sid: int, default: SeriesRecord | None = None) -> SeriesRecord | None:
         by_id = self._by_id
         if type(by_id) is tuple:

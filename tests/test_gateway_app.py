@@ -8,7 +8,7 @@ import pytest
 from gateway_support import batch, birth, make_table, steady
 from test_gateway_export import FAST, Receiver
 
-from edge_agent import wire
+from edge_agent import umsgpack, wire
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
 from gateway.dedupe import SeqTracker
@@ -167,6 +167,38 @@ def test_a_replica_does_not_export_what_another_one_receipted(receiver):
     pipeline.stop()
     assert metrics.duplicates.value() == 1 and metrics.receipts_seen.value() == 1
     assert len(receiver.requests) == 1
+
+
+def test_a_resend_is_known_by_its_header_its_body_is_not_decoded(receiver):
+    """Under overload devices re-send; a batch exported before costs its header only. The proof: a
+    resend whose body is garbage is settled as the duplicate it is (receipted as exported, acked)."""
+    gateway, metrics, pipeline, series = core(receiver, SeqTracker())
+    receipts = gateway.publish_receipt
+    acks = Acks()
+    good = batch(steady(series), seq=7)
+    gateway.on_data("dev-1", good, acks)
+    assert acks.wait(1) and receipts.wait(1, wire.EXPORTED) == [(7, 1, wire.EXPORTED)]
+    del receipts[:]
+    body_spoilt = wire.decode(good)
+    body_spoilt[7] = ["not", "columns"]
+    gateway.on_data("dev-1", umsgpack.packb(body_spoilt), acks)
+    assert acks.wait(2) and receipts.runs() == [(7, 1, wire.EXPORTED)]
+    pipeline.stop()
+    assert metrics.duplicates.value() == 1 and metrics.decoded.value() == 1
+    assert sum(metrics.rejected.value(reason=r) for r in ("bad_body", "bad_column")) == 0
+    assert len(receiver.requests) == 1
+
+
+def test_a_batch_another_replica_refused_is_judged_here_not_receipted_as_exported(receiver):
+    gateway, metrics, pipeline, series = core(receiver, SeqTracker(gaps=False))
+    other = wire.encode_receipt(wire.boot_tag(gateway_support_boot()), [(30, 1, wire.REFUSED)])
+    gateway.on_receipt("dev-1", other)
+    acks = Acks()
+    gateway.on_data("dev-1", batch(steady(series), seq=30), acks)  # valid here: exported, not a duplicate
+    assert acks.wait(1)
+    pipeline.stop()
+    assert metrics.duplicates.value() == 0 and len(receiver.requests) == 1
+    assert gateway.publish_receipt.runs(wire.EXPORTED) == [(30, 1, wire.EXPORTED)]
 
 
 def test_seq_tracker():
