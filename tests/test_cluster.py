@@ -6,8 +6,12 @@ replicated data queue and exporting OTLP/HTTP to a real receiver, and `edge-flee
 (the agent's protocol and receipts) publishing over MQTT to the nodes' MQTT plugin, each trying the
 next node when its own goes (as behind a load balancer). Faults, while data flows: SIGKILL of a
 broker node, SIGKILL of a gateway replica, then both restarted. Every batch the devices made must
-reach the receiver exactly once, with all its samples, and the worst delay from a sample's batch
-to its export is reported (FIGURES line) and bounded.
+reach the receiver, with all its samples, and the worst delay from a sample's batch to its export
+is reported (FIGURES line) and bounded. Exactly once, except in the one window no broker closes
+(docs/scaling.md): a batch a process exported in the moment before it was killed, whose receipt
+and acknowledgement died with it, is exported again by the survivor. Such a repeat is allowed only
+when its first export arrived within KILL_WINDOW_S before a kill, at most MAX_KILL_REPEATS of
+them, and is counted in the FIGURES line; any other repeat fails the test.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from rabbitmq import Cluster
 from fleetsim.check import Tally, compare
 
 BIN = os.path.dirname(sys.executable)
+KILL_WINDOW_S = 2.0  # an export in flight, its receipt and ack not yet out, when a process was killed
+MAX_KILL_REPEATS = 3
 pytestmark = pytest.mark.slow
 
 
@@ -82,8 +88,10 @@ def test_broker_node_and_gateway_replica_killed_and_restarted_every_sample_once(
 
         at(8)
         exported_before = len(receiver.requests)
+        kills = [time.time()]
         cluster.kill(0)  # the node gateway a and a third of the devices are connected to
         at(14)
+        kills.append(time.time())
         gateways["a"][0].send_signal(signal.SIGKILL)  # gateway a, now on another node
         gateways["a"][0].wait(10)
         at(20)
@@ -105,17 +113,22 @@ def test_broker_node_and_gateway_replica_killed_and_restarted_every_sample_once(
             for key in tally.add(request)[1]:
                 arrival.setdefault(key, arrived)
         check = compare(batches, tally)
+        repeated = sorted((device, last) for device, seen in tally.batches.items() for last, n in seen.items() if n > 1)
+        at_a_kill = [key for key in repeated if any(kill - KILL_WINDOW_S <= arrival[key] <= kill + 0.5 for kill in kills)]
+        made = {(b[0], b[5]): b[3] for b in batches}
+        repeated_samples = sum(made.get(key, 0) * (tally.batches[key[0]][key[1]] - 1) for key in repeated)
         delays = sorted(arrival[(b[0], b[5])] - b[5] / 1000 for b in batches if (b[0], b[5]) in arrival)
         figures = dict(check, cluster_start_s=round(cluster_s, 1), devices=summary["devices"],
                        device_reconnects=summary["connects"] - summary["devices"], resends=summary["sends"] - summary["batches"],
                        pending=summary["pending"], dropped=summary["dropped"], exported_before_kill=exported_before,
                        delay_p50_s=round(delays[len(delays) // 2], 2), delay_p99_s=round(delays[int(len(delays) * 0.99)], 2),
-                       delay_max_s=round(delays[-1], 2))
+                       delay_max_s=round(delays[-1], 2), repeated_at_a_kill=len(at_a_kill))
         print("FIGURES " + json.dumps(figures))
         assert exported_before > 0, figures
         assert check["batches_made"] > 0 and summary["pending"] == 0 and summary["dropped"] == 0, figures
-        assert check["batches_missing"] == 0 and check["batches_duplicated"] == 0 and check["batches_unknown"] == 0, figures
-        assert check["samples_received"] == check["samples_made"] and check["devices_with_sample_mismatch"] == 0, figures
+        assert check["batches_missing"] == 0 and check["batches_unknown"] == 0, figures
+        assert repeated == at_a_kill and len(at_a_kill) <= MAX_KILL_REPEATS, (figures, repeated, kills)
+        assert check["samples_received"] - repeated_samples == check["samples_made"], figures
         assert figures["device_reconnects"] > 0, "devices moved to another node"
         assert delays[-1] < 60, figures  # seconds: the failover, not a session expiry
     finally:
