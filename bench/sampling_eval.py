@@ -40,7 +40,8 @@ from multiprocessing import Pool
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from edge_agent.replay import _number, evaluate  # noqa: E402
+from edge_agent.replay import evaluate  # noqa: E402
+from edge_agent.replay_cli import parse_number  # noqa: E402
 
 NAB = "/work/shared/datasets/nab"
 NAB_TRACES = [
@@ -195,7 +196,7 @@ def main(argv=None):
     params = {}
     for kv in args.param:
         k, _, v = kv.partition("=")
-        params[k] = _number(v)
+        params[k] = parse_number(v)
     baselines = tuple(b for b in args.baselines.split(",") if b)
     methods = ("adaptive",) + baselines
     shares = [None] + [float(s) for s in args.frontier.split(",") if s]

@@ -40,6 +40,7 @@ import sys
 
 from edge_agent import baselines
 from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
+from edge_agent.replay_cli import parse_number
 from edge_agent.sampling import SAMPLING_DEFAULTS, Sampler, validate_sampling
 from edge_agent.wire import MAX_TICKS, BatchBuilder
 
@@ -376,7 +377,7 @@ def parse_args(argv):
                 key, eq, text = value.partition("=")
                 if not eq:
                     raise ValueError("--param wants k=v, got %r" % value)
-                opts["params"][key.strip()] = _number(text.strip())
+                opts["params"][key.strip()] = parse_number(text.strip())
             elif arg == "--baseline":
                 names = [] if value == "none" else list(ALL_BASELINES) if value == "all" else value.split(",")
                 for name in names:
@@ -406,15 +407,6 @@ def parse_args(argv):
     if opts["policy"] is None or opts["trace"] is None:
         raise ValueError("--policy and a trace are required")
     return opts
-
-
-def _number(text):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def evaluate(path, policy, params=None, baseline_names=BASELINES, change=0.1, kind="gauge", collector="cpu",

@@ -43,11 +43,12 @@ def parse_params(items):
         key, eq, text = item.partition("=")
         if not eq or not key.strip():
             raise ValueError("--param %r: expected K=V" % item)
-        params[key.strip()] = _number(text.strip())
+        params[key.strip()] = parse_number(text.strip())
     return params
 
 
-def _number(text):
+def parse_number(text):
+    """A --param value: an int, else a float, else the text as given."""
     for cast in (int, float):
         try:
             return cast(text)
