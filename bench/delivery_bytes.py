@@ -33,7 +33,7 @@ if ROOT not in sys.path:
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent import lifecycle, wire  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
-from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
+from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
 from edge_agent.model import COUNTER, Series  # noqa: E402
 from edge_agent.umsgpack import packb  # noqa: E402
 

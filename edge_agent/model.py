@@ -14,7 +14,7 @@ its source is gone (the sampler counts that and carries on with the other collec
 
 MicroPython-compatible: plain classes, no typing, no dataclasses. Small on a device, where bytecode
 lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is in
-edge_agent/model_extra.py, loaded on first use through this module's `__getattr__` (PEP 562).
+edge_agent/collectors/seriescache.py, loaded on first use through this module's `__getattr__` (PEP 562).
 """
 
 GAUGE = 0
@@ -119,9 +119,9 @@ class SeriesTable:
 
 
 def __getattr__(name):
-    """The names kept in edge_agent/model_extra.py (SeriesCache, KIND_NAMES), on first use."""
+    """The names kept in edge_agent/collectors/seriescache.py (SeriesCache, KIND_NAMES), on first use."""
     if name[0] == "_":  # dunders (and private names) are not theirs
         raise AttributeError(name)
-    from edge_agent import model_extra
+    from edge_agent.collectors import seriescache as model_extra
 
     return getattr(model_extra, name)

@@ -24,7 +24,7 @@ import time
 import uuid
 
 from edge_agent import wire
-from edge_agent.outbox import Outbox
+from edge_agent.store.outbox import Outbox
 from fleetsim import mqtt
 from fleetsim.replay import Recording, batch_payload
 

@@ -18,7 +18,7 @@ import atheris
 with atheris.instrument_imports():
     import seeds
 
-    from edge_agent import commands, config, hmac, sampling  # noqa: F401 (instrumented for coverage)
+    from edge_agent import config, hmac  # noqa: F401 (instrumented for coverage)
 
 LABEL = re.compile(r"^[a-z][a-z_]{2,30}$")
 AGENT, HANDLER = seeds.agent()

@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 
-from edge_agent.commands import COMMANDS, sign
+from edge_agent.commands.handler import COMMANDS, sign
 from edge_agent.hmac import key_bytes
 from gateway.fleet import connect, gather, note
 

@@ -13,7 +13,7 @@ import pytest
 from mosquitto import MOSQUITTO, start_mosquitto, stop, wait_for
 
 from edge_agent import config
-from edge_agent.config_doc import describe, render_default
+from edge_agent.cli.config_doc import describe, render_default
 from edge_agent.hmac import key_bytes
 
 BIN = os.path.dirname(sys.executable)

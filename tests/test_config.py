@@ -68,7 +68,9 @@ def test_parse_broker(url, expected):
 
 def test_copies_of_the_collector_lists_agree():
     """Modules a small device loads for a command keep their own copies, so as not to load config."""
-    from edge_agent import agent, collector_changes, sampling_rules
+    from edge_agent import agent
+    from edge_agent.commands import collector_changes
+    from edge_agent.sampling import rules as sampling_rules
 
     assert collector_changes.BACKENDS == config.BACKENDS
     assert agent.COLLECTOR_NAMES == sampling_rules.COLLECTORS == config.COLLECTORS

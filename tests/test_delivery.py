@@ -26,7 +26,7 @@ from edge_agent import agent as agent_module
 from edge_agent import config, wire
 from edge_agent.agent import Agent
 from edge_agent.model import COUNTER, SeriesCache
-from edge_agent.spool import Spool
+from edge_agent.store.spool import Spool
 
 EXPORTED, REFUSED, WANTED = wire.EXPORTED, wire.REFUSED, wire.WANTED
 
@@ -120,7 +120,7 @@ def receipt(agent, runs, boot="b-1"):
 def clock(monkeypatch):
     """The agent's monotonic clock, in ms, moved by the test."""
     now = [1_000_000]
-    from edge_agent import receipts
+    from edge_agent.store import receipts
 
     monkeypatch.setattr(agent_module, "mono_ms", lambda: now[0])
     monkeypatch.setattr(receipts, "mono_ms", lambda: now[0])

@@ -32,7 +32,7 @@ from mosquitto import free_port, stop, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent import __version__, wire
-from edge_agent.commands import sign
+from edge_agent.commands.handler import sign
 from firmware.interpreter import ARCHES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_commands import DEVICE_KEY, FLEET_KEY, NOW, make_agent
 
-from edge_agent import commands, umsgpack
-from edge_agent.commands import sign
+from edge_agent import umsgpack
+from edge_agent.commands import handler as commands
+from edge_agent.commands.handler import sign
 from edge_agent.model import COUNTER, Series, SeriesTable
 from fuzz.seeds import same
 from gateway.decode import Dictionaries, Rejected, UnknownDictionary

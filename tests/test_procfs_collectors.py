@@ -14,13 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.collectors import procfs, procfs_cpu, procfs_net
-from edge_agent.collectors.procfs import procfs_collectors
-from edge_agent.collectors.procfs_cpu import STATES, CpuCollector, parse_stat
-from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_loadavg
-from edge_agent.collectors.procfs_memory import FIELDS, MemoryCollector, available, parse_meminfo
-from edge_agent.collectors.procfs_net import NetworkCollector, parse_net_dev
-from edge_agent.collectors.procfs_system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
+from edge_agent.collectors.procfs import cpu as procfs_cpu
+from edge_agent.collectors.procfs import net as procfs_net
+from edge_agent.collectors.procfs import registry as procfs
+from edge_agent.collectors.procfs.cpu import STATES, CpuCollector, parse_stat
+from edge_agent.collectors.procfs.load import LoadCollector, hundredths, parse_loadavg
+from edge_agent.collectors.procfs.memory import FIELDS, MemoryCollector, available, parse_meminfo
+from edge_agent.collectors.procfs.net import NetworkCollector, parse_net_dev
+from edge_agent.collectors.procfs.registry import procfs_collectors
+from edge_agent.collectors.procfs.system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
 from edge_agent.model import COUNTER, GAUGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,13 +376,13 @@ def test_registry():
 def test_registry_builds_and_imports_only_what_is_enabled():
     code = (
         "import sys\n"
-        "from edge_agent.collectors.procfs import enabled_procfs\n"
+        "from edge_agent.collectors.procfs.registry import enabled_procfs\n"
         "chosen, effective = enabled_procfs({'cpu': {'per_cpu': False}, 'load': {'enabled': False},"
         " 'network': {'backend': 'procfs', 'top_processes': 3}}, %r)\n"
         "assert [c.name for c in chosen] == ['cpu', 'network'], chosen\n"
         "assert effective == {'cpu': 'procfs', 'network': 'procfs'}, effective\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('edge_agent.collectors.procfs_'))\n"
-        "assert loaded == ['edge_agent.collectors.procfs_cpu', 'edge_agent.collectors.procfs_net'], loaded\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('edge_agent.collectors.procfs.') and m != 'edge_agent.collectors.procfs.registry')\n"
+        "assert loaded == ['edge_agent.collectors.procfs.cpu', 'edge_agent.collectors.procfs.net'], loaded\n"
     ) % snap("modern", "t0")
     subprocess.run([sys.executable, "-c", code], cwd=str(REPO), check=True)
     assert sorted(procfs_collectors(options={"network": {}}, names=["memory"])) == ["memory"]
@@ -392,11 +394,11 @@ def test_running_collectors_need_neither_the_registry_nor_counters():
     """A device releases the registry once collectors are built, and never loads counters."""
     code = (
         "import sys\n"
-        "from edge_agent.collectors import procfs_cpu, procfs_memory, procfs_net\n"
+        "from edge_agent.collectors.procfs import cpu as procfs_cpu, memory as procfs_memory, net as procfs_net\n"
         "for c in (procfs_cpu.CpuCollector(%r), procfs_memory.MemoryCollector(%r), procfs_net.NetworkCollector(%r)):\n"
         "    c.collect(); c.collect(); c.close()\n"
-        "assert 'edge_agent.collectors.procfs' not in sys.modules\n"
-        "assert 'edge_agent.counters' not in sys.modules\n"
+        "assert 'edge_agent.collectors.procfs.registry' not in sys.modules\n"
+        "assert 'edge_agent.collectors.counters' not in sys.modules\n"
     ) % ((snap("modern", "t0"),) * 3)
     subprocess.run([sys.executable, "-c", code], cwd=str(REPO), check=True)
     # the full parsers stay importable where they were
@@ -455,7 +457,7 @@ f = open(sys.argv[1])
 args = json.loads(f.read())
 f.close()
 sys.path.insert(0, args["repo"])
-from edge_agent.collectors.procfs import procfs_collectors
+from edge_agent.collectors.procfs.registry import procfs_collectors
 result = []
 for scenario, snapshots, options in args["scenarios"]:
     collectors = procfs_collectors(args["fixtures"] + "/" + scenario + "/" + snapshots[0], options)
@@ -508,7 +510,7 @@ def test_micropython_matches_cpython(tmp_path):
 
 
 def test_meminfo_keys_are_the_fields():
-    from edge_agent.collectors import procfs_memory
+    from edge_agent.collectors.procfs import memory as procfs_memory
 
     assert procfs_memory.KEYS == [name + ":" for name in FIELDS]
     assert procfs_memory.LINES == [key.encode() for key in procfs_memory.KEYS]

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from edge_agent import sampling, wire
+from edge_agent import wire
 from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesTable
-from edge_agent.sampling import SAMPLING_DEFAULTS, Sampler, validate_sampling
+from edge_agent.sampling import sampler as sampling
+from edge_agent.sampling.sampler import SAMPLING_DEFAULTS, Sampler, validate_sampling
 
 S = 1000
 
@@ -444,7 +445,7 @@ def test_effective_interval_is_the_heartbeat_for_adaptive_and_the_batch_longest_
 
 
 def test_persisted_changes_with_a_retired_knob_start_without_it():
-    from edge_agent.cli import apply_overrides
+    from edge_agent.cli.main import apply_overrides
     from edge_agent.config import build
 
     cfg = build({})

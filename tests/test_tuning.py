@@ -19,7 +19,7 @@ import pytest
 from mosquitto import start_mosquitto, stop
 
 from edge_agent import wire
-from edge_agent.commands import sign
+from edge_agent.commands.handler import sign
 
 BIN = os.path.dirname(sys.executable)
 DEVICE_KEY = "hex:5e1f0a2b3c4d5e6f708192a3b4c5d6e7"

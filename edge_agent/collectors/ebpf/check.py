@@ -21,7 +21,7 @@ MIN_KERNEL = (5, 2)  # .rodata as a frozen read-only map (BPF_F_RDONLY_PROG, BPF
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 # the objects: bpf/ beside the package (a checkout, a wheel's site-packages, or inside the zipapp)
 BPF_DIR = os.environ.get("EDGE_AGENT_BPF_DIR") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf"
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "bpf"
 )
 
 

@@ -60,7 +60,7 @@ def advance(last, raw, bits=64):
     A drop that looks like a wrap of the declared width (from the top quarter of the range to the
     bottom quarter) adds the wrapped distance; any other drop is a reset, and the new raw value is
     growth since zero. The one rule for every collector (counters.Monotonic uses it too); it lives
-    here, with its one user on a device, so a device need not load edge_agent.counters.
+    here, with its one user on a device, so a device need not load edge_agent.collectors.counters.
     """
     if raw >= last:
         return raw - last
@@ -86,9 +86,9 @@ def scan_net_dev(text):
 
 def parse_net_dev(text):
     """/proc/net/dev -> {iface: {"rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", ...}}.
-    Kept in edge_agent.collectors.procfs, which a device loads only while it needs it; this name
+    Kept in edge_agent.collectors.procfs.registry, which a device loads only while it needs it; this name
     stays for the readers that import it here."""
-    from edge_agent.collectors.procfs import parse_net_dev as parse
+    from edge_agent.collectors.procfs.registry import parse_net_dev as parse
 
     return parse(text)
 

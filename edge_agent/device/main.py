@@ -1,4 +1,4 @@
-"""MicroPython entry point: `micropython -m edge_agent.mpy_main [CONFIG]`.
+"""MicroPython entry point: `micropython -m edge_agent.device.main [CONFIG]`.
 
 The same core as on CPython, handed the adapters a MicroPython device has: the /proc collectors
 and our own MQTT client (transport/umqtt.py). Logs go to stderr, one line per event; with
@@ -8,14 +8,14 @@ Built for a small heap (`-X heapsize=64K`). In the agent's own interpreter (`pyt
 build`) every module is frozen: its bytecode is in the binary and an import costs only its
 functions and globals. On a stock interpreter bytecode loaded from .mpy lives in the heap, so what
 is needed only for a while is imported, used and released (`release`), in both cases:
-- start-up only: edge_agent.mpy_setup (building everything), edge_agent.config (validation),
-  the collector registry (edge_agent.collectors.procfs, which imports only enabled collectors);
-- per command: edge_agent.commands and edge_agent.hmac, with edge_agent.sampling_rules for
-  set_sampling and edge_agent.collector_changes for set_collectors (`OnDemandCommands`); the
+- start-up only: edge_agent.device.setup (building everything), edge_agent.config (validation),
+  the collector registry (edge_agent.collectors.procfs.registry, which imports only enabled collectors);
+- per command: edge_agent.commands.handler and edge_agent.hmac, with edge_agent.sampling.rules for
+  set_sampling and edge_agent.commands.collector_changes for set_collectors (`OnDemandCommands`); the
   handler's replay-protection state is kept between commands;
 - per connection and per birth: edge_agent.lifecycle and edge_agent.wire_birth (the agent
   unloads them itself, through edge_agent.unload);
-- the `fixed` policy runs on agent.EveryInterval; edge_agent.sampling (and the load signals) is
+- the `fixed` policy runs on agent.EveryInterval; edge_agent.sampling.sampler (and the load signals) is
   loaded only for another policy, at start or when a command asks for one.
 Once a batch is encoded the heap is collected; a `heap` line is logged once a minute
 (EDGE_AGENT_HEAP_EVERY_S overrides the period): `alloc` is gc.mem_alloc() right after
@@ -23,7 +23,7 @@ gc.collect() (the steady heap), `batch` the same taken with a full batch still i
 its payload encoded (the busiest moment), `high` the highest of those so far, `largest` the largest
 block an allocation can get then.
 
-The connection's story is logged by the core as on CPython (edge_agent.linkstate: mqtt_connected,
+The connection's story is logged by the core as on CPython (edge_agent.transport.linkstate: mqtt_connected,
 mqtt_disconnected, mqtt_error with the reason — a refused TLS certificate included — and the delay
 before the next attempt, buffering, backlog_delivered); attempts back off from 1 s to 16 s. Started by the launcher on a stock interpreter
 (EDGE_AGENT_PARENT), the agent stops cleanly when that launcher is gone.
@@ -99,7 +99,7 @@ def parent_pid():
 class DeviceTransport(Transport):
     """umqtt's Transport plus what the device's loop does between two passes: the heap report every
     `every_ms` and the launcher watch (`watch_parent`). Connection changes and failed attempts are
-    logged by the core (edge_agent.linkstate), as on CPython."""
+    logged by the core (edge_agent.transport.linkstate), as on CPython."""
 
     parent = 0
     watch_at = 0
@@ -129,14 +129,14 @@ class DeviceTransport(Transport):
 
 
 class OnDemandCommands:
-    """The agent's command handler, with edge_agent.commands loaded only while it is needed."""
+    """The agent's command handler, with edge_agent.commands.handler loaded only while it is needed."""
 
     # what a command may load: set_sampling validates with sampling_rules (and loads sampling for a
     # policy other than fixed: a Sampler taken into use keeps its module alive without sys.modules);
     # set_collectors loads collector_changes, the collector registry and the births' encoder
-    MODULES = ("edge_agent.commands", "edge_agent.hmac", "edge_agent.statefile", "edge_agent.sampling_rules",
-               "edge_agent.collector_changes", "edge_agent.sampling", "edge_agent.loadwatch",
-               "edge_agent.collectors.procfs", "edge_agent.lifecycle", "edge_agent.wire_birth")
+    MODULES = ("edge_agent.commands.handler", "edge_agent.hmac", "edge_agent.store.statefile", "edge_agent.sampling.rules",
+               "edge_agent.commands.collector_changes", "edge_agent.sampling.sampler", "edge_agent.sampling.loadwatch",
+               "edge_agent.collectors.procfs.registry", "edge_agent.lifecycle", "edge_agent.wire_birth")
 
     def __init__(self, cfg, device, log):
         self.cfg = cfg
@@ -145,7 +145,7 @@ class OnDemandCommands:
         self.kept = None  # (nonces, rejected, accepted) of the handler between two commands
 
     def handler(self):
-        from edge_agent.commands import CommandHandler
+        from edge_agent.commands.handler import CommandHandler
 
         handler = CommandHandler(self.cfg, self.device, lambda: int(time.time()), self.log)
         if self.kept is not None:
@@ -184,14 +184,14 @@ class OnDemandCommands:
 
 # the collector registry, and the boot readers mpy_setup uses: running collectors need neither (a
 # collector instance keeps the code it runs alive without sys.modules)
-REGISTRY = ("edge_agent.collectors.procfs", "edge_agent.collectors.procfs_system", "edge_agent.collectors.procfs_load")
+REGISTRY = ("edge_agent.collectors.procfs.registry", "edge_agent.collectors.procfs.system", "edge_agent.collectors.procfs.load")
 
 
 def collector_factory(root):
     """The agent's `collector_factory`: a collectors config section -> (collectors, effective)."""
 
     def factory(section):
-        from edge_agent.collectors.procfs import enabled_procfs
+        from edge_agent.collectors.procfs.registry import enabled_procfs
 
         built = enabled_procfs(section, root)
         release(*REGISTRY)
@@ -212,18 +212,18 @@ def main(argv):
     gc.threshold((gc.mem_alloc() + gc.mem_free()) // GC_EVERY)
     path = argv[1] if len(argv) > 1 else DEFAULT_CONFIG
     try:
-        from edge_agent import mpy_setup
+        from edge_agent.device import setup as mpy_setup
 
         agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
     except MemoryError:  # a heap too small for the job: say so, rather than a traceback
         mpy_setup = None
-        release("edge_agent.mpy_setup", "edge_agent.config", "edge_agent.statefile", *REGISTRY)
+        release("edge_agent.device.setup", "edge_agent.config", "edge_agent.store.statefile", *REGISTRY)
         sys.stderr.write("edge-agent: out of memory while starting in a %d KB heap; run MicroPython with a "
                          "larger one (-X heapsize=160K, EDGE_AGENT_HEAP for the launcher)\n"
                          % ((gc.mem_alloc() + gc.mem_free()) // 1024))
         return 3
     mpy_setup = None
-    release("edge_agent.mpy_setup", "edge_agent.statefile", *REGISTRY)
+    release("edge_agent.device.setup", "edge_agent.store.statefile", *REGISTRY)
     if agent is None:
         return 2
     log = agent.log

@@ -108,7 +108,7 @@ class EbpfCpuCollector:
         self.top = {}  # comm -> ns on CPU since start
         self.base = {}
         try:
-            from edge_agent.collectors.procfs import parse_stat, read_text
+            from edge_agent.collectors.procfs.registry import parse_stat, read_text
 
             self.base = seed_from_stat(parse_stat(read_text(proc_root, "stat")), program.read())
         except (OSError, ValueError):

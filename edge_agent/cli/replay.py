@@ -31,17 +31,17 @@ full-rate trace, with R = p99 - p1 of the trace (max - min if that is 0):
     stale_after_load_s   (--load-from-trace) the same, counted from when a busy spell ended
 
 Baselines (uniform decimation, send-on-delta, AdaM, and the offline optimum: the least error any
-choice of that many readings reaches, edge_agent.baselines.optimum_match, numpy) are tuned to keep
+choice of that many readings reaches, edge_agent.sampling.baselines.optimum_match, numpy) are tuned to keep
 the same number of samples as the policy and scored the same way. Prints one JSON object.
 """
 
 import json
 import sys
 
-from edge_agent import baselines
+from edge_agent.cli.replay_cli import parse_number
 from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
-from edge_agent.replay_cli import parse_number
-from edge_agent.sampling import SAMPLING_DEFAULTS, Sampler, validate_sampling
+from edge_agent.sampling import baselines
+from edge_agent.sampling.sampler import SAMPLING_DEFAULTS, Sampler, validate_sampling
 from edge_agent.wire import MAX_TICKS, BatchBuilder
 
 USAGE = ("usage: edge-agent replay --policy P [--param k=v ...] [--baseline uniform,deadband,adam,optimum|all|none] "

@@ -1,4 +1,4 @@
-"""Start-up of the MicroPython agent, imported by edge_agent.mpy_main and released once the agent runs.
+"""Start-up of the MicroPython agent, imported by edge_agent.device.main and released once the agent runs.
 
 Reads and validates the config, applies saved remote changes, builds the /proc collectors, the
 device info, the sampler and the agent. Nothing here is needed afterwards, so none of it (nor
@@ -11,7 +11,7 @@ import sys
 from edge_agent import __version__
 from edge_agent.agent import Agent, EveryInterval, LinkState
 from edge_agent.collectors import reserve
-from edge_agent.statefile import ensure_dir, read_json
+from edge_agent.store.statefile import ensure_dir, read_json
 
 # a batch's values: ~2.5 bytes a sample on the wire, for the default job's 65 series
 BATCH_BYTES_A_TICK = 160
@@ -32,21 +32,21 @@ def load_config(path, release):
         return None
     broker = configuration.parse_broker(cfg["broker"])
     configuration = None
-    release("edge_agent.config", "edge_agent.sampling_rules", "edge_agent.sampling")  # config validates sampling with them
+    release("edge_agent.config", "edge_agent.sampling.rules", "edge_agent.sampling.sampler")  # config validates sampling with them
     return cfg, broker
 
 
 def device_name(cfg):
     if cfg["device_id"]:
         return cfg["device_id"]
-    from edge_agent.collectors.procfs import read_text
+    from edge_agent.collectors.procfs.registry import read_text
 
     return read_text(cfg["proc_root"], "sys/kernel/hostname").strip()
 
 
 def device_info(cfg, effective, name):
     from edge_agent.clock import wall_ms
-    from edge_agent.collectors.procfs_system import read_boot, read_host
+    from edge_agent.collectors.procfs.system import read_boot, read_host
 
     root = cfg["proc_root"]
     boot_id, boot_time_ms = read_boot(root)
@@ -94,8 +94,8 @@ def build_sampler(cfg, root):
     fixed = EveryInterval(interval_ms=params["interval_ms"])
     if fixed.covers(params):
         return EveryInterval(interval_ms=params["interval_ms"], params=params), None
-    from edge_agent.loadwatch import LoadWatch
-    from edge_agent.sampling import Sampler
+    from edge_agent.sampling.loadwatch import LoadWatch
+    from edge_agent.sampling.sampler import Sampler
 
     return Sampler(params), LoadWatch(root)
 
@@ -103,7 +103,7 @@ def build_sampler(cfg, root):
 def build(path, runtime):
     """The agent for the config file at `path`, or None when the config is bad (reported on stderr).
 
-    `runtime` is edge_agent.mpy_main's (make_logger, release, DeviceTransport, OnDemandCommands,
+    `runtime` is edge_agent.device.main's (make_logger, release, DeviceTransport, OnDemandCommands,
     collector factory maker): what stays in use while the agent runs lives there, not here.
     """
     make_logger, release, transport_class, commands_class, factory = runtime
@@ -119,7 +119,7 @@ def build(path, runtime):
         overrides = {}
     sampling = overrides.get("sampling")
     if sampling:  # checked only when there are some: loading the rules interns their names for good
-        from edge_agent.sampling_rules import usable  # a knob retired since it was set remotely is left out
+        from edge_agent.sampling.rules import usable  # a knob retired since it was set remotely is left out
 
         sampling, dropped = usable(sampling)
         for problem in dropped:
@@ -127,7 +127,7 @@ def build(path, runtime):
         if dropped:
             overrides["sampling"] = sampling
         cfg["sampling"].update(sampling)
-        release("edge_agent.sampling_rules")
+        release("edge_agent.sampling.rules")
     for name in overrides.get("collectors", {}):
         if name in cfg["collectors"]:
             cfg["collectors"][name].update(overrides["collectors"][name])
@@ -155,7 +155,7 @@ def build(path, runtime):
     cap_buffer(cfg, log)
     spool = None
     if cfg["buffer"]["spool_max_bytes"]:
-        from edge_agent.spool import Spool
+        from edge_agent.store.spool import Spool
 
         spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, loadwatch=loadwatch,
@@ -166,5 +166,5 @@ def build(path, runtime):
     # and at 65 samples that is one 1 KB block (on 64-bit), which a 64K heap after hours may not have
     agent.kept.extend([None] * TICK_SAMPLES)
     del agent.kept[:]  # (its room stays)
-    agent.link = LinkState()  # the connection's story, as on CPython (edge_agent.linkstate, loaded for news)
+    agent.link = LinkState()  # the connection's story, as on CPython (edge_agent.transport.linkstate, loaded for news)
     return agent

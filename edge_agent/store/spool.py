@@ -18,14 +18,14 @@ birth message, `<first seq of the run, 20 digits>.birth` (the bytes the agent pu
 before any batch that needs it), for as long as a segment of that run is on disk; the agent
 publishes those births again on connecting and when a gateway asks for them (docs/wire-format.md).
 
-`SpoolOutbox` is the outbox (edge_agent/outbox.py) that uses it. MicroPython-compatible.
+`SpoolOutbox` is the outbox (edge_agent/store/outbox.py) that uses it. MicroPython-compatible.
 """
 
 import os
 import struct
 
-from edge_agent.outbox import Entry, Outbox
-from edge_agent.statefile import ensure_dir
+from edge_agent.store.outbox import Entry, Outbox
+from edge_agent.store.statefile import ensure_dir
 
 RECORD = ">IQI"
 RECORD_SIZE = struct.calcsize(RECORD)

@@ -20,11 +20,11 @@ file line by line one byte at a time).
 # name, module, class, options it takes (lists: MicroPython loads a constant tuple's strings as
 # separate str objects)
 REGISTRY = [
-    ["cpu", "procfs_cpu", "CpuCollector", ["per_cpu"]],
-    ["memory", "procfs_memory", "MemoryCollector", []],
-    ["load", "procfs_load", "LoadCollector", []],
-    ["network", "procfs_net", "NetworkCollector", ["include", "exclude", "counter_bits"]],
-    ["system", "procfs_system", "SystemCollector", []],
+    ["cpu", "cpu", "CpuCollector", ["per_cpu"]],
+    ["memory", "memory", "MemoryCollector", []],
+    ["load", "load", "LoadCollector", []],
+    ["network", "net", "NetworkCollector", ["include", "exclude", "counter_bits"]],
+    ["system", "system", "SystemCollector", []],
 ]
 
 
@@ -37,7 +37,7 @@ def read_text(root, name):
 def parse_stat(text):
     """/proc/stat -> {"cpu": {"total": [8 ints], "cpu0": [...]}, "btime", "procs_running",
     "procs_blocked", "ctxt"} (ints; a missing line gives 0). The cpu lines as procfs_cpu reads them."""
-    from edge_agent.collectors.procfs_cpu import scan_cpus
+    from edge_agent.collectors.procfs.cpu import scan_cpus
 
     result = {"cpu": dict(scan_cpus(text)), "btime": 0, "procs_running": 0, "procs_blocked": 0, "ctxt": 0}
     for line in text.split("\n"):
@@ -52,7 +52,7 @@ def parse_stat(text):
 def parse_net_dev(text):
     """/proc/net/dev -> {iface: {"rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", ...}}
     (the columns procfs_net reads)."""
-    from edge_agent.collectors.procfs_net import scan_net_dev
+    from edge_agent.collectors.procfs.net import scan_net_dev
 
     result = {}
     for name, columns in scan_net_dev(text):
@@ -86,7 +86,7 @@ def procfs_collectors(root="/proc", options=None, names=None):
                     "procfs.%s: unknown option %r (known: %s)" % (name, key, ", ".join(allowed) or "none")
                 )
         if names is None or name in names:
-            loaded = __import__("edge_agent.collectors." + module, None, None, (cls,))
+            loaded = __import__("edge_agent.collectors.procfs." + module, None, None, (cls,))
             collectors[name] = getattr(loaded, cls)(root, **opts)
     return collectors
 

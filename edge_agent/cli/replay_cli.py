@@ -1,11 +1,11 @@
 """`edge-agent replay`'s command line: the options (argparse) and the summary table; the evaluation
-itself is edge_agent/replay.py (`evaluate`, which `--json` prints as it is)."""
+itself is edge_agent/cli/replay.py (`evaluate`, which `--json` prints as it is)."""
 
 import argparse
 import json
 import sys
 
-BASELINES = ("uniform", "deadband", "adam")  # the default set, as edge_agent.replay.BASELINES (not imported: it loads
+BASELINES = ("uniform", "deadband", "adam")  # the default set, as edge_agent.cli.replay.BASELINES (not imported: it loads
 ALL_BASELINES = BASELINES + ("optimum",)  # the sampler); the offline optimum needs numpy and O(n^2) per price
 
 
@@ -67,7 +67,7 @@ def parse_baselines(text):
 
 
 def command_replay(args):
-    from edge_agent.replay import evaluate
+    from edge_agent.cli.replay import evaluate
     from edge_agent.wire import MAX_TICKS
 
     if not 1 <= args.batch <= MAX_TICKS - 1:

@@ -1,11 +1,11 @@
 """The set_collectors command: validate a change, rebuild the collectors, persist the change.
 
-Apart from edge_agent.commands so that a small device loads it only for this one command
+Apart from edge_agent.commands.handler so that a small device loads it only for this one command
 (CommandHandler.handle imports it). MicroPython-compatible.
 """
 
 from edge_agent.agent import COLLECTOR_NAMES
-from edge_agent.commands import save_overrides
+from edge_agent.commands.handler import save_overrides
 
 BACKENDS = ("auto", "procfs", "netlink", "ebpf")  # as config.BACKENDS, without loading config for a command
 

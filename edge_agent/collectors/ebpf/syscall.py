@@ -268,7 +268,7 @@ class Layout:
 
 def layout(btf, type_id):
     """A Layout for BTF type `type_id` (a struct of integers and arrays of them, or an integer)."""
-    from edge_agent.collectors import bpf_object as o
+    from edge_agent.collectors.ebpf import objects as o
 
     order = btf.order
     if btf.kind(type_id) == o.INT:

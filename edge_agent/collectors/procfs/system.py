@@ -15,7 +15,7 @@ Example output for "215.06 368.04":
     system.uptime   21506
 """
 
-from edge_agent.collectors.procfs_load import hundredths
+from edge_agent.collectors.procfs.load import hundredths
 from edge_agent.model import GAUGE, Series, family
 
 

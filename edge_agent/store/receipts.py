@@ -39,7 +39,7 @@ def receipt(agent, seq=None):
         outbox.receipts = True
         agent.log("delivery", ack="gateway receipt")
         if state_dir:
-            from edge_agent.statefile import write_atomic
+            from edge_agent.store.statefile import write_atomic
 
             try:
                 write_atomic(state_dir + "/" + "delivery", "receipts")

@@ -13,7 +13,7 @@ commands, and invalid parameters; every outcome is acknowledged on
 `<prefix>/<device>/ack` and nothing is applied unless everything checked out.
 
 MicroPython-compatible; the gateway's `tune` command signs with `sign()` from this module. A small
-device loads this module with edge_agent.hmac (and edge_agent.sampling_rules for set_sampling, edge_agent.collector_changes
+device loads this module with edge_agent.hmac (and edge_agent.sampling.rules for set_sampling, edge_agent.commands.collector_changes
 for set_collectors) only while it handles a command, so it is kept to a few functions: every function
 and string constant is in the heap while it is loaded, and every new name is interned for good.
 """
@@ -23,7 +23,7 @@ import json
 
 from edge_agent.clock import mono_ms
 from edge_agent.hmac import hmac_sha256
-from edge_agent.statefile import ensure_dir, read_json, write_atomic
+from edge_agent.store.statefile import ensure_dir, read_json, write_atomic
 
 MAX_COMMAND_BYTES = 4096
 MAX_NONCES = 512
@@ -113,7 +113,7 @@ class CommandHandler:
                 if cmd == "set_sampling":
                     errors = set_sampling(agent, args)
                 else:
-                    from edge_agent.collector_changes import set_collectors
+                    from edge_agent.commands.collector_changes import set_collectors
 
                     errors = set_collectors(agent, args)
                 if errors:
@@ -258,7 +258,7 @@ def save_overrides(agent, section, changes):
 
 # ---------------------------------------------------------------- what set_sampling does
 # (here rather than in agent.py: a device loads this module only while it handles a command;
-# set_collectors is in edge_agent.collector_changes, loaded only for that command)
+# set_collectors is in edge_agent.commands.collector_changes, loaded only for that command)
 
 
 def set_sampling(agent, params):
@@ -270,14 +270,14 @@ def set_sampling(agent, params):
     sampler = agent.sampler
     if isinstance(sampler, EveryInterval) and not sampler.covers(params):
         # another policy: the full sampler from now on, continuing EveryInterval's schedule
-        from edge_agent.sampling import Sampler, validate_sampling
+        from edge_agent.sampling.sampler import Sampler, validate_sampling
 
         errors = validate_sampling(params)
         if errors:
             return errors
         sampler = Sampler(agent.sampler.params)
         if agent.loadwatch is None:  # the load policies read the device's load; fixed did not
-            from edge_agent.loadwatch import LoadWatch
+            from edge_agent.sampling.loadwatch import LoadWatch
 
             agent.loadwatch = LoadWatch(agent.config["proc_root"])
         if agent.sampler.last_ms is not None:

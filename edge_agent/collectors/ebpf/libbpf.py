@@ -1,6 +1,6 @@
 """The same compiled objects loaded by Debian's libbpf (libbpf.so.1, through ctypes): a second loader.
 
-    from edge_agent.collectors.bpf_libbpf import load
+    from edge_agent.collectors.ebpf.libbpf import load
     program = NetProgram(loader=load)      # bpf_loader's readers over libbpf's maps
 
 For development and cross-checks only, never on a device: libbpf resolves the CO-RE relocations
@@ -15,10 +15,10 @@ import ctypes.util
 import os
 import time
 
-from edge_agent.collectors import bpf_syscall as sys_
-from edge_agent.collectors.bpf_check import object_data
-from edge_agent.collectors.bpf_loader import Loaded, LoadError
-from edge_agent.collectors.bpf_object import BpfObject
+from edge_agent.collectors.ebpf import syscall as sys_
+from edge_agent.collectors.ebpf.check import object_data
+from edge_agent.collectors.ebpf.loader import Loaded, LoadError
+from edge_agent.collectors.ebpf.objects import BpfObject
 
 _lib = None
 _printer = None

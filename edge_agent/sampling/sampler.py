@@ -48,7 +48,7 @@ interval) in scratch lists kept between flushes, and the readings are read back 
 import math
 
 from edge_agent.model import COUNTER, HISTOGRAM
-from edge_agent.sampling_rules import COLLECTORS, KNOBS, PER_COLLECTOR, collector_intervals, knob, validate_sampling
+from edge_agent.sampling.rules import COLLECTORS, KNOBS, PER_COLLECTOR, collector_intervals, knob, validate_sampling
 
 SAMPLING_DEFAULTS = {"policy": "fixed"}  # every knob with its default value
 for _line in KNOBS.split("\n"):

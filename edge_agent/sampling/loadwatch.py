@@ -17,9 +17,9 @@ need no sleeping; without it the clock module's monotonic milliseconds are used.
 MicroPython-compatible core.
 """
 
-from edge_agent.collectors.procfs import parse_stat, read_text
-from edge_agent.collectors.procfs_cpu import IDLE, IOWAIT
-from edge_agent.collectors.procfs_memory import available, parse_meminfo
+from edge_agent.collectors.procfs.cpu import IDLE, IOWAIT
+from edge_agent.collectors.procfs.memory import available, parse_meminfo
+from edge_agent.collectors.procfs.registry import parse_stat, read_text
 
 USER_HZ = 100  # fixed by the kernel ABI for /proc tick counts (all but Alpha)
 

@@ -41,7 +41,7 @@ import os
 import socket
 import struct
 
-from edge_agent.counters import Monotonic
+from edge_agent.collectors.counters import Monotonic
 from edge_agent.model import COUNTER, GAUGE, SeriesCache
 
 # IFLA_STATS64 field -> (metric, unit, direction or None, type or None)

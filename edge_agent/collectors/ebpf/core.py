@@ -114,7 +114,7 @@ def _essential(name):
 
 def _compatible(btf, local_type, field):
     """libbpf's bpf_core_fields_are_compat, on what tracefs tells of the target type."""
-    from edge_agent.collectors import bpf_object as o
+    from edge_agent.collectors.ebpf import objects as o
 
     kind = btf.kind(local_type)
     target = field.kind()
@@ -196,7 +196,7 @@ def relocate(program, btf, fields, order="<"):
     """Patch `program.insns` for its CO-RE relocations against `fields` (parse_format of its
     tracepoint). Returns the descriptions of poisoned relocations (fields this kernel lacks), to
     explain a verifier refusal; raises CoreError when an instruction does not match its record."""
-    from edge_agent.collectors import bpf_object as o
+    from edge_agent.collectors.ebpf import objects as o
 
     insns = program.insns
     poisoned = []

@@ -1,4 +1,4 @@
-"""Store-and-forward buffer for encoded data batches, in RAM (edge_agent/spool.py adds a disk spool).
+"""Store-and-forward buffer for encoded data batches, in RAM (edge_agent/store/spool.py adds a disk spool).
 
 Batches wait here, oldest first, until they are delivered:
 

@@ -64,9 +64,9 @@ def scan_cpus(text):
 
 def parse_stat(text):
     """/proc/stat -> {"cpu": {"total": [8 ints], "cpu0": [...]}, "btime", "procs_running",
-    "procs_blocked", "ctxt"} (ints; a missing line gives 0). Kept in edge_agent.collectors.procfs,
+    "procs_blocked", "ctxt"} (ints; a missing line gives 0). Kept in edge_agent.collectors.procfs.registry,
     which a device loads only while it needs it; this name stays for the readers that import it here."""
-    from edge_agent.collectors.procfs import parse_stat as parse
+    from edge_agent.collectors.procfs.registry import parse_stat as parse
 
     return parse(text)
 

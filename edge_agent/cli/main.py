@@ -18,11 +18,11 @@ import time
 from edge_agent import __version__, lifecycle, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent, LinkState
-from edge_agent.collectors.procfs_system import read_boot, read_host
-from edge_agent.commands import CommandHandler, load_overrides
-from edge_agent.loadwatch import LoadWatch
+from edge_agent.collectors.procfs.system import read_boot, read_host
+from edge_agent.commands.handler import CommandHandler, load_overrides
 from edge_agent.model import KIND_NAMES
-from edge_agent.spool import Spool
+from edge_agent.sampling.loadwatch import LoadWatch
+from edge_agent.store.spool import Spool
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
 
@@ -114,7 +114,7 @@ def build_parser():
     check = cfg_sub.add_parser("check", help="validate FILE: one line per problem, exit 2 if any")
     check.add_argument("file", metavar="FILE")
     cfg_sub.add_parser("default", help="print the default config, every key explained")
-    from edge_agent.replay_cli import add_parser as add_replay
+    from edge_agent.cli.replay_cli import add_parser as add_replay
 
     add_replay(sub)
     return parser
@@ -166,7 +166,7 @@ def build_collectors(cfg, log):
     try:
         from edge_agent.collectors.select import build_collectors as select_backends
     except ImportError:  # a trimmed install without the eBPF/netlink adapters: /proc only
-        from edge_agent.collectors.procfs import enabled_procfs
+        from edge_agent.collectors.procfs.registry import enabled_procfs
 
         return enabled_procfs(cfg["collectors"], cfg["proc_root"])
 
@@ -179,7 +179,7 @@ def build_collectors(cfg, log):
 
 def build_sampler(cfg, names):
     try:
-        from edge_agent.sampling import Sampler
+        from edge_agent.sampling.sampler import Sampler
     except ImportError:
         return None
     params = dict(cfg["sampling"])
@@ -207,7 +207,7 @@ def build_transport(cfg, device):
 def apply_overrides(cfg, overrides, log=None):
     """Remote changes accepted before a restart win over the file (they were newer); a sampling knob
     that is no longer valid (retired since) is left out with one line."""
-    from edge_agent.sampling_rules import usable
+    from edge_agent.sampling.rules import usable
 
     sampling, dropped = usable(overrides.get("sampling", {}))
     for problem in dropped:
@@ -270,7 +270,7 @@ def command_run(args):
     agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
                   collector_factory=factory, overrides=overrides, spool=spool,
                   loadwatch=LoadWatch(cfg["proc_root"]))
-    agent.link = LinkState()  # the connection's story in the log (edge_agent.linkstate)
+    agent.link = LinkState()  # the connection's story in the log (edge_agent.transport.linkstate)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], client_id=transport.client_id,
@@ -293,7 +293,7 @@ def never_connected(agent, broker):
 
 def command_config(args):
     if args.action == "default":
-        from edge_agent.config_doc import render_default
+        from edge_agent.cli.config_doc import render_default
 
         sys.stdout.write(render_default())
         return 0
@@ -359,7 +359,7 @@ def main(argv=None):
         if args.command == "config":
             return command_config(args)
         if args.command == "replay":
-            from edge_agent.replay_cli import command_replay
+            from edge_agent.cli.replay_cli import command_replay
 
             return command_replay(args)
         return command_once(args)

@@ -23,10 +23,10 @@ import os
 import struct
 import time
 
-from edge_agent.collectors import bpf_syscall as sys_
-from edge_agent.collectors.bpf_check import object_data, tracefs
-from edge_agent.collectors.bpf_core import parse_format, parse_symbolic, relocate
-from edge_agent.collectors.bpf_object import BPF_LD_IMM64, BpfObject, BpfObjectError
+from edge_agent.collectors.ebpf import syscall as sys_
+from edge_agent.collectors.ebpf.check import object_data, tracefs
+from edge_agent.collectors.ebpf.core import parse_format, parse_symbolic, relocate
+from edge_agent.collectors.ebpf.objects import BPF_LD_IMM64, BpfObject, BpfObjectError
 
 BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE = 1, 2
 TCP_STATE_NAMES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2", 6: "time_wait",
@@ -165,7 +165,7 @@ def _link_maps(program, loaded, order):
 
 def _raise_memlock():
     """Kernels before 5.11 charge maps to RLIMIT_MEMLOCK (often 64 KiB): lift it, as libbpf does."""
-    from edge_agent.collectors.bpf_check import kernel_version
+    from edge_agent.collectors.ebpf.check import kernel_version
 
     if kernel_version() >= (5, 11):
         return
@@ -179,7 +179,7 @@ def _raise_memlock():
 
 
 def _kernel_lacks_probe_read_kernel():
-    from edge_agent.collectors.bpf_check import kernel_version
+    from edge_agent.collectors.ebpf.check import kernel_version
 
     return kernel_version() < (5, 5)
 
