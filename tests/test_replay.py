@@ -4,8 +4,8 @@ import gzip
 import itertools
 import json
 
-from edge_agent.cli.replay import evaluate, integer_scale, parse_time, read_trace, reconstruct, replay_main, score
 from edge_agent.sampling import baselines
+from edge_agent.sampling.replay import evaluate, integer_scale, parse_time, read_trace, reconstruct, replay_main, score
 
 
 def write_csv(path, rows):

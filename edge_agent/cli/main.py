@@ -114,7 +114,7 @@ def build_parser():
     check = cfg_sub.add_parser("check", help="validate FILE: one line per problem, exit 2 if any")
     check.add_argument("file", metavar="FILE")
     cfg_sub.add_parser("default", help="print the default config, every key explained")
-    from edge_agent.cli.replay_cli import add_parser as add_replay
+    from edge_agent.cli.replay import add_parser as add_replay
 
     add_replay(sub)
     return parser
@@ -359,7 +359,7 @@ def main(argv=None):
         if args.command == "config":
             return command_config(args)
         if args.command == "replay":
-            from edge_agent.cli.replay_cli import command_replay
+            from edge_agent.cli.replay import command_replay
 
             return command_replay(args)
         return command_once(args)
