@@ -9,15 +9,27 @@ BASELINES = ("uniform", "deadband", "adam")  # the default set, as edge_agent.sa
 ALL_BASELINES = BASELINES + ("optimum",)  # the sampler); the offline optimum needs numpy and O(n^2) per price
 
 
+def main(argv=None):
+    """`python -m edge_agent.cli.replay`: the parser of `edge-agent replay`, on its own."""
+    parser = argparse.ArgumentParser(prog="python -m edge_agent.cli.replay", **PARSER)
+    add_arguments(parser)
+    return command_replay(parser.parse_args(argv))
+
+
 def add_parser(sub):
-    p = sub.add_parser("replay", help="evaluate a sampling policy on a recorded trace",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Run a recorded trace through the real sampler and measure what is lost, "
+    add_arguments(sub.add_parser("replay", help="evaluate a sampling policy on a recorded trace", **PARSER))
+
+
+PARSER = dict(formatter_class=argparse.RawDescriptionHelpFormatter,
+              description="Run a recorded trace through the real sampler and measure what is lost, "
                        "against baselines that keep as many samples (docs/sampling.md).",
                        epilog="TRACE.csv: a header, then timestamp,value rows (YYYY-MM-DD HH:MM:SS[.ffffff] UTC, "
                        "or seconds).\nColumns: kept = samples sent (share of the trace); err = |x - reconstructed| / "
                        "range, mean and p99;\npeaks missed = events above p99 whose top was missed by more than "
                        "--change x range (runs at or above p99, and runs above p95);\nstale = longest time off by more than that.")
+
+
+def add_arguments(p):
     p.add_argument("trace", metavar="TRACE.csv")
     p.add_argument("--policy", required=True, help="fixed, load, adaptive or load+adaptive")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
@@ -119,3 +131,7 @@ def table(result):
 
 def _short(value):
     return ("%.3f" % value).rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,6 @@
-"""`edge-agent replay`: run a recorded trace through the real sampler and measure what is lost.
+"""A sampling policy evaluated on a recorded trace: what it keeps and what is lost (`evaluate`).
+
+Its command line is `edge-agent replay` or `python -m edge_agent.cli.replay` (edge_agent/cli/replay.py):
 
     edge-agent replay --policy P [--param k=v ...] [--baseline uniform,deadband,adam,optimum|all|none]
                       [--change 0.1] [--load-from-trace] [--kind gauge|counter] [--batch 10] TRACE.csv[.gz]
@@ -35,17 +37,12 @@ choice of that many readings reaches, edge_agent.sampling.baselines.optimum_matc
 the same number of samples as the policy and scored the same way. Prints one JSON object.
 """
 
-import json
-import sys
 
-from edge_agent.cli.replay import parse_number
 from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
 from edge_agent.sampling import baselines
 from edge_agent.sampling.sampler import SAMPLING_DEFAULTS, Sampler, validate_sampling
 from edge_agent.wire import MAX_TICKS, BatchBuilder
 
-USAGE = ("usage: edge-agent replay --policy P [--param k=v ...] [--baseline uniform,deadband,adam,optimum|all|none] "
-         "[--change 0.1] [--load-from-trace] [--kind gauge|counter] [--collector cpu] [--batch 10] TRACE.csv[.gz]")
 BASELINES = ("uniform", "deadband", "adam")
 ALL_BASELINES = BASELINES + ("optimum",)  # the offline optimum needs numpy and O(n^2) per price
 
@@ -354,61 +351,6 @@ def run_policy(times, values, params, collector="cpu", kind=GAUGE, load_from_tra
     return kept, sampler, resumed
 
 
-def parse_args(argv):
-    opts = {"policy": None, "params": {}, "baselines": list(BASELINES), "change": 0.1, "trace": None,
-            "load_from_trace": False, "kind": "gauge", "collector": "cpu", "batch": 10.0}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            raise SystemExit(USAGE)
-        if arg in ("--load-from-trace",):
-            opts["load_from_trace"] = True
-            i += 1
-            continue
-        if arg.startswith("--"):
-            if i + 1 >= len(argv):
-                raise ValueError("%s needs a value" % arg)
-            value = argv[i + 1]
-            i += 2
-            if arg == "--policy":
-                opts["policy"] = value
-            elif arg == "--param":
-                key, eq, text = value.partition("=")
-                if not eq:
-                    raise ValueError("--param wants k=v, got %r" % value)
-                opts["params"][key.strip()] = parse_number(text.strip())
-            elif arg == "--baseline":
-                names = [] if value == "none" else list(ALL_BASELINES) if value == "all" else value.split(",")
-                for name in names:
-                    if name not in ALL_BASELINES:
-                        raise ValueError("--baseline: unknown %r (choose from %s, all, none)"
-                                         % (name, ", ".join(ALL_BASELINES)))
-                opts["baselines"] = names
-            elif arg == "--change":
-                opts["change"] = float(value)
-            elif arg == "--kind":
-                if value not in ("gauge", "counter"):
-                    raise ValueError("--kind: gauge or counter, got %r" % value)
-                opts["kind"] = value
-            elif arg == "--collector":
-                opts["collector"] = value
-            elif arg == "--batch":
-                opts["batch"] = float(value)
-                if not 1 <= opts["batch"] <= MAX_TICKS - 1:
-                    raise ValueError("--batch: between 1 and %d base intervals, got %s" % (MAX_TICKS - 1, value))
-            else:
-                raise ValueError("unknown option %s" % arg)
-            continue
-        if opts["trace"] is not None:
-            raise ValueError("one trace only, got %s and %s" % (opts["trace"], arg))
-        opts["trace"] = arg
-        i += 1
-    if opts["policy"] is None or opts["trace"] is None:
-        raise ValueError("--policy and a trace are required")
-    return opts
-
-
 def evaluate(path, policy, params=None, baseline_names=BASELINES, change=0.1, kind="gauge", collector="cpu",
              load_from_trace=False, batch=10.0, cache=None):
     """The replay result dict for one trace (what replay_main prints). `cache` (a dict) keeps the
@@ -464,22 +406,3 @@ def evaluate(path, policy, params=None, baseline_names=BASELINES, change=0.1, ki
     if out:
         result["baselines"] = out
     return result
-
-
-def replay_main(argv):
-    try:
-        opts = parse_args(argv)
-        result = evaluate(opts["trace"], opts["policy"], opts["params"], opts["baselines"], opts["change"],
-                          opts["kind"], opts["collector"], opts["load_from_trace"], opts["batch"])
-    except ImportError as exc:
-        sys.stderr.write("replay: the offline optimum needs numpy (%s)\n" % exc)
-        return 2
-    except (ValueError, OSError) as exc:
-        sys.stderr.write("replay: %s\n%s\n" % (exc, USAGE))
-        return 2
-    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(replay_main(sys.argv[1:]))
