@@ -4,7 +4,8 @@ the birth is tried again and data waits for it, a batch that cannot be encoded i
 
 from edge_agent import config, wire
 from edge_agent.agent import Agent
-from edge_agent.model import GAUGE, SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import GAUGE
 
 
 class Gauges:

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from edge_agent import agent as agent_module
 from edge_agent import config, wire
 from edge_agent.agent import Agent
-from edge_agent.model import COUNTER, SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import COUNTER
 from edge_agent.store.spool import Spool
 
 EXPORTED, REFUSED, WANTED = wire.EXPORTED, wire.REFUSED, wire.WANTED

@@ -3,7 +3,8 @@
 from edge_agent.collectors.ebpf import cpu as ebpf_cpu
 from edge_agent.collectors.ebpf import net as ebpf_net
 from edge_agent.collectors.ebpf.core import parse_symbolic
-from edge_agent.model import COUNTER, HISTOGRAM, SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import COUNTER, HISTOGRAM
 
 
 def _by_key(samples):

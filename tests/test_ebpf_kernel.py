@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from edge_agent.model import SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UDP_PAYLOAD = 1000

@@ -8,7 +8,8 @@ from gateway_support import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, ste
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
-from edge_agent.model import COUNTER, GAUGE, Series, SeriesCache, SeriesTable
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
 from gateway.conventions import CATALOG
 from gateway.decode import Dictionaries
 from gateway.otlp import to_request

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import umsgpack, wire
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesCache, SeriesTable
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesTable
 
 U64 = (1 << 64) - 1
 

@@ -19,8 +19,8 @@ from edge_agent import __version__, lifecycle, wire
 from edge_agent import config as configuration
 from edge_agent.agent import Agent, LinkState
 from edge_agent.collectors.procfs.system import read_boot, read_host
+from edge_agent.collectors.seriescache import KIND_NAMES
 from edge_agent.commands.handler import CommandHandler, load_overrides
-from edge_agent.model import KIND_NAMES
 from edge_agent.sampling.loadwatch import LoadWatch
 from edge_agent.store.spool import Spool
 

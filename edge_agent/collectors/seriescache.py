@@ -1,8 +1,7 @@
 """The parts of the metric model (edge_agent/model.py) that only CPython code uses.
 
-Kept out of model.py, and out of the MicroPython bundle, because a device's bytecode lives in its
-heap; `from edge_agent.model import SeriesCache` (or KIND_NAMES) reaches them through model.py's
-`__getattr__` (PEP 562).
+Kept out of model.py, and off devices, because a device's bytecode lives in its heap: the collectors
+that discover their series as they go (netlink, eBPF) and the CLI import it here.
 """
 
 from edge_agent.model import GAUGE, Series, series_key

@@ -97,7 +97,7 @@ class EbpfCpuCollector:
 
     def __init__(self, program, companion=None, per_cpu=True, top_n=0, proc_root="/proc"):
         from edge_agent.clock import wall_ms
-        from edge_agent.model import SeriesCache
+        from edge_agent.collectors.seriescache import SeriesCache
 
         self.program = program
         self.companion = companion

@@ -41,6 +41,7 @@ Example output:
 
 import os
 
+from edge_agent.collectors import wanted_interface
 from edge_agent.model import BOOT, COUNTER
 
 # bytes per packet to add to the tracepoints' (receive, transmit) lengths to get the device's count
@@ -112,13 +113,6 @@ def link_adjust(name, sysfs="/sys/class/net"):
         return (0, 0)
 
 
-def _matches(name, patterns):
-    for pattern in patterns:
-        if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
-            return True
-    return False
-
-
 class EbpfNetCollector:
     """network collector over a loader with `read()` (bpf_loader.NetProgram).
 
@@ -131,7 +125,7 @@ class EbpfNetCollector:
 
     def __init__(self, program, companion=None, include=None, exclude=None, sysfs="/sys/class/net"):
         from edge_agent.clock import wall_ms
-        from edge_agent.model import SeriesCache
+        from edge_agent.collectors.seriescache import SeriesCache
 
         self.program = program
         self.companion = companion
@@ -149,7 +143,7 @@ class EbpfNetCollector:
             names = os.listdir(self.sysfs)
         except OSError:
             return None
-        return set([n for n in names if (not self.include or _matches(n, self.include)) and not _matches(n, self.exclude)])
+        return set([n for n in names if wanted_interface(n, self.include, self.exclude)])
 
     def collect(self):
         companion = self.companion.collect() if self.companion is not None else []

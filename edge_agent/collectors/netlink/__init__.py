@@ -41,8 +41,10 @@ import os
 import socket
 import struct
 
+from edge_agent.collectors import wanted_interface
 from edge_agent.collectors.counters import Monotonic
-from edge_agent.model import COUNTER, GAUGE, SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import COUNTER, GAUGE
 
 # IFLA_STATS64 field -> (metric, unit, direction or None, type or None)
 STATS64 = {
@@ -193,13 +195,6 @@ def to_samples(links, cache, counters=None):
     return out
 
 
-def _matches(name, patterns):
-    for pattern in patterns:
-        if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
-            return True
-    return False
-
-
 class NetlinkCollector:
     name = "network"
     source = "netlink"
@@ -224,7 +219,7 @@ class NetlinkCollector:
             self.events.setblocking(False)
 
     def _wanted(self, name):
-        return (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude)
+        return wanted_interface(name, self.include, self.exclude)
 
     def links(self):
         self.seq += 1
