@@ -1,27 +1,25 @@
-"""The set_collectors command: validate a change, rebuild the collectors, persist the change.
+"""The set_collectors command: validate a change and rebuild the collectors (the handler persists it).
 
 Apart from edge_agent.commands.handler so that a small device loads it only for this one command
 (CommandHandler.handle imports it). MicroPython-compatible.
 """
 
-from edge_agent.agent import COLLECTOR_NAMES
-from edge_agent.commands.handler import save_overrides
-
-BACKENDS = ("auto", "procfs", "netlink", "ebpf")  # as config.BACKENDS, without loading config for a command
+from edge_agent.collectors import BACKENDS, COLLECTORS
 
 
 def set_collectors(agent, changes):
     """A set_collectors command: {name: {"enabled": bool, "backend": str}} -> the problems, empty when applied.
 
-    The collectors are rebuilt through the agent's factory, the change is saved with the overrides.
+    The collectors are rebuilt through the agent's factory; the handler saves an applied change with the
+    overrides (edge_agent.commands.handler.save_overrides).
     """
     if not isinstance(changes, dict) or not changes:
         return ["args must map collector names to {enabled, backend}"]
     errors = []
     for name in changes:
         change = changes[name]
-        if name not in COLLECTOR_NAMES:
-            errors.append("%s: unknown collector (known: %s)" % (name, ", ".join(COLLECTOR_NAMES)))
+        if name not in COLLECTORS:
+            errors.append("%s: unknown collector (known: %s)" % (name, ", ".join(COLLECTORS)))
         elif not isinstance(change, dict):
             errors.append("%s: must be an object" % name)
         else:
@@ -54,5 +52,4 @@ def set_collectors(agent, changes):
     agent.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
     agent.config["collectors"] = section
     agent.info["collectors"] = effective
-    save_overrides(agent, "collectors", changes)
     return []

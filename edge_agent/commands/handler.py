@@ -116,6 +116,8 @@ class CommandHandler:
                     from edge_agent.commands.collector_changes import set_collectors
 
                     errors = set_collectors(agent, args)
+                    if not errors:  # applied: saved here, so that the change's module needs nothing of this one
+                        save_overrides(agent, "collectors", args)
                 if errors:
                     raise Rejected("invalid", "; ".join(errors))
             self.accepted += 1
