@@ -28,6 +28,7 @@ import gc
 
 from edge_agent import unload, wire
 from edge_agent.clock import mono_ms, sleep_s, wall_ms
+from edge_agent.collectors import COLLECTORS
 from edge_agent.model import SeriesTable
 from edge_agent.store.outbox import Outbox
 
@@ -82,7 +83,6 @@ class SeqSource:
         return seq
 
 
-COLLECTOR_NAMES = ("cpu", "memory", "load", "network", "system")  # as config.COLLECTORS, without importing it
 
 
 class EveryInterval:
@@ -97,7 +97,7 @@ class EveryInterval:
     knobs, and `pressure`/`self_cpu` stay None (the fixed policy reads no load signals).
     """
 
-    def __init__(self, names=COLLECTOR_NAMES, interval_ms=1000, params=None):
+    def __init__(self, names=COLLECTORS, interval_ms=1000, params=None):
         self.names = list(names)
         self.params = {"policy": "fixed", "interval_ms": interval_ms}
         if params:
@@ -158,7 +158,7 @@ class EveryInterval:
     def snapshot(self):
         out = dict(self.params)
         reads = {}
-        for name in COLLECTOR_NAMES:
+        for name in COLLECTORS:
             reads[name] = self.interval_ms
         out["effective"] = {"load_level": 0, "pressure": None, "self_cpu": None, "read_ms": reads}
         return out
@@ -187,7 +187,7 @@ class Agent:
         self.info = info
         self.device = info["device"]
         base_interval_ms = int(config["interval_s"] * 1000)
-        self.sampler = sampler or EveryInterval(COLLECTOR_NAMES, base_interval_ms)
+        self.sampler = sampler or EveryInterval(COLLECTORS, base_interval_ms)
         self.loadwatch = loadwatch
         self.commands = commands
         self.log = log or _print_log

@@ -6,11 +6,11 @@ running total per key: a drop that looks like a wrap of the declared width adds 
 distance; any other drop is a reset and the new raw value counts as growth since zero. The
 total therefore never goes backwards and stays a count since the series' start.
 
-The rule itself is `advance`, written once in edge_agent.collectors.procfs.net (the /proc network
-collector keeps flat lists by series and calls it directly; a device never loads this module).
+The rule itself is `advance`, written once in edge_agent.collectors (the /proc network collector
+keeps flat lists by series and calls it directly; a device never loads this module).
 """
 
-from edge_agent.collectors.procfs.net import advance
+from edge_agent.collectors import advance
 
 
 class Monotonic:

@@ -30,7 +30,8 @@ Options beyond the procfs ones: cpu.top_processes (0: off) reports the N command
 CPU time from eBPF.
 """
 
-BACKENDS = ("auto", "ebpf", "netlink", "procfs")
+from edge_agent.collectors import BACKENDS
+
 PREFERENCE = {"cpu": ("ebpf", "procfs"), "network": ("ebpf", "netlink", "procfs")}
 EBPF_PROGRAM = {"cpu": "cpu", "network": "net"}
 EXTRA_OPTIONS = {"cpu": ("top_processes",)}

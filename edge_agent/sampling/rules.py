@@ -5,10 +5,11 @@ set_sampling command for the `fixed` policy's agent.EveryInterval) does not load
 themselves: on a small MicroPython heap this module is loaded only for a while. The meaning of each
 knob is described below and in edge_agent.sampling, which builds SAMPLING_DEFAULTS from KNOBS.
 
-MicroPython-compatible: no imports at all.
+MicroPython-compatible: imports only the collectors' names (edge_agent.collectors, resident anyway).
 """
 
-COLLECTORS = ("cpu", "memory", "load", "network", "system")
+from edge_agent.collectors import COLLECTORS
+
 POLICIES = ("fixed", "load", "adaptive", "load+adaptive")
 
 MS_LOW = 100

@@ -62,15 +62,6 @@ def scan_cpus(text):
     return rows
 
 
-def parse_stat(text):
-    """/proc/stat -> {"cpu": {"total": [8 ints], "cpu0": [...]}, "btime", "procs_running",
-    "procs_blocked", "ctxt"} (ints; a missing line gives 0). Kept in edge_agent.collectors.procfs.registry,
-    which a device loads only while it needs it; this name stays for the readers that import it here."""
-    from edge_agent.collectors.procfs.registry import parse_stat as parse
-
-    return parse(text)
-
-
 class CpuCollector:
     """The cpu collector; `cpus` maps a CPU name to its number k in order of first sight ("total"
     for the aggregate line, which only per_cpu=False reads): its series are `series[16k:16k+16]`,

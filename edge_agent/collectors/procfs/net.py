@@ -40,7 +40,7 @@ and a width, found by name; its four series of a direction share one attribute d
 
 import sys
 
-from edge_agent.collectors import lines
+from edge_agent.collectors import advance, lines, wanted_interface
 from edge_agent.model import COUNTER, Series, family
 
 # the metrics of each direction, in series order: /proc/net/dev columns 0-3 of a direction
@@ -52,21 +52,6 @@ FAMILIES = (
 )
 # the guess before any evidence: the kernel is as wide as this process
 DEFAULT_BITS = 64 if sys.maxsize > 0xFFFFFFFF else 32
-
-
-def advance(last, raw, bits=64):
-    """How much a counter grew from its previous raw reading `last` to `raw` (a wrap or a reset).
-
-    A drop that looks like a wrap of the declared width (from the top quarter of the range to the
-    bottom quarter) adds the wrapped distance; any other drop is a reset, and the new raw value is
-    growth since zero. The one rule for every collector (counters.Monotonic uses it too); it lives
-    here, with its one user on a device, so a device need not load edge_agent.collectors.counters.
-    """
-    if raw >= last:
-        return raw - last
-    if (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
-        return (1 << bits) - last + raw  # wrapped at 2**bits
-    return raw  # reset: counting again from zero
 
 
 def scan_net_dev(text):
@@ -82,22 +67,6 @@ def scan_net_dev(text):
         if name and len(tokens) >= 12:
             rows.append((name, [int(token) for token in tokens[:16]]))
     return rows
-
-
-def parse_net_dev(text):
-    """/proc/net/dev -> {iface: {"rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", ...}}.
-    Kept in edge_agent.collectors.procfs.registry, which a device loads only while it needs it; this name
-    stays for the readers that import it here."""
-    from edge_agent.collectors.procfs.registry import parse_net_dev as parse
-
-    return parse(text)
-
-
-def _matches(name, patterns):
-    for pattern in patterns:
-        if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
-            return True
-    return False
 
 
 class NetworkCollector:
@@ -148,7 +117,7 @@ class NetworkCollector:
         seen = []
         for name, columns in rows:
             if name not in self.ifaces:
-                if (not self.include or _matches(name, self.include)) and not _matches(name, self.exclude):
+                if wanted_interface(name, self.include, self.exclude):
                     self.add(name)
                 else:
                     self.ifaces[name] = None
