@@ -68,7 +68,7 @@ def _ebpf(name, section, proc_root, companion):
             from edge_agent.collectors.ebpf.cpu import EbpfCpuCollector
 
             top_n = int(section.get("top_processes") or 0)
-            program = bpf_loader.CpuProgram(top_pids=4096 if top_n else 0, loader=_loader())
+            program = bpf_loader.CpuProgram(top_pids=bpf_loader.CpuProgram.TOP_PIDS if top_n else 0, loader=_loader())
             return EbpfCpuCollector(program, companion(name), per_cpu=section.get("per_cpu", True), top_n=top_n,
                                     proc_root=proc_root), None
         from edge_agent.collectors.ebpf.net import EbpfNetCollector

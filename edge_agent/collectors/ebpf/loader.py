@@ -5,7 +5,7 @@ No compiler, libbpf, kernel headers or kernel BTF on the device: the object is p
 programs and tracepoint attachments made with the bpf() and perf_event_open() system calls
 (bpf_syscall.py). `load()` does that for one object; `CpuProgram` and `NetProgram` add the reading:
 
-    program = NetProgram(max_devices=256)   # loaded and attached, or BpfError / OSError
+    program = NetProgram()                  # loaded and attached, or BpfError / OSError
     program.read()                          # {"devices": [...], "tcp": {...}, ...}: see read()
     program.load_s                          # seconds the load took (parse, relocate, verify, attach)
     program.close()                         # detach and free
@@ -227,14 +227,19 @@ def _online_cpus():
 
 class CpuProgram:
     """bpf/cpu.bpf.c in the kernel. top_pids: nonzero keeps on-CPU time per pid (up to that many
-    pids between two reads); runq_max_tasks: woken tasks remembered for run-queue latency."""
+    pids between two reads); runq_max_tasks: woken tasks remembered for run-queue latency (None: the
+    object's own size, written once in bpf/cpu.bpf.c)."""
 
-    def __init__(self, top_pids=0, runq_max_tasks=10240, loader=load):
+    TOP_PIDS = 4096  # the pid map's size when the top processes are reported (cpu.top_processes)
+
+    def __init__(self, top_pids=0, runq_max_tasks=None, loader=load):
         self.softirq_names = dict((k, v.lower()) for k, v in
                                   parse_symbolic(read_tracefs("irq/softirq_entry/format"), "vec").items())
         self.top_pids = top_pids
-        self.loaded = loader("cpu", {"top_pids": 1 if top_pids else 0},
-                             {"runq_start": runq_max_tasks, "pid_time": max(top_pids, 1)})
+        sizes = {"pid_time": max(top_pids, 1)}
+        if runq_max_tasks:
+            sizes["runq_start"] = runq_max_tasks
+        self.loaded = loader("cpu", {"top_pids": 1 if top_pids else 0}, sizes)
         self.load_s = self.loaded.load_s
         self.stats = self.loaded.maps["cpu_stats"]
 
@@ -279,17 +284,18 @@ class CpuProgram:
 
 
 class NetProgram:
-    """bpf/net.bpf.c in the kernel; max_devices bounds the interface map."""
+    """bpf/net.bpf.c in the kernel; max_devices bounds the interface map (None: the object's own
+    size, written once in bpf/net.bpf.c)."""
 
-    def __init__(self, max_devices=256, loader=load):
+    def __init__(self, max_devices=None, loader=load):
         fmt = read_tracefs("skb/kfree_skb/format")
         has_reason = "reason" in parse_format(fmt)
         self.drop_names = dict((k, v.lower()) for k, v in parse_symbolic(fmt, "reason").items()) if has_reason else {}
         self.drop_names.setdefault(0, "unknown")  # no reason field (before 5.17): every drop is slot 0
-        self.max_devices = max_devices
-        self.loaded = loader("net", {}, {"dev_stats": max_devices})
+        self.loaded = loader("net", {}, {"dev_stats": max_devices} if max_devices else {})
         self.load_s = self.loaded.load_s
         self.devices = self.loaded.maps["dev_stats"]
+        self.max_devices = self.devices.max_entries
         self.stats = self.loaded.maps["net_stats"]
 
     def read(self):
