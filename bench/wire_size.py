@@ -38,8 +38,8 @@ if ROOT not in sys.path:
 
 from google.protobuf import json_format  # noqa: E402
 
+from edge_agent import compose, lifecycle, wire  # noqa: E402
 from edge_agent import config as configuration  # noqa: E402
-from edge_agent import lifecycle, wire  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.cli import main as cli  # noqa: E402
 from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
@@ -103,8 +103,8 @@ def make_agent(seconds_interval=1.0, batch_s=10.0, device_id="pi-0001", compress
     cfg = configuration.build({}, {"interval_s": float(seconds_interval), "batch_s": float(batch_s),
                                    "device_id": device_id, "compress": compress})
     collectors, effective = enabled_procfs(cfg["collectors"], cfg["proc_root"])  # -> procfs_collectors
-    info = cli.device_info(cfg, effective)
-    sampler = cli.build_sampler(cfg, [c.name for c in collectors])
+    info = compose.device_info(cfg, effective, device_id, cli.Host.platform, int(time.time() * 1000))
+    sampler = compose.build_sampler(cfg)[0]
     return RecordingAgent(cfg, collectors, OfflineTransport(), info, sampler=sampler, log=lambda *a, **k: None)
 
 

@@ -35,6 +35,7 @@ DEVICE_MODULES = [
     ("edge_agent.device", RESIDENT),
     ("edge_agent.device.main", RESIDENT),
     ("edge_agent.device.setup", TRANSIENT),
+    ("edge_agent.compose", TRANSIENT),
     ("edge_agent.store.statefile", TRANSIENT),
     ("edge_agent.config", TRANSIENT),
     ("edge_agent.collectors.procfs.registry", TRANSIENT),

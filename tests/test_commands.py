@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from edge_agent import config
 from edge_agent.agent import Agent
-from edge_agent.commands.handler import CommandHandler, load_overrides, sign
+from edge_agent.commands.handler import CommandHandler, sign
+from edge_agent.compose import load_overrides
 from edge_agent.hmac import hmac_sha256
 
 NOW = 1_763_740_800

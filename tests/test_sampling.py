@@ -445,7 +445,7 @@ def test_effective_interval_is_the_heartbeat_for_adaptive_and_the_batch_longest_
 
 
 def test_persisted_changes_with_a_retired_knob_start_without_it():
-    from edge_agent.cli.main import apply_overrides
+    from edge_agent.compose import apply_overrides
     from edge_agent.config import build
 
     cfg = build({})

@@ -15,14 +15,11 @@ import socket
 import sys
 import time
 
-from edge_agent import __version__, lifecycle, wire
+from edge_agent import __version__, compose, lifecycle, wire
 from edge_agent import config as configuration
-from edge_agent.agent import Agent, LinkState
-from edge_agent.collectors.procfs.system import read_boot, read_host
+from edge_agent.agent import Agent
 from edge_agent.collectors.seriescache import KIND_NAMES
-from edge_agent.commands.handler import CommandHandler, load_overrides
-from edge_agent.sampling.loadwatch import LoadWatch
-from edge_agent.store.spool import Spool
+from edge_agent.commands.handler import CommandHandler
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
 
@@ -144,24 +141,6 @@ def effective_config(args, environ=os.environ):
     return cfg
 
 
-def device_info(cfg, effective):
-    proc = cfg["proc_root"]
-    boot_id, boot_time_ms = read_boot(proc)
-    info = {
-        "device": cfg["device_id"] or socket.gethostname(),
-        "boot_id": boot_id,
-        "boot_time_ms": boot_time_ms,
-        "start_ms": int(time.time() * 1000),  # counters that start with the agent start here
-        "agent": __version__,
-        "os": "linux",
-        "platform": "%s-%s" % (platform.python_implementation().lower(), platform.python_version()),
-        "collectors": effective,
-        "group": cfg["group"],
-    }
-    info.update(read_host(proc))
-    return info
-
-
 def build_collectors(cfg, log):
     try:
         from edge_agent.collectors.select import build_collectors as select_backends
@@ -175,16 +154,6 @@ def build_collectors(cfg, log):
 
     collectors, effective = select_backends(cfg["collectors"], proc_root=cfg["proc_root"], log=say)
     return collectors, effective
-
-
-def build_sampler(cfg, names):
-    try:
-        from edge_agent.sampling.sampler import Sampler
-    except ImportError:
-        return None
-    params = dict(cfg["sampling"])
-    params.setdefault("interval_ms", int(cfg["interval_s"] * 1000))
-    return Sampler(params)
 
 
 def build_transport(cfg, device):
@@ -204,23 +173,6 @@ def build_transport(cfg, device):
                          tls=tls_options, will=(state_topic, b"offline", 1, True))
 
 
-def apply_overrides(cfg, overrides, log=None):
-    """Remote changes accepted before a restart win over the file (they were newer); a sampling knob
-    that is no longer valid (retired since) is left out with one line."""
-    from edge_agent.sampling.rules import usable
-
-    sampling, dropped = usable(overrides.get("sampling", {}))
-    for problem in dropped:
-        if log:
-            log("override_dropped", section="sampling", problem=problem)
-    if dropped:
-        overrides["sampling"] = sampling  # and left out of the file at the next accepted change
-    cfg["sampling"].update(sampling)
-    for name, change in overrides.get("collectors", {}).items():
-        if name in cfg["collectors"]:
-            cfg["collectors"][name].update(change)
-
-
 def stop_accounting(outbox):
     """What the stop line adds to the agent's stats: every drop of the run (`ext.lost` up to the
     end), what the stop lost (undelivered batches left in RAM: a spool keeps them for the next run)
@@ -230,47 +182,42 @@ def stop_accounting(outbox):
     return {"lost_batches": lost[0], "lost_samples": lost[1], "unsent_samples": unsent, "delivered": outbox.sent, "delivery": "gateway receipt" if outbox.receipts else "broker puback"}
 
 
+class Host:
+    """What edge_agent.compose asks of the platform, on CPython."""
+
+    platform = "%s-%s" % (platform.python_implementation().lower(), platform.python_version())
+
+    def __init__(self, log):
+        self.log = log
+
+    def device_name(self, cfg):
+        return cfg["device_id"] or socket.gethostname()
+
+    def transport(self, cfg, device):
+        return build_transport(cfg, device)
+
+    def collector_factory(self, cfg):
+        def factory(section):
+            return build_collectors(dict(cfg, collectors=section), self.log)
+
+        return factory
+
+    def commands(self, cfg, device, log):
+        return CommandHandler(cfg, device, lambda: int(time.time()), log)
+
+    def prepare(self, cfg, log):
+        pass  # the RAM buffer is as configured
+
+
 def command_run(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
-    if cfg["state_dir"]:
-        try:
-            os.makedirs(cfg["state_dir"], exist_ok=True)
-        except OSError as exc:
-            print("edge-agent: state_dir %s: cannot create it (%s)" % (cfg["state_dir"], exc.strerror or exc),
-                  file=sys.stderr)
-            return 2
-    overrides = load_overrides(cfg["state_dir"])
-    apply_overrides(cfg, overrides, log)
-    collectors, effective = build_collectors(cfg, log)
-    info = device_info(cfg, effective)
     try:
-        transport = build_transport(cfg, info["device"])
-    except ValueError as exc:  # a TLS file: named, with what is wrong
+        agent = compose.build(cfg, Host(log), log)
+    except compose.StartError as exc:
         print("edge-agent: %s" % exc, file=sys.stderr)
         return 2
-    sampler = build_sampler(cfg, [c.name for c in collectors])
-    commands = None
-    if cfg["commands"]["enabled"]:
-        if not cfg["commands"]["require_signature"]:
-            log("commands_unsigned", warning="command signatures are OFF (commands.require_signature=false)")
-        commands = CommandHandler(cfg, info["device"], lambda: int(time.time()), log)
-
-    def factory(section):
-        return build_collectors(dict(cfg, collectors=section), log)
-
-    spool = None
-    if cfg["buffer"]["spool_max_bytes"]:
-        try:
-            spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
-        except OSError as exc:
-            print("edge-agent: spool %s/spool: cannot use it (%s)" % (cfg["state_dir"], exc.strerror or exc),
-                  file=sys.stderr)
-            return 2
-    agent = Agent(cfg, collectors, transport, info, sampler=sampler, log=log, commands=commands,
-                  collector_factory=factory, overrides=overrides, spool=spool,
-                  loadwatch=LoadWatch(cfg["proc_root"]))
-    agent.link = LinkState()  # the connection's story in the log (edge_agent.transport.linkstate)
+    info, effective, transport = agent.info, agent.info["collectors"], agent.transport
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log("agent_start", device=info["device"], broker=cfg["broker"], client_id=transport.client_id,
@@ -315,7 +262,7 @@ def command_once(args):
     cfg = effective_config(args)
     log = make_logger(cfg["log_format"])
     collectors, effective = build_collectors(cfg, log)
-    info = device_info(cfg, effective)
+    info = compose.device_info(cfg, effective, Host(log).device_name(cfg), Host.platform, int(time.time() * 1000))
     agent = Agent(cfg, collectors, _Offline(), info, log=log)
     for i in range(max(1, args.ticks)):
         if i:

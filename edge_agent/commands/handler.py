@@ -215,12 +215,6 @@ class CommandHandler:
         return body
 
 
-def load_overrides(state_dir):
-    """Accepted remote changes, persisted across restarts: {"sampling": {...}, "collectors": {...}}."""
-    saved = read_json(state_dir + "/overrides.json") if state_dir else None
-    return saved if isinstance(saved, dict) else {}
-
-
 def effective_config(agent):
     """What every ack carries: the settings the agent runs with now."""
     return {

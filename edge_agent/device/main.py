@@ -8,7 +8,7 @@ Built for a small heap (`-X heapsize=64K`). In the agent's own interpreter (`pyt
 build`) every module is frozen: its bytecode is in the binary and an import costs only its
 functions and globals. On a stock interpreter bytecode loaded from .mpy lives in the heap, so what
 is needed only for a while is imported, used and released (`release`), in both cases:
-- start-up only: edge_agent.device.setup (building everything), edge_agent.config (validation),
+- start-up only: edge_agent.device.setup and edge_agent.compose (building everything), edge_agent.config (validation),
   the collector registry (edge_agent.collectors.procfs.registry, which imports only enabled collectors);
 - per command: edge_agent.commands.handler and edge_agent.hmac, with edge_agent.sampling.rules for
   set_sampling and edge_agent.commands.collector_changes for set_collectors (`OnDemandCommands`); the
@@ -217,13 +217,13 @@ def main(argv):
         agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
     except MemoryError:  # a heap too small for the job: say so, rather than a traceback
         mpy_setup = None
-        release("edge_agent.device.setup", "edge_agent.config", "edge_agent.store.statefile", *REGISTRY)
+        release("edge_agent.device.setup", "edge_agent.compose", "edge_agent.config", "edge_agent.store.statefile", *REGISTRY)
         sys.stderr.write("edge-agent: out of memory while starting in a %d KB heap; run MicroPython with a "
                          "larger one (-X heapsize=160K, EDGE_AGENT_HEAP for the launcher)\n"
                          % ((gc.mem_alloc() + gc.mem_free()) // 1024))
         return 3
     mpy_setup = None
-    release("edge_agent.device.setup", "edge_agent.store.statefile", *REGISTRY)
+    release("edge_agent.device.setup", "edge_agent.compose", "edge_agent.store.statefile", *REGISTRY)
     if agent is None:
         return 2
     log = agent.log

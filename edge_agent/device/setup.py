@@ -1,28 +1,23 @@
-"""Start-up of the MicroPython agent, imported by edge_agent.device.main and released once the agent runs.
+"""Start-up of the MicroPython agent: the device's parts for the composition root (edge_agent.compose).
 
-Reads and validates the config, applies saved remote changes, builds the /proc collectors, the
-device info, the sampler and the agent. Nothing here is needed afterwards, so none of it (nor
-edge_agent.config, the collector registry or the boot readers) stays in the heap: the objects built
-here keep only the modules they need.
+Imported by edge_agent.device.main and released once the agent runs. Reads and validates the
+config, then hands edge_agent.compose.build what a device has: our MQTT client (its TLS context
+loaded now, while the heap is in one piece), the /proc collectors (one shared read buffer reserved
+first), the host name from /proc, the command handler loaded only while a command runs, and a RAM
+buffer capped to the heap. Nothing here is needed afterwards, so none of it (nor edge_agent.config,
+edge_agent.compose, the collector registry or the boot readers) stays in the heap: the objects built
+keep only the modules they need.
 """
 
 import sys
 
-from edge_agent import __version__
-from edge_agent.agent import Agent, EveryInterval, LinkState
 from edge_agent.collectors import reserve
-from edge_agent.store.statefile import ensure_dir, read_json
 
-# a batch's values: ~2.5 bytes a sample on the wire, for the default job's 65 series
-BATCH_BYTES_A_TICK = 160
 HEAP_A_BATCH = 8192  # cap_buffer: up to 7 batches wait in RAM in a 64K heap, 5 in 48K (its tables aside)
-# room for a tick's samples in Agent.kept: the default job is 72 samples a tick on a host with 2 CPUs and
-# 2 interfaces (16 a CPU, 16 an interface, 8 for memory), 120 with 5 CPUs and 2 interfaces
-TICK_SAMPLES = 128
 
 
 def load_config(path, release):
-    """The validated config, its broker address, and the collectors it enables; None on a bad config."""
+    """The validated config and its broker address; None on a bad config (reported on stderr)."""
     from edge_agent import config as configuration
 
     try:
@@ -36,41 +31,57 @@ def load_config(path, release):
     return cfg, broker
 
 
-def device_name(cfg):
-    if cfg["device_id"]:
-        return cfg["device_id"]
-    from edge_agent.collectors.procfs.registry import read_text
+class DeviceHost:
+    """What edge_agent.compose asks of the platform, on a MicroPython device."""
 
-    return read_text(cfg["proc_root"], "sys/kernel/hostname").strip()
+    def __init__(self, broker, runtime, release):
+        self.broker = broker
+        self.transport_class, self.commands_class, self.factory = runtime
+        self.release = release
+        impl = sys.implementation
+        self.platform = "%s-%d.%d.%d" % ((impl.name,) + tuple(impl.version[:3]))
 
+    def device_name(self, cfg):
+        if cfg["device_id"]:
+            return cfg["device_id"]
+        from edge_agent.collectors.procfs.registry import read_text
 
-def device_info(cfg, effective, name):
-    from edge_agent.clock import wall_ms
-    from edge_agent.collectors.procfs.system import read_boot, read_host
+        return read_text(cfg["proc_root"], "sys/kernel/hostname").strip()
 
-    root = cfg["proc_root"]
-    boot_id, boot_time_ms = read_boot(root)
-    impl = sys.implementation
-    info = {
-        "device": name, "boot_id": boot_id, "boot_time_ms": boot_time_ms, "start_ms": wall_ms(), "agent": __version__,
-        "os": "linux", "platform": "%s-%d.%d.%d" % ((impl.name,) + tuple(impl.version[:3])),
-        "collectors": effective, "group": cfg["group"],
-    }
-    info.update(read_host(root))
-    return info
+    def transport(self, cfg, device):
+        host, port, tls = self.broker
+        transport = self.transport_class(host, port, client_id="edge-" + device, keepalive=cfg["keepalive_s"],
+                                         username=cfg["username"], password=cfg["password"],
+                                         tls=cfg["tls"] if tls else None,
+                                         will=("%s/%s/state" % (cfg["topic_prefix"], device), b"offline", 1, True))
+        if tls:
+            self.tls_context(transport)
+        return transport
 
+    def tls_context(self, transport):
+        """Load the certificates now, while the heap has room in one piece; on a problem (a missing or bad
+        file) say so: the connection attempts try again, each one logged (device.main's mqtt_error)."""
+        from edge_agent.transport import umqtt_connect
 
-def tls_context(transport, log, release):
-    """Load the certificates now, while the heap has room in one piece; on a problem (a missing or bad
-    file) say so: the connection attempts try again, each one logged (mpy_main's mqtt_error)."""
-    from edge_agent.transport import umqtt_connect
+        try:
+            umqtt_connect.context(transport)
+        except (OSError, ValueError) as exc:
+            self.log("tls_error", error=repr(exc))
+        umqtt_connect = None
+        self.release("edge_agent.transport.umqtt_connect")
 
-    try:
-        umqtt_connect.context(transport)
-    except (OSError, ValueError) as exc:
-        log("tls_error", error=repr(exc))
-    umqtt_connect = None
-    release("edge_agent.transport.umqtt_connect")
+    def collector_factory(self, cfg):
+        for name in cfg["collectors"]:
+            if cfg["collectors"][name]["backend"] not in ("auto", "procfs"):
+                self.log("collector_fallback", collector=name, detail="only procfs on MicroPython")
+        reserve()  # the /proc collectors' read buffer
+        return self.factory(cfg["proc_root"])
+
+    def commands(self, cfg, device, log):
+        return self.commands_class(cfg, device, log)
+
+    def prepare(self, cfg, log):
+        cap_buffer(cfg, log)
 
 
 def cap_buffer(cfg, log):
@@ -86,85 +97,25 @@ def cap_buffer(cfg, log):
         log("buffer_capped", max_batches=room, configured=wanted, reason="heap")
 
 
-def build_sampler(cfg, root):
-    """EveryInterval for a plain fixed policy; sampling.Sampler and the load signals otherwise."""
-    params = dict(cfg["sampling"])
-    if "interval_ms" not in params:
-        params["interval_ms"] = int(cfg["interval_s"] * 1000)
-    fixed = EveryInterval(interval_ms=params["interval_ms"])
-    if fixed.covers(params):
-        return EveryInterval(interval_ms=params["interval_ms"], params=params), None
-    from edge_agent.sampling.loadwatch import LoadWatch
-    from edge_agent.sampling.sampler import Sampler
-
-    return Sampler(params), LoadWatch(root)
-
-
 def build(path, runtime):
-    """The agent for the config file at `path`, or None when the config is bad (reported on stderr).
+    """The agent for the config file at `path`, or None when the config is bad or it cannot start
+    (reported on stderr).
 
     `runtime` is edge_agent.device.main's (make_logger, release, DeviceTransport, OnDemandCommands,
     collector factory maker): what stays in use while the agent runs lives there, not here.
     """
-    make_logger, release, transport_class, commands_class, factory = runtime
+    make_logger, release = runtime[0], runtime[1]
     loaded = load_config(path, release)
     if loaded is None:
         return None
-    cfg, (host, port, tls) = loaded
+    cfg, broker = loaded
     log = make_logger(cfg["log_format"])
-    if cfg["state_dir"]:
-        ensure_dir(cfg["state_dir"])
-    overrides = read_json(cfg["state_dir"] + "/overrides.json") if cfg["state_dir"] else None
-    if not isinstance(overrides, dict):
-        overrides = {}
-    sampling = overrides.get("sampling")
-    if sampling:  # checked only when there are some: loading the rules interns their names for good
-        from edge_agent.sampling.rules import usable  # a knob retired since it was set remotely is left out
+    host = DeviceHost(broker, runtime[2:], release)
+    host.log = log
+    from edge_agent import compose
 
-        sampling, dropped = usable(sampling)
-        for problem in dropped:
-            log("override_dropped", section="sampling", problem=problem)
-        if dropped:
-            overrides["sampling"] = sampling
-        cfg["sampling"].update(sampling)
-        release("edge_agent.sampling.rules")
-    for name in overrides.get("collectors", {}):
-        if name in cfg["collectors"]:
-            cfg["collectors"][name].update(overrides["collectors"][name])
-    for name in cfg["collectors"]:
-        if cfg["collectors"][name]["backend"] not in ("auto", "procfs"):
-            log("collector_fallback", collector=name, detail="only procfs on MicroPython")
-    root = cfg["proc_root"]
-    name = device_name(cfg)
-    # the transport first: its receive buffer and TLS context are the largest blocks that live as long
-    # as the agent, allocated while the heap is still in one piece
-    transport = transport_class(host, port, client_id="edge-" + name, keepalive=cfg["keepalive_s"],
-                                username=cfg["username"], password=cfg["password"],
-                                tls=cfg["tls"] if tls else None,
-                                will=("%s/%s/state" % (cfg["topic_prefix"], name), b"offline", 1, True))
-    if tls:
-        tls_context(transport, log, release)
-    reserve()  # the /proc collectors' read buffer
-    factory = factory(root)
-    collectors, effective = factory(cfg["collectors"])
-    info = device_info(cfg, effective, name)
-    sampler, loadwatch = build_sampler(cfg, root)
-    commands = None
-    if cfg["commands"]["enabled"]:
-        commands = commands_class(cfg, info["device"], log)
-    cap_buffer(cfg, log)
-    spool = None
-    if cfg["buffer"]["spool_max_bytes"]:
-        from edge_agent.store.spool import Spool
-
-        spool = Spool(cfg["state_dir"] + "/spool", cfg["buffer"]["spool_max_bytes"])
-    agent = Agent(cfg, collectors, transport, info, sampler=sampler, loadwatch=loadwatch,
-                  commands=commands, spool=spool, log=log, collector_factory=factory, overrides=overrides)
-    ticks = min(int(cfg["batch_s"] / cfg["interval_s"]) + 1, 64)
-    agent.builder.reserve(ticks * BATCH_BYTES_A_TICK)
-    # the tick's list at its full size now, while the heap is in one piece: grown later, a list doubles,
-    # and at 65 samples that is one 1 KB block (on 64-bit), which a 64K heap after hours may not have
-    agent.kept.extend([None] * TICK_SAMPLES)
-    del agent.kept[:]  # (its room stays)
-    agent.link = LinkState()  # the connection's story, as on CPython (edge_agent.transport.linkstate, loaded for news)
-    return agent
+    try:
+        return compose.build(cfg, host, log)
+    except compose.StartError as exc:
+        sys.stderr.write("edge-agent: %s\n" % exc)
+        return None
