@@ -2,7 +2,11 @@
 
 - COLLECTORS and BACKENDS: the names a config, a command, the sampler and the agent use (one list);
 - `wanted(name, include, exclude)`: the interface filter of every network collector;
-- `advance(last, raw, bits)`: the one rule that keeps a counter from going backwards (wraps, resets);
+- a counter never goes backwards, by one of two rules, each written once: `advance(last, raw, bits)`
+  for counters that wrap or reset (an interface's, which can be deleted and made again: the /proc
+  network collector, counters.Monotonic for netlink), `held(floor, key, value)` for counters that
+  never reset but whose readings can step back (torn eBPF per-CPU map reads). The /proc cpu collector
+  holds idle/iowait the same way inline, on its flat lists (the device's per-tick path: no call);
 - `lines(path, prefix)`: the reader the /proc collectors share.
 
 The backends are sub-packages (procfs/, netlink/, ebpf/; collectors.select picks one per collector).
@@ -90,6 +94,16 @@ def advance(last, raw, bits=64):
     if (1 << bits) - (1 << (bits - 2)) <= last < (1 << bits) and raw < (1 << (bits - 2)):
         return (1 << bits) - last + raw  # wrapped at 2**bits
     return raw  # reset: counting again from zero
+
+
+def held(floor, key, value):
+    """`value`, or the highest value sent before for `key` when the reading stepped back; `floor`
+    (a dict) keeps the highest."""
+    last = floor.get(key)
+    if last is not None and value < last:
+        value = last
+    floor[key] = value
+    return value
 
 
 def wanted(buf, start, prefixes):

@@ -30,6 +30,7 @@ Example output (one CPU, per_cpu=True), as (series key, value):
     system.cpu.softirq.time{vector=net_rx}          5231
 """
 
+from edge_agent.collectors import held
 from edge_agent.model import BOOT, COUNTER, HISTOGRAM
 
 NS_PER_TICK = 10000000  # busy_time is in USER_HZ ticks (scale 0.01), as /proc/stat's times
@@ -119,10 +120,7 @@ class EbpfCpuCollector:
         reading = self.program.read()
         for series, value in to_samples(reading, self.cache, self.per_cpu, self.base):
             if series.kind == COUNTER:
-                floor = self.floor.get(series.key)
-                if floor is not None and value < floor:
-                    value = floor
-                self.floor[series.key] = value
+                value = held(self.floor, series.key, value)
             out.append((series, value))
         if self.top_n:
             for comm, ns in reading.get("top", ()):

@@ -41,7 +41,7 @@ Example output:
 
 import os
 
-from edge_agent.collectors import wanted_interface
+from edge_agent.collectors import held, wanted_interface
 from edge_agent.model import BOOT, COUNTER
 
 # bytes per packet to add to the tracepoints' (receive, transmit) lengths to get the device's count
@@ -170,11 +170,7 @@ class EbpfNetCollector:
                 if device not in self.seeded and key in kernel:
                     self.base[key] = max(kernel[key] - value, 0)
                 value += self.base.get(key, 0)
-            floor = self.floor.get(series.key, 0)
-            if value < floor:
-                value = floor
-            self.floor[series.key] = value
-            out.append((series, value))
+            out.append((series, held(self.floor, series.key, value)))
         for series, _ in raw:
             if series.attrs and "device" in series.attrs:
                 self.seeded.add(series.attrs["device"])
