@@ -55,6 +55,7 @@ DEVICE_MODULES = [
     ("edge_agent.sampling.sampler", TRANSIENT),
     ("edge_agent.sampling.loadwatch", TRANSIENT),
     ("edge_agent.store.spool", TRANSIENT),
+    ("edge_agent.device.transient", TRANSIENT),
 ]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,3 +77,22 @@ def source(name):
 def sources():
     """Every device module's repository path, in list order."""
     return [source(name) for name in modules()]
+
+
+# the device reads the transient names from a module generated from this list (it cannot read this file)
+GENERATED = "edge_agent/device/transient.py"
+
+
+def generated():
+    """The text of GENERATED: the TRANSIENT names, which edge_agent.device.main releases after start-up,
+    a command and the collectors' rebuilding (releasing a module not loaded does nothing)."""
+    names = "".join(['    "%s",\n' % name for name in modules(TRANSIENT)])
+    return ('"""The modules a device imports for a while and releases: generated from firmware/manifest.py\n'
+            '(`python -m firmware.manifest`; tests/test_architecture.py checks it is current)."""\n\n'
+            "TRANSIENT = (\n" + names + ")\n")
+
+
+if __name__ == "__main__":
+    with open(os.path.join(ROOT, GENERATED), "w") as f:
+        f.write(generated())
+    print("wrote " + GENERATED)

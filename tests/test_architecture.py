@@ -257,3 +257,17 @@ def test_a_device_module_importing_a_host_module_fails(tmp_path):
     })
     assert check(str(tmp_path)) == ["a device module the project does not have: edge_agent.gone",
                                     "a device module imports a non-device module: edge_agent.core -> edge_agent.cli"]
+
+
+def test_the_device_reads_the_one_list_of_modules():
+    """edge_agent/device/transient.py is generated from firmware/manifest.py (the device cannot read the
+    manifest): what the device releases is exactly the manifest's TRANSIENT modules."""
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from firmware import manifest
+
+    with open(os.path.join(ROOT, manifest.GENERATED), encoding="utf-8") as f:
+        assert f.read() == manifest.generated(), "run: python -m firmware.manifest"
+    assert manifest.GENERATED == manifest.source("edge_agent.device.transient")
+    assert "edge_agent.device.transient" in manifest.modules(manifest.TRANSIENT)

@@ -35,6 +35,7 @@ import time
 
 from edge_agent import unload
 from edge_agent.clock import mono_ms
+from edge_agent.device.transient import TRANSIENT  # the tuple stays; the module goes with the first release
 from edge_agent.transport.umqtt import Transport
 
 DEFAULT_CONFIG = "/etc/edge-agent/config.json"
@@ -45,6 +46,14 @@ def release(*names):
     """Forget modules imported for a while (edge_agent.unload) and collect their code now."""
     unload(*names)
     gc.collect()
+
+
+def release_transient():
+    """Forget every module the device imports only for a while (firmware/manifest.py's TRANSIENT ones,
+    through the list generated from it): after start-up, a command, the collectors' rebuilding. One in
+    use stays alive without sys.modules (a Sampler, a collector and its functions keep their module).
+    No import here: it runs when the heap is at its fullest, out of memory too."""
+    release(*TRANSIENT)
 
 
 def make_logger(fmt):
@@ -131,13 +140,6 @@ class DeviceTransport(Transport):
 class OnDemandCommands:
     """The agent's command handler, with edge_agent.commands.handler loaded only while it is needed."""
 
-    # what a command may load: set_sampling validates with sampling_rules (and loads sampling for a
-    # policy other than fixed: a Sampler taken into use keeps its module alive without sys.modules);
-    # set_collectors loads collector_changes, the collector registry and the births' encoder
-    MODULES = ("edge_agent.commands.handler", "edge_agent.hmac", "edge_agent.store.statefile", "edge_agent.sampling.rules",
-               "edge_agent.commands.collector_changes", "edge_agent.sampling.sampler", "edge_agent.sampling.loadwatch",
-               "edge_agent.collectors.procfs.registry", "edge_agent.lifecycle", "edge_agent.wire_birth")
-
     def __init__(self, cfg, device, log):
         self.cfg = cfg
         self.device = device
@@ -164,7 +166,7 @@ class OnDemandCommands:
         try:
             handler = self.handler()
         except MemoryError:  # no room to load the handler now: the sender times out and may retry
-            release(*self.MODULES)
+            release_transient()
             self.log("command_dropped", device=self.device, reason="memory")
             return None
         # a rebirth the command asks for goes at the next pass, once the command's modules are released:
@@ -179,12 +181,7 @@ class OnDemandCommands:
             del agent.publish_birth  # the agent's own method again
             self.kept = (handler.nonces, handler.rejected, handler.accepted)
             handler = None
-            release(*self.MODULES)
-
-
-# the collector registry, and the boot readers mpy_setup uses: running collectors need neither (a
-# collector instance keeps the code it runs alive without sys.modules)
-REGISTRY = ("edge_agent.collectors.procfs.registry", "edge_agent.collectors.procfs.system", "edge_agent.collectors.procfs.load")
+            release_transient()  # what the command loaded: the handler, its rules, the registry, the birth's
 
 
 def collector_factory(root):
@@ -194,7 +191,7 @@ def collector_factory(root):
         from edge_agent.collectors.procfs.registry import enabled_procfs
 
         built = enabled_procfs(section, root)
-        release(*REGISTRY)
+        release_transient()  # the registry: running collectors do not need it
         return built
 
     return factory
@@ -217,13 +214,13 @@ def main(argv):
         agent = mpy_setup.build(path, (make_logger, release, DeviceTransport, OnDemandCommands, collector_factory))
     except MemoryError:  # a heap too small for the job: say so, rather than a traceback
         mpy_setup = None
-        release("edge_agent.device.setup", "edge_agent.compose", "edge_agent.config", "edge_agent.store.statefile", *REGISTRY)
+        release_transient()
         sys.stderr.write("edge-agent: out of memory while starting in a %d KB heap; run MicroPython with a "
                          "larger one (-X heapsize=160K, EDGE_AGENT_HEAP for the launcher)\n"
                          % ((gc.mem_alloc() + gc.mem_free()) // 1024))
         return 3
     mpy_setup = None
-    release("edge_agent.device.setup", "edge_agent.compose", "edge_agent.store.statefile", *REGISTRY)
+    release_transient()
     if agent is None:
         return 2
     log = agent.log
