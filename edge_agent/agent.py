@@ -222,7 +222,7 @@ class Agent:
         self.birth_due = False  # a birth could not be encoded or sent (memory): data waits for it
         self.connect_due = False  # the connection's announcements could not all be sent (memory)
         # called once a batch is encoded, while its builder is still alive: the heap's busiest moment
-        # (mpy_main collects garbage and records the heap there)
+        # (edge_agent.device.main collects garbage and records the heap there)
         self.after_flush = None
         self.stats = {"ticks": 0, "samples_read": 0, "samples_kept": 0, "batches": 0,
                       "bytes": 0, "births": 0, "collector_errors": 0, "memory_errors": 0, "clock_skips": 0,

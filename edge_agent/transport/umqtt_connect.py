@@ -117,7 +117,7 @@ def context(transport):
     """The transport's TLS context (certificates loaded), made once and kept for every connection.
 
     On MicroPython it is one block of ~3 KB (64-bit; ~1.7 KB on 32-bit) in the heap, which a small heap
-    has in one piece at start-up but maybe not later: mpy_setup makes it then (a ValueError here is a
+    has in one piece at start-up but maybe not later: edge_agent.device.setup makes it then (a ValueError here is a
     certificate or key mbedtls cannot parse)."""
     ctx = getattr(transport, "tls_context", None)
     if ctx is not None:
