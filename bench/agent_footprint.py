@@ -47,7 +47,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from mosquitto import start_mosquitto, stop  # noqa: E402
 
 from bench.wire_size import machine  # noqa: E402
-from edge_agent import wire  # noqa: E402
+from edge_wire.decode import WireError, decode, parse_batch  # noqa: E402
 
 COLLECTD = shutil.which("collectd") or "/usr/sbin/collectd"
 PLUGIN_DIR = "/usr/lib/collectd"
@@ -199,8 +199,8 @@ class Subscriber:
                 self.collectd.add(topic, payload, payload.count(b":"))
             elif topic.endswith("/data"):
                 try:
-                    samples = wire.parse_batch(wire.decode(payload)).sample_count()
-                except wire.WireError as exc:
+                    samples = parse_batch(decode(payload)).sample_count()
+                except WireError as exc:
                     self.errors.append(str(exc))
                     samples = 0
                 self.ours.add(topic, payload, samples)

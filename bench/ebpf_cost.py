@@ -140,7 +140,7 @@ class Births(threading.Thread):
         self.client.loop_start()
 
     def on_message(self, client, userdata, msg):
-        from edge_agent import wire
+        from edge_wire.decode import WireError, decode, parse_batch
 
         device = msg.topic.split("/")[1]
         with self.lock:
@@ -150,8 +150,8 @@ class Births(threading.Thread):
                 entry = self.data.setdefault(device, [0, 0])
                 entry[0] += len(msg.payload)
                 try:
-                    entry[1] += wire.parse_batch(wire.decode(msg.payload)).sample_count()
-                except wire.WireError:
+                    entry[1] += parse_batch(decode(msg.payload)).sample_count()
+                except WireError:
                     pass
 
     def close(self):

@@ -53,7 +53,7 @@ TRANSIENT_IMPORTS = manifest.modules(manifest.TRANSIENT)
 FRAGMENTS = {
     "edge_agent.mpy_setup": "edge_agent.mpy_main",
     "edge_agent.lifecycle": "edge_agent.agent",
-    "edge_agent.wire_birth": "edge_agent.wire",
+    "edge_wire.birth": "edge_wire.batch",
     "edge_agent.transport.umqtt_connect": "edge_agent.transport.umqtt",
     "edge_agent.collector_changes": "edge_agent.commands",
     "edge_agent.sampling_rules": "edge_agent.sampling",

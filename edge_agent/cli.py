@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-from edge_agent import __version__, lifecycle, wire
+from edge_agent import __version__, lifecycle
 from edge_agent import config as configuration
 from edge_agent.agent import Agent, LinkState
 from edge_agent.collectors.procfs_system import read_boot, read_host
@@ -23,6 +23,7 @@ from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
 from edge_agent.spool import Spool
+from edge_wire.decode import decode, parse_batch, parse_birth
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
 
@@ -190,7 +191,7 @@ def build_sampler(cfg, names):
 def build_transport(cfg, device):
     """The paho transport; ValueError naming the option when a TLS file cannot be used."""
     from edge_agent.transport.paho import PahoTransport
-    from edge_agent.transport.paho_connect import process_client_id, tls_context
+    from edge_wire.paho import process_client_id, tls_context
 
     host, port, tls = configuration.parse_broker(cfg["broker"])
     tls_options = None
@@ -322,8 +323,8 @@ def command_once(args):
             time.sleep(cfg["interval_s"])
         agent.sample([c.name for c in collectors])
     payload = agent.flush()
-    birth = wire.parse_birth(wire.decode(lifecycle.birth_payload(agent)))
-    batch = wire.parse_batch(wire.decode(payload))
+    birth = parse_birth(decode(lifecycle.birth_payload(agent)))
+    batch = parse_batch(decode(payload))
     rows = []
     for sid, _indexes, values in batch.columns:
         series = birth.series[sid]

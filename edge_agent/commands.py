@@ -13,7 +13,7 @@ commands, and invalid parameters; every outcome is acknowledged on
 `<prefix>/<device>/ack` and nothing is applied unless everything checked out.
 
 MicroPython-compatible; the gateway's `tune` command signs with `sign()` from this module. A small
-device loads this module with edge_agent.hmac (and edge_agent.sampling_rules for set_sampling, edge_agent.collector_changes
+device loads this module with edge_wire.command (and edge_agent.sampling_rules for set_sampling, edge_agent.collector_changes
 for set_collectors) only while it handles a command, so it is kept to a few functions: every function
 and string constant is in the heap while it is loaded, and every new name is interned for good.
 """
@@ -22,8 +22,8 @@ import binascii
 import json
 
 from edge_agent.clock import mono_ms
-from edge_agent.hmac import hmac_sha256
 from edge_agent.statefile import ensure_dir, read_json, write_atomic
+from edge_wire.command import hmac_sha256
 
 MAX_COMMAND_BYTES = 4096
 MAX_NONCES = 512

@@ -174,7 +174,7 @@ def check(config):
     commands = config.get("commands")
     for name in ("device_key", "fleet_key"):
         key = commands.get(name) if isinstance(commands, dict) else None
-        if isinstance(key, str) and key[:4] == "hex:":  # as edge_agent.hmac.key_bytes reads it
+        if isinstance(key, str) and key[:4] == "hex:":  # as edge_wire.command.key_bytes reads it
             import binascii
 
             try:

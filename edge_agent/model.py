@@ -17,9 +17,8 @@ lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is 
 edge_agent/model_extra.py, loaded on first use through this module's `__getattr__` (PEP 562).
 """
 
-GAUGE = 0
-COUNTER = 1  # cumulative and monotonic since the series' `start` (boot time unless stated)
-HISTOGRAM = 2  # cumulative since the series' `start`
+from edge_wire import COUNTER, GAUGE, HISTOGRAM, series_key  # noqa: F401 (the kinds, re-exported)
+
 BOOT = 0  # a series' `start` when it counts since the kernel booted (the birth's `btime`)
 
 
@@ -69,18 +68,6 @@ class Series:
 def family(name, kind, unit, scale=1, source=""):
     """What the series of one metric share (see Series): make it once, use it for each series."""
     return (name, kind, unit, scale, source)
-
-
-def series_key(name, attrs):
-    """A stable text key for a name and its attributes, independent of attribute order."""
-    if not attrs:
-        return name
-    key = name
-    sep = "{"
-    for k in sorted(attrs):  # a loop, not a comprehension: one code object less on a device
-        key += sep + k + "=" + str(attrs[k])
-        sep = ","
-    return key + "}"
 
 
 class SeriesTable:

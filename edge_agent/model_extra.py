@@ -5,7 +5,8 @@ heap; `from edge_agent.model import SeriesCache` (or KIND_NAMES) reaches them th
 `__getattr__` (PEP 562).
 """
 
-from edge_agent.model import GAUGE, Series, series_key
+from edge_agent.model import Series
+from edge_wire import GAUGE, series_key
 
 KIND_NAMES = ("gauge", "counter", "histogram")  # by kind (model.GAUGE, COUNTER, HISTOGRAM)
 

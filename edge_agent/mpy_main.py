@@ -10,10 +10,10 @@ functions and globals. On a stock interpreter bytecode loaded from .mpy lives in
 is needed only for a while is imported, used and released (`release`), in both cases:
 - start-up only: edge_agent.mpy_setup (building everything), edge_agent.config (validation),
   the collector registry (edge_agent.collectors.procfs, which imports only enabled collectors);
-- per command: edge_agent.commands and edge_agent.hmac, with edge_agent.sampling_rules for
+- per command: edge_agent.commands and edge_wire.command, with edge_agent.sampling_rules for
   set_sampling and edge_agent.collector_changes for set_collectors (`OnDemandCommands`); the
   handler's replay-protection state is kept between commands;
-- per connection and per birth: edge_agent.lifecycle and edge_agent.wire_birth (the agent
+- per connection and per birth: edge_agent.lifecycle and edge_wire.birth (the agent
   unloads them itself, through edge_agent.unload);
 - the `fixed` policy runs on agent.EveryInterval; edge_agent.sampling (and the load signals) is
   loaded only for another policy, at start or when a command asks for one.
@@ -134,9 +134,9 @@ class OnDemandCommands:
     # what a command may load: set_sampling validates with sampling_rules (and loads sampling for a
     # policy other than fixed: a Sampler taken into use keeps its module alive without sys.modules);
     # set_collectors loads collector_changes, the collector registry and the births' encoder
-    MODULES = ("edge_agent.commands", "edge_agent.hmac", "edge_agent.statefile", "edge_agent.sampling_rules",
+    MODULES = ("edge_agent.commands", "edge_wire.command", "edge_agent.statefile", "edge_agent.sampling_rules",
                "edge_agent.collector_changes", "edge_agent.sampling", "edge_agent.loadwatch",
-               "edge_agent.collectors.procfs", "edge_agent.lifecycle", "edge_agent.wire_birth")
+               "edge_agent.collectors.procfs", "edge_agent.lifecycle", "edge_wire.birth")
 
     def __init__(self, cfg, device, log):
         self.cfg = cfg

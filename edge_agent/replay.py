@@ -39,10 +39,11 @@ import json
 import sys
 
 from edge_agent import baselines
-from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
+from edge_agent.model import Series, SeriesTable
 from edge_agent.replay_cli import parse_number
 from edge_agent.sampling import SAMPLING_DEFAULTS, Sampler, validate_sampling
-from edge_agent.wire import MAX_TICKS, BatchBuilder
+from edge_wire import COUNTER, GAUGE, MAX_TICKS
+from edge_wire.batch import BatchBuilder
 
 USAGE = ("usage: edge-agent replay --policy P [--param k=v ...] [--baseline uniform,deadband,adam,optimum|all|none] "
          "[--change 0.1] [--load-from-trace] [--kind gauge|counter] [--collector cpu] [--batch 10] TRACE.csv[.gz]")

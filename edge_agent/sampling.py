@@ -47,8 +47,8 @@ interval) in scratch lists kept between flushes, and the readings are read back 
 
 import math
 
-from edge_agent.model import COUNTER, HISTOGRAM
 from edge_agent.sampling_rules import COLLECTORS, KNOBS, PER_COLLECTOR, collector_intervals, knob, validate_sampling
+from edge_wire import COUNTER, HISTOGRAM
 
 SAMPLING_DEFAULTS = {"policy": "fixed"}  # every knob with its default value
 for _line in KNOBS.split("\n"):

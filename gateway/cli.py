@@ -18,20 +18,23 @@ import sys
 import threading
 import urllib.parse
 
-from edge_agent.transport.paho_connect import readable_secret, tls_context
-from gateway import __version__, amqp, exporters, health, identity, logs
+from edge_wire.paho import readable_secret, tls_context
+from gateway import __version__
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.dedupe import SeqTracker
-from gateway.events import DeviceEvents
-from gateway.export import RetryPolicy
-from gateway.http import StatusServer
-from gateway.metrics import GatewayMetrics
-from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker
-from gateway.pipeline import ExportPipeline
-from gateway.state import GatewayState, StateError
+from gateway.convert.events import DeviceEvents
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries
+from gateway.decode.state import GatewayState, StateError
+from gateway.export import configure
+from gateway.export.exporter import RetryPolicy
+from gateway.export.pipeline import ExportPipeline
+from gateway.ingest import amqp
+from gateway.ingest.mqtt import BrokerConfig, MqttIntake, parse_broker
+from gateway.ops import health, identity, logs
+from gateway.ops.http import StatusServer
+from gateway.ops.metrics import GatewayMetrics
 
-OPTIONAL_COMMANDS = ("gateway.tune", "gateway.devices", "gateway.keygen")
+OPTIONAL_COMMANDS = ("gateway.ops.tune", "gateway.ops.devices", "gateway.ops.keygen")
 PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"
 log = logging.getLogger("gateway")
 
@@ -154,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "(0: never; a device that comes back is asked for its birth)")
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
-    exporters.add_options(run)
+    configure.add_options(run)
     amqp.add_options(run)
     run.set_defaults(func=run_command)
 
@@ -162,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     logs.setup(args.log_format)
     try:
-        exporter, logs_exporter, described = exporters.choose(args)
+        exporter, logs_exporter, described = configure.choose(args)
         broker = broker_config(args, "")
     except (ValueError, OSError) as exc:  # configuration problems: one clear line, no traceback
         return fail("edge-gateway", exc)
@@ -192,7 +195,7 @@ def run_command(args: argparse.Namespace) -> int:
     if logs_exporter is not None:
         events = gateway.events = DeviceEvents(logs_exporter, dictionaries.latest, metrics, RetryPolicy())
     births, replayed = gateway.restore()
-    try:  # RabbitMQ over AMQP (gateway/amqp.py), or an MQTT broker
+    try:  # RabbitMQ over AMQP (gateway/ingest/amqp.py), or an MQTT broker
         intake = amqp.intake(args, gateway, metrics, broker.client_id, broker.persistent) if args.amqp else \
             MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     except ValueError as exc:

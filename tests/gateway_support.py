@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from edge_agent import wire
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesTable
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER, GAUGE, HISTOGRAM
+from edge_wire.batch import BatchBuilder
+from edge_wire.birth import boot_tag, encode_birth
 
 BOOT_ID = "4f3c2a10-1111-2222-3333-444455556666"
 BOOT_TIME_MS = 1_700_000_000_000
@@ -30,15 +32,15 @@ def info(device: str = "dev-1", boot_id: str = BOOT_ID) -> dict:
 
 
 def birth(table: SeriesTable, device: str = "dev-1", boot_id: str = BOOT_ID) -> bytes:
-    return wire.encode_birth(info(device, boot_id), table)
+    return encode_birth(info(device, boot_id), table)
 
 
 def batch(ticks: list[tuple[int, list[tuple[Series, object]]]], device: str = "dev-1", seq: int = 1,
           epoch: int = 0, boot_id: str = BOOT_ID, compress: bool = False, ext: dict | None = None) -> bytes:
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     for ts, samples in ticks:
         builder.add_tick(ts, samples)
-    return builder.encode(device, wire.boot_tag(boot_id), seq, epoch, compress, ext)
+    return builder.encode(device, boot_tag(boot_id), seq, epoch, compress, ext)
 
 
 def steady(series: dict[str, Series], t0: int = BOOT_TIME_MS + 60_000, n: int = 3) -> list:

@@ -2,9 +2,13 @@
 the birth is tried again and data waits for it, a batch that cannot be encoded is dropped and reported in
 `ext.lost`, the loop carries on. tests/test_micropython_agent.py provokes the real thing under micropython."""
 
-from edge_agent import config, wire
+from edge_agent import config, lifecycle
 from edge_agent.agent import Agent
-from edge_agent.model import GAUGE, SeriesCache
+from edge_agent.model import SeriesCache
+from edge_wire import GAUGE
+from edge_wire.batch import BatchBuilder
+from edge_wire.birth import encode_birth_into
+from edge_wire.decode import decode, parse_batch, parse_birth
 
 
 class Gauges:
@@ -68,7 +72,7 @@ def make_agent():
 
 def test_a_birth_without_memory_is_sent_at_the_next_pass_and_data_waits_for_it(monkeypatch):
     agent, logged = make_agent()
-    real = wire.encode_birth_into
+    real = encode_birth_into
     calls = []
 
     def failing(out, info, table):
@@ -77,15 +81,15 @@ def test_a_birth_without_memory_is_sent_at_the_next_pass_and_data_waits_for_it(m
             raise MemoryError("fake")
         return real(out, info, table)
 
-    monkeypatch.setattr(wire, "encode_birth_into", failing)
+    monkeypatch.setattr(lifecycle, "encode_birth_into", failing)
     agent.sample(["memory"])
     agent.flush()
     assert agent.birth_due and agent.stats["memory_errors"] == 1 and len(agent.outbox) == 1
     assert logged[-1] == ("memory_error", {"at": "birth"})
     agent.pump()  # the birth goes first, then the batch that refers to it
     assert [kind for kind, _ in agent.transport.sent] == ["birth", "data"]
-    birth = wire.parse_birth(wire.decode(agent.transport.sent[0][1]))
-    batch = wire.parse_batch(wire.decode(agent.transport.sent[1][1]))
+    birth = parse_birth(decode(agent.transport.sent[0][1]))
+    batch = parse_batch(decode(agent.transport.sent[1][1]))
     assert batch.dict_epoch == birth.dict_epoch and len(birth.series) == 3
     assert not agent.birth_due
 
@@ -105,7 +109,7 @@ def test_a_batch_without_memory_is_dropped_and_reported_lost(monkeypatch):
     agent, logged = make_agent()
     for _ in range(3):
         agent.sample(["memory"])
-    monkeypatch.setattr(wire.BatchBuilder, "encode_into", lambda *a: (_ for _ in ()).throw(MemoryError("fake")))
+    monkeypatch.setattr(BatchBuilder, "encode_into", lambda *a: (_ for _ in ()).throw(MemoryError("fake")))
     assert agent.flush() is None
     assert len(agent.builder) == 0 and agent.outbox.dropped_batches == 1 and agent.outbox.dropped_samples == 9
     assert logged[-1] == ("memory_error", {"at": "batch", "dropped_ticks": 3, "dropped_samples": 9})
@@ -113,14 +117,14 @@ def test_a_batch_without_memory_is_dropped_and_reported_lost(monkeypatch):
     agent.sample(["memory"])
     payload = agent.flush()
     assert isinstance(payload, list)  # pieces for a chunked transport
-    batch = wire.parse_batch(wire.decode(b"".join(payload)))
+    batch = parse_batch(decode(b"".join(payload)))
     assert batch.ext["lost"] == [1, 9] and len(batch.ticks) == 1
 
 
 def test_a_tick_that_does_not_fit_drops_the_batch(monkeypatch):
     agent, _ = make_agent()
     agent.sample(["memory"])
-    monkeypatch.setattr(wire.BatchBuilder, "add_tick", lambda *a: (_ for _ in ()).throw(MemoryError("fake")))
+    monkeypatch.setattr(BatchBuilder, "add_tick", lambda *a: (_ for _ in ()).throw(MemoryError("fake")))
     agent.sample(["memory"])
     assert len(agent.builder) == 0 and agent.outbox.dropped_batches == 1 and agent.outbox.dropped_samples == 6
 

@@ -14,7 +14,7 @@ from mosquitto import MOSQUITTO, start_mosquitto, stop, wait_for
 
 from edge_agent import config
 from edge_agent.config_doc import describe, render_default
-from edge_agent.hmac import key_bytes
+from edge_wire.command import key_bytes
 
 BIN = os.path.dirname(sys.executable)
 AGENT, GATEWAY = BIN + "/edge-agent", BIN + "/edge-gateway"

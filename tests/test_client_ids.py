@@ -17,7 +17,7 @@ import production_broker
 import pytest
 from mosquitto import free_port, stop, wait_for
 
-from gateway import identity
+from gateway.ops import identity
 
 BIN = os.path.dirname(sys.executable)
 

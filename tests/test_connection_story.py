@@ -19,7 +19,7 @@ import pytest
 from mosquitto import free_port, start_mosquitto, stop, wait_for
 
 BIN = os.path.dirname(sys.executable)
-LONGEST_S = 16  # edge_agent.transport.paho_connect.RECONNECT_S
+LONGEST_S = 16  # edge_wire.paho.RECONNECT_S
 REFUSED = "connection refused by 127.0.0.1:%d: is the broker running, on this port?"
 
 

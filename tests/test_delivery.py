@@ -23,12 +23,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import agent as agent_module
-from edge_agent import config, wire
+from edge_agent import config
 from edge_agent.agent import Agent
-from edge_agent.model import COUNTER, SeriesCache
+from edge_agent.model import SeriesCache
 from edge_agent.spool import Spool
+from edge_wire import COUNTER
+from edge_wire.birth import boot_tag
+from edge_wire.decode import WireError, decode, parse_batch, parse_birth
+from edge_wire.receipt import EXPORTED, REFUSED, WANTED, encode_receipt, parse_receipt, runs_of
 
-EXPORTED, REFUSED, WANTED = wire.EXPORTED, wire.REFUSED, wire.WANTED
+EXPORTED, REFUSED, WANTED = EXPORTED, REFUSED, WANTED
 
 
 class Counters:
@@ -85,10 +89,10 @@ class Broker:
         pass
 
     def data(self):
-        return [wire.parse_batch(wire.decode(p)) for kind, p, _ in self.sent if kind == "data"]
+        return [parse_batch(decode(p)) for kind, p, _ in self.sent if kind == "data"]
 
     def births(self):
-        return [(wire.parse_birth(wire.decode(p)), retain) for kind, p, retain in self.sent if kind == "birth"]
+        return [(parse_birth(decode(p)), retain) for kind, p, retain in self.sent if kind == "birth"]
 
 
 def make(tmp_path, ack="gateway", spool_bytes=0, resend_s=5.0, fallback_s=3600, collectors=None, **values):
@@ -113,7 +117,7 @@ def batches(agent, n):
 
 
 def receipt(agent, runs, boot="b-1"):
-    agent.on_message("edge/dev-d/delivery", wire.encode_receipt(wire.boot_tag(boot), runs))
+    agent.on_message("edge/dev-d/delivery", encode_receipt(boot_tag(boot), runs))
 
 
 @pytest.fixture
@@ -332,14 +336,14 @@ def test_tick_timestamps_never_go_back(tmp_path, clock, monkeypatch):
 
 def test_the_receipt_format_round_trips_and_rejects_garbage():
     runs = [(5, 3, EXPORTED), (100, 1, REFUSED), (7, 1, WANTED)]
-    payload = wire.encode_receipt(0xDEADBEEF, runs)
+    payload = encode_receipt(0xDEADBEEF, runs)
     assert len(payload) == 5 + 10 * 3
-    assert wire.parse_receipt(payload) == (0xDEADBEEF, runs)
-    assert wire.parse_receipt(wire.encode_receipt(1, [(10, 20000, EXPORTED)]))[1] == [(10, 16383, 0), (16393, 3617, 0)]
+    assert parse_receipt(payload) == (0xDEADBEEF, runs)
+    assert parse_receipt(encode_receipt(1, [(10, 20000, EXPORTED)]))[1] == [(10, 16383, 0), (16393, 3617, 0)]
     for bad in (b"", b"\x02" + payload[1:], payload[:-1], payload[:5] + b"\x00" * 8 + b"\xc0\x01"):
-        with pytest.raises(wire.WireError):
-            wire.parse_receipt(bad)
-    assert json.dumps(wire.runs_of([3, 1, 2, 7, 9, 8])) == "[[1, 3, 0], [7, 3, 0]]"
+        with pytest.raises(WireError):
+            parse_receipt(bad)
+    assert json.dumps(runs_of([3, 1, 2, 7, 9, 8])) == "[[1, 3, 0], [7, 3, 0]]"
 
 
 @settings(max_examples=300, deadline=None)
@@ -361,11 +365,11 @@ def test_crafted_receipts_are_ignored_or_settle_only_their_runs(tmp_path, clock)
     agent.on_connect()
     batches(agent, 2)
     seqs = [e.seq for e in agent.outbox.entries]
-    boot = wire.boot_tag("b-1")
-    version2 = b"\x02" + wire.encode_receipt(boot, [(seqs[0], 1, EXPORTED)])[1:]
-    kind3 = wire.encode_receipt(boot, [(seqs[0], 1, EXPORTED)])[:13] + bytes([0xC0, 0x01])
-    many = wire.encode_receipt(boot, [(s, 1, EXPORTED) for s in range(10 ** 6, 10 ** 6 + 10000)])
-    for payload in (b"", b"\x01", version2, kind3, many, wire.encode_receipt(boot, [(1, 5, EXPORTED)])):
+    boot = boot_tag("b-1")
+    version2 = b"\x02" + encode_receipt(boot, [(seqs[0], 1, EXPORTED)])[1:]
+    kind3 = encode_receipt(boot, [(seqs[0], 1, EXPORTED)])[:13] + bytes([0xC0, 0x01])
+    many = encode_receipt(boot, [(s, 1, EXPORTED) for s in range(10 ** 6, 10 ** 6 + 10000)])
+    for payload in (b"", b"\x01", version2, kind3, many, encode_receipt(boot, [(1, 5, EXPORTED)])):
         agent.on_message("edge/dev-d/delivery", payload)
     assert [e.seq for e in agent.outbox.entries] == seqs and agent.outbox.lost() == (0, 0)
 

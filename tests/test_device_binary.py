@@ -31,8 +31,9 @@ import pytest
 from mosquitto import free_port, stop, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
-from edge_agent import __version__, wire
+from edge_agent import __version__
 from edge_agent.commands import sign
+from edge_wire.decode import decode, parse_batch
 from firmware.interpreter import ARCHES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,7 +171,7 @@ def test_device_binary_end_to_end(arch, broker, firmware_dist, tmp_path):
             while not batches.empty():
                 payload = bytes(batches.get())
                 seen.add(payload)
-                ticks = wire.parse_batch(wire.decode(payload)).ticks
+                ticks = parse_batch(decode(payload)).ticks
                 if len(ticks) >= 2 and min(b - a for a, b in zip(ticks, ticks[1:], strict=False)) >= 900:
                     return True
             return False

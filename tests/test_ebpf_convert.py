@@ -2,7 +2,8 @@
 
 from edge_agent.collectors import ebpf_cpu, ebpf_net
 from edge_agent.collectors.bpf_core import parse_symbolic
-from edge_agent.model import COUNTER, HISTOGRAM, SeriesCache
+from edge_agent.model import SeriesCache
+from edge_wire import COUNTER, HISTOGRAM
 
 
 def _by_key(samples):

@@ -234,7 +234,7 @@ def test_the_frozen_modules_are_the_manifests(dist, tmp_path):
     frozen = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("frozen ")]
     assert [name for name, _file in frozen] == manifest.modules()
     assert all(path == manifest.source(name) for name, path in frozen)  # a frozen module's path, no folder
-    assert {name for name in listed if name.startswith("edge_agent")} == set(manifest.modules())
+    assert {name for name in listed if name.split(".")[0] in ("edge_agent", "edge_wire")} == set(manifest.modules())
 
 
 def test_default_config_is_valid(dist, tmp_path):

@@ -1,8 +1,8 @@
 """Hostile inputs, property-based: the gateway decoder, the agent's command parser and umsgpack.
 
 Each parser may only ever refuse with its documented rejection type, carrying a reason label:
-`gateway.decode.Rejected` (Dictionaries.add_birth / resolve), an error ack from
-`CommandHandler.handle` (which itself never raises), `ValueError` from `umsgpack.unpackb`. Inputs are
+`gateway.decode.resolve.Rejected` (Dictionaries.add_birth / resolve), an error ack from
+`CommandHandler.handle` (which itself never raises), `ValueError` from `unpackb`. Inputs are
 arbitrary bytes and structured mutations of real encoder output; a rejected message changes no
 state, work is bounded by the payload's size, and good data after bad data decodes as before.
 docs/security.md ("Hostile inputs") lists what each input gets.
@@ -26,14 +26,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_commands import DEVICE_KEY, FLEET_KEY, NOW, make_agent
 
-from edge_agent import commands, umsgpack
+from edge_agent import commands
 from edge_agent.commands import sign
-from edge_agent.model import COUNTER, Series, SeriesTable
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER
+from edge_wire.pack import packb
+from edge_wire.unpack import unpackb
 from fuzz.seeds import same
-from gateway.decode import Dictionaries, Rejected, UnknownDictionary
-from gateway.dedupe import SeqTracker
-from gateway.otlp import to_request
-from gateway.otlpwire import encode
+from gateway.convert.otlp import to_request
+from gateway.convert.otlpwire import encode
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries, Rejected, UnknownDictionary
 
 LABEL = re.compile(r"^[a-z][a-z_]{2,30}$")
 GATEWAY_REASONS = {
@@ -546,7 +549,7 @@ def test_regression_non_finite_command_timestamps_are_malformed():
 
 def umsgpack_reason(data: bytes) -> str | None:
     try:
-        umsgpack.unpackb(data)
+        unpackb(data)
         return None
     except ValueError:
         return "ValueError"
@@ -556,7 +559,7 @@ def umsgpack_reason(data: bytes) -> str | None:
 @given(st.one_of(st.binary(max_size=300), mutated(GOOD_BATCH), mutated(GOOD_BIRTH), st.sampled_from(crafted())))
 def test_umsgpack_only_raises_value_error_and_agrees_with_msgpack(data):
     try:
-        ours = umsgpack.unpackb(data)
+        ours = unpackb(data)
     except ValueError as exc:
         assert str(exc).startswith("msgpack: ")
         return
@@ -567,19 +570,19 @@ def test_umsgpack_only_raises_value_error_and_agrees_with_msgpack(data):
 @FUZZ
 @given(values)
 def test_umsgpack_round_trip_matches_msgpack(value):
-    packed = umsgpack.packb(value)
+    packed = packb(value)
     assert packed == msgpack.packb(value)
-    assert same(umsgpack.unpackb(packed), msgpack.unpackb(packed, strict_map_key=False))
+    assert same(unpackb(packed), msgpack.unpackb(packed, strict_map_key=False))
 
 
 def test_umsgpack_duplicate_keys_and_nesting():
-    assert umsgpack.unpackb(b"\x82\xa1v\x01\xa1v\x02") == {"v": 2}  # the last wins, like msgpack
-    assert umsgpack.unpackb(b"\x91" * 32 + b"\x00") == nested(32)
+    assert unpackb(b"\x82\xa1v\x01\xa1v\x02") == {"v": 2}  # the last wins, like msgpack
+    assert unpackb(b"\x91" * 32 + b"\x00") == nested(32)
     for data in DEEP:
         with pytest.raises(ValueError):
-            umsgpack.unpackb(data)
+            unpackb(data)
     with pytest.raises(ValueError):
-        umsgpack.unpackb(b"\x81\x91\x00\x00")  # an array as a map key
+        unpackb(b"\x81\x91\x00\x00")  # an array as a map key
 
 
 # ---------------------------------------------------------------- bounded work
@@ -618,11 +621,11 @@ def worst_cases() -> dict[str, tuple[object, bytes]]:
     big = big_gateway()
     return {
         "nested arrays, 65535 deep (gateway)": (functools.partial(gateway().resolve, "dev-1"), b"\x91" * 65535 + b"\x00"),
-        "nested arrays, 65535 deep (umsgpack)": (umsgpack.unpackb, b"\x91" * 65535 + b"\x00"),
+        "nested arrays, 65535 deep (umsgpack)": (unpackb, b"\x91" * 65535 + b"\x00"),
         "2000 arrays 28 deep (gateway)": (functools.partial(gateway().resolve, "dev-1"), nested_wide),
-        "2000 arrays 28 deep (umsgpack)": (umsgpack.unpackb, nested_wide),
+        "2000 arrays 28 deep (umsgpack)": (unpackb, nested_wide),
         "900 full columns, 57600 samples (gateway)": (functools.partial(big.resolve, "dev-1"), wide),
-        "900 full columns (umsgpack)": (umsgpack.unpackb, wide),
+        "900 full columns (umsgpack)": (unpackb, wide),
         "deflated 1 MiB, 640000 samples (gateway)": (functools.partial(big.resolve, "dev-1"), msgpack.packb(
             [1, 1, "dev-1", boot, 1, 0, BOOT_TIME_MS, body])),
         "map of 1000 keys (gateway birth)": (functools.partial(gateway().add_birth, "dev-1"), msgpack.packb({str(i): i for i in range(1000)})),
@@ -654,7 +657,7 @@ def test_work_grows_linearly(build):
     """Four times the input may cost about four times as much, never sixteen (quadratic)."""
     def cost(n):
         payload = build(n)
-        fns = [umsgpack.unpackb] if payload[:1] == b"\xdd" else [
+        fns = [unpackb] if payload[:1] == b"\xdd" else [
             functools.partial(gateway().resolve, "dev-1"), functools.partial(Dictionaries().add_birth, "dev-1")]
         return sum(best_of(fn, payload) for fn in fns)
     small, large = cost(1000), cost(4000)

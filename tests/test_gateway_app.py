@@ -8,13 +8,16 @@ import pytest
 from gateway_support import batch, birth, make_table, steady
 from test_gateway_export import FAST, Receiver
 
-from edge_agent import umsgpack, wire
+from edge_wire.birth import boot_tag
+from edge_wire.decode import decode
+from edge_wire.pack import packb
+from edge_wire.receipt import EXPORTED, REFUSED, WANTED, encode_receipt, parse_receipt
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.dedupe import SeqTracker
-from gateway.export import HttpExporter, OtlpConfig
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import ExportPipeline
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import HttpExporter, OtlpConfig
+from gateway.export.pipeline import ExportPipeline
+from gateway.ops.metrics import GatewayMetrics
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ class Receipts(list):
     """What the gateway publishes to devices: (device, boot, [(first, count, kind), ...])."""
 
     def __call__(self, device, payload):
-        boot, runs = wire.parse_receipt(payload)
+        boot, runs = parse_receipt(payload)
         self.append((device, boot, runs))
         return True
 
@@ -107,7 +110,7 @@ def test_bad_input_is_acked_and_unknown_dictionary_released_without_wait(receive
     assert metrics.rejected.value(reason="not_msgpack") == 1
     # not rejected: released without a receipt (the device sends it again), and its births asked for
     assert metrics.rejected.value(reason="unknown_dict") == 0 and metrics.released.value(reason="unknown_dict") == 1
-    assert gateway.publish_receipt.runs() == [(7, 1, wire.WANTED)]
+    assert gateway.publish_receipt.runs() == [(7, 1, WANTED)]
     gateway.on_birth("dev-1", b"\x00")
     assert metrics.births_rejected.value(reason="bad_birth") == 1
 
@@ -119,19 +122,19 @@ def test_receipts_list_what_was_exported_duplicates_again_and_refused(receiver):
     for seq in (10, 11, 12):
         gateway.on_data("dev-1", batch(steady(series), seq=seq), acks)
     assert acks.wait(3)
-    assert sorted(receipts.wait(3, wire.EXPORTED)) in ([(10, 1, 0), (11, 1, 0), (12, 1, 0)], [(10, 3, 0)],
+    assert sorted(receipts.wait(3, EXPORTED)) in ([(10, 1, 0), (11, 1, 0), (12, 1, 0)], [(10, 3, 0)],
                                                        [(10, 1, 0), (11, 2, 0)], [(10, 2, 0), (12, 1, 0)])
-    assert {b for _, b, _ in receipts} == {wire.boot_tag(gateway_support_boot())}
+    assert {b for _, b, _ in receipts} == {boot_tag(gateway_support_boot())}
     del receipts[:]
     gateway.on_data("dev-1", batch(steady(series), seq=11), acks)  # sent again: the device missed the receipt
-    assert acks.wait(4) and receipts.runs() == [(11, 1, wire.EXPORTED)]
+    assert acks.wait(4) and receipts.runs() == [(11, 1, EXPORTED)]
     # a counter going backwards is bad data: refused (the device counts it lost), never exported
     bad = steady(series)
     bad[1] = (bad[1][0], [(series["rx"], 1)] + bad[1][1][1:])
     gateway.on_data("dev-1", batch(bad, seq=13), acks)
     assert acks.wait(5)
     pipeline.stop()
-    assert receipts.runs(wire.REFUSED) == [(13, 1, wire.REFUSED)]
+    assert receipts.runs(REFUSED) == [(13, 1, REFUSED)]
     assert metrics.rejected.value(reason="counter_backwards") == 1
     assert metrics.exported_batches.value() == 3 and metrics.duplicates.value() == 1
 
@@ -153,12 +156,12 @@ def test_a_batch_parked_for_the_next_birth_waits_on_when_an_earlier_birth_comes(
     assert acks.wait(2) and gateway.parked() == 0
     pipeline.stop()
     assert metrics.rejected.value(reason="unknown_dict") == 0 and metrics.released.value(reason="unknown_dict") == 0
-    assert sorted(gateway.publish_receipt.runs(wire.EXPORTED)) in ([(100, 1, 0), (101, 1, 0)], [(100, 2, 0)])
+    assert sorted(gateway.publish_receipt.runs(EXPORTED)) in ([(100, 1, 0), (101, 1, 0)], [(100, 2, 0)])
 
 
 def test_a_replica_does_not_export_what_another_one_receipted(receiver):
     gateway, metrics, pipeline, series = core(receiver, SeqTracker(gaps=False))
-    other = wire.encode_receipt(wire.boot_tag(gateway_support_boot()), [(20, 2, wire.EXPORTED)])
+    other = encode_receipt(boot_tag(gateway_support_boot()), [(20, 2, EXPORTED)])
     gateway.on_receipt("dev-1", other)
     acks = Acks()
     gateway.on_data("dev-1", batch(steady(series), seq=21), acks)  # sent again, to this replica
@@ -177,12 +180,12 @@ def test_a_resend_is_known_by_its_header_its_body_is_not_decoded(receiver):
     acks = Acks()
     good = batch(steady(series), seq=7)
     gateway.on_data("dev-1", good, acks)
-    assert acks.wait(1) and receipts.wait(1, wire.EXPORTED) == [(7, 1, wire.EXPORTED)]
+    assert acks.wait(1) and receipts.wait(1, EXPORTED) == [(7, 1, EXPORTED)]
     del receipts[:]
-    body_spoilt = wire.decode(good)
+    body_spoilt = decode(good)
     body_spoilt[7] = ["not", "columns"]
-    gateway.on_data("dev-1", umsgpack.packb(body_spoilt), acks)
-    assert acks.wait(2) and receipts.runs() == [(7, 1, wire.EXPORTED)]
+    gateway.on_data("dev-1", packb(body_spoilt), acks)
+    assert acks.wait(2) and receipts.runs() == [(7, 1, EXPORTED)]
     pipeline.stop()
     assert metrics.duplicates.value() == 1 and metrics.decoded.value() == 1
     assert sum(metrics.rejected.value(reason=r) for r in ("bad_body", "bad_column")) == 0
@@ -191,14 +194,14 @@ def test_a_resend_is_known_by_its_header_its_body_is_not_decoded(receiver):
 
 def test_a_batch_another_replica_refused_is_judged_here_not_receipted_as_exported(receiver):
     gateway, metrics, pipeline, series = core(receiver, SeqTracker(gaps=False))
-    other = wire.encode_receipt(wire.boot_tag(gateway_support_boot()), [(30, 1, wire.REFUSED)])
+    other = encode_receipt(boot_tag(gateway_support_boot()), [(30, 1, REFUSED)])
     gateway.on_receipt("dev-1", other)
     acks = Acks()
     gateway.on_data("dev-1", batch(steady(series), seq=30), acks)  # valid here: exported, not a duplicate
     assert acks.wait(1)
     pipeline.stop()
     assert metrics.duplicates.value() == 0 and len(receiver.requests) == 1
-    assert gateway.publish_receipt.runs(wire.EXPORTED) == [(30, 1, wire.EXPORTED)]
+    assert gateway.publish_receipt.runs(EXPORTED) == [(30, 1, EXPORTED)]
 
 
 def test_seq_tracker():
@@ -219,7 +222,8 @@ def gateway_support_boot():
 
 def series_grown(table):
     """The birth of `table`'s run after its dictionary grew by one series at epoch 101."""
-    from edge_agent.model import GAUGE, Series
+    from edge_agent.model import Series
+    from edge_wire import GAUGE
 
     table.intern(Series("system.uptime", GAUGE, "s", {}, 0.01, None, "procfs"))
     table.epoch = 101

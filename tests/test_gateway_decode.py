@@ -6,9 +6,10 @@ from gateway_support import BOOT_ID, batch, birth, make_table, steady
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent import wire
-from edge_agent.model import COUNTER, Series, SeriesTable
-from gateway.decode import Dictionaries, Rejected, UnknownDictionary
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER
+from edge_wire.birth import boot_tag
+from gateway.decode.resolve import Dictionaries, Rejected, UnknownDictionary
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def reason_of(dicts, payload, device="dev-1"):
 def test_good_batch_resolves_to_absolute_values(known):
     dicts, _, series = known
     resolved = dicts.resolve("dev-1", batch(steady(series)))
-    assert resolved.device == "dev-1" and resolved.key == ("dev-1", wire.boot_tag(BOOT_ID), 1)
+    assert resolved.device == "dev-1" and resolved.key == ("dev-1", boot_tag(BOOT_ID), 1)
     assert resolved.samples() == 15
     by_name = {s.key: (indexes, values) for s, indexes, values in resolved.points}
     assert by_name["system.network.io{device=eth0,direction=receive}"] == ([0, 1, 2], [1000, 1500, 2000])

@@ -10,13 +10,14 @@ from gateway_support import BOOT_TIME_MS, batch, birth, make_table
 from opentelemetry.proto.logs.v1 import logs_pb2
 from otlp_receiver import OtlpReceiver
 
-from edge_agent.model import GAUGE, Series, SeriesTable
+from edge_agent.model import Series, SeriesTable
+from edge_wire import GAUGE
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.events import DeviceEvents
-from gateway.export import HttpExporter, OtlpConfig, RetryPolicy
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import ExportPipeline
+from gateway.convert.events import DeviceEvents
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import HttpExporter, OtlpConfig, RetryPolicy
+from gateway.export.pipeline import ExportPipeline
+from gateway.ops.metrics import GatewayMetrics
 
 T0 = BOOT_TIME_MS + 60_000
 

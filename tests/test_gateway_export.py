@@ -18,8 +18,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from gateway.decode import Dictionaries
-from gateway.export import (
+from gateway.convert.otlp import to_request
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import (
     GRPC,
     HTTP,
     FileExporter,
@@ -32,9 +33,8 @@ from gateway.export import (
     parse_headers,
     send_with_retry,
 )
-from gateway.metrics import GatewayMetrics
-from gateway.otlp import to_request
-from gateway.pipeline import DROPPED, EXPORTED, ExportPipeline, Item
+from gateway.export.pipeline import DROPPED, EXPORTED, ExportPipeline, Item
+from gateway.ops.metrics import GatewayMetrics
 
 FAST = RetryPolicy(initial_s=0.01, max_s=0.05)
 

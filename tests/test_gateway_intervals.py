@@ -4,9 +4,9 @@ import msgpack
 import pytest
 from gateway_support import BOOT_TIME_MS, batch, birth, make_table, steady
 
-from edge_agent import wire
-from gateway.decode import Dictionaries
-from gateway.otlp import to_request
+from edge_wire.decode import WireError, decode, parse_batch
+from gateway.convert.otlp import to_request
+from gateway.decode.resolve import Dictionaries
 
 
 def with_ext(payload: bytes, ext: dict) -> bytes:
@@ -45,6 +45,6 @@ def test_no_stretched_series_no_extra_metric():
 def test_malformed_ext_is_rejected(ext):
     table, series = make_table()
     payload = with_ext(batch(steady(series)), ext)
-    with pytest.raises(wire.WireError) as err:
-        wire.parse_batch(wire.decode(payload))
+    with pytest.raises(WireError) as err:
+        parse_batch(decode(payload))
     assert err.value.reason == "bad_ext"

@@ -9,10 +9,11 @@ import types
 import pytest
 from gateway_support import BOOT_ID, batch, birth, make_table, steady
 
-from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER, GAUGE
 from gateway.app import Gateway
-from gateway.decode import Dictionaries, Rejected, UnknownDictionary
-from gateway.metrics import GatewayMetrics
+from gateway.decode.resolve import Dictionaries, Rejected, UnknownDictionary
+from gateway.ops.metrics import GatewayMetrics
 
 
 class Clock:
@@ -156,7 +157,7 @@ def test_a_deflated_flood_of_samples_is_refused_cheaply():
 
     import msgpack
 
-    from edge_agent import wire
+    from edge_wire.decode import WireError, decode, parse_batch
 
     columns = [[sid, 0, 1] + [0] * 63 for sid in range(10000)]
     body = msgpack.packb([[0] + [1000] * 63, columns])
@@ -165,7 +166,7 @@ def test_a_deflated_flood_of_samples_is_refused_cheaply():
     payload = msgpack.packb([1, 1, "d", 1, 1, 1, 1, deflated])
     assert len(payload) < 65536
     started = time.monotonic()
-    with pytest.raises(wire.WireError) as err:
-        wire.parse_batch(wire.decode(payload))
+    with pytest.raises(WireError) as err:
+        parse_batch(decode(payload))
     assert err.value.reason == "too_many_samples"
     print("refused in %.3f s" % (time.monotonic() - started))

@@ -9,13 +9,13 @@ from gateway_support import batch, birth, make_table, steady
 from test_gateway_app import Acks, Receipts
 from test_gateway_export import FAST, Receiver
 
-from edge_agent import wire
+from edge_wire.receipt import EXPORTED, WANTED
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.dedupe import SeqTracker
-from gateway.export import HttpExporter, OtlpConfig
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import ExportPipeline
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import HttpExporter, OtlpConfig
+from gateway.export.pipeline import ExportPipeline
+from gateway.ops.metrics import GatewayMetrics
 
 
 @pytest.fixture
@@ -57,10 +57,10 @@ def test_silent_devices_are_forgotten_and_one_that_returns_is_asked_for_its_birt
         # dev-1 comes back without a birth: its batch waits and the device is asked for its births
         gateway.publish_receipt.clear()
         gateway.on_data("dev-1", batch(steady(series), device="dev-1", seq=2), acks)
-        assert gateway.publish_receipt.wait(1, kind=wire.WANTED)
+        assert gateway.publish_receipt.wait(1, kind=WANTED)
         gateway.on_birth("dev-1", birth(table, device="dev-1"))
         assert acks.wait(3)
-        assert gateway.publish_receipt.wait(1, kind=wire.EXPORTED)
+        assert gateway.publish_receipt.wait(1, kind=EXPORTED)
     finally:
         pipeline.stop(5)
 

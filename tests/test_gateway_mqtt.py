@@ -10,12 +10,12 @@ from gateway_support import batch, birth, make_table, steady
 from test_gateway_export import FAST, Receiver
 
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.export import HttpExporter, OtlpConfig
-from gateway.http import StatusServer
-from gateway.metrics import GatewayMetrics
-from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker, split_topic
-from gateway.pipeline import ExportPipeline
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import HttpExporter, OtlpConfig
+from gateway.export.pipeline import ExportPipeline
+from gateway.ingest.mqtt import BrokerConfig, MqttIntake, parse_broker, split_topic
+from gateway.ops.http import StatusServer
+from gateway.ops.metrics import GatewayMetrics
 
 
 class Running:
@@ -223,7 +223,7 @@ def test_a_restart_with_a_backlog_larger_than_the_window_loses_nothing(mosquitto
 
 
 def test_device_status_is_published_retained_for_the_fleet_view(mosquitto_broker, receiver):
-    from gateway.fleet import connect, gather
+    from gateway.ops.fleet import connect, gather
 
     gw = Running(mosquitto_broker, receiver)
     gw.gateway.publish_status = gw.intake.publish_status  # as cli.run_command wires it

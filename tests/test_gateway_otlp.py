@@ -1,6 +1,6 @@
 """OTLP conversion, checked field by field on real opentelemetry-proto messages.
 
-Every conversion here also goes through the gateway's direct protobuf writer (gateway/otlpwire.py),
+Every conversion here also goes through the gateway's direct protobuf writer (gateway/convert/otlpwire.py),
 which must produce the very same bytes as the message objects of `to_request`."""
 
 import pytest
@@ -8,11 +8,12 @@ from gateway_support import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, ste
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
-from edge_agent.model import COUNTER, GAUGE, Series, SeriesCache, SeriesTable
-from gateway.conventions import CATALOG
-from gateway.decode import Dictionaries
-from gateway.otlp import to_request
-from gateway.otlpwire import encode
+from edge_agent.model import Series, SeriesCache, SeriesTable
+from edge_wire import COUNTER, GAUGE
+from gateway.convert.conventions import CATALOG
+from gateway.convert.otlp import to_request
+from gateway.convert.otlpwire import encode
+from gateway.decode.resolve import Dictionaries
 
 T0 = BOOT_TIME_MS + 60_000
 
@@ -223,5 +224,5 @@ def test_every_metric_name_a_collector_can_make_is_in_the_catalog():
     names |= {"system.cpu.load_average." + w for w in ("1m", "5m", "15m")}  # built from a prefix
     assert len(names) > 25
     missing = sorted(n for n in names if n not in CATALOG)
-    assert not missing, "add these to gateway/conventions.py CATALOG: %s" % missing
+    assert not missing, "add these to gateway/convert/conventions.py CATALOG: %s" % missing
     assert all(CATALOG[n].description for n in names)

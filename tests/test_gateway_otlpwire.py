@@ -1,6 +1,6 @@
-"""The gateway's direct protobuf writer (gateway/otlpwire.py) against opentelemetry-proto's messages.
+"""The gateway's direct protobuf writer (gateway/convert/otlpwire.py) against opentelemetry-proto's messages.
 
-`to_request` (gateway/otlp.py) builds the request from opentelemetry-proto message objects; the
+`to_request` (gateway/convert/otlp.py) builds the request from opentelemetry-proto message objects; the
 writer must give the very bytes `SerializeToString()` gives, for real agent output and for the
 corners (values beyond int64, zero times, starts after a point's time, histograms, several
 devices), and those bytes must parse with opentelemetry-proto. tests/test_gateway_otlp.py and the
@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from edge_agent import wire
-from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
-from gateway.decode import Dictionaries
-from gateway.otlp import to_request
-from gateway.otlpwire import Encoded, as_message, encode
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER, GAUGE
+from edge_wire.birth import encode_birth
+from gateway.convert.otlp import to_request
+from gateway.convert.otlpwire import Encoded, as_message, encode
+from gateway.decode.resolve import Dictionaries
 
 RECORDING = os.path.join(os.path.dirname(__file__), "..", "fleetsim", "recording.msgpack")
 
@@ -117,7 +118,7 @@ def test_random_batches_are_byte_identical_or_refused_alike(made, interval):
         return
     device_info = dict(info(), interval_ms=1000) if interval else info()
     dicts = Dictionaries()
-    dicts.add_birth("dev-1", wire.encode_birth(device_info, table))
+    dicts.add_birth("dev-1", encode_birth(device_info, table))
     try:
         resolved = [dicts.resolve("dev-1", batch(ticks, ext={"lost": [1, 2], "iv": [[5000, 0]]}))]
     except Exception:  # values the decoder refuses (negative counters beyond the wire's range) are not ours

@@ -5,14 +5,15 @@ from gateway_support import BOOT_ID, batch, birth, make_table, steady
 from test_gateway_app import Acks
 from test_gateway_export import FAST, Receiver
 
-from edge_agent import wire
+from edge_wire.batch import BatchBuilder
+from edge_wire.birth import boot_tag
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.dedupe import SeqTracker
-from gateway.export import HttpExporter, OtlpConfig
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import ExportPipeline
-from gateway.state import GatewayState, StateError
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries
+from gateway.decode.state import GatewayState, StateError
+from gateway.export.exporter import HttpExporter, OtlpConfig
+from gateway.export.pipeline import ExportPipeline
+from gateway.ops.metrics import GatewayMetrics
 
 
 @pytest.fixture
@@ -114,10 +115,10 @@ def test_status_and_the_agents_drop_count(receiver, tmp_path):
     gateway.on_birth("dev-1", birth(table))
     acks = Acks()
     for seq, lost in ((1, None), (2, [3, 45]), (3, [3, 45])):
-        builder = wire.BatchBuilder()
+        builder = BatchBuilder()
         for ts, samples in steady(series):
             builder.add_tick(ts, samples)
-        payload = builder.encode("dev-1", wire.boot_tag(BOOT_ID), seq, 0, False, {"lost": lost} if lost else None)
+        payload = builder.encode("dev-1", boot_tag(BOOT_ID), seq, 0, False, {"lost": lost} if lost else None)
         gateway.on_data("dev-1", payload, acks)
         acks.wait(seq)
     gateway.on_data("dev-1", payload, acks)  # a duplicate

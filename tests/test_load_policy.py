@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from mosquitto import start_mosquitto, stop
 
-from edge_agent import wire
+from edge_wire.decode import decode, parse_batch
 
 BIN = os.path.dirname(sys.executable)
 HOG = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
@@ -54,7 +54,7 @@ class Watch:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
-                out.append(wire.parse_batch(wire.decode(self.q.get(timeout=0.2))))
+                out.append(parse_batch(decode(self.q.get(timeout=0.2))))
             except queue.Empty:
                 pass
         return out

@@ -30,10 +30,10 @@ import pytest
 from mosquitto import free_port, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
-from edge_agent import wire
 from edge_agent.agent import EveryInterval
 from edge_agent.commands import sign
 from edge_agent.sampling import Sampler
+from edge_wire.decode import decode, parse_batch
 from firmware import manifest
 from firmware.build import compile_mpy
 
@@ -162,7 +162,7 @@ def tick_gaps(batches, seconds):
             _, payload = batches.get(timeout=0.2)
         except queue.Empty:
             continue
-        ticks.extend(wire.parse_batch(wire.decode(payload)).ticks)
+        ticks.extend(parse_batch(decode(payload)).ticks)
     return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
 
 
@@ -277,7 +277,7 @@ def test_mpy_agent_survives_memory_errors_and_keeps_sending(tmp_path, mosquitto_
                     births.append(payload)
                 else:
                     assert births, "a data batch came before the birth it refers to"
-                    lost.append(wire.parse_batch(wire.decode(payload)).ext.get("lost"))
+                    lost.append(parse_batch(decode(payload)).ext.get("lost"))
             return any(entry and entry[0] >= 2 for entry in lost)
 
         # the squeezed flushes drop their batch (the `memory_error` log line itself may not fit in a

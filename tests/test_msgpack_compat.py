@@ -1,4 +1,4 @@
-"""edge_agent.umsgpack against the msgpack package: the same bytes for the same input, on CPython and under
+"""edge_wire.pack and edge_wire.unpack against the msgpack package: the same bytes for the same input, on CPython and under
 the real MicroPython, and a decoder that meets hostile input with ValueError alone, and quickly."""
 
 import math
@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import umsgpack
+from edge_wire.pack import MAX_DEPTH, packb
+from edge_wire.unpack import unpackb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
@@ -47,38 +48,38 @@ values = st.recursive(
 
 def same(a, b):
     """Equality where NaN equals NaN (compared through their encoding)."""
-    return umsgpack.packb(a) == umsgpack.packb(b)
+    return packb(a) == packb(b)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(values)
 def test_packb_is_byte_identical_and_round_trips(value):
-    ours = umsgpack.packb(value)
+    ours = packb(value)
     assert ours == msgpack.packb(value)
-    back = umsgpack.unpackb(ours)
+    back = unpackb(ours)
     assert same(back, msgpack.unpackb(ours, strict_map_key=False))
-    assert umsgpack.packb(back) == ours  # tuples come back as lists, which encode the same
+    assert packb(back) == ours  # tuples come back as lists, which encode the same
 
 
 @pytest.mark.parametrize("n", [15, 16, 65535, 65536])
 def test_container_length_boundaries(n):
     for value in (list(range(n)), {i: None for i in range(n)}, tuple("a" * n)):
-        ours = umsgpack.packb(value)
+        ours = packb(value)
         assert ours == msgpack.packb(value)
-        assert umsgpack.unpackb(ours) == msgpack.unpackb(ours, strict_map_key=False, use_list=True)
+        assert unpackb(ours) == msgpack.unpackb(ours, strict_map_key=False, use_list=True)
 
 
 def test_floats_bit_exact():
     for x in (0.0, -0.0, 1.5, -2.25, math.inf, -math.inf, math.nan, -math.nan, 5e-324, 1.7976931348623157e308):
-        assert umsgpack.packb(x) == msgpack.packb(x)
-        assert umsgpack.unpackb(umsgpack.packb(x)) == x or math.isnan(x)
-    assert umsgpack.unpackb(b"\xca" + struct.pack(">f", 0.5)) == 0.5  # single floats from other encoders
+        assert packb(x) == msgpack.packb(x)
+        assert unpackb(packb(x)) == x or math.isnan(x)
+    assert unpackb(b"\xca" + struct.pack(">f", 0.5)) == 0.5  # single floats from other encoders
 
 
 def test_out_of_range_and_unknown_types_raise_value_error():
     for bad in (2**64, -(2**63) - 1, object(), {1, 2}, 1j):
         with pytest.raises(ValueError):
-            umsgpack.packb(bad)
+            packb(bad)
 
 
 # ---------------------------------------------------------------- the same bytes under MicroPython
@@ -99,9 +100,9 @@ MULTI_KEY = """[{"v": 1, "dev": "d", "boot": "b", "series": [[0, "system.cpu.tim
 def test_micropython_produces_the_same_bytes():
     if not os.path.exists(MICROPYTHON):
         pytest.skip("no micropython binary beside the interpreter")
-    script = ("import sys\nsys.path.insert(0, %r)\nfrom binascii import hexlify\nfrom edge_agent import umsgpack\n"
-              "for item in %s:\n    print(hexlify(umsgpack.packb(item)).decode())\n"
-              "for item in %s:\n    print(hexlify(umsgpack.packb(item)).decode())\n") % (ROOT, CORPUS, MULTI_KEY)
+    script = ("import sys\nsys.path.insert(0, %r)\nfrom binascii import hexlify\nfrom edge_wire.pack import packb\n"
+              "for item in %s:\n    print(hexlify(packb(item)).decode())\n"
+              "for item in %s:\n    print(hexlify(packb(item)).decode())\n") % (ROOT, CORPUS, MULTI_KEY)
     proc = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -109,7 +110,7 @@ def test_micropython_produces_the_same_bytes():
     corpus, multi = eval(CORPUS), eval(MULTI_KEY)
     assert len(lines) == len(corpus) + len(multi)
     for item, line in zip(corpus, lines, strict=False):
-        assert bytes.fromhex(line) == msgpack.packb(item) == umsgpack.packb(item), repr(item)[:60]
+        assert bytes.fromhex(line) == msgpack.packb(item) == packb(item), repr(item)[:60]
     # MicroPython's dicts do not keep insertion order, so maps of several keys may come out in another order:
     # the same map, not the same bytes.
     for item, line in zip(multi, lines[len(corpus):], strict=True):
@@ -125,12 +126,12 @@ HUGE = [b"\xdb\xff\xff\xff\xff", b"\xda\xff\xff", b"\xd9\xff", b"\xc6\xff\xff\xf
 def expect_value_error(data, budget_s=0.5):
     start = time.perf_counter()
     with pytest.raises(ValueError):
-        umsgpack.unpackb(data)
+        unpackb(data)
     assert time.perf_counter() - start < budget_s, data[:20]
 
 
 def test_truncated_input():
-    full = umsgpack.packb([1, -200, 70000, 2**40, 1.5, "text" * 10, b"bin", {"k": [None, True]}, "é" * 40])
+    full = packb([1, -200, 70000, 2**40, 1.5, "text" * 10, b"bin", {"k": [None, True]}, "é" * 40])
     for cut in range(len(full)):
         expect_value_error(full[:cut])
     expect_value_error(full + b"\x00")  # trailing bytes
@@ -145,8 +146,8 @@ def test_huge_declared_lengths():
 def test_deep_nesting():
     for opener in (b"\x91", b"\x81\xa1k", b"\xdc\x00\x01", b"\xdd\x00\x00\x00\x01"):
         expect_value_error(opener * 100000 + b"\xc0")
-        expect_value_error(opener * (umsgpack.MAX_DEPTH + 2) + b"\xc0")
-    assert umsgpack.unpackb(b"\x91" * umsgpack.MAX_DEPTH + b"\xc0") is not None
+        expect_value_error(opener * (MAX_DEPTH + 2) + b"\xc0")
+    assert unpackb(b"\x91" * MAX_DEPTH + b"\xc0") is not None
 
 
 def test_bad_types_and_keys():
@@ -157,13 +158,13 @@ def test_bad_types_and_keys():
 
 @settings(max_examples=600, deadline=None)
 @given(st.one_of(st.binary(max_size=64),
-                 st.builds(lambda v, cut, junk: umsgpack.packb(v)[:cut] + junk, values,
+                 st.builds(lambda v, cut, junk: packb(v)[:cut] + junk, values,
                            st.integers(0, 200), st.binary(max_size=8)),
                  st.builds(lambda head, tail: head + tail, st.sampled_from(HUGE), st.binary(max_size=16))))
 def test_random_input_decodes_or_raises_value_error_only(data):
     start = time.perf_counter()
     try:
-        umsgpack.unpackb(data)
+        unpackb(data)
     except ValueError:
         pass
     assert time.perf_counter() - start < 0.5

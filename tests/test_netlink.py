@@ -10,7 +10,8 @@ import pytest
 
 from edge_agent.collectors import netlink
 from edge_agent.counters import Monotonic
-from edge_agent.model import COUNTER, GAUGE, SeriesCache
+from edge_agent.model import SeriesCache
+from edge_wire import COUNTER, GAUGE
 
 
 class _Msg:

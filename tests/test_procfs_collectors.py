@@ -21,7 +21,7 @@ from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_l
 from edge_agent.collectors.procfs_memory import FIELDS, MemoryCollector, available, parse_meminfo
 from edge_agent.collectors.procfs_net import NetworkCollector, parse_net_dev
 from edge_agent.collectors.procfs_system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
-from edge_agent.model import COUNTER, GAUGE
+from edge_wire import COUNTER, GAUGE
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proc"

@@ -15,12 +15,12 @@ from gateway_support import batch, birth, make_table, steady
 from otlp_receiver import OtlpReceiver
 from prometheus import start_prometheus
 
-from gateway.decode import Dictionaries
-from gateway.export import HttpExporter, OtlpConfig, RetryPolicy, send_with_retry
-from gateway.fanout import FanOut
-from gateway.otlp import to_request
-from gateway.prompb import WriteRequest
-from gateway.promwrite import RemoteWriteConfig, RemoteWriteExporter, _float, label_name, metric_name, secret
+from gateway.convert.otlp import to_request
+from gateway.convert.prompb import WriteRequest
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import HttpExporter, OtlpConfig, RetryPolicy, send_with_retry
+from gateway.export.fanout import FanOut
+from gateway.export.promwrite import RemoteWriteConfig, RemoteWriteExporter, _float, label_name, metric_name, secret
 
 
 def request_at(t0_ms, seq=1, device="dev-1"):

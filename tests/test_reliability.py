@@ -569,13 +569,13 @@ def spooled_batches(path):
     """The data batches in a spool segment (edge_agent/spool.py: records of >IQI and the payload)."""
     import struct
 
-    from edge_agent import wire
+    from edge_wire.decode import decode, parse_batch
 
     data = path.read_bytes()
     out, pos = [], 0
     while pos + 16 <= len(data):
         length, _seq, _samples = struct.unpack(">IQI", data[pos:pos + 16])
-        out.append(wire.parse_batch(wire.decode(data[pos + 16:pos + 16 + length])))
+        out.append(parse_batch(decode(data[pos + 16:pos + 16 + length])))
         pos += 16 + length
     return out
 

@@ -15,10 +15,10 @@ from mosquitto import free_port, stop, wait_for
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 from otlp_receiver import OtlpReceiver
 
-from gateway.decode import Dictionaries
-from gateway.events import DeviceEvents
-from gateway.export import GrpcExporter, HttpExporter, OtlpConfig, RetryPolicy, send_with_retry
-from gateway.otlp import to_request
+from gateway.convert.events import DeviceEvents
+from gateway.convert.otlp import to_request
+from gateway.decode.resolve import Dictionaries
+from gateway.export.exporter import GrpcExporter, HttpExporter, OtlpConfig, RetryPolicy, send_with_retry
 
 rotel = pytest.importorskip("rotel", reason="rotel is a test dependency (pyproject [test])")
 ROTEL = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")

@@ -1,13 +1,16 @@
 """Sampling policies: read scheduling, load stepping with hysteresis, the adaptive batch look-ahead
-(through a real wire.BatchBuilder), validation."""
+(through a real BatchBuilder), validation."""
 
 import random
 
 import pytest
 
-from edge_agent import sampling, wire
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesTable
+from edge_agent import sampling
+from edge_agent.model import Series, SeriesTable
 from edge_agent.sampling import SAMPLING_DEFAULTS, Sampler, validate_sampling
+from edge_wire import COUNTER, GAUGE, HISTOGRAM
+from edge_wire.batch import BatchBuilder
+from edge_wire.decode import decode, parse_batch
 
 S = 1000
 
@@ -180,14 +183,14 @@ def replay(sampler, columns, step_ms=S, batch=10, kinds=None):
         s = Series("s%d" % k, (kinds or [GAUGE] * len(columns))[k], "1")
         table.intern(s)
         series.append(s)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     sent = [[] for _ in columns]
     at = []
 
     def flush():
         sampler.thin(builder, table.series)
         payload = builder.encode("d", 1, 1, 0)
-        batch = wire.parse_batch(wire.decode(payload))
+        batch = parse_batch(decode(payload))
         for sid, indexes, values in batch.columns:
             for i, v in zip(indexes, values, strict=True):
                 sent[sid].append((at[i], v))
@@ -378,7 +381,7 @@ def test_histogram_sends_the_last_reading_of_a_batch_when_it_changed():
     h = Series("lat", HISTOGRAM, "s", bounds=[0.1, 1.0])
     table = SeriesTable()
     table.intern(h)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     out = []
     for b, level in enumerate([5, 9, 9, 9, 9, 9, 3]):
         for t in range(10):
@@ -436,9 +439,9 @@ def test_effective_interval_is_the_heartbeat_for_adaptive_and_the_batch_longest_
     assert s.read_interval_ms("cpu") == 4 * S
     s.observe_load(2, 0.05, None, None, None)
     assert s.read_interval_ms("cpu") == S
-    s.thin(wire.BatchBuilder(), [])
+    s.thin(BatchBuilder(), [])
     assert s.effective_interval_ms(g) == 4 * S  # the batch being sent was read at up to 4 s apart
-    s.thin(wire.BatchBuilder(), [])
+    s.thin(BatchBuilder(), [])
     assert s.effective_interval_ms(g) == S
     assert adaptive(max_interval_ms=120 * S).effective_interval_ms(g) == 120 * S
 

@@ -2,7 +2,7 @@
 
 The agent runs in-process on a synthetic collector (a noisy gauge, a busy counter, a flat gauge) with
 its wall clock stepped one second a tick (edge_agent.agent.wall_ms injected), batches every 10 ticks,
-the transport keeping what is published. The batches go through gateway.decode and gateway.otlp as
+the transport keeping what is published. The batches go through gateway.decode.resolve and gateway.convert.otlp as
 in `edge-gateway run`. Checked: what is sent is thinned and exact, the stats add up, and the OTLP
 output is honest about gaps: no series is ever silent for longer than the `edge.sampling.interval`
 it was last given, and when a series is back at the base interval (a command set `fixed`) the gauge
@@ -17,10 +17,11 @@ from edge_agent import agent as agent_module
 from edge_agent import config
 from edge_agent.agent import Agent
 from edge_agent.commands import set_sampling
-from edge_agent.model import COUNTER, GAUGE, SeriesCache
+from edge_agent.model import SeriesCache
 from edge_agent.sampling import Sampler
-from gateway.decode import Dictionaries
-from gateway.otlp import INTERVAL_METRIC, to_request
+from edge_wire import COUNTER, GAUGE
+from gateway.convert.otlp import INTERVAL_METRIC, to_request
+from gateway.decode.resolve import Dictionaries
 
 T0 = 1_700_000_000_000
 

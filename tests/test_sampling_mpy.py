@@ -1,5 +1,5 @@
 """edge_agent.sampling runs unchanged under the real MicroPython binary and decides like CPython: the
-load policy's schedule and the adaptive look-ahead, through a real wire.BatchBuilder."""
+load policy's schedule and the adaptive look-ahead, through a real BatchBuilder."""
 
 import json
 import os
@@ -14,16 +14,17 @@ MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 SCRIPT = """
 import sys
 sys.path.insert(0, %r)
-from edge_agent.model import Series, SeriesTable, GAUGE, COUNTER
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER, GAUGE
 from edge_agent.sampling import Sampler, validate_sampling
-from edge_agent import wire
+from edge_wire.batch import BatchBuilder
 s = Sampler({"policy": "load+adaptive", "interval_ms": 1000, "max_interval_ms": 16000, "cpu_max_ms": 20000})
 table = SeriesTable()
 g = Series("g", GAUGE, "1")
 c = Series("c", COUNTER, "By")
 table.intern(g)
 table.intern(c)
-builder = wire.BatchBuilder()
+builder = BatchBuilder()
 seed = 12345
 total = 0
 out = []

@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from mosquitto import start_mosquitto, stop
 
-from edge_agent import wire
 from edge_agent.commands import sign
+from edge_wire.decode import decode, parse_batch
 
 BIN = os.path.dirname(sys.executable)
 DEVICE_KEY = "hex:5e1f0a2b3c4d5e6f708192a3b4c5d6e7"
@@ -80,7 +80,7 @@ class DataWatch:
                 _, payload = self.batches.get(timeout=0.2)
             except queue.Empty:
                 continue
-            ticks.extend(wire.parse_batch(wire.decode(payload)).ticks)
+            ticks.extend(parse_batch(decode(payload)).ticks)
         return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
 
     def drain(self):

@@ -146,28 +146,30 @@ def test_bytes_publish_in_pieces():
 
 
 def test_bytes_a_birth_is_written_as_it_is_encoded():
-    # wire_birth.StreamedBirth (transport.streams): the encoded birth's bytes, in CHUNK-byte writes after
+    # StreamedBirth (transport.streams): the encoded birth's bytes, in CHUNK-byte writes after
     # the header, and the same again on a retransmit; what waits for the PUBACK is not the encoded birth
-    from edge_agent import wire_birth
-    from edge_agent.model import GAUGE, Series, SeriesTable, family
+    from edge_agent.model import Series, SeriesTable, family
+    from edge_wire import GAUGE
+    from edge_wire.batch import CHUNK
+    from edge_wire.birth import StreamedBirth, encode_birth
 
     table = SeriesTable()
     gauge = family("g", GAUGE, "1")
     for i in range(80):
         table.intern(Series.of(gauge, {"i": str(i)}))
     info = {"device": "d", "boot_id": "b", "boot_time_ms": 1, "collectors": {}}
-    whole = wire_birth.encode_birth(info, table)
-    birth = wire_birth.StreamedBirth(info, table)
-    assert len(birth) == len(whole) > 2 * wire_birth.CHUNK
+    whole = encode_birth(info, table)
+    birth = StreamedBirth(info, table)
+    assert len(birth) == len(whole) > 2 * CHUNK
     table.intern(Series.of(gauge, {"i": "late"}))  # met after the birth was made: not in it
     client, sock = attached()
     token = client.publish("t", birth, qos=1, retain=True)
     n = len(whole) + 5  # topic length and "t", packet id
     head = bytes([0x33, (n & 0x7F) | 0x80, n >> 7, 0, 1]) + b"t" + b"\x00\x01"
     assert n < 1 << 14 and sent(sock) == head + whole
-    pieces = [wire_birth.CHUNK] * (len(whole) // wire_birth.CHUNK)
-    if len(whole) % wire_birth.CHUNK:
-        pieces.append(len(whole) % wire_birth.CHUNK)
+    pieces = [CHUNK] * (len(whole) // CHUNK)
+    if len(whole) % CHUNK:
+        pieces.append(len(whole) % CHUNK)
     assert sock.writes == [len(head)] + pieces
     sock.writes = []
     client._inflight[1][1] = ago(30000)

@@ -5,8 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent import umsgpack, wire
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesCache, SeriesTable
+from edge_agent.model import Series, SeriesCache, SeriesTable
+from edge_wire import COUNTER, GAUGE, HISTOGRAM, MAX_TICKS, VERSION
+from edge_wire import batch as batch_module
+from edge_wire.batch import CHUNK, BatchBuilder, Chunks, payload_size
+from edge_wire.birth import boot_tag, encode_birth, encode_birth_into
+from edge_wire.decode import WireError, decode, parse_batch, parse_birth
+from edge_wire.unpack import unpackb
 
 U64 = (1 << 64) - 1
 
@@ -34,7 +39,7 @@ tick_gaps = st.integers(min_value=0, max_value=(1 << 31))
 
 @st.composite
 def batches(draw):
-    n_ticks = draw(st.integers(min_value=1, max_value=wire.MAX_TICKS))
+    n_ticks = draw(st.integers(min_value=1, max_value=MAX_TICKS))
     n_g = draw(st.integers(min_value=0, max_value=4))
     n_c = draw(st.integers(min_value=0, max_value=4))
     table, series = make_series(n_g, n_c, with_hist=draw(st.booleans()))
@@ -76,12 +81,12 @@ def expected_columns(ticks):
 @given(batches(), st.booleans(), st.integers(min_value=0, max_value=U64))
 def test_round_trip(data, compress, seq):
     table, ticks = data
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     for ts, row in ticks:
         builder.add_tick(ts, row)
     payload = builder.encode("dev-1", 0xFFFFFFFF, seq, 7, compress=compress)
-    for unpack in (umsgpack.unpackb, lambda b: msgpack.unpackb(b, strict_map_key=False)):
-        batch = wire.parse_batch(wire.decode(payload, unpack), unpack)
+    for unpack in (unpackb, lambda b: msgpack.unpackb(b, strict_map_key=False)):
+        batch = parse_batch(decode(payload, unpack), unpack)
         assert batch.seq == seq and batch.device == "dev-1" and batch.dict_epoch == 7
         assert batch.ticks == [ts for ts, _ in ticks]
         got = dict([(sid, (idx, vals)) for sid, idx, vals in batch.columns])
@@ -102,7 +107,7 @@ def reference_encode(ticks, device, boot, seq, dict_epoch, ext=None):
         columns.append(column)
     stamps = [ts for ts, _ in ticks]
     deltas = [b - a for a, b in zip([stamps[0]] + stamps, stamps, strict=False)]
-    message = [wire.VERSION, 0, device, boot, seq, dict_epoch, stamps[0], [deltas, columns]]
+    message = [VERSION, 0, device, boot, seq, dict_epoch, stamps[0], [deltas, columns]]
     return msgpack.packb(message + ([ext] if ext else []))
 
 
@@ -111,7 +116,7 @@ def reference_encode(ticks, device, boot, seq, dict_epoch, ext=None):
 def test_encoding_is_byte_identical_to_msgpack(data, with_ext):
     """The builder packs columns as it goes; the bytes are those of packing the whole batch at once."""
     table, ticks = data
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     for ts, row in ticks:
         builder.add_tick(ts, row)
     ext = {"lost": [1, 2]} if with_ext else None
@@ -123,15 +128,15 @@ def test_encoding_is_byte_identical_to_msgpack(data, with_ext):
 def test_chunked_encoding_is_the_same_bytes_in_pieces(data, size, compress):
     """encode_into a Chunks: pieces of at most `size` bytes (all full but the last) joining to encode()."""
     table, ticks = data
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     for ts, row in ticks:
         builder.add_tick(ts, row)
-    out = wire.Chunks(size)
+    out = Chunks(size)
     builder.encode_into(out, "dev-1", 7, 1 << 40, 3, compress, {"lost": [1, 2]})
     pieces = out.pieces()
     assert b"".join(pieces) == builder.encode("dev-1", 7, 1 << 40, 3, compress, {"lost": [1, 2]})
     assert all(len(p) == size for p in pieces[:-1]) and 0 < len(pieces[-1]) <= size
-    assert wire.payload_size(pieces) == sum(len(p) for p in pieces)
+    assert payload_size(pieces) == sum(len(p) for p in pieces)
 
 
 def test_chunks_get_smaller_when_the_heap_has_no_room_for_a_piece(monkeypatch):
@@ -146,20 +151,20 @@ def test_chunks_get_smaller_when_the_heap_has_no_room_for_a_piece(monkeypatch):
         return real(size)
 
     table, series = make_series(40, 40)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     builder.add_tick(1000, [(s, 123456789) for s in series])
     builder.add_tick(2000, [(s, 123456999) for s in series])
-    monkeypatch.setattr(wire, "bytearray", fragmented, raising=False)
-    out = wire.Chunks()
+    monkeypatch.setattr(batch_module, "bytearray", fragmented, raising=False)
+    out = Chunks()
     builder.encode_into(out, "dev-1", 7, 1, 1)
     monkeypatch.undo()
     pieces = out.pieces()
     assert refused == [512, 256] and out.size == 128
     assert all(len(p) == 128 for p in pieces[:-1])
     assert b"".join(pieces) == builder.encode("dev-1", 7, 1, 1)
-    monkeypatch.setattr(wire, "bytearray", lambda size: (_ for _ in ()).throw(MemoryError), raising=False)
+    monkeypatch.setattr(batch_module, "bytearray", lambda size: (_ for _ in ()).throw(MemoryError), raising=False)
     with pytest.raises(MemoryError):  # below MIN_CHUNK it is the caller's MemoryError (the batch is dropped)
-        wire.Chunks().extend(b"x")
+        Chunks().extend(b"x")
 
 
 @settings(max_examples=100, deadline=None)
@@ -168,7 +173,7 @@ def test_samples_in_any_order_or_twice_and_a_reused_builder(data, draw):
     """A tick's samples may come in any id order, and a series twice (the first is kept); a cleared
     builder encodes the next batch as a new one would."""
     table, ticks = data
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     for _ in range(2):
         shuffled = []
         for ts, row in ticks:
@@ -189,7 +194,7 @@ def test_wide_histograms_and_large_values():
     """A histogram of more than 15 integers (an array 16 in the batch) and values of every integer width."""
     table, series = make_series(1, 1, with_hist=True)
     gauge, counter, hist = series
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     ticks = []
     for tick in range(5):
         buckets = [tick * 7 ** k for k in range(20)]
@@ -203,7 +208,7 @@ def test_wide_histograms_and_large_values():
 def test_steady_stream_is_small():
     """Steady counters and gauges cost about one or two bytes per sample."""
     table, series = make_series(20, 40)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     for tick in range(10):
         builder.add_tick(1_700_000_000_000 + tick * 1000,
                          [(s, 5000 + tick * 3 if s.kind == GAUGE else 10**9 + tick * 120) for s in series])
@@ -215,7 +220,7 @@ def test_steady_stream_is_small():
 
 def test_masks_mark_absent_samples():
     table, series = make_series(2, 0)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     builder.add_tick(1000, [(series[0], 1), (series[1], 1)])
     builder.add_tick(2000, [(series[0], 2)])
     builder.add_tick(3000, [(series[0], 3), (series[1], 5)])
@@ -228,10 +233,10 @@ def test_masks_mark_absent_samples():
 
 def test_clock_step_backwards_is_clamped():
     table, series = make_series(1, 0)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     builder.add_tick(5000, [(series[0], 1)])
     builder.add_tick(4000, [(series[0], 1)])
-    batch = wire.parse_batch(wire.decode(builder.encode("d", 1, 1, 1)))
+    batch = parse_batch(decode(builder.encode("d", 1, 1, 1)))
     assert batch.ticks == [5000, 5000]
 
 
@@ -250,7 +255,7 @@ class ShortOfMemory(list):
 def test_a_memory_error_while_growing_leaves_the_builder_usable():
     # seen at a 48 KB heap: `masks` grew, `prevs` did not, and clear() raised IndexError (the agent exited)
     table, series = make_series(3, 0)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     builder.add_tick(1000, [(series[0], 1)])
     builder.prevs = ShortOfMemory(builder.prevs)
     with pytest.raises(MemoryError):
@@ -258,13 +263,13 @@ def test_a_memory_error_while_growing_leaves_the_builder_usable():
     assert len(builder.masks) == len(builder.prevs)
     builder.clear()  # what the agent does: the batch is dropped and counted
     builder.add_tick(3000, [(series[0], 3), (series[2], 8)])
-    batch = wire.parse_batch(wire.decode(builder.encode("d", 1, 1, 1)))
+    batch = parse_batch(decode(builder.encode("d", 1, 1, 1)))
     assert batch.ticks == [3000] and [c[0] for c in batch.columns] == [series[0].id, series[2].id]
 
 
 def good_message():
     table, series = make_series(1, 1)
-    builder = wire.BatchBuilder()
+    builder = BatchBuilder()
     builder.add_tick(1000, [(series[0], 1), (series[1], 10)])
     builder.add_tick(2000, [(series[0], 2), (series[1], 20)])
     return msgpack.unpackb(builder.encode("d", 1, 1, 1))
@@ -298,8 +303,8 @@ def mutated(path, value):
     (b"\x00" * 70000, "too_large"),
 ])
 def test_rejections_name_their_reason(payload, reason):
-    with pytest.raises(wire.WireError) as err:
-        wire.parse_batch(wire.decode(payload))
+    with pytest.raises(WireError) as err:
+        parse_batch(decode(payload))
     assert err.value.reason == reason
 
 
@@ -309,8 +314,8 @@ def test_deflate_bomb_is_refused():
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
     body = bomb.compress(msgpack.packb([[0], [[0, 0, 1]]]) + b"\x00" * (4 << 20)) + bomb.flush()
     payload = msgpack.packb([1, 1, "d", 1, 1, 1, 1, body])
-    with pytest.raises(wire.WireError) as err:
-        wire.parse_batch(wire.decode(payload))
+    with pytest.raises(WireError) as err:
+        parse_batch(decode(payload))
     assert err.value.reason == "too_large"
 
 
@@ -319,23 +324,23 @@ def test_birth_round_trip_and_checks():
     table.epoch, table.base = 42, 40
     info = {"device": "d1", "boot_id": "0b5e-boot", "boot_time_ms": 1_700_000_000_000, "agent": "0.1.0",
             "collectors": {"cpu": "procfs"}}
-    birth = wire.parse_birth(wire.decode(wire.encode_birth(info, table)))
+    birth = parse_birth(decode(encode_birth(info, table)))
     assert birth.device == "d1" and birth.dict_epoch == 42 and birth.base == 40
-    assert birth.boot == wire.boot_tag("0b5e-boot")
+    assert birth.boot == boot_tag("0b5e-boot")
     assert [s.key for s in birth.series.values()] == [s.key for s in series]
     assert birth.series[2].bounds == [1e-6, 2e-6, 4e-6]
-    for size in (1, 7, wire.CHUNK):  # in pieces, the same bytes
-        out = wire.Chunks(size)
-        wire.encode_birth_into(out, info, table)
-        assert b"".join(out.pieces()) == wire.encode_birth(info, table)
-    raw = msgpack.unpackb(wire.encode_birth(info, table))
+    for size in (1, 7, CHUNK):  # in pieces, the same bytes
+        out = Chunks(size)
+        encode_birth_into(out, info, table)
+        assert b"".join(out.pieces()) == encode_birth(info, table)
+    raw = msgpack.unpackb(encode_birth(info, table))
     raw["series"][0][5] = float("nan")
-    with pytest.raises(wire.WireError):
-        wire.parse_birth(raw)
+    with pytest.raises(WireError):
+        parse_birth(raw)
     raw["series"][0][5] = 1
     raw["series"][0][3] = 9
-    with pytest.raises(wire.WireError):
-        wire.parse_birth(raw)
+    with pytest.raises(WireError):
+        parse_birth(raw)
 
 
 def test_birth_says_who_the_host_is_and_when_counters_started():
@@ -354,12 +359,12 @@ def test_birth_says_who_the_host_is_and_when_counters_started():
             "platform": "cpython-3.11.2", "collectors": {}, "interval_ms": 1000, "sampling": {}, "group": "g",
             "host": "router-7", "host_id": "0123456789abcdef0123456789abcdef",
             "os_description": "OpenWrt 23.05.2 (Linux 5.15.137)", "start_ms": 1_700_000_100_000}
-    payload = wire.encode_birth(info, table)
+    payload = encode_birth(info, table)
     raw = msgpack.unpackb(payload)
     assert len(raw) == 20 and payload[0] == 0xDE  # map 16
     assert msgpack.packb(raw) == payload
     assert raw["st"] == [[1_700_000_123_000, retrans.id]]
-    birth = wire.parse_birth(raw)
+    birth = parse_birth(raw)
     assert (birth.host, birth.host_id, birth.os_description, birth.agent_start_ms) == (
         "router-7", "0123456789abcdef0123456789abcdef", "OpenWrt 23.05.2 (Linux 5.15.137)", 1_700_000_100_000)
     assert [birth.series[s.id].start for s in (since_boot, retrans, seeded, gauge)] == [0, 1_700_000_123_000, 0, 0]
@@ -367,8 +372,8 @@ def test_birth_says_who_the_host_is_and_when_counters_started():
     restarted = SeriesCache("ebpf", start_ms=1_700_000_999_000).get("system.network.tcp.retransmits", COUNTER, "{segment}")
     assert table.intern(restarted) == 4 and table.intern(retrans) == retrans.id == 1
     for bad in ({"st": [[5]]}, {"st": [["x", 1]]}, {"ast": -1}, {"hid": 7}, {"osd": "x" * 300}):
-        with pytest.raises(wire.WireError):
-            wire.parse_birth(dict(raw, **bad))
+        with pytest.raises(WireError):
+            parse_birth(dict(raw, **bad))
     # an old birth without the new fields still parses: boot time for every counter
     old = {k: v for k, v in raw.items() if k not in ("host", "hid", "osd", "ast", "st")}
-    assert all(s.start == 0 for s in wire.parse_birth(old).series.values())
+    assert all(s.start == 0 for s in parse_birth(old).series.values())

@@ -42,7 +42,8 @@ import socket
 import struct
 
 from edge_agent.counters import Monotonic
-from edge_agent.model import COUNTER, GAUGE, SeriesCache
+from edge_agent.model import SeriesCache
+from edge_wire import COUNTER, GAUGE
 
 # IFLA_STATS64 field -> (metric, unit, direction or None, type or None)
 STATS64 = {

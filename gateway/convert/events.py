@@ -31,8 +31,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.logs.v1 import logs_pb2
 
 from gateway import __version__
-from gateway.export import Exporter, RetryPolicy, send_with_retry
-from gateway.otlp import SCOPE, SERVICE, _attributes, resource_attributes
+from gateway.convert.otlp import SCOPE, SERVICE, _attributes, resource_attributes
+from gateway.export.exporter import Exporter, RetryPolicy, send_with_retry
 
 INFO, WARN = logs_pb2.SEVERITY_NUMBER_INFO, logs_pb2.SEVERITY_NUMBER_WARN
 OPERSTATE = "system.linux.network.operstate"

@@ -19,8 +19,8 @@ import secrets
 import time
 
 from edge_agent.commands import COMMANDS, sign
-from edge_agent.hmac import key_bytes
-from gateway.fleet import connect, gather, note
+from edge_wire.command import key_bytes
+from gateway.ops.fleet import connect, gather, note
 
 ARGLESS = ("get_config", "ping", "rebirth", "flush")
 
@@ -72,7 +72,7 @@ def build_args(command: str, params: list[str]) -> dict:
 def command_key(args: argparse.Namespace) -> str:
     """The key from --command-key, --command-key-file or $EDGE_COMMAND_KEY; ValueError says where a bad
     one came from (never the key itself)."""
-    from edge_agent.transport.paho_connect import readable_secret
+    from edge_wire.paho import readable_secret
 
     where = "--command-key-file %s" % args.command_key_file if args.command_key_file else (
         "--command-key" if args.command_key else "$EDGE_COMMAND_KEY")

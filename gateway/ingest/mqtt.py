@@ -22,12 +22,12 @@ Births travel apart from data so that they are never stuck behind a window full 
 batches that are themselves waiting for those births (a restart with a backlog would deadlock).
 
 The session is persistent only with a stable client id (`BrokerConfig.persistent`: --client-id, or
-the id kept in --state-dir, gateway/identity.py); a per-process id starts clean and its session ends
+the id kept in --state-dir, gateway/ops/identity.py); a per-process id starts clean and its session ends
 with it, so a restart leaves no orphaned session queueing data on the broker.
 
 Each link logs its story as the agent does (edge_agent/linkstate.py): mqtt_connected,
 mqtt_disconnected (the reason and the next delay), mqtt_error (a failed attempt: why, in one line,
-and the next delay; edge_agent/transport/paho_connect.py), mqtt_flapping (the broker keeps closing
+and the next delay; edge_agent/edge_wire/paho.py), mqtt_flapping (the broker keeps closing
 the connection right after accepting it: another client uses this client id). Delays between
 attempts: 1 s doubling to 16 s, minus up to half at random.
 
@@ -50,9 +50,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.transport.paho_connect import Client
+from edge_wire.paho import Client
 from gateway.app import Gateway
-from gateway.metrics import GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -275,7 +275,7 @@ class _Link:
                               "connections (docs/security.md)"}})
 
     def _on_trouble(self, kind: str, text: str, retry_s: float) -> None:
-        """A failed attempt or a broken connection (paho_connect.Client), with the delay before the next."""
+        """A failed attempt or a broken connection (edge_wire.paho.Client), with the delay before the next."""
         self.last_error = text
         fields = {"client_id": self.client_id, "retry_s": round(retry_s, 1)}
         if kind == "broke":

@@ -38,8 +38,8 @@ import cramjam
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from gateway import __version__
-from gateway.export import OK, RETRYABLE_HTTP, Outcome, post
-from gateway.prompb import MetricMetadata, WriteRequest
+from gateway.convert.prompb import MetricMetadata, WriteRequest
+from gateway.export.exporter import OK, RETRYABLE_HTTP, Outcome, post
 
 log = logging.getLogger("gateway.export")
 
@@ -146,7 +146,7 @@ class Converted:
 
 
 def convert(request: ExportMetricsServiceRequest) -> Converted:
-    if hasattr(request, "message"):  # serialised already (gateway/otlpwire.py): parsed once, here
+    if hasattr(request, "message"):  # serialised already (gateway/convert/otlpwire.py): parsed once, here
         request = request.message()
     out = Converted()
     for rm in request.resource_metrics:

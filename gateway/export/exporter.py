@@ -246,7 +246,7 @@ class GrpcExporter:
             self._channel = grpc.insecure_channel(target, options)
         self._stub = stub(self._channel)
         path = SERVICES.get(stub)
-        if path is not None:  # requests may come serialised already (gateway/otlpwire.py): send their bytes
+        if path is not None:  # requests may come serialised already (gateway/convert/otlpwire.py): send their bytes
             self._stub.Export = self._channel.unary_unary(path[0], request_serializer=_serialized,
                                                           response_deserializer=path[1].FromString)
         self._metadata = list(config.headers.items())

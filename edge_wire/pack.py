@@ -89,13 +89,3 @@ def _put(out, head, n, size):
     out.append(head)
     for shift in range(8 * size - 8, -8, -8):
         out.append(n >> shift & 0xFF)
-
-
-def __getattr__(name):
-    """`unpackb` and the decoder's internals, from edge_agent/umsgpack_decode.py on first use."""
-    if name[0] == "_":  # dunders (and private names) are not the decoder's
-        raise AttributeError(name)
-    from edge_agent import umsgpack_decode
-
-    value = globals()[name] = getattr(umsgpack_decode, name)
-    return value

@@ -2,7 +2,7 @@
 
 One ResourceMetrics per device (and boot), one ScopeMetrics "edge-telemetry", one Metric per
 (name, type, unit) with a data point per series and tick. Types, units and descriptions follow the
-Collector's hostmetrics receiver (gateway/conventions.py, docs/metrics.md): counters become
+Collector's hostmetrics receiver (gateway/convert/conventions.py, docs/metrics.md): counters become
 cumulative monotonic Sums, gauges Gauges or, where the convention says so (memory), cumulative
 non-monotonic Sums; histograms cumulative explicit-bucket Histograms. A cumulative point starts at
 its series' start: the device's boot time for the kernel's counters, the moment given in the
@@ -22,10 +22,12 @@ from collections.abc import Iterable
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series
-from gateway import __version__, conventions
-from gateway.conventions import HISTOGRAM_T, SUM, UPDOWN, Presenter
-from gateway.decode import Resolved
+from edge_agent.model import Series
+from edge_wire import COUNTER, GAUGE, HISTOGRAM
+from gateway import __version__
+from gateway.convert import conventions
+from gateway.convert.conventions import HISTOGRAM_T, SUM, UPDOWN, Presenter
+from gateway.decode.resolve import Resolved
 
 SCOPE = "edge-telemetry"
 INTERVAL_METRIC = "edge.sampling.interval"

@@ -49,7 +49,7 @@ import pika
 import pika.exceptions
 
 from gateway.app import Gateway
-from gateway.metrics import GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.amqp")
 
@@ -97,7 +97,7 @@ def redact(url: str) -> str:
 
 
 class AmqpIntake:
-    """The intake interface of gateway.mqtt.MqttIntake (start, stop, connected, publish_receipt,
+    """The intake interface of gateway.ingest.mqtt.MqttIntake (start, stop, connected, publish_receipt,
     publish_status, config.client_id) over RabbitMQ."""
 
     def __init__(self, config: AmqpConfig, gateway: Gateway, metrics: GatewayMetrics) -> None:
@@ -329,7 +329,7 @@ class AmqpIntake:
 def intake(args: argparse.Namespace, gateway: Gateway, metrics: GatewayMetrics, client_id: str,
            persistent: bool = True) -> AmqpIntake:
     """A stable client id (--client-id, --state-dir) keeps its meta queue for --session-expiry s after it
-    left; a per-process one (gateway/identity.py) lets it go a minute after, as its MQTT session would."""
+    left; a per-process one (gateway/ops/identity.py) lets it go a minute after, as its MQTT session would."""
     config = AmqpConfig(urls=args.amqp, client_id=client_id, prefix=args.topic_prefix, queue=args.amqp_queue,
                         prefetch=args.queue_size,
                         session_expiry_s=args.session_expiry if persistent else TRANSIENT_META_EXPIRY_S,

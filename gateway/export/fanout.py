@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from gateway.export import OK, Exporter, Outcome
+from gateway.export.exporter import OK, Exporter, Outcome
 
 log = logging.getLogger("gateway.export")
 

@@ -1,7 +1,7 @@
 """Births as plain records, small enough to keep for a whole fleet.
 
 A gateway keeps the dictionary of every device it serves, so what it keeps per device is what it
-costs per device. The wire decoder (`edge_agent.wire.parse_birth`) gives the device model's
+costs per device. The wire decoder (`edge_wire.decode.parse_birth`) gives the device model's
 `Series` objects (built for a device's heap: fields behind `__getattr__`, slow to read) and the
 whole decoded birth map; this module turns them into two plain records:
 
@@ -22,8 +22,8 @@ import sys
 import threading
 import weakref
 
-from edge_agent import wire
-from edge_agent.model import HISTOGRAM, series_key
+from edge_wire import HISTOGRAM, series_key
+from edge_wire import decode as wire_decode
 
 _intern = sys.intern
 
@@ -202,9 +202,9 @@ def shared_series() -> int:
 
 
 def parse_birth(obj: object, max_series: int = 10000) -> RunRecord:
-    """A decoded birth map -> RunRecord, validated by the reference decoder (`wire.parse_birth`:
+    """A decoded birth map -> RunRecord, validated by the reference decoder (`parse_birth`:
     WireError with a reason for anything malformed)."""
-    birth = wire.parse_birth(obj, max_series)
+    birth = wire_decode.parse_birth(obj, max_series)
     starts = birth.series
     by_id = {}
     for sid, name, unit, kind, attrs, scale, bounds, source in obj["series"]:  # as validated just now

@@ -9,8 +9,9 @@ when the dictionary grows), so this code is loaded for those moments and may be 
 import binascii
 import errno
 
-from edge_agent.umsgpack import pack_array_header, pack_into
-from edge_agent.wire import CHUNK, VERSION
+from edge_wire import VERSION
+from edge_wire.batch import CHUNK
+from edge_wire.pack import pack_array_header, pack_into
 
 
 def boot_tag(boot_id):

@@ -2,7 +2,7 @@
 
 `submit` blocks while the queue is full (backpressure). A worker takes up to `max_batches`
 queued batches (lingering briefly for more), converts them into one OTLP request (protobuf bytes
-written directly, gateway/otlpwire.py), sends it with retries, then reports each item's fate
+written directly, gateway/convert/otlpwire.py), sends it with retries, then reports each item's fate
 through its `done` callback:
 
 - "exported": accepted by the receiver; the caller acks the MQTT message. Before any of those
@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.decode import Resolved
-from gateway.export import UNCERTAIN, Exporter, Outcome, RetryPolicy, send_with_retry
-from gateway.metrics import GatewayMetrics
-from gateway.otlpwire import encode
+from gateway.convert.otlpwire import encode
+from gateway.decode.resolve import Resolved
+from gateway.export.exporter import UNCERTAIN, Exporter, Outcome, RetryPolicy, send_with_retry
+from gateway.ops.metrics import GatewayMetrics
 
 EXPORTED = "exported"
 DROPPED = "dropped"

@@ -9,7 +9,7 @@ only when each has settled it:
   exported then (`Discard`, said at start);
 - Prometheus remote write with `--prometheus-remote-write URL`.
 
-Device events (OTLP logs, gateway/events.py) use the OTLP exporter of the logs signal
+Device events (OTLP logs, gateway/convert/events.py) use the OTLP exporter of the logs signal
 (OTEL_EXPORTER_OTLP_[LOGS_]*), or the JSON-lines file the metrics go to; with remote write alone
 they are only the gateway's own log lines.
 
@@ -27,10 +27,10 @@ import sys
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 
-from gateway.export import OK, Exporter, FileExporter, Outcome, config_from_env, make_exporter, parse_headers
-from gateway.fanout import FanOut
-from gateway.logs import redact
-from gateway.promwrite import RemoteWriteConfig, RemoteWriteExporter, secret
+from gateway.export.exporter import OK, Exporter, FileExporter, Outcome, config_from_env, make_exporter, parse_headers
+from gateway.export.fanout import FanOut
+from gateway.export.promwrite import RemoteWriteConfig, RemoteWriteExporter, secret
+from gateway.ops.logs import redact
 
 
 def add_options(run: argparse.ArgumentParser) -> None:

@@ -1,11 +1,11 @@
 """Resolved batches -> the protobuf bytes of one OTLP ExportMetricsServiceRequest, written directly.
 
-The same request as `gateway.otlp.to_request(batches).SerializeToString()` (the reference, built
+The same request as `gateway.convert.otlp.to_request(batches).SerializeToString()` (the reference, built
 with opentelemetry-proto's message objects; tests/test_gateway_otlpwire.py checks the two byte for
 byte and parses the result with opentelemetry-proto), about five times faster, because nearly all
 of a request repeats from batch to batch: a series' attributes, its metric's name, unit, type and
 description, and the device's resource never change. Those are serialised once and kept (in the
-`otlp` slot of the fleet-wide `SeriesRecord` and of the device's `RunRecord`, gateway/records.py);
+`otlp` slot of the fleet-wide `SeriesRecord` and of the device's `RunRecord`, gateway/decode/records.py);
 per point only the start time, the time and the value are packed (`struct`, all three fixed-width,
 so a point's size is known in advance).
 
@@ -27,12 +27,13 @@ import struct
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from edge_agent.model import COUNTER, GAUGE
-from gateway import __version__, conventions
-from gateway.conventions import HISTOGRAM_T, LEGACY_VALUES, PER_CPU, SUM, UPDOWN
-from gateway.decode import Resolved
-from gateway.otlp import INTERVAL_METRIC, SCOPE, resource_attributes
-from gateway.records import RunRecord, SeriesRecord
+from edge_wire import COUNTER, GAUGE
+from gateway import __version__
+from gateway.convert import conventions
+from gateway.convert.conventions import HISTOGRAM_T, LEGACY_VALUES, PER_CPU, SUM, UPDOWN
+from gateway.convert.otlp import INTERVAL_METRIC, SCOPE, resource_attributes
+from gateway.decode.records import RunRecord, SeriesRecord
+from gateway.decode.resolve import Resolved
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -388,7 +389,7 @@ def _batch(resource: _Resource, resolved: Resolved) -> None:
 
 
 def _intervals(resource: _Resource, resolved: Resolved, t: int) -> None:
-    """`edge.sampling.interval`, as gateway.otlp._intervals."""
+    """`edge.sampling.interval`, as gateway.convert.otlp._intervals."""
     base = resolved.birth.interval_ms
     groups = resolved.batch.ext.get("iv") or []
     if not groups and not isinstance(base, int):
@@ -407,7 +408,7 @@ def _intervals(resource: _Resource, resolved: Resolved, t: int) -> None:
 
 
 def _lost(resource: _Resource, resolved: Resolved, t: int) -> None:
-    """`edge.agent.lost.batches|samples`, as gateway.otlp._lost."""
+    """`edge.agent.lost.batches|samples`, as gateway.convert.otlp._lost."""
     lost = resolved.batch.ext.get("lost") or [0, 0]
     run = resolved.birth
     start = (run.agent_start_ms or run.boot_time_ms) * 1_000_000

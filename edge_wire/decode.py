@@ -6,9 +6,9 @@ is a short stable label a gateway can count by. Not part of the MicroPython bund
 decodes); `from edge_agent import wire; wire.parse_batch(...)` reaches this module.
 """
 
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series
-from edge_agent.umsgpack_decode import unpackb
-from edge_agent.wire import FLAG_DEFLATE, MAX_TICKS, VERSION
+from edge_agent.model import Series
+from edge_wire import COUNTER, FLAG_DEFLATE, GAUGE, HISTOGRAM, MAX_TICKS, VERSION
+from edge_wire.unpack import unpackb
 
 try:  # CPython: sums of deltas in C (a gateway decodes millions of values a second)
     from itertools import accumulate
@@ -24,16 +24,6 @@ class WireError(ValueError):
         self.reason = reason
         self.detail = detail
 
-
-
-def deflate(data):
-    """A batch body deflated (raw, as FLAG_DEFLATE says): CPython agents with `compress` use it."""
-    try:
-        import zlib
-    except ImportError:  # MicroPython's `deflate` module has no compressor in most builds
-        raise ValueError("compression is not available on this interpreter")
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return compressor.compress(data) + compressor.flush()
 
 
 def inflate(data, limit=MAX_INFLATED):
@@ -58,56 +48,6 @@ def inflate(data, limit=MAX_INFLATED):
     if not decompressor.eof:
         raise WireError("bad_deflate", "truncated stream")
     return out
-
-
-# ---------------------------------------------------------------- delivery receipts
-
-RECEIPT_VERSION = 1
-EXPORTED, REFUSED, WANTED = 0, 1, 2  # what a receipt says of a run of batches
-MAX_RUN = 0x3FFF
-
-
-def encode_receipt(boot, runs):
-    """A gateway's delivery receipt for one device and boot tag (docs/wire-format.md).
-
-    `runs` is a list of (first seq, count, kind): EXPORTED (the receiver accepted them), REFUSED
-    (settled without export: bad data, the agent counts them lost) or WANTED (their dictionary is
-    missing: the agent sends its births again). Longer runs are split at MAX_RUN batches."""
-    out = bytearray([RECEIPT_VERSION])
-    out.extend((boot & 0xFFFFFFFF).to_bytes(4, "big"))
-    for first, count, kind in runs:
-        while count > 0:
-            n = min(count, MAX_RUN)
-            out.extend(first.to_bytes(8, "big"))
-            out.extend((kind << 14 | n).to_bytes(2, "big"))
-            first += n
-            count -= n
-    return bytes(out)
-
-
-def parse_receipt(payload):
-    """(boot, [(first, count, kind), ...]) of a receipt; WireError("bad_receipt") for anything else."""
-    _need(isinstance(payload, (bytes, bytearray)) and len(payload) >= 15 and (len(payload) - 5) % 10 == 0,
-          "bad_receipt", "length")
-    _need(payload[0] == RECEIPT_VERSION, "bad_receipt", "version %d" % payload[0])
-    boot = int.from_bytes(payload[1:5], "big")
-    runs = []
-    for pos in range(5, len(payload), 10):
-        word = int.from_bytes(payload[pos + 8:pos + 10], "big")
-        _need(word >> 14 <= WANTED and word & MAX_RUN, "bad_receipt", "run at byte %d" % pos)
-        runs.append((int.from_bytes(payload[pos:pos + 8], "big"), word & MAX_RUN, word >> 14))
-    return boot, runs
-
-
-def runs_of(seqs, kind=EXPORTED):
-    """Sorted runs (first, count, kind) of consecutive sequence numbers."""
-    runs = []
-    for seq in sorted(set(seqs)):
-        if runs and runs[-1][0] + runs[-1][1] == seq:
-            runs[-1][1] += 1
-        else:
-            runs.append([seq, 1, kind])
-    return [tuple(r) for r in runs]
 
 
 # ---------------------------------------------------------------- gateway side: strict decoding

@@ -1,4 +1,4 @@
-"""/healthz, /readyz (gateway/health.py says what they mean) and Prometheus /metrics on a small
+"""/healthz, /readyz (gateway/ops/health.py says what they mean) and Prometheus /metrics on a small
 stdlib HTTP server thread."""
 
 from __future__ import annotations

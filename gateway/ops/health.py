@@ -1,4 +1,4 @@
-"""What /healthz and /readyz answer (gateway/http.py serves them).
+"""What /healthz and /readyz answer (gateway/ops/http.py serves them).
 
 - `/readyz`: 200 while the gateway can do its work now: both broker connections up and the export
   pipeline running; 503 otherwise (take it out of rotation, alert).

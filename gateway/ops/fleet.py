@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import msgpack
 import paho.mqtt.client as paho
 
-from edge_agent.transport.paho_connect import describe
-from gateway.mqtt import BrokerConfig
+from edge_wire.paho import describe
+from gateway.ingest.mqtt import BrokerConfig
 
 
 @dataclass

@@ -7,7 +7,7 @@ of the MicroPython bundle (a device never decodes); `edge_agent.umsgpack.unpackb
 
 import struct
 
-from edge_agent.umsgpack import MAX_DEPTH
+from edge_wire.pack import MAX_DEPTH
 
 
 def unpackb(data, max_depth=MAX_DEPTH):

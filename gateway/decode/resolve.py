@@ -6,7 +6,7 @@ values make sense for the series they claim to be. Every refusal is a `Rejected`
 stable `reason` label that metrics count by.
 
 Births are kept per device and agent run, (boot tag, base epoch), the last few runs, as plain
-records whose series the whole fleet shares (gateway/records.py). A run's dictionary is
+records whose series the whole fleet shares (gateway/decode/records.py). A run's dictionary is
 append-only, so its newest birth resolves every batch quoting an epoch in [base, dict], including
 batches buffered while the dictionary grew (docs/wire-format.md).
 """
@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 import msgpack
 
-from edge_agent import wire
-from edge_agent.model import COUNTER, HISTOGRAM
-from gateway import records
-from gateway.records import RunRecord, SeriesRecord
+from edge_wire import COUNTER, HISTOGRAM
+from edge_wire.decode import Batch, WireError, decode, parse_batch
+from gateway.decode import records
+from gateway.decode.records import RunRecord, SeriesRecord
 
 MAX_PAYLOAD = 65536
 MAX_BIRTH = 1 << 20  # a birth lists every series: hundreds of CPUs and interfaces make it large
@@ -75,7 +75,7 @@ class Resolved:
 
     __slots__ = ("batch", "birth", "points", "size", "_samples")
 
-    def __init__(self, batch: wire.Batch, birth: RunRecord, points: list[tuple[SeriesRecord, list[int], list]],
+    def __init__(self, batch: Batch, birth: RunRecord, points: list[tuple[SeriesRecord, list[int], list]],
                  size: int) -> None:
         self.batch = batch
         self.birth = birth
@@ -131,8 +131,8 @@ class Dictionaries:
 
     def add_birth(self, topic_device: str, payload: bytes) -> RunRecord:
         try:
-            birth = records.parse_birth(wire.decode(payload, unpack, self.max_birth), self.max_series)
-        except wire.WireError as exc:
+            birth = records.parse_birth(decode(payload, unpack, self.max_birth), self.max_series)
+        except WireError as exc:
             raise Rejected(exc.reason, exc.detail, topic_device)
         if birth.device != topic_device:
             raise Rejected("device_mismatch", "birth for %r on the topic of %r" % (birth.device, topic_device), topic_device)
@@ -233,12 +233,12 @@ class Dictionaries:
         (a batch exported before costs its header only, not the whole decode)."""
         key = None
         try:
-            obj = wire.decode(payload, unpack, self.max_payload)
+            obj = decode(payload, unpack, self.max_payload)
             key = _header_key(obj, topic_device)
             if key is not None and settled is not None and settled(key):
                 raise Settled(key)
-            batch = wire.parse_batch(obj, unpack)
-        except wire.WireError as exc:
+            batch = parse_batch(obj, unpack)
+        except WireError as exc:
             raise Rejected(exc.reason, exc.detail, topic_device, key)
         if batch.device != topic_device:
             raise Rejected("device_mismatch", "header says %r" % batch.device, topic_device)

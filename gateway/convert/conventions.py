@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM
+from edge_wire import COUNTER, GAUGE, HISTOGRAM
 
 # OTLP types
 SUM = "sum"  # cumulative monotonic Sum (a counter)

@@ -2,7 +2,7 @@
 
 Two things, each written before the MQTT ack that makes the broker forget the message:
 
-- the dedupe state (gateway/dedupe.py), so a batch the broker redelivers after a restart is not
+- the dedupe state (gateway/decode/dedupe.py), so a batch the broker redelivers after a restart is not
   exported twice: an append-only log, one JSON line per accepted export request listing its
   batches' (device, boot, seq), flushed and fsync'd before the acks; compacted into a snapshot
   (tmp + fsync + rename) at start and whenever the log outgrows the snapshot. Appending costs the
@@ -31,8 +31,8 @@ from collections.abc import Iterator
 
 import msgpack
 
-from edge_agent import wire
-from gateway.dedupe import SeqTracker
+from edge_wire.decode import Birth
+from gateway.decode.dedupe import SeqTracker
 
 log = logging.getLogger("gateway.state")
 
@@ -163,7 +163,7 @@ class GatewayState:
     def _birth_path(self, device: str) -> str:
         return os.path.join(self.births_dir, hashlib.sha256(device.encode()).hexdigest()[:32] + ".birth")
 
-    def save_birth(self, device: str, payload: bytes, birth: wire.Birth) -> bool:
+    def save_birth(self, device: str, payload: bytes, birth: Birth) -> bool:
         """Keep this birth if its run is new or its dictionary grew; True when a file was written."""
         with self._births_lock:
             runs = self._births.setdefault(device, OrderedDict())
@@ -192,7 +192,7 @@ class GatewayState:
             for payload in payloads:
                 yield device, payload
 
-    def remember_birth(self, device: str, payload: bytes, birth: wire.Birth) -> None:
+    def remember_birth(self, device: str, payload: bytes, birth: Birth) -> None:
         """Note a birth loaded from disk, so saving it again is skipped."""
         with self._births_lock:
             runs = self._births.setdefault(device, OrderedDict())

@@ -27,11 +27,9 @@ in MicroPython), so `wire.<name>` works for all of it:
   and `deflate`: edge_agent/wire_decode.py, which the MicroPython bundle leaves out.
 """
 
-from edge_agent.umsgpack import pack_array_header, pack_into
+from edge_wire import FLAG_DEFLATE, MAX_TICKS, VERSION
+from edge_wire.pack import pack_array_header, pack_into
 
-VERSION = 1
-FLAG_DEFLATE = 1
-MAX_TICKS = 64  # a column mask must fit an unsigned 64-bit integer
 CHUNK = 512  # bytes a piece of a chunked payload holds (Chunks)
 MIN_CHUNK = 64  # ... and the least it goes down to on a fragmented heap
 
@@ -316,9 +314,7 @@ class BatchBuilder:
                         pos += size
                     cursor[t] = pos
         if compress:  # CPython agents only: MicroPython has no compressor
-            from edge_agent import wire_decode
-
-            pack_into(wire_decode.deflate(body), out)
+            pack_into(deflate(body), out)
         if ext:
             pack_into(ext, out)
 
@@ -384,15 +380,11 @@ def _sub(value, base):
     return value - base
 
 
-def __getattr__(name):
-    """The names kept in edge_agent/wire_birth.py and edge_agent/wire_decode.py, on first use."""
-    if name[0] == "_":  # dunders (and private names) are not theirs
-        raise AttributeError(name)
-    if name == "boot_tag" or name[:12] == "encode_birth":
-        from edge_agent import wire_birth
-
-        return getattr(wire_birth, name)  # not kept here: a device releases wire_birth between births
-    from edge_agent import wire_decode
-
-    value = globals()[name] = getattr(wire_decode, name)
-    return value
+def deflate(data):
+    """A batch body deflated (raw, as FLAG_DEFLATE says): CPython agents with `compress` use it."""
+    try:
+        import zlib
+    except ImportError:  # MicroPython's `deflate` module has no compressor in most builds
+        raise ValueError("compression is not available on this interpreter")
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()

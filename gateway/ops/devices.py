@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 
-from gateway.fleet import connect, gather
+from gateway.ops.fleet import connect, gather
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,7 +13,7 @@ gateway knew the stream are not evidence of loss.
 
 This assumes the agent never reuses a sequence number within one boot, which is the agent's
 side of the at-least-once contract. `snapshot()` / `restore()` carry the state across a gateway
-restart (gateway/state.py).
+restart (gateway/decode/state.py).
 
 Small per stream, whatever its age: (highest, lowest, holes), where `holes` is an integer whose bit
 i is set when highest - i was not seen, within the window. A stream without gaps is three small
