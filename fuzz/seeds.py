@@ -17,11 +17,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from edge_agent import config  # noqa: E402
-from edge_agent.commands import CommandHandler, sign  # noqa: E402
+from edge_agent.commands import CommandHandler  # noqa: E402
 from edge_agent.model import Series, SeriesTable  # noqa: E402
 from edge_wire import COUNTER, GAUGE, HISTOGRAM  # noqa: E402
 from edge_wire.batch import BatchBuilder  # noqa: E402
 from edge_wire.birth import boot_tag, encode_birth  # noqa: E402
+from edge_wire.command import sign  # noqa: E402
 
 DEVICE = "dev-1"
 BOOT_ID = "4f3c2a10-1111-2222-3333-444455556666"

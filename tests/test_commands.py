@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from edge_agent import config
 from edge_agent.agent import Agent
-from edge_agent.commands import CommandHandler, load_overrides, sign
-from edge_wire.command import hmac_sha256
+from edge_agent.commands import CommandHandler, load_overrides
+from edge_wire.command import hmac_sha256, sign
 
 NOW = 1_763_740_800
 DEVICE_KEY = "device-secret"

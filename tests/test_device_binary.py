@@ -32,7 +32,7 @@ from mosquitto import free_port, stop, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent import __version__
-from edge_agent.commands import sign
+from edge_wire.command import sign
 from edge_wire.decode import decode, parse_batch
 from firmware.interpreter import ARCHES
 

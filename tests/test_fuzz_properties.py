@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from test_commands import DEVICE_KEY, FLEET_KEY, NOW, make_agent
 
 from edge_agent import commands
-from edge_agent.commands import sign
 from edge_agent.model import Series, SeriesTable
 from edge_wire import COUNTER
+from edge_wire.command import sign
 from edge_wire.pack import packb
 from edge_wire.unpack import unpackb
 from fuzz.seeds import same

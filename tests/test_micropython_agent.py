@@ -31,8 +31,8 @@ from mosquitto import free_port, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent.agent import EveryInterval
-from edge_agent.commands import sign
 from edge_agent.sampling import Sampler
+from edge_wire.command import sign
 from edge_wire.decode import decode, parse_batch
 from firmware import manifest
 from firmware.build import compile_mpy

@@ -282,7 +282,7 @@ def test_no_credential_reaches_a_log(tmp_path, mosquitto_broker):
     path (start, connection, command, stop), in neither process."""
     from otlp_receiver import OtlpReceiver
 
-    from edge_agent.commands import sign
+    from edge_wire.command import sign
 
     secrets_ = {"mqtt": "mqtt-pa55-Zq8", "otlp": "otlp-t0ken-Yx7", "key": "c0mmand-key-Wv6", "user": "us3r-Name-K2"}
     receiver = OtlpReceiver()
@@ -354,7 +354,7 @@ def test_a_command_cannot_be_replayed_after_a_restart_without_a_state_dir(tmp_pa
                 return ack
         raise AssertionError("no ack for " + command_id)
 
-    from edge_agent.commands import sign
+    from edge_wire.command import sign
 
     try:
         agent = start()

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from mosquitto import start_mosquitto, stop
 
-from edge_agent.commands import sign
+from edge_wire.command import sign
 from edge_wire.decode import decode, parse_batch
 
 BIN = os.path.dirname(sys.executable)

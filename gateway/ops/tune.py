@@ -18,8 +18,7 @@ import os
 import secrets
 import time
 
-from edge_agent.commands import COMMANDS, sign
-from edge_wire.command import key_bytes
+from edge_wire.command import COMMANDS, key_bytes, sign
 from gateway.ops.fleet import connect, gather, note
 
 ARGLESS = ("get_config", "ping", "rebirth", "flush")
