@@ -23,6 +23,7 @@ from edge_agent.commands import CommandHandler, load_overrides
 from edge_agent.loadwatch import LoadWatch
 from edge_agent.model import KIND_NAMES
 from edge_agent.spool import Spool
+from edge_wire.broker import parse_broker
 from edge_wire.decode import decode, parse_batch, parse_birth
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
@@ -193,7 +194,7 @@ def build_transport(cfg, device):
     from edge_agent.transport.paho import PahoTransport
     from edge_wire.paho import process_client_id, tls_context
 
-    host, port, tls = configuration.parse_broker(cfg["broker"])
+    host, port, tls = parse_broker(cfg["broker"])
     tls_options = None
     if tls or cfg["tls"]["ca"]:
         t = cfg["tls"]

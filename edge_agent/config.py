@@ -13,6 +13,8 @@ MicroPython-compatible (json, no typing).
 
 import json
 
+from edge_wire.broker import parse_broker
+
 BACKENDS = ("auto", "procfs", "netlink", "ebpf")
 COLLECTORS = ("cpu", "memory", "load", "network", "system")
 # The keys, one line each: dotted key, default (JSON), rule (JSON): [low, high] for a number or a
@@ -202,32 +204,6 @@ def check(config):
             key, _, text = problem.partition(": ")
             errors.append("config key 'sampling.%s': %s" % (key, text))
     return errors
-
-
-def parse_broker(url):
-    """'mqtt://host:port' or 'mqtts://host:port' -> (host, port, tls)."""
-    if "://" not in url:
-        raise ValueError("no scheme")
-    scheme, rest = url.split("://", 1)
-    if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError("scheme must be mqtt or mqtts")
-    tls = scheme in ("mqtts", "ssl")
-    rest = rest.rstrip("/")
-    if "@" in rest:  # credentials belong in username/password, never in a URL that gets logged
-        raise ValueError("credentials in the URL")
-    if rest.startswith("["):  # [ipv6]:port
-        host, _, port = rest[1:].partition("]")
-        port = port[1:] if port.startswith(":") else ""
-    elif ":" in rest:
-        host, port = rest.rsplit(":", 1)
-    else:
-        host, port = rest, ""
-    if not host:
-        raise ValueError("no host")
-    port = int(port) if port else (8883 if tls else 1883)
-    if not 0 < port < 65536:
-        raise ValueError("bad port")
-    return host, port, tls
 
 
 def build(file_values=None, overrides=None):

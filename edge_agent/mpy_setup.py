@@ -24,15 +24,17 @@ TICK_SAMPLES = 128
 def load_config(path, release):
     """The validated config, its broker address, and the collectors it enables; None on a bad config."""
     from edge_agent import config as configuration
+    from edge_wire.broker import parse_broker
 
     try:
         cfg = configuration.load(path)
     except configuration.ConfigError as exc:
         sys.stderr.write("edge-agent: bad configuration\n  " + str(exc).replace("\n", "\n  ") + "\n")
         return None
-    broker = configuration.parse_broker(cfg["broker"])
+    broker = parse_broker(cfg["broker"])
     configuration = None
-    release("edge_agent.config", "edge_agent.sampling_rules", "edge_agent.sampling")  # config validates sampling with them
+    # config validates sampling with them, and the broker URL with edge_wire.broker
+    release("edge_agent.config", "edge_agent.sampling_rules", "edge_agent.sampling", "edge_wire.broker")
     return cfg, broker
 
 

@@ -42,6 +42,7 @@ DEVICE_MODULES = [
     ("edge_agent.receipts", TRANSIENT),
     ("edge_agent.linkstate", TRANSIENT),
     ("edge_wire.birth", TRANSIENT),
+    ("edge_wire.broker", TRANSIENT),
     ("edge_agent.transport.umqtt_connect", TRANSIENT),
     ("edge_wire.command", TRANSIENT),
     ("edge_agent.commands", TRANSIENT),

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import threading
-import urllib.parse
 
 from edge_wire.paho import readable_secret, tls_context
 from gateway import __version__
@@ -96,14 +95,12 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
     """The connection the flags describe; ValueError naming the flag (and file) that cannot be used."""
     host, port, tls = parse_broker(args.broker)
-    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
-    username = args.username if args.username is not None else parts.username
     password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
     context = None
     if tls or args.ca or args.cert:
         context = tls_context(args.ca, args.cert, args.key)
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=username, password=password if password is not None else parts.password,
+                        username=args.username, password=password,
                         client_id=args.client_id or client_id, tls_context=context)
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from edge_agent import config
+from edge_wire.broker import parse_broker
 
 
 def test_defaults_are_valid():
@@ -63,7 +64,7 @@ def test_bad_file_names_the_file(tmp_path):
     ("mqtt://[::1]:1999", ("::1", 1999, False)),
 ])
 def test_parse_broker(url, expected):
-    assert config.parse_broker(url) == expected
+    assert parse_broker(url) == expected
 
 
 def test_copies_of_the_collector_lists_agree():

@@ -41,7 +41,6 @@ import json
 import logging
 import ssl
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_wire.broker import parse_flag
 from edge_wire.paho import Client
 from gateway.app import Gateway
 from gateway.ops.metrics import GatewayMetrics
@@ -76,12 +76,8 @@ class BrokerConfig:
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
-    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls); ports default to 1883/8883."""
-    parts = urllib.parse.urlsplit(url if "://" in url else "mqtt://" + url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError("--broker: %r is not mqtt://host:port or mqtts://host:port" % url)
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+    """(host, port, tls) of --broker (edge_wire.broker, the agent's parser too); ValueError naming the flag."""
+    return parse_flag(url, "--broker")
 
 
 def split_topic(prefix: str, topic: str) -> tuple[str, str]:
