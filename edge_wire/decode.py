@@ -6,8 +6,7 @@ is a short stable label a gateway can count by. Not part of the MicroPython bund
 decodes); `from edge_agent import wire; wire.parse_batch(...)` reaches this module.
 """
 
-from edge_agent.model import Series
-from edge_wire import COUNTER, FLAG_DEFLATE, GAUGE, HISTOGRAM, MAX_TICKS, VERSION
+from edge_wire import COUNTER, FLAG_DEFLATE, GAUGE, HISTOGRAM, MAX_TICKS, VERSION, series_key
 from edge_wire.unpack import unpackb
 
 try:  # CPython: sums of deltas in C (a gateway decodes millions of values a second)
@@ -70,6 +69,28 @@ class Batch:
         return sum([len(c[1]) for c in self.columns])
 
 
+class SeriesInfo:
+    """One series of a birth as plain fields (what `parse_birth` makes unless given another `record`):
+    `name`, `kind`, `unit`, `attrs`, `scale`, `bounds` (a histogram's; None otherwise), `source`,
+    `start` (0: counts since boot, the birth's btime; else ms since the epoch) and `key` (series_key)."""
+
+    __slots__ = ("name", "kind", "unit", "attrs", "scale", "bounds", "source", "start", "key")
+
+    def __init__(self, name, kind, unit, attrs, scale, bounds, source, start):
+        self.name = name
+        self.kind = kind
+        self.unit = unit
+        self.attrs = attrs
+        self.scale = scale
+        self.bounds = bounds
+        self.source = source
+        self.start = start
+        self.key = series_key(name, attrs)
+
+    def __repr__(self):
+        return "SeriesInfo(%s)" % self.key
+
+
 class Birth:
     def __init__(self, obj, series):
         self.device = obj["dev"]
@@ -89,7 +110,7 @@ class Birth:
         self.os_description = obj.get("osd", "")
         self.agent_start_ms = obj.get("ast", 0)  # 0: an agent that does not say
         self.raw = obj
-        self.series = series  # id -> Series (with `start` set where the birth's `st` says)
+        self.series = series  # id -> what `parse_birth`'s `record` made of each series (SeriesInfo)
 
 
 def _is_uint(value, bits=64):
@@ -238,7 +259,9 @@ def _undelta(sid, values):
     return out
 
 
-def parse_birth(obj, max_series=10000):
+def parse_birth(obj, max_series=10000, record=SeriesInfo):
+    """Validate a decoded birth map; its series become `record(name, kind, unit, attrs, scale, bounds,
+    source, start)` (plain SeriesInfo; a gateway passes its own, interned across the fleet)."""
     _need(isinstance(obj, dict), "bad_birth", "birth is not a map")
     if obj.get("v") != VERSION or not _is_int(obj.get("v")):
         raise WireError("bad_version", "birth version %s" % _brief(obj.get("v")))
@@ -257,11 +280,15 @@ def parse_birth(obj, max_series=10000):
     raw = obj.get("series")
     _need(isinstance(raw, list), "bad_birth", "series list")
     _need(len(raw) <= max_series, "too_many_series", "%d series > limit %d" % (len(raw), max_series))
-    series = {}
+    begins = {}  # series id -> when it started counting, for those that did not at boot
+    for group in starts:
+        for sid in group[1:]:
+            begins[sid] = group[0]
+    entries = {}
     for entry in raw:
         _need(isinstance(entry, list) and len(entry) == 8, "bad_birth", "series entry shape")
         sid, name, unit, kind, attrs, scale, bounds, source = entry
-        if not (_is_uint(sid, 32) and sid not in series):
+        if not (_is_uint(sid, 32) and sid not in entries):
             raise WireError("bad_birth", "series id %s" % _brief(sid))
         _need(isinstance(name, str) and 0 < len(name) <= 255, "bad_birth", "series %d name" % sid)
         _need(isinstance(unit, str) and len(unit) <= 63, "bad_birth", "series %d unit" % sid)
@@ -271,11 +298,10 @@ def parse_birth(obj, max_series=10000):
         _need(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0 and scale == scale and scale != float("inf"), "bad_birth", "series %d scale" % sid)
         if kind == HISTOGRAM:
             _need(isinstance(bounds, list) and all([isinstance(b, (int, float)) for b in bounds]), "bad_birth", "series %d bounds" % sid)
-        s = Series(name, kind, unit, attrs, scale, bounds, source if isinstance(source, str) else "")
-        s.id = sid
-        series[sid] = s
-    for group in starts:
-        for sid in group[1:]:
-            if sid in series and series[sid].kind != GAUGE:
-                series[sid].start = group[0]
+        entries[sid] = entry
+    series = {}  # records made once all of it is valid: a refused birth makes none (and interns nothing)
+    for sid in entries:
+        _, name, unit, kind, attrs, scale, bounds, source = entries[sid]
+        series[sid] = record(name, kind, unit, attrs, scale, bounds if kind == HISTOGRAM else None,
+                             source if isinstance(source, str) else "", begins.get(sid, 0) if kind != GAUGE else 0)
     return Birth(obj, series)

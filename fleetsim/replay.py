@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from edge_agent.model import SeriesTable
+from edge_agent.model import Series, SeriesTable
 from edge_wire import COUNTER, VERSION
 from edge_wire.batch import BatchBuilder
 from edge_wire.decode import decode, parse_batch, parse_birth
@@ -29,13 +29,22 @@ DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recording.ms
 COUNTER_BASE = 1_000_000  # per class, in the series' own units
 
 
+def device_series(sid: int, info) -> Series:
+    """The agent's Series (what its encoders take) of a decoded series (edge_wire.decode.SeriesInfo)."""
+    series = Series(info.name, info.kind, info.unit, info.attrs, info.scale, info.bounds, info.source)
+    series.id = sid
+    if info.start:
+        series.start = info.start
+    return series
+
+
 class Recording:
     def __init__(self, path: str = DEFAULT, ticks: int = 10, classes: int = 16, stride: int = 1) -> None:
         with open(path, "rb") as f:
             recording = decode(f.read(), max_size=1 << 24)
         birth = parse_birth(decode(recording["births"][-1]))
         self.birth = birth.raw  # the template of every simulated birth (its device fields replaced)
-        self.series = [birth.series[sid] for sid in sorted(birth.series)]
+        self.series = [device_series(sid, birth.series[sid]) for sid in sorted(birth.series)]
         self.counters = {s.id for s in self.series if s.kind == COUNTER}
         self.samples_by_tick: list[dict[int, int]] = []
         self.deltas: list[int] = []  # ms from the previous tick

@@ -1,9 +1,8 @@
 """Births as plain records, small enough to keep for a whole fleet.
 
 A gateway keeps the dictionary of every device it serves, so what it keeps per device is what it
-costs per device. The wire decoder (`edge_wire.decode.parse_birth`) gives the device model's
-`Series` objects (built for a device's heap: fields behind `__getattr__`, slow to read) and the
-whole decoded birth map; this module turns them into two plain records:
+costs per device. The wire decoder (`edge_wire.decode.parse_birth`) validates a birth and makes
+each series through the `record` it is given; this module gives it the fleet's interned records:
 
 - `SeriesRecord`: what one series is (name, kind, unit, attributes, scale, bounds, source, start),
   read as plain slots. Records are interned across the fleet: a thousand devices of one kind share
@@ -12,8 +11,7 @@ whole decoded birth map; this module turns them into two plain records:
 - `RunRecord`: one agent run's birth (boot, epochs, who the device is, its series by id), with the
   strings that repeat across a fleet interned and the series in `SeriesIds`, a tuple by id.
 
-Imports nothing of the gateway: the protocol side of the gateway (it may move into a shared
-protocol package with the decoder).
+Imports nothing of the gateway: the protocol side of the gateway.
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ import sys
 import threading
 import weakref
 
-from edge_wire import HISTOGRAM, series_key
 from edge_wire import decode as wire_decode
+from edge_wire import series_key
 
 _intern = sys.intern
 
@@ -204,10 +202,4 @@ def shared_series() -> int:
 def parse_birth(obj: object, max_series: int = 10000) -> RunRecord:
     """A decoded birth map -> RunRecord, validated by the reference decoder (`parse_birth`:
     WireError with a reason for anything malformed)."""
-    birth = wire_decode.parse_birth(obj, max_series)
-    starts = birth.series
-    by_id = {}
-    for sid, name, unit, kind, attrs, scale, bounds, source in obj["series"]:  # as validated just now
-        by_id[sid] = series_record(name, kind, unit, attrs, scale, bounds if kind == HISTOGRAM else None,
-                                   source if isinstance(source, str) else "", starts[sid].start)
-    return RunRecord(obj, SeriesIds(by_id))
+    return RunRecord(obj, SeriesIds(wire_decode.parse_birth(obj, max_series, series_record).series))
