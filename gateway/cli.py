@@ -1,8 +1,9 @@
 """`edge-gateway`: the command line. `run` serves; more subcommands plug in through `register`.
 
 A module providing a subcommand exposes `register(subparsers)`, which adds its parser and sets
-`func` (called with the parsed arguments, returning an exit code). Modules listed in
-`OPTIONAL_COMMANDS` are picked up when they exist.
+`func` (called with the parsed arguments, returning an exit code): `run` here, the operator's
+subcommands in gateway/ops (tune, devices, keygen). What they share (help format, broker flags, the
+one-line failure) is gateway/options.py, so they import it rather than this module.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
-import importlib
 import logging
-import os
 import signal
 import sys
 import threading
 
-from edge_wire.paho import readable_secret, tls_context
 from gateway import __version__
 from gateway.app import Gateway
 from gateway.convert.events import DeviceEvents
@@ -28,35 +26,16 @@ from gateway.export import configure
 from gateway.export.exporter import RetryPolicy
 from gateway.export.pipeline import ExportPipeline
 from gateway.ingest import amqp
-from gateway.ingest.mqtt import BrokerConfig, MqttIntake, parse_broker
-from gateway.ops import health, identity, logs
+from gateway.ingest.mqtt import MqttIntake
+from gateway.ops import devices, health, identity, keygen, logs, tune
 from gateway.ops.http import StatusServer
 from gateway.ops.metrics import GatewayMetrics
+from gateway.options import HelpFormatter, add_broker_options, broker_config, broker_url, fail
 
-OPTIONAL_COMMANDS = ("gateway.ops.tune", "gateway.ops.devices", "gateway.ops.keygen")
-PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"
 log = logging.getLogger("gateway")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help shows each option's default (when it has one worth showing and its text does not say it)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if ("default" in text or default in (None, False, argparse.SUPPRESS, [], "")
-                or not action.option_strings or isinstance(action, argparse._VersionAction)):
-            return text
-        return text + " (default: %(default)s)"
-
-
 GC_THRESHOLD = 50_000  # container allocations between collections of the youngest generation (default 700)
-
-
-def fail(command: str, problem: object, code: int = 2) -> int:
-    """A command-line tool's failure: one line naming what is wrong, and its exit status."""
-    print("%s: %s" % (command, problem), file=sys.stderr)
-    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,48 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="edge-gateway " + __version__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(subparsers)
-    for name in OPTIONAL_COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+    for command in (tune, devices, keygen):
+        command.register(subparsers)
     return parser
-
-
-def add_broker_options(parser: argparse.ArgumentParser) -> None:
-    """The MQTT connection flags, shared by every subcommand that talks to the broker."""
-    group = parser.add_argument_group("broker")
-    group.add_argument("--broker", default="mqtt://localhost:1883", help="mqtt://host:port or mqtts://host:port")
-    group.add_argument("--topic-prefix", default="edge", help="topic prefix")
-    group.add_argument("--client-id", help="MQTT client id (default: one of our own, unique per process; "
-                       "`run` keeps it in --state-dir)")
-    group.add_argument("--ca", metavar="FILE", help="CA certificate file (enables TLS)")
-    group.add_argument("--cert", metavar="FILE", help="client certificate file")
-    group.add_argument("--key", metavar="FILE", help="client private key file")
-    group.add_argument("--username", help="MQTT user name")
-    group.add_argument("--password", help="MQTT password (visible to other users in ps: prefer --password-file "
-                       "or $%s)" % PASSWORD_ENV)
-    group.add_argument("--password-file", metavar="FILE", help="read the MQTT password from FILE's first line")
-
-
-def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
-    """The connection the flags describe; ValueError naming the flag (and file) that cannot be used."""
-    host, port, tls = parse_broker(args.broker)
-    password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
-    context = None
-    if tls or args.ca or args.cert:
-        context = tls_context(args.ca, args.cert, args.key)
-    return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=password,
-                        client_id=args.client_id or client_id, tls_context=context)
-
-
-def broker_url(config: BrokerConfig) -> str:
-    """The broker as a URL fit for a log line: scheme, host and port (never credentials)."""
-    return "%s://%s:%d" % ("mqtts" if config.tls else "mqtt", config.host, config.port)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,11 +22,11 @@ from collections.abc import Iterable
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
-from edge_agent.model import Series
 from edge_wire import COUNTER, GAUGE, HISTOGRAM
 from gateway import __version__
 from gateway.convert import conventions
 from gateway.convert.conventions import HISTOGRAM_T, SUM, UPDOWN, Presenter
+from gateway.decode.records import SeriesRecord
 from gateway.decode.resolve import Resolved
 
 SCOPE = "edge-telemetry"
@@ -158,7 +158,7 @@ def _attributes(target, attrs: dict) -> None:
             kv.value.string_value = str(value)
 
 
-def _points(metric: pb.Metric, series: Series, attrs: dict, times: list[int], values: list, start_ns: int) -> None:
+def _points(metric: pb.Metric, series: SeriesRecord, attrs: dict, times: list[int], values: list, start_ns: int) -> None:
     if series.kind == HISTOGRAM:
         for t, value in zip(times, values, strict=True):
             point = metric.histogram.data_points.add(start_time_unix_nano=start_ns, time_unix_nano=t)

@@ -13,11 +13,10 @@ import secrets
 import time
 
 from gateway.ops.fleet import connect, gather
+from gateway.options import HelpFormatter, add_broker_options, broker_config, fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gateway.cli import HelpFormatter, add_broker_options
-
     p = subparsers.add_parser("devices", help="list devices: online state, last seen, lag, sampling",
                               description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_broker_options(p)
@@ -26,8 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.cli import broker_config, fail
-
     prefix = args.topic_prefix
     try:
         config = broker_config(args, "edge-devices-" + secrets.token_hex(4))

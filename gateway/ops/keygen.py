@@ -15,12 +15,12 @@ import argparse
 import os
 import sys
 
+from gateway.options import HelpFormatter
+
 BYTES = 32  # the HMAC-SHA256 block's worth of entropy; longer adds nothing
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gateway.cli import HelpFormatter
-
     p = subparsers.add_parser("keygen", help="make a random command key (hex:...) and say where it goes",
                               description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                               epilog=__doc__.split("\n\n", 2)[2].strip())

@@ -20,13 +20,12 @@ import time
 
 from edge_wire.command import COMMANDS, key_bytes, sign
 from gateway.ops.fleet import connect, gather, note
+from gateway.options import HelpFormatter, add_broker_options, broker_config, fail
 
 ARGLESS = ("get_config", "ping", "rebirth", "flush")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gateway.cli import HelpFormatter, add_broker_options
-
     p = subparsers.add_parser("tune", help="send a signed command and show each device's answer",
                               description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                               epilog="commands: " + ", ".join(COMMANDS) + "\n" + "\n".join(__doc__.split("\n")[2:5]))
@@ -91,8 +90,6 @@ def command_key(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.cli import broker_config, fail
-
     words = list(args.words)
     device = None if (args.group or args.all) else words.pop(0)
     if not words or words[0] not in COMMANDS:
