@@ -1,9 +1,10 @@
 """The agent's metric model: series and the integers they carry.
 
-A `Series` is what one stream of samples measures: an OpenTelemetry-style name, a kind, a UCUM
-unit and attributes. Sample values are integers in the series' own units; `value * scale` is the
-real value in `unit` (CPU time in USER_HZ ticks with scale 0.01 is seconds, utilisation in
-basis points with scale 0.0001 is a ratio). Integers keep delta encoding exact and small.
+A `Series` is what one stream of samples measures: an OpenTelemetry-style name, a kind (GAUGE,
+COUNTER or HISTOGRAM: the protocol's, in edge_wire), a UCUM unit and attributes. Sample values are
+integers in the series' own units; `value * scale` is the real value in `unit` (CPU time in USER_HZ
+ticks with scale 0.01 is seconds, utilisation in basis points with scale 0.0001 is a ratio).
+Integers keep delta encoding exact and small.
 
 A histogram sample is a tuple `(count, sum, buckets)` with cumulative integers; `bounds` are the
 buckets' upper bounds in real units (there is one bucket more than bounds, for +Inf).
@@ -17,7 +18,7 @@ lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is 
 edge_agent/model_extra.py, loaded on first use through this module's `__getattr__` (PEP 562).
 """
 
-from edge_wire import COUNTER, GAUGE, HISTOGRAM, series_key  # noqa: F401 (the kinds, re-exported)
+from edge_wire import series_key
 
 BOOT = 0  # a series' `start` when it counts since the kernel booted (the birth's `btime`)
 

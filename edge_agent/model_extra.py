@@ -8,7 +8,7 @@ heap; `from edge_agent.model import SeriesCache` (or KIND_NAMES) reaches them th
 from edge_agent.model import Series
 from edge_wire import GAUGE, series_key
 
-KIND_NAMES = ("gauge", "counter", "histogram")  # by kind (model.GAUGE, COUNTER, HISTOGRAM)
+KIND_NAMES = ("gauge", "counter", "histogram")  # by kind (edge_wire.GAUGE, COUNTER, HISTOGRAM)
 
 
 class SeriesCache:

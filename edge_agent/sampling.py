@@ -85,7 +85,7 @@ BAL = 9  # thousandths of a reading the series may still send (+) or sent beyond
 TW = 10  # counters: the readings since the last sent one, as their weight, sum of w x rate and of w x rate^2
 T1 = 11
 T2 = 12
-KIND = 13  # model.GAUGE, COUNTER or HISTOGRAM
+KIND = 13  # edge_wire.GAUGE, COUNTER or HISTOGRAM
 SLOTS = 14
 Q_TOP = 1014  # the running p99 (and p1), in 1024ths
 
