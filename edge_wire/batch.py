@@ -1,9 +1,7 @@
-"""Batch wire format v1, written once and used by the agent (encode) and the gateway (decode).
+"""Data batches of wire format v1, the encoder: what a device needs at every batch.
 
-docs/wire-format.md is the specification; this module is its reference implementation.
-
-Birth message (retained, `<prefix>/<device>/birth`): a msgpack map announcing the device, its
-boot and the series dictionary (`id -> name, unit, kind, attributes, scale, bounds, source`).
+docs/wire-format.md is the specification; edge_wire/decode.py is the strict decoder (host-only),
+edge_wire/birth.py the birth message's encoder (loaded for a birth and released).
 
 Data batch (`<prefix>/<device>/data`): a msgpack array
     [version, flags, device, boot, seq, dict, t0, body, ext?]
@@ -15,16 +13,10 @@ when the series has a sample at tick i; 0 means "every tick". The first value is
 following ones are differences from the previous value (element-wise for histograms), so steady
 counters and gauges cost one or two bytes a sample.
 
-Decoding is strict: anything that does not match raises `WireError(reason, detail)`, where
-`reason` is a short stable label a gateway can count by.
-
-This module holds what a device needs at every batch (constants, `BatchBuilder`, `Chunks`,
-`payload_size`). The rest is loaded on first use through the module's `__getattr__` (PEP 562, also
-in MicroPython), so `wire.<name>` works for all of it:
-- `encode_birth`, `encode_birth_into`, `boot_tag`: edge_agent/wire_birth.py, which a device needs
-  only when it starts and when it announces its dictionary, and may release in between;
-- the decoder (`decode`, `parse_batch`, `parse_birth`, `Batch`, `Birth`, `WireError`, `inflate`)
-  and `deflate`: edge_agent/wire_decode.py, which the MicroPython bundle leaves out.
+Resident on a device: `BatchBuilder` (a batch waiting in RAM is one bytearray), `Chunks` (a
+payload in pieces: no allocation holds a whole message), `payload_size`. `deflate` is for CPython
+agents with `compress` (MicroPython has no compressor). Imports only `edge_wire` and
+`edge_wire.pack`; nothing imports back.
 """
 
 from edge_wire import FLAG_DEFLATE, MAX_TICKS, VERSION

@@ -1,9 +1,11 @@
-"""The birth message's encoder and `boot_tag` (wire format v1, docs/wire-format.md), apart from
-edge_agent/wire.py.
+"""The birth message (wire format v1, docs/wire-format.md): its encoder and `boot_tag`.
 
-A device needs them only when it starts and when it announces its series dictionary (at start, and
-when the dictionary grows), so this code is loaded for those moments and may be released in between
-(mpy_main.release): `wire.encode_birth`, `wire.encode_birth_into` and `wire.boot_tag` reach it.
+Birth message (retained, `<prefix>/<device>/birth`): a msgpack map announcing the device, its
+boot and the series dictionary (`id -> name, unit, kind, attributes, scale, bounds, source`).
+
+A device needs this module only when it starts and when it announces its series dictionary (at
+start, and when the dictionary grows), so it is imported for those moments and released in between
+(edge_agent.unload("edge_wire.birth")); importers keep none of its names in their globals.
 """
 
 import binascii

@@ -1,9 +1,11 @@
-"""Wire format v1, the gateway's side: strict decoding of data batches and births.
+"""Wire format v1, the receiving side: strict, bounded decoding of data batches and births.
 
-Reference implementation of docs/wire-format.md beside edge_agent/wire.py (the encoder, written
-once for the agent). Anything that does not match raises `WireError(reason, detail)`, where `reason`
-is a short stable label a gateway can count by. Not part of the MicroPython bundle (a device never
-decodes); `from edge_agent import wire; wire.parse_batch(...)` reaches this module.
+Reference implementation of docs/wire-format.md beside the encoders (edge_wire/batch.py,
+edge_wire/birth.py). Anything that does not match raises `WireError(reason, detail)`, where `reason`
+is a short stable label a gateway can count by. Births come out as plain records (`SeriesInfo`, or
+what the caller's `record` makes: the gateway's interned records), read as plain attributes.
+Host-only: not part of the device's modules (a device never decodes); MicroPython-compatible still
+(tests decode there too).
 """
 
 from edge_wire import COUNTER, FLAG_DEFLATE, GAUGE, HISTOGRAM, MAX_TICKS, VERSION, series_key

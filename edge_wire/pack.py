@@ -1,12 +1,8 @@
-"""A small msgpack encoder, written for MicroPython and CPython alike, and its bounded decoder.
+"""A small msgpack encoder, written for MicroPython and CPython alike.
 
-The encoder's output is byte-identical to the msgpack package's `packb(obj)` with its defaults
-(`use_bin_type=True`, doubles for floats, the smallest integer form). The decoder (`unpackb`,
-in edge_agent/umsgpack_decode.py) is strict: every length is checked against the bytes that
-remain and nesting is capped, so a hostile payload costs at most its own size in work and can
-never raise anything but `ValueError`. A device only encodes, so the decoder is not part of the
-MicroPython bundle; `umsgpack.unpackb` still works wherever the decoder module exists (it is
-loaded on first use through the module's `__getattr__`, PEP 562).
+The output is byte-identical to the msgpack package's `packb(obj)` with its defaults
+(`use_bin_type=True`, doubles for floats, the smallest integer form). Its bounded decoder is
+edge_wire/unpack.py (`unpackb`), host-only: a device only encodes.
 Supported types: None, bool, int (-2^63 .. 2^64-1), float, str, bytes, list/tuple, dict.
 
 Small on a device (bytecode lives in the heap there): three functions (`packb` is `pack_into`

@@ -1,7 +1,10 @@
-"""Delivery receipts (docs/wire-format.md): what a gateway tells a device of its batches. Host-only:
-the gateway encodes them; the device reads them in edge_agent's outbox (Outbox.receipt)."""
+"""Delivery receipts (docs/wire-format.md): what a gateway tells a device of its batches.
 
-from edge_wire.decode import WireError, _need  # noqa: F401 (WireError: what parse_receipt raises)
+Host-only: the gateway encodes them, the fleet simulator and the tests parse them; a device reads
+them with its own few lines in edge_agent's outbox (Outbox.receipt), which must agree with
+`parse_receipt` (tests/test_delivery.py feeds it `encode_receipt`'s bytes)."""
+
+from edge_wire.decode import WireError
 
 RECEIPT_VERSION = 1
 EXPORTED, REFUSED, WANTED = 0, 1, 2  # what a receipt says of a run of batches
@@ -28,14 +31,16 @@ def encode_receipt(boot, runs):
 
 def parse_receipt(payload):
     """(boot, [(first, count, kind), ...]) of a receipt; WireError("bad_receipt") for anything else."""
-    _need(isinstance(payload, (bytes, bytearray)) and len(payload) >= 15 and (len(payload) - 5) % 10 == 0,
-          "bad_receipt", "length")
-    _need(payload[0] == RECEIPT_VERSION, "bad_receipt", "version %d" % payload[0])
+    if not (isinstance(payload, (bytes, bytearray)) and len(payload) >= 15 and (len(payload) - 5) % 10 == 0):
+        raise WireError("bad_receipt", "length")
+    if payload[0] != RECEIPT_VERSION:
+        raise WireError("bad_receipt", "version %d" % payload[0])
     boot = int.from_bytes(payload[1:5], "big")
     runs = []
     for pos in range(5, len(payload), 10):
         word = int.from_bytes(payload[pos + 8:pos + 10], "big")
-        _need(word >> 14 <= WANTED and word & MAX_RUN, "bad_receipt", "run at byte %d" % pos)
+        if not (word >> 14 <= WANTED and word & MAX_RUN):
+            raise WireError("bad_receipt", "run at byte %d" % pos)
         runs.append((int.from_bytes(payload[pos:pos + 8], "big"), word & MAX_RUN, word >> 14))
     return boot, runs
 

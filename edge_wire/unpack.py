@@ -1,8 +1,8 @@
-"""The bounded msgpack decoder beside edge_agent/umsgpack.py's encoder (the gateway's and tests' side).
+"""The bounded msgpack decoder beside edge_wire/pack.py's encoder (the gateway's and tests' side).
 
 Strict: every length is checked against the bytes that remain and nesting is capped, so a hostile
 payload costs at most its own size in work and can never raise anything but `ValueError`. Not part
-of the MicroPython bundle (a device never decodes); `edge_agent.umsgpack.unpackb` is this `unpackb`.
+of the device's modules (a device never decodes).
 """
 
 import struct
