@@ -3,15 +3,18 @@ gateway and the fleet simulator (their --broker flags).
 
     mqtt://host:port   mqtts://host:port (TLS)   [ipv6]:port in brackets   tcp:// and ssl:// alike
     host[:port] alone is mqtt://; ports default to 1883, 8883 with TLS
+    user:password@ before the host only where the caller allows it (`credentials`)
 
-Credentials are refused in the URL (ValueError naming the problem): a broker URL is logged and shown
-in process lists, so a user name and a password go in their own settings. MicroPython-compatible (no
-urllib); a device loads it with its configuration at start.
+The agent refuses credentials in its URL (its config and log lines show the URL; the user name and
+password have their own settings); the gateway's --broker takes them (`url_credentials`), and its
+logs show the broker as scheme://host:port. MicroPython-compatible (no urllib); a device loads it
+with its configuration at start.
 """
 
 
-def parse_broker(url):
-    """(host, port, tls) of a broker URL; ValueError saying what is wrong with it."""
+def parse_broker(url, credentials=False):
+    """(host, port, tls) of a broker URL; ValueError saying what is wrong with it. A user name and
+    password before the host are skipped with `credentials`, refused without."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "mqtt", url
@@ -19,8 +22,10 @@ def parse_broker(url):
         raise ValueError("the scheme must be mqtt:// or mqtts://, not %s://" % scheme[:16])
     tls = scheme in ("mqtts", "ssl")
     rest = rest.rstrip("/")
-    if "@" in rest:  # credentials belong in username/password, never in a URL that gets logged
-        raise ValueError("credentials in the URL (give a user name and a password their own settings)")
+    if "@" in rest:
+        if not credentials:  # they belong in username/password, never in a URL that gets logged
+            raise ValueError("credentials in the URL (give a user name and a password their own settings)")
+        rest = rest.rpartition("@")[2]
     if rest.startswith("["):  # [ipv6]:port
         host, _, port = rest[1:].partition("]")
         port = port[1:] if port.startswith(":") else port
@@ -39,11 +44,21 @@ def parse_broker(url):
     return host, port, tls
 
 
-def parse_flag(url, flag="--broker"):
+def url_credentials(url):
+    """(user name, password) given before the host in a broker URL, each None when absent."""
+    head = url.partition("://")[2] or url
+    head = head.split("/", 1)[0]
+    if "@" not in head:
+        return None, None
+    user, sep, password = head.rpartition("@")[0].partition(":")
+    return user, password if sep else None
+
+
+def parse_flag(url, flag="--broker", credentials=False):
     """`parse_broker` for a command-line flag (the gateway's, the simulator's): the ValueError names the
     flag and the URL, never credentials found in it."""
     try:
-        return parse_broker(url)
+        return parse_broker(url, credentials)
     except ValueError as exc:
         shown = repr(url) if "@" not in url else "a URL with credentials"
         raise ValueError("%s: %s is not mqtt://host:port or mqtts://host:port (%s)" % (flag, shown, exc))

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from edge_wire.broker import url_credentials
 from edge_wire.paho import readable_secret, tls_context
 from gateway.ingest.mqtt import BrokerConfig, parse_broker
 
@@ -51,12 +52,14 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
     """The connection the flags describe; ValueError naming the flag (and file) that cannot be used."""
     host, port, tls = parse_broker(args.broker)
+    user, url_password = url_credentials(args.broker)
     password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
     context = None
     if tls or args.ca or args.cert:
         context = tls_context(args.ca, args.cert, args.key)
     return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=args.username, password=password,
+                        username=args.username if args.username is not None else user,
+                        password=password if password is not None else url_password,
                         client_id=args.client_id or client_id, tls_context=context)
 
 

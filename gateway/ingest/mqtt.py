@@ -76,8 +76,9 @@ class BrokerConfig:
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) of --broker (edge_wire.broker, the agent's parser too); ValueError naming the flag."""
-    return parse_flag(url, "--broker")
+    """(host, port, tls) of --broker (edge_wire.broker, the agent's parser too; user:password@ allowed,
+    see gateway/options.py); ValueError naming the flag."""
+    return parse_flag(url, "--broker", credentials=True)
 
 
 def split_topic(prefix: str, topic: str) -> tuple[str, str]:
