@@ -6,9 +6,10 @@ gateway and the fleet simulator (their --broker flags).
     user:password@ before the host only where the caller allows it (`credentials`)
 
 The agent refuses credentials in its URL (its config and log lines show the URL; the user name and
-password have their own settings); the gateway's --broker takes them (`url_credentials`), and its
+password have their own settings); the gateway's --broker takes them (edge_wire.paho.url_credentials), and its
 logs show the broker as scheme://host:port. MicroPython-compatible (no urllib); a device loads it
-with its configuration at start.
+with its configuration at start, so what only hosts need (parsing a flag, reading credentials) is in
+edge_wire/paho.py.
 """
 
 
@@ -43,22 +44,3 @@ def parse_broker(url, credentials=False):
         raise ValueError("the port must be 1 to 65535")
     return host, port, tls
 
-
-def url_credentials(url):
-    """(user name, password) given before the host in a broker URL, each None when absent."""
-    head = url.partition("://")[2] or url
-    head = head.split("/", 1)[0]
-    if "@" not in head:
-        return None, None
-    user, sep, password = head.rpartition("@")[0].partition(":")
-    return user, password if sep else None
-
-
-def parse_flag(url, flag="--broker", credentials=False):
-    """`parse_broker` for a command-line flag (the gateway's, the simulator's): the ValueError names the
-    flag and the URL, never credentials found in it."""
-    try:
-        return parse_broker(url, credentials)
-    except ValueError as exc:
-        shown = repr(url) if "@" not in url else "a URL with credentials"
-        raise ValueError("%s: %s is not mqtt://host:port or mqtts://host:port (%s)" % (flag, shown, exc))

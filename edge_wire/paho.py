@@ -1,8 +1,15 @@
-"""What the agent's and the gateway's paho clients share: a connection problem said in one line that
-names the host, port or file; TLS set up front (a missing or unreadable file is named at start,
-not at the first attempt); and the reconnect delays applied to paho's
-own reconnect loop (`Backoff`), each failed attempt and broken connection reported with its cause
-and delay.
+"""What the agent's and the gateway's paho clients share (host-only: CPython and paho-mqtt).
+
+- a connection problem said in one line that names the host, port or file (`describe`);
+- TLS set up front: a missing or unreadable file is named at start, not at the first attempt
+  (`tls_context`), and passwords read from the environment or a file (`readable_secret`);
+- the reconnect delays applied to paho's own reconnect loop (`Backoff`, `Client`), each failed
+  attempt and broken connection reported with its cause and delay;
+- a --broker flag parsed by edge_wire.broker's parser, the one the agent's config uses (`parse_flag`),
+  and the user name and password a gateway's URL may carry (`url_credentials`).
+
+Here rather than in either package: the agent (transport/paho.py) and the gateway (ingest, ops) both
+connect through it, and the gateway must not import the agent.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import ssl
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+
+from edge_wire.broker import parse_broker
 
 RECONNECT_S = (1, 16)  # (first, longest) delay between connection attempts
 
@@ -162,6 +171,27 @@ class Client(mqtt.Client):
         self.reconnect_delay_set(delay, delay)  # paho waits exactly this before its next attempt
         if self.on_trouble is not None:
             self.on_trouble(kind, text, delay)
+
+
+def url_credentials(url: str) -> tuple[str | None, str | None]:
+    """(user name, password) given before the host in a broker URL, each None when absent."""
+    head = url.partition("://")[2] or url
+    head = head.split("/", 1)[0]
+    if "@" not in head:
+        return None, None
+    user, sep, password = head.rpartition("@")[0].partition(":")
+    return user, password if sep else None
+
+
+def parse_flag(url: str, flag: str = "--broker", credentials: bool = False) -> tuple[str, int, bool]:
+    """`edge_wire.broker.parse_broker` for a command-line flag (the gateway's, the simulator's): the ValueError names the
+    flag and the URL, never credentials found in it."""
+    try:
+        return parse_broker(url, credentials)
+    except ValueError as exc:
+        shown = repr(url) if "@" not in url else "a URL with credentials"
+        raise ValueError("%s: %s is not mqtt://host:port or mqtts://host:port (%s)" % (flag, shown, exc))
+
 
 
 def process_client_id(prefix: str) -> str:

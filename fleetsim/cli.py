@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from edge_wire.broker import parse_flag
+from edge_wire.paho import parse_flag
 from fleetsim.device import Device
 from fleetsim.replay import DEFAULT, Recording
 

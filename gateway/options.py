@@ -8,8 +8,7 @@ import argparse
 import os
 import sys
 
-from edge_wire.broker import url_credentials
-from edge_wire.paho import readable_secret, tls_context
+from edge_wire.paho import readable_secret, tls_context, url_credentials
 from gateway.ingest.mqtt import BrokerConfig, parse_broker
 
 PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"

@@ -4,7 +4,8 @@ simulator's --broker: the same URLs mean the same broker everywhere, the same on
 import pytest
 
 from edge_agent import config
-from edge_wire.broker import parse_broker, url_credentials
+from edge_wire.broker import parse_broker
+from edge_wire.paho import url_credentials
 from fleetsim import cli as fleetsim_cli
 from gateway.cli import build_parser
 from gateway.ingest import mqtt as gateway_mqtt

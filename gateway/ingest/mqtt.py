@@ -49,8 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_wire.broker import parse_flag
-from edge_wire.paho import Client
+from edge_wire.paho import Client, parse_flag
 from gateway.app import Gateway
 from gateway.ops.metrics import GatewayMetrics
 
