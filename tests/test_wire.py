@@ -377,3 +377,18 @@ def test_birth_says_who_the_host_is_and_when_counters_started():
     # an old birth without the new fields still parses: boot time for every counter
     old = {k: v for k, v in raw.items() if k not in ("host", "hid", "osd", "ast", "st")}
     assert all(s.start == 0 for s in parse_birth(old).series.values())
+
+
+def test_the_protocol_imports_neither_agent_nor_gateway():
+    """edge_wire is imported by both ends and imports neither (every import, also inside functions)."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parent.parent / "edge_wire"
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += ["%s: %s" % (path.name, n) for n in names if n.split(".")[0] in ("edge_agent", "gateway")]
+    assert len(list(package.glob("*.py"))) >= 10 and not found, found
