@@ -56,8 +56,8 @@ def object_sizes():
 
 
 def load_times(loads):
-    from edge_agent.collectors.bpf_libbpf import load as libbpf_load
-    from edge_agent.collectors.bpf_loader import CpuProgram, NetProgram, load
+    from edge_agent.collectors.ebpf.libbpf import load as libbpf_load
+    from edge_agent.collectors.ebpf.loader import CpuProgram, NetProgram, load
 
     out = {}
     for label, loader in (("ours", load), ("libbpf", libbpf_load)):
@@ -95,7 +95,7 @@ def udp_load(seconds, packets):
 
 
 def kernel_cost(args):
-    from edge_agent.collectors.bpf_loader import CpuProgram, NetProgram
+    from edge_agent.collectors.ebpf.loader import CpuProgram, NetProgram
 
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
         was = f.read().strip()
@@ -179,7 +179,7 @@ def modes(tmp):
     agent = [os.path.join(BIN, "edge-agent")]
     system_python = "/usr/bin/python3"
     pyz, bare = build_zipapps(tmp)
-    bcc_first = [sys.executable, "-c", "import sys, bcc; from edge_agent.cli import main; sys.argv[0] = 'edge-agent'; "
+    bcc_first = [sys.executable, "-c", "import sys, bcc; from edge_agent.cli.main import main; sys.argv[0] = 'edge-agent'; "
                  "sys.exit(main())"]
     out = [
         ("procfs", agent, {"cpu": "procfs", "network": "procfs"}, {}, ()),

@@ -1,7 +1,7 @@
 """Agent configuration: embedded defaults, a JSON file over them, command-line flags over that.
 
 A config file is JSON; lines whose first non-blank character is `#` are comments (what
-`edge-agent config default` prints, each key explained by edge_agent/config_doc.py).
+`edge-agent config default` prints, each key explained by edge_agent/cli/config_doc.py).
 
 Validation is driven by one table (`SPEC`) that gives each key its default and its bounds or
 choices, so every problem is reported as "config key 'a.b': <what is wrong>" — the key and the
@@ -30,7 +30,7 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 #   compress           deflate the batch body (CPython only)
 #   state_dir          sequence numbers, accepted commands, spool; empty: nothing persisted
 #   collectors.cpu.top_processes   eBPF only
-#   sampling           validated by edge_agent.sampling_rules (policies and their knobs)
+#   sampling           validated by edge_agent.sampling.rules (policies and their knobs)
 #   buffer.*           RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in
 #                      <state_dir>/spool, written spool_chunk batches at a time while offline (what a
 #                      power cut may lose)
@@ -197,8 +197,8 @@ def check(config):
             shown = _show(broker) if "@" not in broker else "a URL with credentials (use username and password)"
             errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % shown)
     sampling = config.get("sampling")
-    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling_rules is not even loaded
-        from edge_agent.sampling_rules import validate_sampling
+    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling.rules is not even loaded
+        from edge_agent.sampling.rules import validate_sampling
 
         for problem in validate_sampling(sampling):  # "key: problem"
             key, _, text = problem.partition(": ")

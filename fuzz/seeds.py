@@ -1,7 +1,7 @@
 """Real encoder output for the fuzz harnesses: the messages each seed corpus starts from.
 
 `python fuzz/seeds.py` (re)writes fuzz/corpus/<harness>/ from edge_agent.wire and
-edge_agent.commands; the harnesses import the builders to set up their state the same way.
+edge_agent.commands.handler; the harnesses import the builders to set up their state the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from edge_agent import config  # noqa: E402
-from edge_agent.commands import CommandHandler  # noqa: E402
+from edge_agent.commands.handler import CommandHandler  # noqa: E402
 from edge_agent.model import Series, SeriesTable  # noqa: E402
 from edge_wire import COUNTER, GAUGE, HISTOGRAM  # noqa: E402
 from edge_wire.batch import BatchBuilder  # noqa: E402

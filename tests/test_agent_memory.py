@@ -4,7 +4,7 @@ the birth is tried again and data waits for it, a batch that cannot be encoded i
 
 from edge_agent import config, lifecycle
 from edge_agent.agent import Agent
-from edge_agent.model import SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
 from edge_wire import GAUGE
 from edge_wire.batch import BatchBuilder
 from edge_wire.birth import encode_birth_into

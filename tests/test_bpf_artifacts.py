@@ -41,7 +41,7 @@ def test_the_zipapp_carries_objects_and_bytecode(dist):
         pyc = zf.read("edge_agent/agent.pyc")
     assert pyc[:4] == importlib.util.MAGIC_NUMBER
     assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, unchecked: no source timestamp needed
-    assert "edge_agent/collectors/bpf_libbpf.py" not in names  # development only
+    assert "edge_agent/collectors/ebpf/libbpf.py" not in names  # development only
 
 
 def test_the_zipapp_imports_its_bytecode(dist):
@@ -91,7 +91,7 @@ def test_the_zipapp_loads_ebpf_from_inside_itself(dist):
         if os.environ.get("CI"):
             pytest.fail("needs root")
         pytest.skip("needs root")
-    from edge_agent.collectors.bpf_check import missing
+    from edge_agent.collectors.ebpf.check import missing
 
     reason = missing("cpu") or missing("net")
     if reason:

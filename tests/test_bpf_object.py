@@ -10,9 +10,11 @@ import subprocess
 
 import pytest
 
-from edge_agent.collectors import bpf_check, bpf_core, bpf_syscall
-from edge_agent.collectors.bpf_loader import verifier_summary
-from edge_agent.collectors.bpf_object import BPF_LD_IMM64, BpfObject, BpfObjectError
+from edge_agent.collectors.ebpf import check as bpf_check
+from edge_agent.collectors.ebpf import core as bpf_core
+from edge_agent.collectors.ebpf import syscall as bpf_syscall
+from edge_agent.collectors.ebpf.loader import verifier_summary
+from edge_agent.collectors.ebpf.objects import BPF_LD_IMM64, BpfObject, BpfObjectError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BPF = os.path.join(ROOT, "bpf")
@@ -249,7 +251,8 @@ def test_kernels_before_5_11_get_their_memlock_limit_lifted():
     """Old kernels charge maps to RLIMIT_MEMLOCK: the loader lifts it (in a child: limits are per process)."""
     code = """
 import resource
-from edge_agent.collectors import bpf_check, bpf_loader
+from edge_agent.collectors.ebpf import check as bpf_check
+from edge_agent.collectors.ebpf import loader as bpf_loader
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]))
 bpf_check.kernel_version = lambda release=None: (6, 1)
 bpf_loader._raise_memlock()

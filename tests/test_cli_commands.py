@@ -13,7 +13,7 @@ import pytest
 from mosquitto import MOSQUITTO, start_mosquitto, stop, wait_for
 
 from edge_agent import config
-from edge_agent.config_doc import describe, render_default
+from edge_agent.cli.config_doc import describe, render_default
 from edge_wire.command import key_bytes
 
 BIN = os.path.dirname(sys.executable)
@@ -110,6 +110,10 @@ def test_replay_is_argparse_with_a_table_and_json(tmp_path):
     bad = run(AGENT, "replay", "--policy", "adaptive", "--baseline", "nope", str(trace))
     assert bad.returncode == 2 and bad.stderr.strip() == ("edge-agent replay: --baseline: unknown nope "
                                                           "(choose from uniform, deadband, adam, optimum, all, none)")
+    module = run(sys.executable, "-m", "edge_agent.cli.replay", "--policy", "adaptive", "--json", str(trace))
+    assert json.loads(module.stdout) == result  # the same parser and evaluation as `edge-agent replay`
+    usage = run(sys.executable, "-m", "edge_agent.cli.replay", "--policy", "adaptive", "--nope", str(trace))
+    assert usage.returncode == 2 and "unrecognized arguments: --nope" in usage.stderr  # argparse's own line
     missing = run(AGENT, "replay", "--policy", "fixed", str(tmp_path / "missing.csv"))
     assert missing.returncode == 2 and missing.stderr.strip() == (
         "edge-agent replay: %s: cannot read it (No such file or directory)" % (tmp_path / "missing.csv"))

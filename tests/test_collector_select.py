@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from edge_agent.collectors import procfs_cpu
+from edge_agent.collectors.procfs import cpu as procfs_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = {"system.cpu.time", "system.cpu.utilization", "system.network.io", "system.network.packets",
@@ -33,8 +33,8 @@ for _ in range(2):
     time.sleep(0.2)
 for c in collectors:
     c.close()
-modules = sorted(m for m in sys.modules if m in ("bcc", "ctypes", "edge_agent.collectors.bpf_loader",
-                 "edge_agent.collectors.bpf_syscall", "pyroute2.iproute", "pyroute2.ndb") or m.startswith("asyncio"))
+modules = sorted(m for m in sys.modules if m in ("bcc", "ctypes", "edge_agent.collectors.ebpf.loader",
+                 "edge_agent.collectors.ebpf.syscall", "pyroute2.iproute", "pyroute2.ndb") or m.startswith("asyncio"))
 print(json.dumps({"lines": lines, "effective": effective, "names": sorted(names), "states": sorted(states),
                   "modules": modules}))
 """
@@ -79,7 +79,7 @@ def test_without_objects_falls_back_with_one_line_each_and_same_names(tmp_path):
 
 def _ebpf_here():
     _need(sys.platform.startswith("linux") and os.geteuid() == 0, "needs root for eBPF")
-    from edge_agent.collectors import bpf_check
+    from edge_agent.collectors.ebpf import check as bpf_check
 
     reason = bpf_check.missing("cpu") or bpf_check.missing("net")
     _need(reason is None, "eBPF unavailable: %s" % reason)

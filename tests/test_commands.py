@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from edge_agent import config
 from edge_agent.agent import Agent
-from edge_agent.commands import CommandHandler, load_overrides
+from edge_agent.commands.handler import CommandHandler, load_overrides
 from edge_wire.command import hmac_sha256, sign
 
 NOW = 1_763_740_800
@@ -165,7 +165,7 @@ def test_a_command_signed_before_the_agent_started_is_refused_without_a_state_di
 
 def test_forgetting_old_nonces_reopens_nothing(tmp_path, monkeypatch):
     """Issue 12: after MAX_NONCES newer commands within the window an old one was accepted again."""
-    from edge_agent import commands
+    from edge_agent.commands import handler as commands
 
     monkeypatch.setattr(commands, "MAX_NONCES", 8)
     agent, handler, clock, _ = make_agent(tmp_path)

@@ -67,10 +67,14 @@ def test_parse_broker(url, expected):
     assert parse_broker(url) == expected
 
 
-def test_copies_of_the_collector_lists_agree():
-    """Modules a small device loads for a command keep their own copies, so as not to load config."""
-    from edge_agent import agent, collector_changes, sampling_rules
+def test_one_list_of_collector_and_backend_names():
+    """Config, commands, the sampler, the agent and the backend choice use edge_agent.collectors' names."""
+    from edge_agent import agent, collectors
+    from edge_agent.collectors import select
+    from edge_agent.commands import collector_changes
+    from edge_agent.sampling import rules as sampling_rules
 
-    assert collector_changes.BACKENDS == config.BACKENDS
-    assert agent.COLLECTOR_NAMES == sampling_rules.COLLECTORS == config.COLLECTORS
+    assert collector_changes.BACKENDS is config.BACKENDS is select.BACKENDS is collectors.BACKENDS
+    assert agent.COLLECTORS is sampling_rules.COLLECTORS is collector_changes.COLLECTORS is config.COLLECTORS
+    assert config.COLLECTORS is collectors.COLLECTORS
     assert [r for r in config.rules() if r[0] == "collectors.cpu.backend"][0][2] == list(config.BACKENDS)

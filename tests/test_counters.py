@@ -1,6 +1,6 @@
 """Monotonic totals from raw kernel counters: wraps, resets, vanishing sources."""
 
-from edge_agent.counters import Monotonic
+from edge_agent.collectors.counters import Monotonic
 
 
 def test_wrap_at_32_and_64_bits():

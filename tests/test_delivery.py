@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from edge_agent import agent as agent_module
 from edge_agent import config
 from edge_agent.agent import Agent
-from edge_agent.model import SeriesCache
-from edge_agent.spool import Spool
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.store.spool import Spool
 from edge_wire import COUNTER
 from edge_wire.birth import boot_tag
 from edge_wire.decode import WireError, decode, parse_batch, parse_birth
@@ -124,7 +124,7 @@ def receipt(agent, runs, boot="b-1"):
 def clock(monkeypatch):
     """The agent's monotonic clock, in ms, moved by the test."""
     now = [1_000_000]
-    from edge_agent import receipts
+    from edge_agent.store import receipts
 
     monkeypatch.setattr(agent_module, "mono_ms", lambda: now[0])
     monkeypatch.setattr(receipts, "mono_ms", lambda: now[0])

@@ -1,8 +1,9 @@
 """Pure conversion of eBPF map readings to samples: no root, no kernel."""
 
-from edge_agent.collectors import ebpf_cpu, ebpf_net
-from edge_agent.collectors.bpf_core import parse_symbolic
-from edge_agent.model import SeriesCache
+from edge_agent.collectors.ebpf import cpu as ebpf_cpu
+from edge_agent.collectors.ebpf import net as ebpf_net
+from edge_agent.collectors.ebpf.core import parse_symbolic
+from edge_agent.collectors.seriescache import SeriesCache
 from edge_wire import COUNTER, HISTOGRAM
 
 
@@ -94,7 +95,7 @@ class _Companion:
     name, source = "cpu", "procfs"
 
     def __init__(self):
-        from edge_agent.collectors.procfs_cpu import TIME
+        from edge_agent.collectors.procfs.cpu import TIME
         from edge_agent.model import Series
 
         self.series = Series.of(TIME, {"cpu": "total", "state": "user"})

@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from edge_agent.model import SeriesCache
+from edge_agent.collectors.seriescache import SeriesCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UDP_PAYLOAD = 1000
@@ -41,7 +41,7 @@ def _require_ebpf(program):
     elif os.geteuid() != 0:
         reason = "needs root"
     else:
-        from edge_agent.collectors import bpf_check
+        from edge_agent.collectors.ebpf import check as bpf_check
 
         reason = bpf_check.missing(program)
     if reason:
@@ -57,7 +57,7 @@ def sh(cmd, check=True):
 @pytest.fixture(scope="module")
 def net_program():
     _require_ebpf("net")
-    from edge_agent.collectors.bpf_loader import NetProgram
+    from edge_agent.collectors.ebpf.loader import NetProgram
 
     program = NetProgram()
     yield program
@@ -67,7 +67,7 @@ def net_program():
 @pytest.fixture(scope="module")
 def cpu_program():
     _require_ebpf("cpu")
-    from edge_agent.collectors.bpf_loader import CpuProgram
+    from edge_agent.collectors.ebpf.loader import CpuProgram
 
     program = CpuProgram()
     yield program
@@ -125,7 +125,7 @@ c.close(); print(n, flush=True)
 
 
 def _ebpf_dev(program, name):
-    from edge_agent.collectors.ebpf_net import link_adjust, to_samples
+    from edge_agent.collectors.ebpf.net import link_adjust, to_samples
 
     samples = to_samples(program.read(), SeriesCache("ebpf"), {name: link_adjust(name)}, {name})
     return dict(((s.name.split(".")[-1], s.attrs["direction"]), v) for s, v in samples if s.attrs.get("device") == name)
@@ -143,7 +143,7 @@ def _netlink_dev(name):
 
 
 def _proc_dev(name):
-    from edge_agent.collectors.procfs import parse_net_dev
+    from edge_agent.collectors.procfs.registry import parse_net_dev
 
     with open("/proc/net/dev") as f:
         row = parse_net_dev(f.read())[name]
@@ -187,7 +187,7 @@ def test_udp_traffic_agrees_across_ebpf_netlink_and_proc(net_program, veth):
 
 def test_ebpf_collector_continues_kernel_counters(net_program, veth):
     """Seeded from netlink, the eBPF collector's totals sit on the kernel's device counters."""
-    from edge_agent.collectors.ebpf_net import EbpfNetCollector
+    from edge_agent.collectors.ebpf.net import EbpfNetCollector
     from edge_agent.collectors.netlink import NetlinkCollector
 
     host, ns, _, peer = veth
@@ -284,7 +284,7 @@ while time.monotonic() < end:
 
 
 def _proc_busy(cpu):
-    from edge_agent.collectors.procfs import parse_stat
+    from edge_agent.collectors.procfs.registry import parse_stat
 
     with open("/proc/stat") as f:
         fields = parse_stat(f.read())["cpu"]["cpu%d" % cpu]
@@ -362,7 +362,7 @@ def test_loopback_bytes_match_the_device_counters(net_program):
 
 
 def _load_both(program_cls, **options):
-    from edge_agent.collectors.bpf_libbpf import load as libbpf_load
+    from edge_agent.collectors.ebpf.libbpf import load as libbpf_load
 
     ours = program_cls(**options)
     try:
@@ -377,7 +377,7 @@ def test_our_loader_and_libbpf_count_the_same(veth):
     """The same objects through both loaders: libbpf resolves the relocations from the kernel's BTF,
     ours from tracefs. Traffic on our veth and drops in our qdisc must be counted alike."""
     _require_ebpf("net")
-    from edge_agent.collectors.bpf_loader import NetProgram
+    from edge_agent.collectors.ebpf.loader import NetProgram
 
     host, ns, _, peer = veth
     import socket
@@ -407,7 +407,7 @@ def test_our_loader_and_libbpf_count_the_same(veth):
 
 def test_our_loader_and_libbpf_time_the_cpu_alike():
     _require_ebpf("cpu")
-    from edge_agent.collectors.bpf_loader import CpuProgram
+    from edge_agent.collectors.ebpf.loader import CpuProgram
 
     cpu = max(os.sched_getaffinity(0))
     ours, theirs = _load_both(CpuProgram, top_pids=64)
@@ -461,8 +461,8 @@ def refused_objects(directory):
 
 def test_a_refused_program_says_why(tmp_path, monkeypatch):
     _require_ebpf("cpu")
-    from edge_agent.collectors import bpf_check
-    from edge_agent.collectors.bpf_loader import LoadError, load
+    from edge_agent.collectors.ebpf import check as bpf_check
+    from edge_agent.collectors.ebpf.loader import LoadError, load
 
     monkeypatch.setattr(bpf_check, "BPF_DIR", refused_objects(str(tmp_path)))
     monkeypatch.setenv("EDGE_AGENT_BPF_DIR", str(tmp_path))

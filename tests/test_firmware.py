@@ -275,7 +275,7 @@ def test_pyz_runs_with_the_system_python(dist, tmp_path):
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "edge-agent " + __version__, proc.stderr
     names = inner_files(PYZ, read(pyz))
-    assert "__main__.py" in names and "edge_agent/cli.py" in names
+    assert "__main__.py" in names and "edge_agent/cli/main.py" in names
     assert not any("__pycache__" in n for n in names)
     # compiled bytecode beside every module (issue 11; tests/test_bpf_artifacts.py checks it is used)
     assert all(n + "c" in names for n in names if n.endswith(".py") and n != "__main__.py")

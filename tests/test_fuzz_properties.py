@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_commands import DEVICE_KEY, FLEET_KEY, NOW, make_agent
 
-from edge_agent import commands
+from edge_agent.commands import handler as commands
 from edge_agent.model import Series, SeriesTable
 from edge_wire import COUNTER
 from edge_wire.command import sign

@@ -8,7 +8,8 @@ from gateway_support import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, ste
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
-from edge_agent.model import Series, SeriesCache, SeriesTable
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import Series, SeriesTable
 from edge_wire import COUNTER, GAUGE
 from gateway.convert.conventions import CATALOG
 from gateway.convert.otlp import to_request

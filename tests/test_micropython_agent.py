@@ -3,7 +3,7 @@ mosquitto, the gateway, OTLP.
 
 The device modules (firmware/manifest.py) are compiled with mpy-cross (as `python -m firmware build`
 does for the bundle) into a directory that holds nothing but .mpy files, and `micropython
--X heapsize=HEAP -m edge_agent.mpy_main` runs from an empty working directory with
+-X heapsize=HEAP -m edge_agent.device.main` runs from an empty working directory with
 MICROPYPATH=<that directory>:.frozen, so no source can be imported. The gateway (`edge-gateway run`)
 exports OTLP/HTTP to tests/otlp_receiver.OtlpReceiver. A signed set_sampling command changes the
 interval and is acked "ok"; a badly signed one is rejected.
@@ -31,7 +31,7 @@ from mosquitto import free_port, wait_for
 from otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent.agent import EveryInterval
-from edge_agent.sampling import Sampler
+from edge_agent.sampling.sampler import Sampler
 from edge_wire.command import sign
 from edge_wire.decode import decode, parse_batch
 from firmware import manifest
@@ -100,7 +100,7 @@ def pipeline(tmp_path, mosquitto_broker, bundle):
         "collectors": {"load": {"enabled": False}, "system": {"enabled": False}},
     }))
     agent = subprocess.Popen(
-        [MICROPYTHON, "-X", "heapsize=" + HEAP, "-m", "edge_agent.mpy_main", str(config)],
+        [MICROPYTHON, "-X", "heapsize=" + HEAP, "-m", "edge_agent.device.main", str(config)],
         env=dict(os.environ, MICROPYPATH="%s:.frozen" % bundle, EDGE_AGENT_HEAP_EVERY_S="5"),
         cwd=str(work), stdout=open(tmp_path / "agent.out", "wb"), stderr=subprocess.STDOUT)
     acks: queue.Queue = queue.Queue()
@@ -213,7 +213,7 @@ def test_mpy_bundle_reaches_otlp_and_obeys_signed_commands(pipeline):
 # method runs in what is left, and the ballast is freed afterwards. Only this driver is a source file.
 SQUEEZE_DRIVER = """
 import sys
-from edge_agent import mpy_main
+from edge_agent.device import main as mpy_main
 from edge_agent.agent import Agent
 
 def squeezed(real, every, phase):
@@ -354,7 +354,7 @@ def test_a_heap_too_small_to_start_is_a_clear_error(tmp_path, bundle):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"device_id": "mpy-small", "broker": "mqtt://127.0.0.1:1",
                                   "state_dir": str(tmp_path / "state")}))
-    proc = subprocess.run([MICROPYTHON, "-X", "heapsize=40K", "-m", "edge_agent.mpy_main", str(config)],
+    proc = subprocess.run([MICROPYTHON, "-X", "heapsize=40K", "-m", "edge_agent.device.main", str(config)],
                           env=dict(os.environ, MICROPYPATH="%s:.frozen" % bundle), cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3, proc.stdout + proc.stderr

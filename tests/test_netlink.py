@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from edge_agent.collectors import netlink
-from edge_agent.counters import Monotonic
-from edge_agent.model import SeriesCache
+from edge_agent.collectors.counters import Monotonic
+from edge_agent.collectors.seriescache import SeriesCache
 from edge_wire import COUNTER, GAUGE
 
 
@@ -73,7 +73,7 @@ def _need_netlink(root=False):
 
 def test_live_read_agrees_with_proc_net_dev():
     _need_netlink()
-    from edge_agent.collectors.procfs import parse_net_dev
+    from edge_agent.collectors.procfs.registry import parse_net_dev
 
     coll = netlink.NetlinkCollector(include=["lo"], events=False)
     try:

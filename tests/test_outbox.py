@@ -2,8 +2,8 @@
 
 import os
 
-from edge_agent.outbox import Outbox
-from edge_agent.spool import Spool, SpoolOutbox
+from edge_agent.store.outbox import Outbox
+from edge_agent.store.spool import Spool, SpoolOutbox
 
 
 class Broker:

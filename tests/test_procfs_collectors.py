@@ -14,13 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.collectors import procfs, procfs_cpu, procfs_net
-from edge_agent.collectors.procfs import procfs_collectors
-from edge_agent.collectors.procfs_cpu import STATES, CpuCollector, parse_stat
-from edge_agent.collectors.procfs_load import LoadCollector, hundredths, parse_loadavg
-from edge_agent.collectors.procfs_memory import FIELDS, MemoryCollector, available, parse_meminfo
-from edge_agent.collectors.procfs_net import NetworkCollector, parse_net_dev
-from edge_agent.collectors.procfs_system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
+from edge_agent.collectors.procfs import cpu as procfs_cpu
+from edge_agent.collectors.procfs import net as procfs_net
+from edge_agent.collectors.procfs.cpu import STATES, CpuCollector
+from edge_agent.collectors.procfs.load import LoadCollector, hundredths, parse_loadavg
+from edge_agent.collectors.procfs.memory import FIELDS, MemoryCollector, available, parse_meminfo
+from edge_agent.collectors.procfs.net import NetworkCollector
+from edge_agent.collectors.procfs.registry import parse_net_dev, parse_stat, procfs_collectors
+from edge_agent.collectors.procfs.system import SystemCollector, parse_uptime, read_boot_id, read_boot_time
 from edge_wire import COUNTER, GAUGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,13 +375,13 @@ def test_registry():
 def test_registry_builds_and_imports_only_what_is_enabled():
     code = (
         "import sys\n"
-        "from edge_agent.collectors.procfs import enabled_procfs\n"
+        "from edge_agent.collectors.procfs.registry import enabled_procfs\n"
         "chosen, effective = enabled_procfs({'cpu': {'per_cpu': False}, 'load': {'enabled': False},"
         " 'network': {'backend': 'procfs', 'top_processes': 3}}, %r)\n"
         "assert [c.name for c in chosen] == ['cpu', 'network'], chosen\n"
         "assert effective == {'cpu': 'procfs', 'network': 'procfs'}, effective\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('edge_agent.collectors.procfs_'))\n"
-        "assert loaded == ['edge_agent.collectors.procfs_cpu', 'edge_agent.collectors.procfs_net'], loaded\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('edge_agent.collectors.procfs.') and m != 'edge_agent.collectors.procfs.registry')\n"
+        "assert loaded == ['edge_agent.collectors.procfs.cpu', 'edge_agent.collectors.procfs.net'], loaded\n"
     ) % snap("modern", "t0")
     subprocess.run([sys.executable, "-c", code], cwd=str(REPO), check=True)
     assert sorted(procfs_collectors(options={"network": {}}, names=["memory"])) == ["memory"]
@@ -392,18 +393,15 @@ def test_running_collectors_need_neither_the_registry_nor_counters():
     """A device releases the registry once collectors are built, and never loads counters."""
     code = (
         "import sys\n"
-        "from edge_agent.collectors import procfs_cpu, procfs_memory, procfs_net\n"
+        "from edge_agent.collectors.procfs import cpu as procfs_cpu, memory as procfs_memory, net as procfs_net\n"
         "for c in (procfs_cpu.CpuCollector(%r), procfs_memory.MemoryCollector(%r), procfs_net.NetworkCollector(%r)):\n"
         "    c.collect(); c.collect(); c.close()\n"
-        "assert 'edge_agent.collectors.procfs' not in sys.modules\n"
-        "assert 'edge_agent.counters' not in sys.modules\n"
+        "assert 'edge_agent.collectors.procfs.registry' not in sys.modules\n"
+        "assert 'edge_agent.collectors.counters' not in sys.modules\n"
     ) % ((snap("modern", "t0"),) * 3)
     subprocess.run([sys.executable, "-c", code], cwd=str(REPO), check=True)
-    # the full parsers stay importable where they were
-    text = (FIXTURES / "modern/t0/stat").read_text()
-    assert procfs_cpu.parse_stat(text) == procfs.parse_stat(text)
-    text = (FIXTURES / "modern/t0/net/dev").read_text()
-    assert procfs_net.parse_net_dev(text) == procfs.parse_net_dev(text)
+    # the collectors do not import the registry (no cycle): its whole-file parsers are there only
+    assert not hasattr(procfs_cpu, "parse_stat") and not hasattr(procfs_net, "parse_net_dev")
 
 
 # ---- the real /proc -----------------------------------------------------------------------------
@@ -455,7 +453,7 @@ f = open(sys.argv[1])
 args = json.loads(f.read())
 f.close()
 sys.path.insert(0, args["repo"])
-from edge_agent.collectors.procfs import procfs_collectors
+from edge_agent.collectors.procfs.registry import parse_net_dev, parse_stat, procfs_collectors
 result = []
 for scenario, snapshots, options in args["scenarios"]:
     collectors = procfs_collectors(args["fixtures"] + "/" + scenario + "/" + snapshots[0], options)
@@ -508,7 +506,7 @@ def test_micropython_matches_cpython(tmp_path):
 
 
 def test_meminfo_keys_are_the_fields():
-    from edge_agent.collectors import procfs_memory
+    from edge_agent.collectors.procfs import memory as procfs_memory
 
     assert procfs_memory.KEYS == [name + ":" for name in FIELDS]
     assert procfs_memory.LINES == [key.encode() for key in procfs_memory.KEYS]

@@ -566,7 +566,7 @@ def write_proc(root, interfaces):
 
 
 def spooled_batches(path):
-    """The data batches in a spool segment (edge_agent/spool.py: records of >IQI and the payload)."""
+    """The data batches in a spool segment (edge_agent/store/spool.py: records of >IQI and the payload)."""
     import struct
 
     from edge_wire.decode import decode, parse_batch

@@ -4,8 +4,11 @@ import gzip
 import itertools
 import json
 
-from edge_agent import baselines
-from edge_agent.replay import evaluate, integer_scale, parse_time, read_trace, reconstruct, replay_main, score
+import pytest
+
+from edge_agent.cli.replay import main as replay_main
+from edge_agent.sampling import baselines
+from edge_agent.sampling.replay import evaluate, integer_scale, parse_time, read_trace, reconstruct, score
 
 
 def write_csv(path, rows):
@@ -66,7 +69,7 @@ def test_replay_main_prints_one_json_object_with_matched_baselines(tmp_path, cap
         rows.append(("2014-01-01 %02d:%02d:00" % (i // 60 % 24, i % 60), round(x, 3)))
     rows = [("2014-01-%02d %s" % (1 + i // 1440, r[0][11:]), r[1]) for i, r in enumerate(rows)]
     path = write_csv(tmp_path / "walk.csv", rows)
-    assert replay_main(["--policy", "adaptive", "--param", "adaptive_share=0.3", path]) == 0
+    assert replay_main(["--policy", "adaptive", "--param", "adaptive_share=0.3", "--json", path]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["samples_in"] == 600 and out["params"]["adaptive_share"] == 0.3
     m = out["samples_kept"]
@@ -86,7 +89,9 @@ def test_replay_main_rejects_bad_input(tmp_path, capsys):
     assert "adaptive_share" in capsys.readouterr().err
     assert replay_main(["--policy", "adaptive", "--param", "adaptive_k=3", path]) == 2
     assert "retired" in capsys.readouterr().err
-    assert replay_main([path]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse: --policy is required
+        replay_main([path])
+    assert usage.value.code == 2 and "--policy" in capsys.readouterr().err
     assert replay_main(["--policy", "fixed", str(tmp_path / "missing.csv")]) == 2
 
 

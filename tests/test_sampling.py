@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from edge_agent import sampling
 from edge_agent.model import Series, SeriesTable
-from edge_agent.sampling import SAMPLING_DEFAULTS, Sampler, validate_sampling
+from edge_agent.sampling import sampler as sampling
+from edge_agent.sampling.sampler import SAMPLING_DEFAULTS, Sampler, validate_sampling
 from edge_wire import COUNTER, GAUGE, HISTOGRAM
 from edge_wire.batch import BatchBuilder
 from edge_wire.decode import decode, parse_batch
@@ -447,7 +447,7 @@ def test_effective_interval_is_the_heartbeat_for_adaptive_and_the_batch_longest_
 
 
 def test_persisted_changes_with_a_retired_knob_start_without_it():
-    from edge_agent.cli import apply_overrides
+    from edge_agent.cli.main import apply_overrides
     from edge_agent.config import build
 
     cfg = build({})

@@ -16,9 +16,9 @@ import random
 from edge_agent import agent as agent_module
 from edge_agent import config
 from edge_agent.agent import Agent
-from edge_agent.commands import set_sampling
-from edge_agent.model import SeriesCache
-from edge_agent.sampling import Sampler
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.commands.handler import set_sampling
+from edge_agent.sampling.sampler import Sampler
 from edge_wire import COUNTER, GAUGE
 from gateway.convert.otlp import INTERVAL_METRIC, to_request
 from gateway.decode.resolve import Dictionaries

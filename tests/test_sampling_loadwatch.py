@@ -1,6 +1,6 @@
 """LoadWatch reads CPU, run queue, memory and the agent's own CPU from a fixture /proc tree."""
 
-from edge_agent.loadwatch import LoadWatch, parse_self_stat
+from edge_agent.sampling.loadwatch import LoadWatch, parse_self_stat
 
 STAT = """cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0
 cpu0 1 0 1 1 0 0 0 0 0 0

@@ -1,4 +1,4 @@
-"""edge_agent.sampling runs unchanged under the real MicroPython binary and decides like CPython: the
+"""edge_agent.sampling.sampler runs unchanged under the real MicroPython binary and decides like CPython: the
 load policy's schedule and the adaptive look-ahead, through a real BatchBuilder."""
 
 import json
@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, %r)
 from edge_agent.model import Series, SeriesTable
 from edge_wire import COUNTER, GAUGE
-from edge_agent.sampling import Sampler, validate_sampling
+from edge_agent.sampling.sampler import Sampler, validate_sampling
 from edge_wire.batch import BatchBuilder
 s = Sampler({"policy": "load+adaptive", "interval_ms": 1000, "max_interval_ms": 16000, "cpu_max_ms": 20000})
 table = SeriesTable()

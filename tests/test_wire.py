@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.model import Series, SeriesCache, SeriesTable
+from edge_agent.collectors.seriescache import SeriesCache
+from edge_agent.model import Series, SeriesTable
 from edge_wire import COUNTER, GAUGE, HISTOGRAM, MAX_TICKS, VERSION
 from edge_wire import batch as batch_module
 from edge_wire.batch import CHUNK, BatchBuilder, Chunks, payload_size
