@@ -44,7 +44,7 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
         sys.path.insert(0, _path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from mosquitto import start_mosquitto, stop  # noqa: E402
+from testbed.mosquitto import start_mosquitto, stop  # noqa: E402
 
 from bench.wire_size import machine  # noqa: E402
 from edge_agent import wire  # noqa: E402

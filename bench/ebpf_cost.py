@@ -237,7 +237,7 @@ def wait_started(agent, timeout=60):
 
 
 def agents_cost(args, tmp):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     counter = Births(port)

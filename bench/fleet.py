@@ -43,8 +43,8 @@ for _path in (ROOT, os.path.join(ROOT, "tests")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from mosquitto import free_port, start_mosquitto, stop  # noqa: E402
-from rabbitmq import Cluster  # noqa: E402
+from testbed.mosquitto import free_port, start_mosquitto, stop  # noqa: E402
+from testbed.rabbitmq import Cluster  # noqa: E402
 
 from bench.wire_size import machine  # noqa: E402
 from fleetsim.check import Tally, compare  # noqa: E402

@@ -167,7 +167,7 @@ def heap_lines(text):
 
 
 def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     try:

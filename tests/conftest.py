@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from mosquitto import start_mosquitto, stop
+from testbed.mosquitto import start_mosquitto, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DATE_EPOCH = "1700000000"
