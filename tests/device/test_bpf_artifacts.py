@@ -12,8 +12,8 @@ import zipfile
 import pytest
 
 from firmware.interpreter import ARCHES
+from tests.support import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTS = ["cpu.bpfeb.o", "cpu.bpfel.o", "net.bpfeb.o", "net.bpfel.o"]
 
 
@@ -86,6 +86,7 @@ def test_the_wheel_carries_the_objects(tmp_path):
         assert sorted(n[4:] for n in zf.namelist() if n.startswith("bpf/") and n.endswith(".o")) == OBJECTS
 
 
+@pytest.mark.root
 def test_the_zipapp_loads_ebpf_from_inside_itself(dist):
     if os.geteuid() != 0:
         if os.environ.get("CI"):

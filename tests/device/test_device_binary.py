@@ -26,16 +26,16 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
-from testbed import production_broker
 import pytest
-from testbed.mosquitto import free_port, stop, wait_for
-from testbed.otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent import __version__, wire
 from edge_agent.commands import sign
 from firmware.interpreter import ARCHES
+from testbed import production_broker
+from testbed.mosquitto import free_port, stop, wait_for
+from testbed.otlp_receiver import OtlpReceiver, point_value
+from tests.support import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 LAUNCHER = os.path.join(ROOT, "firmware", "files", "edge-agent-mpy")
 DEVICE_KEY = "hex:00112233445566778899aabbccddeeff"

@@ -1,7 +1,7 @@
 """firmware/: `python -m firmware build` gives the same bytes twice, and what it builds is well formed:
 the device interpreters (MicroPython with the agent frozen in, static, one per architecture), the
 .ipk as opkg expects it, the systemd unit, the manifests, and .mpy modules the real MicroPython loads.
-tests/test_device_binary.py runs the interpreters against the broker and the gateway."""
+tests/device/test_device_binary.py runs the interpreters against the broker and the gateway."""
 
 import gzip
 import hashlib
@@ -16,17 +16,14 @@ import tarfile
 import zipfile
 
 import pytest
-from conftest import SOURCE_DATE_EPOCH as SDE
-from conftest import firmware_build
 
 from edge_agent import __version__
 from edge_agent import config as configuration
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # an editable install made before firmware/ had an __init__.py sees a namespace there
-    sys.path.insert(0, ROOT)
-from firmware import MPY_BUNDLE_TARGET, build, manifest  # noqa: E402
-from firmware.interpreter import ARCHES  # noqa: E402
+from firmware import MPY_BUNDLE_TARGET, build, manifest
+from firmware.interpreter import ARCHES
+from tests.support import ROOT
+from tests.support.firmware import SOURCE_DATE_EPOCH as SDE
+from tests.support.firmware import firmware_build
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPY = "edge-agent-micropython-%s.tar.gz" % __version__
@@ -277,7 +274,7 @@ def test_pyz_runs_with_the_system_python(dist, tmp_path):
     names = inner_files(PYZ, read(pyz))
     assert "__main__.py" in names and "edge_agent/cli.py" in names
     assert not any("__pycache__" in n for n in names)
-    # compiled bytecode beside every module (issue 11; tests/test_bpf_artifacts.py checks it is used)
+    # compiled bytecode beside every module (issue 11; tests/device/test_bpf_artifacts.py checks it is used)
     assert all(n + "c" in names for n in names if n.endswith(".py") and n != "__main__.py")
     cpy = members(read(os.path.join(out, CPY)))
     assert cpy["./usr/lib/edge-agent/edge-agent.pyz"][1] == read(pyz)

@@ -11,7 +11,7 @@ interval and is acked "ok"; a badly signed one is rejected.
 HEAP is the launcher's default for a stock interpreter (firmware/files/edge-agent-mpy), which this
 job, signed commands included, passes in: on a stock interpreter bytecode loaded from .mpy lives in
 the heap. The agent's own interpreter, with the modules frozen in, runs in 64K
-(tests/test_device_binary.py).
+(tests/device/test_device_binary.py).
 
 Also, on CPython: agent.EveryInterval reads exactly when sampling.Sampler's fixed policy reads.
 """
@@ -27,8 +27,6 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from testbed.mosquitto import free_port, wait_for
-from testbed.otlp_receiver import OtlpReceiver, point_value
 
 from edge_agent import wire
 from edge_agent.agent import EveryInterval
@@ -36,6 +34,9 @@ from edge_agent.commands import sign
 from edge_agent.sampling import Sampler
 from firmware import manifest
 from firmware.build import compile_mpy
+from testbed.mosquitto import free_port, wait_for
+from testbed.otlp_receiver import OtlpReceiver, point_value
+from tests.support import ROOT
 
 BIN = os.path.dirname(sys.executable)
 MICROPYTHON = os.path.join(BIN, "micropython")
@@ -300,8 +301,7 @@ def test_mpy_agent_survives_memory_errors_and_keeps_sending(tmp_path, mosquitto_
     assert stop, "no clean stop after the memory errors"
 
 
-LAUNCHER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "firmware", "files",
-                        "edge-agent-mpy")
+LAUNCHER = os.path.join(ROOT, "firmware", "files", "edge-agent-mpy")
 
 
 @pytest.mark.skipif(not os.path.exists(MICROPYTHON), reason="the micropython binary is part of the venv")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT
+
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 SCRIPT = """

@@ -21,6 +21,7 @@ try:  # CPython only: MicroPython runs just the fake-socket tests
     import time
 
     import pytest
+
     from testbed.mosquitto import MOSQUITTO, start_mosquitto, stop
 except ImportError:
 
@@ -368,7 +369,7 @@ def run_micropython(script, timeout=60):
 
 def test_micropython_runs_the_byte_tests():
     count = len([name for name in globals() if name.startswith("test_bytes_")])
-    out = run_micropython("sys.path.insert(0, %r)\nimport test_umqtt\ntest_umqtt.run_bytes_tests()" % (ROOT + "/tests"))
+    out = run_micropython("sys.path.insert(0, %r)\nimport test_umqtt\ntest_umqtt.run_bytes_tests()" % (ROOT + "/tests/device"))
     assert out.strip() == "%d passed" % count
 
 

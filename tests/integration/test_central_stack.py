@@ -19,10 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from testbed.mosquitto import free_port, start_mosquitto, stop, wait_for
+from tests.support import ROOT
 from tests.support.prometheus import PROMTOOL, start_prometheus
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(ROOT)
 BIN = os.path.dirname(sys.executable)
 PROCFS, AUTO = "stack-procfs", "stack-auto"
 STATES = ("user", "nice", "system", "idle", "wait", "interrupt", "softirq", "steal")  # /proc/stat's columns

@@ -10,11 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from testbed.mosquitto import MOSQUITTO, start_mosquitto, stop, wait_for
 
 from edge_agent import config
 from edge_agent.config_doc import describe, render_default
 from edge_agent.hmac import key_bytes
+from testbed.mosquitto import MOSQUITTO, start_mosquitto, stop, wait_for
+from tests.support import ROOT
 
 BIN = os.path.dirname(sys.executable)
 AGENT, GATEWAY = BIN + "/edge-agent", BIN + "/edge-gateway"
@@ -168,7 +169,7 @@ def test_passwords_from_the_environment_or_a_file_never_in_the_logs(tmp_path, pa
 
 
 def test_firmware_build_runs_in_the_project_environment_or_says_what_to_run(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     other = "/usr/bin/python3"  # not the venv's interpreter: the build re-runs itself there
     proc = subprocess.run([other, "-m", "firmware", "build", "--help"], cwd=root, capture_output=True, text=True,
                           timeout=60)
@@ -186,7 +187,7 @@ def test_gateway_on_a_terminal_without_exporter_logs_batches_not_json(tmp_path, 
     """No OTEL_*, --output nor remote write, stdout a terminal: a line per batch, no OTLP JSON flood."""
     import pty
 
-    from test_gateway_cli import send_device_data
+    from tests.support.gateway import send_device_data
 
     leader, follower = pty.openpty()
     log = tmp_path / "gateway.log"

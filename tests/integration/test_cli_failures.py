@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 
-from testbed import production_broker
 import pytest
+
+from testbed import production_broker
 from testbed.mosquitto import free_port, start_mosquitto, stop, wait_for
 
 BIN = os.path.dirname(sys.executable)

@@ -13,11 +13,11 @@ import subprocess
 import sys
 import time
 
-from testbed import production_broker
 import pytest
-from testbed.mosquitto import free_port, stop, wait_for
 
 from gateway import identity
+from testbed import production_broker
+from testbed.mosquitto import free_port, stop, wait_for
 
 BIN = os.path.dirname(sys.executable)
 

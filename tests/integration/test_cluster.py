@@ -1,6 +1,6 @@
 """Beyond one broker: a 3-node RabbitMQ cluster, gateway replicas and a simulated fleet, with failures.
 
-Real processes only: three RabbitMQ 3.10 nodes started by the test (tests/rabbitmq.py: their own
+Real processes only: three RabbitMQ 3.10 nodes started by the test (testbed/rabbitmq.py: their own
 epmd, ports and data directories), two `edge-gateway run --amqp ...` replicas consuming the
 replicated data queue and exporting OTLP/HTTP to a real receiver, and `edge-fleet-sim` devices
 (the agent's protocol and receipts) publishing over MQTT to the nodes' MQTT plugin, each trying the
@@ -24,11 +24,11 @@ import sys
 import time
 
 import pytest
+
+from fleetsim.check import Tally, compare
 from testbed.mosquitto import free_port, stop, wait_for
 from testbed.otlp_receiver import OtlpReceiver
 from testbed.rabbitmq import Cluster
-
-from fleetsim.check import Tally, compare
 
 BIN = os.path.dirname(sys.executable)
 KILL_WINDOW_S = 2.0  # an export in flight, its receipt and ack not yet out, when a process was killed

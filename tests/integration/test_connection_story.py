@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import pytest
+
 from testbed.mosquitto import free_port, start_mosquitto, stop, wait_for
 
 BIN = os.path.dirname(sys.executable)

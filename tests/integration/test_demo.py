@@ -12,9 +12,10 @@ import subprocess
 import time
 
 import pytest
-from testbed.mosquitto import free_port, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testbed.mosquitto import free_port, wait_for
+from tests.support import ROOT
+
 SCREEN = 24  # lines: what a terminal shows before anything scrolls
 
 

@@ -15,6 +15,7 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
+
 from testbed.mosquitto import free_port, start_mosquitto, stop, wait_for
 from testbed.otlp_receiver import OtlpReceiver, point_value
 

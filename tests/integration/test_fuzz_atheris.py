@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT as CHECKOUT
+
+ROOT = Path(CHECKOUT)
 SECONDS = int(os.environ.get("EDGE_FUZZ_SECONDS", "20"))
 HARNESSES = {"gateway_decode": 16384, "agent_command": 4200, "umsgpack": 16384}  # name -> -max_len
 

@@ -8,16 +8,15 @@ import sys
 import time
 import urllib.request
 
-import paho.mqtt.client as paho
 import pytest
-from tests.support.gateway import batch, birth, make_table, steady
 from google.protobuf import json_format
-from testbed.mosquitto import free_port
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from test_gateway_export import Receiver
 
 from gateway.cli import build_parser
+from testbed.mosquitto import free_port
+from tests.support.gateway import send_device_data
+from tests.support.otlp_http import Receiver
 
 
 def gateway_process(tmp_path, mosquitto_broker, *extra, env=None):
@@ -53,20 +52,6 @@ def wait_for(predicate, timeout=15.0):
 def log_events(tmp_path):
     lines = (tmp_path / "gateway.log").read_text().splitlines()
     return [json.loads(line) for line in lines]
-
-
-def send_device_data(port, n=2):
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    table, series = make_table()
-    client.publish("edge/dev-1/birth", birth(table), qos=1, retain=True).wait_for_publish(5)
-    now = int(time.time() * 1000)
-    for seq in range(n):
-        client.publish("edge/dev-1/data", batch(steady(series, t0=now - 2000), seq=seq), qos=1).wait_for_publish(5)
-    client.publish("edge/dev-1/data", b"\xc1", qos=1).wait_for_publish(5)
-    client.loop_stop()
-    client.disconnect()
 
 
 def terminate(proc):

@@ -6,8 +6,6 @@ import urllib.request
 
 import paho.mqtt.client as paho
 import pytest
-from tests.support.gateway import batch, birth, make_table, steady
-from test_gateway_export import FAST, Receiver
 
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
@@ -16,6 +14,7 @@ from gateway.http import StatusServer
 from gateway.metrics import GatewayMetrics
 from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker, split_topic
 from gateway.pipeline import ExportPipeline
+from tests.support.gateway import FAST, batch, birth, make_table, steady
 
 
 class Running:
@@ -78,13 +77,6 @@ def exported_points(receiver):
                     continue  # the gateway's delivery metrics, not device samples
                 total += len(m.sum.data_points) + len(m.gauge.data_points) + len(m.histogram.data_points)
     return total
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def test_topics_and_broker_urls():

@@ -16,9 +16,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from testbed.mosquitto import start_mosquitto, stop
 
 from edge_agent import wire
+from testbed.mosquitto import start_mosquitto, stop
 
 BIN = os.path.dirname(sys.executable)
 HOG = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"

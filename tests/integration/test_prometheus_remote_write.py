@@ -11,9 +11,6 @@ import time
 
 import cramjam
 import pytest
-from tests.support.gateway import batch, birth, make_table, steady
-from testbed.otlp_receiver import OtlpReceiver
-from tests.support.prometheus import start_prometheus
 
 from gateway.decode import Dictionaries
 from gateway.export import HttpExporter, OtlpConfig, RetryPolicy, send_with_retry
@@ -21,6 +18,9 @@ from gateway.fanout import FanOut
 from gateway.otlp import to_request
 from gateway.prompb import WriteRequest
 from gateway.promwrite import RemoteWriteConfig, RemoteWriteExporter, _float, label_name, metric_name, secret
+from testbed.otlp_receiver import OtlpReceiver
+from tests.support.gateway import batch, birth, make_table, steady
+from tests.support.prometheus import start_prometheus
 
 
 def request_at(t0_ms, seq=1, device="dev-1"):

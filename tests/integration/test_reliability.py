@@ -4,7 +4,7 @@ processes and sockets.
 mosquitto (persistent unless a test says otherwise: it saves every second and on a clean stop, and
 each test that restarts it checks in its log that it did), `edge-agent run` sampling this machine
 every 0.5 s (procfs collectors; one test reads a /proc tree it writes itself), `edge-gateway run`
-exporting OTLP/HTTP to a real receiver (tests/otlp_receiver.py). Every fault is staged as an
+exporting OTLP/HTTP to a real receiver (testbed/otlp_receiver.py). Every fault is staged as an
 operator would meet it: SIGTERM, kill -9, a broker that forgets, a full disk, a slow receiver, a
 clock that steps back. The assertions are on what the receiver got.
 
@@ -32,11 +32,12 @@ import time
 import urllib.request
 
 import pytest
+
 from testbed.mosquitto import assert_saved, free_port, start_mosquitto, stop, wait_for
 from testbed.otlp_receiver import OtlpReceiver, point_value
 
 BIN = os.path.dirname(sys.executable)
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: fixtures/, native/
 DEVICE = "rel-dev"
 INTERVAL = 0.5
 COLLECTORS = {name: {"backend": "procfs"} for name in ("cpu", "memory", "load", "network", "system")}
@@ -670,7 +671,7 @@ def test_a_broker_that_discards_acknowledged_messages_loses_nothing(rig):
 # ---------------------------------------------------------------- full disks
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (CI runs as root)")
+@pytest.mark.root  # mounts a tmpfs
 def test_a_full_spool_disk_drops_the_oldest_counts_it_and_the_agent_runs_on(rig, tiny_disk):
     """Issue 12, fault 6: the agent exited on ENOSPC while spooling."""
     r = rig()
@@ -695,7 +696,7 @@ def test_a_full_spool_disk_drops_the_oldest_counts_it_and_the_agent_runs_on(rig,
     assert_exactly_once(fig)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (CI runs as root)")
+@pytest.mark.root  # mounts a tmpfs
 def test_a_full_or_read_only_gateway_state_dir_is_one_clear_line(rig, tiny_disk, tmp_path):
     """Issue 12, fault 6: the gateway could not start with a full --state-dir (a traceback)."""
     r = rig()

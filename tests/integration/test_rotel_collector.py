@@ -10,15 +10,15 @@ import subprocess
 import threading
 
 import pytest
-from tests.support.gateway import BOOT_TIME_MS, batch, birth, make_table, steady
-from testbed.mosquitto import free_port, stop, wait_for
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
-from testbed.otlp_receiver import OtlpReceiver
 
 from gateway.decode import Dictionaries
 from gateway.events import DeviceEvents
 from gateway.export import GrpcExporter, HttpExporter, OtlpConfig, RetryPolicy, send_with_retry
 from gateway.otlp import to_request
+from testbed.mosquitto import free_port, stop, wait_for
+from testbed.otlp_receiver import OtlpReceiver
+from tests.support.gateway import BOOT_TIME_MS, batch, birth, make_table, steady
 
 rotel = pytest.importorskip("rotel", reason="rotel is a test dependency (pyproject [test])")
 ROTEL = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")

@@ -20,11 +20,12 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
-from testbed import production_broker
 import pytest
-from testbed.mosquitto import MOSQUITTO, free_port, stop, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testbed import production_broker
+from testbed.mosquitto import MOSQUITTO, free_port, stop, wait_for
+from tests.support import ROOT
+
 DEPLOY = os.path.join(ROOT, "deploy", "mosquitto")
 BIN = os.path.dirname(sys.executable)
 
@@ -280,9 +281,8 @@ def socket_open(port):
 def test_no_credential_reaches_a_log(tmp_path, mosquitto_broker):
     """MQTT user names and passwords, OTLP headers (API keys), command keys: in no log line, on no
     path (start, connection, command, stop), in neither process."""
-    from testbed.otlp_receiver import OtlpReceiver
-
     from edge_agent.commands import sign
+    from testbed.otlp_receiver import OtlpReceiver
 
     secrets_ = {"mqtt": "mqtt-pa55-Zq8", "otlp": "otlp-t0ken-Yx7", "key": "c0mmand-key-Wv6", "user": "us3r-Name-K2"}
     receiver = OtlpReceiver()

@@ -16,10 +16,10 @@ import time
 import msgpack
 import paho.mqtt.client as mqtt
 import pytest
-from testbed.mosquitto import start_mosquitto, stop
 
 from edge_agent import wire
 from edge_agent.commands import sign
+from testbed.mosquitto import start_mosquitto, stop
 
 BIN = os.path.dirname(sys.executable)
 DEVICE_KEY = "hex:5e1f0a2b3c4d5e6f708192a3b4c5d6e7"

@@ -13,8 +13,8 @@ import pytest
 from edge_agent.collectors import bpf_check, bpf_core, bpf_syscall
 from edge_agent.collectors.bpf_loader import verifier_summary
 from edge_agent.collectors.bpf_object import BPF_LD_IMM64, BpfObject, BpfObjectError
+from tests.support import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BPF = os.path.join(ROOT, "bpf")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tracefs")
 

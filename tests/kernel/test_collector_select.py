@@ -13,8 +13,9 @@ import tempfile
 import pytest
 
 from edge_agent.collectors import procfs_cpu
+from tests.support import ROOT
+from tests.support.ebpf import refused_objects
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = {"system.cpu.time", "system.cpu.utilization", "system.network.io", "system.network.packets",
         "system.network.errors", "system.network.dropped", "system.memory.usage", "system.uptime"}
 CHILD = """
@@ -85,6 +86,7 @@ def _ebpf_here():
     _need(reason is None, "eBPF unavailable: %s" % reason)
 
 
+@pytest.mark.root
 def test_ebpf_and_fallback_send_the_same_core_names(tmp_path):
     _ebpf_here()
     ebpf = _run()
@@ -100,11 +102,9 @@ def test_ebpf_and_fallback_send_the_same_core_names(tmp_path):
     assert "bcc" not in ebpf["modules"] and "pyroute2.iproute" not in ebpf["modules"], ebpf["modules"]
 
 
+@pytest.mark.root
 def test_a_refused_program_falls_back_to_proc_without_losing_a_name(tmp_path):
     _ebpf_here()
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_ebpf_kernel import refused_objects
-
     got = _run(refused_objects(str(tmp_path)))
     assert got["effective"]["cpu"] == "procfs" and got["effective"]["network"] == "netlink", got
     cpu_line = got["lines"][0]
@@ -114,6 +114,7 @@ def test_a_refused_program_falls_back_to_proc_without_losing_a_name(tmp_path):
     assert CORE <= set(got["names"]) and got["states"] == PROC_STATES
 
 
+@pytest.mark.root
 def test_without_privileges_the_line_says_so():
     setpriv = shutil.which("setpriv")
     _need(os.geteuid() == 0 and setpriv is not None, "needs root and setpriv to drop privileges")

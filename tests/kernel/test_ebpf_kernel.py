@@ -27,8 +27,10 @@ import uuid
 import pytest
 
 from edge_agent.model import SeriesCache
+from tests.support.ebpf import refused_objects
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.root  # every test loads programs into the kernel or makes veth pairs
+
 UDP_PAYLOAD = 1000
 FRAME = UDP_PAYLOAD + 8 + 20 + 14  # UDP, IPv4 and Ethernet headers: what the device counts
 COUNT = 300
@@ -425,40 +427,6 @@ def test_our_loader_and_libbpf_time_the_cpu_alike():
     assert all(any(comm.startswith("python") for comm, _ in r1[i]["top"]) for i in (0, 1)), [r["top"] for r in r1]
 
 
-REFUSED = """#include "tracepoints.h"
-char LICENSE[] SEC("license") = "GPL";
-const volatile __u32 top_pids = 0; /* the constant the cpu loader sets */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16);
-    __type(key, __u32);
-    __type(value, __u64);
-} counts SEC(".maps");
-
-SEC("tracepoint/sched/sched_switch")
-int sched_switch(struct trace_event_raw_sched_switch *ctx)
-{
-    __u32 pid = ctx->prev_pid;
-    __u64 *count = bpf_map_lookup_elem(&counts, &pid);
-    *count += 1; /* no NULL check: the verifier refuses this */
-    return 0;
-}
-"""
-
-
-def refused_objects(directory):
-    """A directory with cpu.bpfel.o and net.bpfel.o that the kernel's verifier refuses."""
-    import shutil
-
-    for name in ("cpu", "net"):
-        src = os.path.join(directory, "refused.bpf.c")
-        with open(src, "w") as f:
-            f.write(REFUSED)
-        subprocess.run([shutil.which("clang") or "clang", "-target", "bpfel", "-O2", "-g", "-I", os.path.join(ROOT, "bpf"),
-                        "-c", src, "-o", os.path.join(directory, "%s.bpfel.o" % name)], check=True)
-    return directory
-
-
 def test_a_refused_program_says_why(tmp_path, monkeypatch):
     _require_ebpf("cpu")
     from edge_agent.collectors import bpf_check
@@ -482,7 +450,6 @@ def test_the_ebpf_agent_maps_no_compiler_or_bcc(tmp_path):
     loaded in the process, and no LLVM, clang, bcc (or libbpf) library in /proc/<pid>/maps."""
     _require_ebpf("cpu")
     _require_ebpf("net")
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
     from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp_path)

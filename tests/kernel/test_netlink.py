@@ -88,6 +88,7 @@ def test_live_read_agrees_with_proc_net_dev():
     assert got["system.linux.network.mtu{device=lo}"] > 0
 
 
+@pytest.mark.root
 def test_link_events_name_the_interface():
     _need_netlink(root=True)
     a, b = "etl" + uuid.uuid4().hex[:6], "etm" + uuid.uuid4().hex[:6]

@@ -1,9 +1,16 @@
-"""Helpers for the gateway tests: real births and batches built with edge_agent.wire."""
+"""Helpers for the gateway tests: real births and batches built with edge_agent.wire, the gateway core's
+callbacks (acks, receipts), a quick retry policy, and device data published to a real broker."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import paho.mqtt.client as paho
+
 from edge_agent import wire
 from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesTable
+from gateway.export import RetryPolicy
 
 BOOT_ID = "4f3c2a10-1111-2222-3333-444455556666"
 BOOT_TIME_MS = 1_700_000_000_000
@@ -50,3 +57,55 @@ def steady(series: dict[str, Series], t0: int = BOOT_TIME_MS + 60_000, n: int = 
             (series["mem"], 4096 + i), (series["lat"], (3 + i, 250 + i, (1, 1 + i, 1, 0))),
         ]))
     return ticks
+
+
+FAST = RetryPolicy(initial_s=0.01, max_s=0.05)  # the exporter's retries, quick enough for tests
+
+
+class Acks:
+    def __init__(self):
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.count += 1
+
+    def wait(self, n, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while self.count < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.count == n
+
+
+class Receipts(list):
+    """What the gateway publishes to devices: (device, boot, [(first, count, kind), ...])."""
+
+    def __call__(self, device, payload):
+        boot, runs = wire.parse_receipt(payload)
+        self.append((device, boot, runs))
+        return True
+
+    def runs(self, kind=None):
+        return [r for _, _, runs in list(self) for r in runs if kind is None or r[2] == kind]
+
+    def wait(self, n, kind=None, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while len(self.runs(kind)) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.runs(kind)
+
+
+def send_device_data(port, n=2):
+    """A birth, `n` batches and one malformed payload from dev-1, published to the broker on `port`."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    table, series = make_table()
+    client.publish("edge/dev-1/birth", birth(table), qos=1, retain=True).wait_for_publish(5)
+    now = int(time.time() * 1000)
+    for seq in range(n):
+        client.publish("edge/dev-1/data", batch(steady(series, t0=now - 2000), seq=seq), qos=1).wait_for_publish(5)
+    client.publish("edge/dev-1/data", b"\xc1", qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()

@@ -1,6 +1,6 @@
 """The agent survives MemoryError (a small, fragmented MicroPython heap), on CPython with injected failures:
 the birth is tried again and data waits for it, a batch that cannot be encoded is dropped and reported in
-`ext.lost`, the loop carries on. tests/test_micropython_agent.py provokes the real thing under micropython."""
+`ext.lost`, the loop carries on. tests/device/test_micropython_agent.py provokes the real thing under micropython."""
 
 from edge_agent import config, wire
 from edge_agent.agent import Agent

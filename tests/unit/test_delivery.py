@@ -1,6 +1,6 @@
 """Delivery receipts on the agent's side, in process: the agent with a transport that records what it
 publishes and acknowledges when told (the broker's side of the contract), receipts built with the
-gateway's own encoder (edge_agent.wire.encode_receipt). tests/test_reliability.py runs the real
+gateway's own encoder (edge_agent.wire.encode_receipt). tests/integration/test_reliability.py runs the real
 processes; this file pins the rules down one by one.
 
 - with receipts a batch leaves only on its receipt, one batch is out at a time (order), what gets
@@ -290,7 +290,7 @@ def test_a_batch_whose_birth_is_gone_is_given_up_and_counted(tmp_path, clock):
     assert ("dictionary_lost", {"seq": seq, "batches": 2, "samples": 6}) in later.logged
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs (CI runs as root)")
+@pytest.mark.root  # mounts a tmpfs
 def test_a_full_spool_disk_drops_the_oldest_spooled_batches_and_runs_on_from_ram(tiny_disk, tmp_path, clock):
     agent = make(tiny_disk, spool_bytes=1 << 30, collectors=[Counters(n=40)], buffer={"max_batches": 4,
                                                                                      "spool_chunk": 2})
@@ -342,6 +342,7 @@ def test_the_receipt_format_round_trips_and_rejects_garbage():
     assert json.dumps(wire.runs_of([3, 1, 2, 7, 9, 8])) == "[[1, 3, 0], [7, 3, 0]]"
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_hostile_receipts_never_raise_and_settle_only_what_they_name(payload):

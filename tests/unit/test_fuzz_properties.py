@@ -21,10 +21,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from tests.support.gateway import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, steady
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_commands import DEVICE_KEY, FLEET_KEY, NOW, make_agent
 
 from edge_agent import commands, umsgpack
 from edge_agent.commands import sign
@@ -34,6 +32,8 @@ from gateway.decode import Dictionaries, Rejected, UnknownDictionary
 from gateway.dedupe import SeqTracker
 from gateway.otlp import to_request
 from gateway.otlpwire import encode
+from tests.support.agent import DEVICE_KEY, FLEET_KEY, NOW, make_agent
+from tests.support.gateway import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, steady
 
 LABEL = re.compile(r"^[a-z][a-z_]{2,30}$")
 GATEWAY_REASONS = {
@@ -207,6 +207,7 @@ def test_gateway_arbitrary_bytes(data, kind):
     good_data_still_decodes(dicts)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.one_of(mutated(GOOD_BATCH), mutated(GOOD_DEFLATED), swapped(BATCH_OBJ)))
 def test_gateway_mutated_batches(payload):
@@ -215,6 +216,7 @@ def test_gateway_mutated_batches(payload):
     good_data_still_decodes(dicts)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.one_of(mutated(GOOD_BIRTH), swapped(BIRTH_OBJ)))
 def test_gateway_mutated_births_never_corrupt_the_dictionary(payload):
@@ -228,6 +230,7 @@ def test_gateway_mutated_births_never_corrupt_the_dictionary(payload):
                           st.one_of(mutated(GOOD_BATCH), mutated(GOOD_BIRTH), swapped(BATCH_OBJ),
                                     swapped(BIRTH_OBJ), st.sampled_from(crafted()))),
                 min_size=1, max_size=8))
+@pytest.mark.slow
 def test_gateway_good_after_bad(messages):
     dicts = gateway()
     replaced_by_device = False  # a mutated birth may still be valid: then the device changed its own dictionary
@@ -388,7 +391,7 @@ _TMP = tempfile.TemporaryDirectory(prefix="fuzz-cmd-")  # removed when the modul
 
 
 class Commands:
-    """A real Agent and CommandHandler, built like tests/test_commands.py does."""
+    """A real Agent and CommandHandler, built like tests/unit/test_commands.py does."""
 
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(dir=_TMP.name))
@@ -468,6 +471,7 @@ TOPICS = st.sampled_from(["edge/dev-7/cmd", "edge/dev-7/cmd", "edge/_fleet/cmd",
                           "edge/dev-8/cmd", "edge/dev-7/cmd/x", ""])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(command_payloads(), TOPICS), min_size=1, max_size=5))
 def test_commands_never_raise_and_good_after_bad(sequence):
@@ -564,6 +568,7 @@ def test_umsgpack_only_raises_value_error_and_agrees_with_msgpack(data):
     assert same(ours, theirs)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(values)
 def test_umsgpack_round_trip_matches_msgpack(value):
@@ -629,6 +634,7 @@ def worst_cases() -> dict[str, tuple[object, bytes]]:
     }
 
 
+@pytest.mark.slow
 def test_work_is_bounded_by_payload_size(capsys):
     cases = worst_cases()
     c = Commands()

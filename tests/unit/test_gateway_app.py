@@ -1,12 +1,9 @@
 """The gateway core without MQTT: acks settle exactly once, duplicates and gaps, delivery receipts,
 batches waiting for their dictionary."""
 
-import threading
 import time
 
 import pytest
-from tests.support.gateway import batch, birth, make_table, steady
-from test_gateway_export import FAST, Receiver
 
 from edge_agent import umsgpack, wire
 from gateway.app import Gateway
@@ -15,47 +12,7 @@ from gateway.dedupe import SeqTracker
 from gateway.export import HttpExporter, OtlpConfig
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ExportPipeline
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
-class Acks:
-    def __init__(self):
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def __call__(self):
-        with self.lock:
-            self.count += 1
-
-    def wait(self, n, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while self.count < n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.count == n
-
-
-class Receipts(list):
-    """What the gateway publishes to devices: (device, boot, [(first, count, kind), ...])."""
-
-    def __call__(self, device, payload):
-        boot, runs = wire.parse_receipt(payload)
-        self.append((device, boot, runs))
-        return True
-
-    def runs(self, kind=None):
-        return [r for _, _, runs in list(self) for r in runs if kind is None or r[2] == kind]
-
-    def wait(self, n, kind=None, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while len(self.runs(kind)) < n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.runs(kind)
+from tests.support.gateway import FAST, Acks, Receipts, batch, birth, make_table, steady
 
 
 def core(receiver, dedupe=None, birth_wait_s=0, with_birth=True):
@@ -112,6 +69,7 @@ def test_bad_input_is_acked_and_unknown_dictionary_released_without_wait(receive
     assert metrics.births_rejected.value(reason="bad_birth") == 1
 
 
+@pytest.mark.slow
 def test_receipts_list_what_was_exported_duplicates_again_and_refused(receiver):
     gateway, metrics, pipeline, series = core(receiver, SeqTracker())
     receipts = gateway.publish_receipt

@@ -2,13 +2,13 @@
 
 import msgpack
 import pytest
-from tests.support.gateway import BOOT_ID, batch, birth, make_table, steady
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import wire
 from edge_agent.model import COUNTER, Series, SeriesTable
 from gateway.decode import Dictionaries, Rejected, UnknownDictionary
+from tests.support.gateway import BOOT_ID, batch, birth, make_table, steady
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import threading
 
-from tests.support.gateway import BOOT_TIME_MS, batch, birth, make_table
 from opentelemetry.proto.logs.v1 import logs_pb2
-from testbed.otlp_receiver import OtlpReceiver
 
 from edge_agent.model import GAUGE, Series, SeriesTable
 from gateway.app import Gateway
@@ -17,6 +15,8 @@ from gateway.events import DeviceEvents
 from gateway.export import HttpExporter, OtlpConfig, RetryPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ExportPipeline
+from testbed.otlp_receiver import OtlpReceiver
+from tests.support.gateway import BOOT_TIME_MS, batch, birth, make_table
 
 T0 = BOOT_TIME_MS + 60_000
 

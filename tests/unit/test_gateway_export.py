@@ -1,16 +1,13 @@
 """Exporters against real receivers: an HTTP server and a grpcio server parsing OTLP protobuf."""
 
-import gzip
 import io
 import json
 import threading
 import time
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import pytest
-from tests.support.gateway import batch, birth, make_table, steady
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as svc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -35,55 +32,7 @@ from gateway.export import (
 from gateway.metrics import GatewayMetrics
 from gateway.otlp import to_request
 from gateway.pipeline import DROPPED, EXPORTED, ExportPipeline, Item
-
-FAST = RetryPolicy(initial_s=0.01, max_s=0.05)
-
-
-class Receiver:
-    """An OTLP/HTTP receiver: answers from `script` (status, headers) in turn, then 200."""
-
-    def __init__(self, script=()):
-        self.script = list(script)
-        self.requests = []  # (path, headers, ExportMetricsServiceRequest)
-        self.delay = 0.0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportMetricsServiceRequest()
-                request.ParseFromString(body)
-                receiver.requests.append((self.path, self.headers, request))
-                time.sleep(receiver.delay)
-                status, headers = receiver.script.pop(0) if receiver.script else (200, {})
-                reply = ExportMetricsServiceResponse().SerializeToString() if status == 200 else b"no"
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+from tests.support.gateway import FAST, batch, birth, make_table, steady
 
 
 def resolved_batches(n=1, device="dev-1"):

@@ -2,11 +2,11 @@
 
 import msgpack
 import pytest
-from tests.support.gateway import BOOT_TIME_MS, batch, birth, make_table, steady
 
 from edge_agent import wire
 from gateway.decode import Dictionaries
 from gateway.otlp import to_request
+from tests.support.gateway import BOOT_TIME_MS, batch, birth, make_table, steady
 
 
 def with_ext(payload: bytes, ext: dict) -> bytes:

@@ -7,12 +7,12 @@ the device's good dictionary keeps resolving its batches.
 import types
 
 import pytest
-from tests.support.gateway import BOOT_ID, batch, birth, make_table, steady
 
 from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
 from gateway.app import Gateway
 from gateway.decode import Dictionaries, Rejected, UnknownDictionary
 from gateway.metrics import GatewayMetrics
+from tests.support.gateway import BOOT_ID, batch, birth, make_table, steady
 
 
 class Clock:
@@ -65,6 +65,7 @@ def test_device_limit_admits_known_devices_only():
     assert sorted(dicts.devices()) == ["dev-1", "dev-2"]
 
 
+@pytest.mark.slow
 def test_new_series_rate_limits_a_growing_dictionary():
     clock = Clock()
     dicts = Dictionaries(max_series=5000, max_new_series=100, clock=clock)
@@ -85,6 +86,7 @@ def test_new_series_rate_limits_a_growing_dictionary():
     assert len(dicts.add_birth("dev-1", birth(big_table(1980), boot_id="other-boot")).series) == 1980
 
 
+@pytest.mark.slow
 def test_rapid_rebirths_with_growing_dictionaries_are_limited_and_counted():
     clock = Clock()
     dicts = Dictionaries(max_new_series=60, clock=clock)

@@ -4,11 +4,6 @@ new devices beyond --max-devices are refused with one line and a metric (issue 1
 import logging
 import time
 
-import pytest
-from tests.support.gateway import batch, birth, make_table, steady
-from test_gateway_app import Acks, Receipts
-from test_gateway_export import FAST, Receiver
-
 from edge_agent import wire
 from gateway.app import Gateway
 from gateway.decode import Dictionaries
@@ -16,13 +11,7 @@ from gateway.dedupe import SeqTracker
 from gateway.export import HttpExporter, OtlpConfig
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ExportPipeline
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+from tests.support.gateway import FAST, Acks, Receipts, batch, birth, make_table, steady
 
 
 def gateway_for(receiver, **kwargs):

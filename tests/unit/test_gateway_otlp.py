@@ -4,7 +4,6 @@ Every conversion here also goes through the gateway's direct protobuf writer (ga
 which must produce the very same bytes as the message objects of `to_request`."""
 
 import pytest
-from tests.support.gateway import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, steady
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 
@@ -13,6 +12,8 @@ from gateway.conventions import CATALOG
 from gateway.decode import Dictionaries
 from gateway.otlp import to_request
 from gateway.otlpwire import encode
+from tests.support import ROOT
+from tests.support.gateway import BOOT_ID, BOOT_TIME_MS, batch, birth, make_table, steady
 
 T0 = BOOT_TIME_MS + 60_000
 
@@ -215,7 +216,7 @@ def test_every_metric_name_a_collector_can_make_is_in_the_catalog():
     import pathlib
     import re
 
-    sources = pathlib.Path(__file__).resolve().parent.parent / "edge_agent" / "collectors"
+    sources = pathlib.Path(ROOT) / "edge_agent" / "collectors"
     names = set()
     for path in sources.glob("*.py"):
         names |= set(re.findall(r'"((?:system|process)\.[a-z_.0-9]*[a-z0-9])"', path.read_text()))

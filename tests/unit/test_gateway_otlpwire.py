@@ -3,7 +3,7 @@
 `to_request` (gateway/otlp.py) builds the request from opentelemetry-proto message objects; the
 writer must give the very bytes `SerializeToString()` gives, for real agent output and for the
 corners (values beyond int64, zero times, starts after a point's time, histograms, several
-devices), and those bytes must parse with opentelemetry-proto. tests/test_gateway_otlp.py and the
+devices), and those bytes must parse with opentelemetry-proto. tests/unit/test_gateway_otlp.py and the
 fuzz properties also compare the two on every conversion they make.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 import msgpack
-from tests.support.gateway import BOOT_TIME_MS, batch, birth, info, make_table, steady
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -22,8 +22,10 @@ from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
 from gateway.decode import Dictionaries
 from gateway.otlp import to_request
 from gateway.otlpwire import Encoded, as_message, encode
+from tests.support import ROOT
+from tests.support.gateway import BOOT_TIME_MS, batch, birth, info, make_table, steady
 
-RECORDING = os.path.join(os.path.dirname(__file__), "..", "fleetsim", "recording.msgpack")
+RECORDING = os.path.join(ROOT, "fleetsim", "recording.msgpack")
 
 
 def same_bytes(resolved: list) -> bytes:
@@ -109,6 +111,7 @@ def columns(draw):
     return table, ticks
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(columns(), st.booleans())
 def test_random_batches_are_byte_identical_or_refused_alike(made, interval):

@@ -1,9 +1,6 @@
 """--state-dir: dedupe state and births survive a gateway restart; device status and agent drops."""
 
 import pytest
-from tests.support.gateway import BOOT_ID, batch, birth, make_table, steady
-from test_gateway_app import Acks
-from test_gateway_export import FAST, Receiver
 
 from edge_agent import wire
 from gateway.app import Gateway
@@ -13,13 +10,7 @@ from gateway.export import HttpExporter, OtlpConfig
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import ExportPipeline
 from gateway.state import GatewayState, StateError
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+from tests.support.gateway import BOOT_ID, FAST, Acks, batch, birth, make_table, steady
 
 
 def start(receiver, state_dir, published=None):

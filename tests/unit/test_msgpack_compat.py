@@ -1,11 +1,9 @@
-"""edge_agent.umsgpack against the msgpack package: the same bytes for the same input, on CPython and under
-the real MicroPython, and a decoder that meets hostile input with ValueError alone, and quickly."""
+"""edge_agent.umsgpack against the msgpack package: the same bytes for the same input on CPython (under the
+real MicroPython: tests/device/test_msgpack_mpy.py), and a decoder that meets hostile input with ValueError
+alone, and quickly."""
 
 import math
-import os
 import struct
-import subprocess
-import sys
 import time
 
 import msgpack
@@ -14,9 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent import umsgpack
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 INT_BOUNDARIES = [0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
                   2**63 - 1, 2**63, 2**64 - 1, -1, -31, -32, -33, -127, -128, -129, -32767, -32768, -32769,
@@ -50,6 +45,7 @@ def same(a, b):
     return umsgpack.packb(a) == umsgpack.packb(b)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(values)
 def test_packb_is_byte_identical_and_round_trips(value):
@@ -79,41 +75,6 @@ def test_out_of_range_and_unknown_types_raise_value_error():
     for bad in (2**64, -(2**63) - 1, object(), {1, 2}, 1j):
         with pytest.raises(ValueError):
             umsgpack.packb(bad)
-
-
-# ---------------------------------------------------------------- the same bytes under MicroPython
-
-CORPUS = """[
-    None, True, False, 0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296,
-    18446744073709551615, -1, -32, -33, -128, -129, -32768, -32769, -2147483648, -2147483649,
-    -9223372036854775808, 0.0, -0.0, 1.5, -2.25, float("inf"), float("-inf"), float("nan"), 1e300,
-    "", "a", "é" * 15 + "a", "é" * 16, "€" * 85, "x" * 256, "😀" * 16383 + "abc", "y" * 65536,
-    b"", b"\\x00\\xff", bytes(255), bytes(256), bytes(65536),
-    [], list(range(15)), list(range(16)), [[[[1]]]], (1, "two", b"3"),
-    {}, {"k": "v"}, {1: [1, 2, {"x": None}]}, list(range(70000)),
-]"""
-MULTI_KEY = """[{"v": 1, "dev": "d", "boot": "b", "series": [[0, "system.cpu.time", "s", 1, {"cpu": "total"}]]},
-    {i: i * i for i in range(40)}]"""
-
-
-def test_micropython_produces_the_same_bytes():
-    if not os.path.exists(MICROPYTHON):
-        pytest.skip("no micropython binary beside the interpreter")
-    script = ("import sys\nsys.path.insert(0, %r)\nfrom binascii import hexlify\nfrom edge_agent import umsgpack\n"
-              "for item in %s:\n    print(hexlify(umsgpack.packb(item)).decode())\n"
-              "for item in %s:\n    print(hexlify(umsgpack.packb(item)).decode())\n") % (ROOT, CORPUS, MULTI_KEY)
-    proc = subprocess.run([MICROPYTHON, "-X", "heapsize=8M", "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    lines = proc.stdout.split()
-    corpus, multi = eval(CORPUS), eval(MULTI_KEY)
-    assert len(lines) == len(corpus) + len(multi)
-    for item, line in zip(corpus, lines, strict=False):
-        assert bytes.fromhex(line) == msgpack.packb(item) == umsgpack.packb(item), repr(item)[:60]
-    # MicroPython's dicts do not keep insertion order, so maps of several keys may come out in another order:
-    # the same map, not the same bytes.
-    for item, line in zip(multi, lines[len(corpus):], strict=True):
-        assert msgpack.unpackb(bytes.fromhex(line), strict_map_key=False) == item
 
 
 # ---------------------------------------------------------------- hostile input to the decoder
@@ -160,6 +121,7 @@ def test_bad_types_and_keys():
                  st.builds(lambda v, cut, junk: umsgpack.packb(v)[:cut] + junk, values,
                            st.integers(0, 200), st.binary(max_size=8)),
                  st.builds(lambda head, tail: head + tail, st.sampled_from(HUGE), st.binary(max_size=16))))
+@pytest.mark.slow
 def test_random_input_decodes_or_raises_value_error_only(data):
     start = time.perf_counter()
     try:

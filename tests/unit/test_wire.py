@@ -72,6 +72,7 @@ def expected_columns(ticks):
     return cols
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(batches(), st.booleans(), st.integers(min_value=0, max_value=U64))
 def test_round_trip(data, compress, seq):
@@ -106,6 +107,7 @@ def reference_encode(ticks, device, boot, seq, dict_epoch, ext=None):
     return msgpack.packb(message + ([ext] if ext else []))
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(batches(), st.booleans())
 def test_encoding_is_byte_identical_to_msgpack(data, with_ext):
@@ -118,6 +120,7 @@ def test_encoding_is_byte_identical_to_msgpack(data, with_ext):
     assert builder.encode("dev-1", 7, 1 << 40, 3, ext=ext) == reference_encode(ticks, "dev-1", 7, 1 << 40, 3, ext)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(batches(), st.integers(min_value=1, max_value=40), st.booleans())
 def test_chunked_encoding_is_the_same_bytes_in_pieces(data, size, compress):
@@ -162,6 +165,7 @@ def test_chunks_get_smaller_when_the_heap_has_no_room_for_a_piece(monkeypatch):
         wire.Chunks().extend(b"x")
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(batches(), st.data())
 def test_samples_in_any_order_or_twice_and_a_reused_builder(data, draw):
