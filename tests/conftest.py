@@ -18,10 +18,10 @@ HERE = pathlib.Path(__file__).parent
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        folder = pathlib.Path(str(item.path)).relative_to(HERE).parts[0] if HERE in item.path.parents else None
+        folder = item.path.relative_to(HERE).parts[0] if HERE in item.path.parents else None
         if folder not in TIERS:
-            raise pytest.UsageError("%s: a test file belongs in one of the tier folders tests/%s/ "
-                                    "(tests/__init__.py says which)" % (item.path, ", tests/".join(TIERS)))
+            raise pytest.UsageError("%s: a test file belongs in a tier folder: tests/%s/ "
+                                    "(tests/__init__.py says which)" % (item.path, "/, tests/".join(TIERS)))
         item.add_marker(folder)
 
 

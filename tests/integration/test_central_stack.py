@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.grafana import dashboard  # a namespace package: the checkout is on sys.path
 from testbed.mosquitto import free_port, start_mosquitto, stop, wait_for
 from tests.support import ROOT
 from tests.support.prometheus import PROMTOOL, start_prometheus
@@ -28,8 +29,6 @@ REPO = Path(ROOT)
 BIN = os.path.dirname(sys.executable)
 PROCFS, AUTO = "stack-procfs", "stack-auto"
 STATES = ("user", "nice", "system", "idle", "wait", "interrupt", "softirq", "steal")  # /proc/stat's columns
-sys.path.insert(0, str(REPO / "deploy" / "grafana"))
-import dashboard  # noqa: E402  (deploy/grafana/dashboard.py)
 
 
 def proc_cpus() -> dict[str, list[int]]:
