@@ -63,6 +63,8 @@ FAST = RetryPolicy(initial_s=0.01, max_s=0.05)  # the exporter's retries, quick 
 
 
 class Acks:
+    """The ack callback the gateway calls once a message is settled: counts the calls."""
+
     def __init__(self):
         self.count = 0
         self.lock = threading.Lock()
