@@ -17,12 +17,15 @@ HERE = pathlib.Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config, items):
+    tiers = {}
     for item in items:
         folder = item.path.relative_to(HERE).parts[0] if HERE in item.path.parents else None
         if folder not in TIERS:
             raise pytest.UsageError("%s: a test file belongs in a tier folder: tests/%s/ "
                                     "(tests/__init__.py says which)" % (item.path, "/, tests/".join(TIERS)))
         item.add_marker(folder)
+        tiers[item] = TIERS.index(folder)
+    items.sort(key=tiers.__getitem__)  # the quickest tier first; the order within a tier stays
 
 
 def pytest_runtest_setup(item):
