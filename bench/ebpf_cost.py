@@ -35,9 +35,8 @@ import time
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from bench.agent_footprint import cpu_seconds, memory_kib  # noqa: E402
 from bench.wire_size import machine  # noqa: E402
@@ -237,7 +236,7 @@ def wait_started(agent, timeout=60):
 
 
 def agents_cost(args, tmp):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     counter = Births(port)

@@ -104,7 +104,7 @@ class Offline:
 
 
 def agent():
-    """A real Agent with a CommandHandler, as tests/test_commands.py builds it; nothing persisted."""
+    """A real Agent with a CommandHandler, as tests/support/agent.py builds it; nothing persisted."""
     from edge_agent.agent import Agent
 
     state = tempfile.mkdtemp(prefix="fuzz-agent-")
