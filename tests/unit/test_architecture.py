@@ -13,7 +13,7 @@ literal name. Each check is shown to fail on a small synthetic tree.
 import ast
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ("edge_wire", "edge_agent", "gateway", "firmware", "fleetsim")
 
 
