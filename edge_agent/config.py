@@ -13,9 +13,9 @@ MicroPython-compatible (json, no typing).
 
 import json
 
+from edge_agent.collectors import BACKENDS, COLLECTORS  # noqa: F401 (the names config.BACKENDS, COLLECTORS too)
 from edge_wire.broker import parse_broker
 
-from edge_agent.collectors import BACKENDS, COLLECTORS  # noqa: F401 (the names config.BACKENDS, COLLECTORS too)
 # The keys, one line each: dotted key, default (JSON), rule (JSON): [low, high] for a number or a
 # string's length (null: no minimum), a list of choices for a string, or nothing (the type only).
 # The type is the default's; "*" stands for every collector. Text rather than nested dicts of
