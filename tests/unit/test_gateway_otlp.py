@@ -220,7 +220,7 @@ def test_every_metric_name_a_collector_can_make_is_in_the_catalog():
 
     sources = pathlib.Path(ROOT) / "edge_agent" / "collectors"
     names = set()
-    for path in sources.glob("*.py"):
+    for path in sources.rglob("*.py"):  # the collectors and their sub-packages
         names |= set(re.findall(r'"((?:system|process)\.[a-z_.0-9]*[a-z0-9])"', path.read_text()))
     names = {n for n in names if n != "process.command"}  # an attribute key, not a metric
     names |= {"system.cpu.load_average." + w for w in ("1m", "5m", "15m")}  # built from a prefix

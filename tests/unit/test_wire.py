@@ -389,7 +389,7 @@ def test_the_protocol_imports_neither_agent_nor_gateway():
     import ast
     import pathlib
 
-    package = pathlib.Path(__file__).resolve().parent.parent / "edge_wire"
+    package = pathlib.Path(__file__).resolve().parents[2] / "edge_wire"
     found = []
     for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
