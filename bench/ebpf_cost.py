@@ -35,9 +35,8 @@ import time
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from bench.agent_footprint import cpu_seconds, memory_kib  # noqa: E402
 from bench.wire_size import machine  # noqa: E402
@@ -140,7 +139,7 @@ class Births(threading.Thread):
         self.client.loop_start()
 
     def on_message(self, client, userdata, msg):
-        from edge_agent import wire
+        from edge_wire.decode import WireError, decode, parse_batch
 
         device = msg.topic.split("/")[1]
         with self.lock:
@@ -150,8 +149,8 @@ class Births(threading.Thread):
                 entry = self.data.setdefault(device, [0, 0])
                 entry[0] += len(msg.payload)
                 try:
-                    entry[1] += wire.parse_batch(wire.decode(msg.payload)).sample_count()
-                except wire.WireError:
+                    entry[1] += parse_batch(decode(msg.payload)).sample_count()
+                except WireError:
                     pass
 
     def close(self):
@@ -237,7 +236,7 @@ def wait_started(agent, timeout=60):
 
 
 def agents_cost(args, tmp):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     counter = Births(port)

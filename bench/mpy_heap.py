@@ -37,9 +37,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from firmware import manifest  # noqa: E402
 from firmware.build import compile_mpy  # noqa: E402
@@ -53,7 +52,7 @@ TRANSIENT_IMPORTS = manifest.modules(manifest.TRANSIENT)
 FRAGMENTS = {
     "edge_agent.device.setup": "edge_agent.device.main",
     "edge_agent.lifecycle": "edge_agent.agent",
-    "edge_agent.wire_birth": "edge_agent.wire",
+    "edge_wire.birth": "edge_wire.batch",
     "edge_agent.transport.umqtt_connect": "edge_agent.transport.umqtt",
     "edge_agent.commands.collector_changes": "edge_agent.commands.handler",
     "edge_agent.sampling.rules": "edge_agent.sampling.sampler",
@@ -167,7 +166,7 @@ def heap_lines(text):
 
 
 def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     try:

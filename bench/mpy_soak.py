@@ -38,17 +38,16 @@ import time
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-import production_broker  # noqa: E402
-from mosquitto import free_port, start_mosquitto, stop  # noqa: E402
-from otlp_receiver import OtlpReceiver  # noqa: E402
 
 from bench.agent_footprint import COLLECTD, PLUGIN_DIR, TYPES_DB  # noqa: E402
 from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
+from testbed import production_broker  # noqa: E402
+from testbed.mosquitto import free_port, start_mosquitto, stop  # noqa: E402
+from testbed.otlp_receiver import OtlpReceiver  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -21,16 +21,18 @@ is logged at most every 10 s per place, and every one is counted in stats["memor
   counted as the outbox counts its drops, so the next batches report it in `ext.lost`;
 - a collector read that fails is skipped for that tick; anything else waits for the next pass.
 With a transport that takes payloads in pieces (`transport.chunked`, transport/umqtt.py) batches
-and births are encoded into wire.Chunks: no allocation holds a whole message.
+and births are encoded into edge_wire.batch.Chunks: no allocation holds a whole message.
 """
 
 import gc
 
-from edge_agent import unload, wire
+from edge_agent import unload
 from edge_agent.clock import mono_ms, sleep_s, wall_ms
 from edge_agent.collectors import COLLECTORS
 from edge_agent.model import SeriesTable
 from edge_agent.store.outbox import Outbox
+from edge_wire import MAX_TICKS
+from edge_wire.batch import BatchBuilder, Chunks, payload_size
 
 IN_FLIGHT_WINDOW = 8  # data batches on the wire at once while the broker's PUBACK is delivery
 EVENT_POLL_S = 0.25  # how often collectors with events (netlink link changes) are polled
@@ -200,12 +202,14 @@ class Agent:
         self.topics = {}
         for name in ("birth", "data", "state", "cmd", "ack", "delivery"):
             self.topics[name] = prefix + name
-        self.boot = wire.boot_tag(info["boot_id"])
-        unload("edge_agent.wire_birth")  # boot_tag lives with the birth encoder: needed again for births only
+        from edge_wire.birth import boot_tag  # not kept in this module's globals: it is unloaded now
+
+        self.boot = boot_tag(info["boot_id"])
+        unload("edge_wire.birth")  # boot_tag lives with the birth encoder: needed again for births only
         self.seq = SeqSource(config["state_dir"], wall_ms() // 1000)
         self.table = SeriesTable()
         self.table.base = None
-        self.builder = wire.BatchBuilder()
+        self.builder = BatchBuilder()
         if spool is None:
             self.outbox = Outbox(config["buffer"]["max_batches"])
         else:
@@ -275,7 +279,7 @@ class Agent:
         self.stats["ticks"] += 1
         n = len(kept)
         if n:
-            if len(self.builder) >= wire.MAX_TICKS:
+            if len(self.builder) >= MAX_TICKS:
                 self.flush()
             try:
                 self.builder.add_tick(ts, kept)
@@ -329,7 +333,7 @@ class Agent:
             self.birth_due = True
             self.publish_birth()
         try:
-            out = wire.Chunks() if self.chunked else bytearray()
+            out = Chunks() if self.chunked else bytearray()
             self.builder.encode_into(out, self.device, self.boot, seq, self.table.epoch, self.compress,
                                      self.batch_ext())
             payload = out.pieces() if self.chunked else bytes(out)
@@ -340,7 +344,7 @@ class Agent:
             self.drop_batch("batch")
             return None
         self.stats["batches"] += 1
-        self.stats["bytes"] += wire.payload_size(payload)
+        self.stats["bytes"] += payload_size(payload)
         if self.after_flush is not None:
             self.after_flush()
         self.builder.clear()  # reused: nothing to allocate once the batch is out
@@ -411,7 +415,7 @@ class Agent:
         """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.store.receipts), with the module
         loaded only while it runs; without room to load it, a MemoryError at `where` (the caller's
         *_due flag has it tried at the next pass)."""
-        names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_agent.wire_birth", "edge_agent.store.statefile")
+        names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_wire.birth", "edge_agent.store.statefile")
         try:
             code = __import__("edge_agent." + module)
             for part in module.split("."):  # a package's attribute at each level (store.receipts)

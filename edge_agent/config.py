@@ -14,6 +14,7 @@ MicroPython-compatible (json, no typing).
 import json
 
 from edge_agent.collectors import BACKENDS, COLLECTORS  # noqa: F401 (the names config.BACKENDS, COLLECTORS too)
+from edge_wire.broker import parse_broker
 
 # The keys, one line each: dotted key, default (JSON), rule (JSON): [low, high] for a number or a
 # string's length (null: no minimum), a list of choices for a string, or nothing (the type only).
@@ -174,7 +175,7 @@ def check(config):
     commands = config.get("commands")
     for name in ("device_key", "fleet_key"):
         key = commands.get(name) if isinstance(commands, dict) else None
-        if isinstance(key, str) and key[:4] == "hex:":  # as edge_agent.hmac.key_bytes reads it
+        if isinstance(key, str) and key[:4] == "hex:":  # as edge_wire.command.key_bytes reads it
             import binascii
 
             try:
@@ -202,32 +203,6 @@ def check(config):
             key, _, text = problem.partition(": ")
             errors.append("config key 'sampling.%s': %s" % (key, text))
     return errors
-
-
-def parse_broker(url):
-    """'mqtt://host:port' or 'mqtts://host:port' -> (host, port, tls)."""
-    if "://" not in url:
-        raise ValueError("no scheme")
-    scheme, rest = url.split("://", 1)
-    if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError("scheme must be mqtt or mqtts")
-    tls = scheme in ("mqtts", "ssl")
-    rest = rest.rstrip("/")
-    if "@" in rest:  # credentials belong in username/password, never in a URL that gets logged
-        raise ValueError("credentials in the URL")
-    if rest.startswith("["):  # [ipv6]:port
-        host, _, port = rest[1:].partition("]")
-        port = port[1:] if port.startswith(":") else ""
-    elif ":" in rest:
-        host, port = rest.rsplit(":", 1)
-    else:
-        host, port = rest, ""
-    if not host:
-        raise ValueError("no host")
-    port = int(port) if port else (8883 if tls else 1883)
-    if not 0 < port < 65536:
-        raise ValueError("bad port")
-    return host, port, tls
 
 
 def build(file_values=None, overrides=None):

@@ -13,7 +13,8 @@ edge_agent.commands.handler, so it is kept small; delivery receipts are edge_age
 Out of memory here is survived as in the loop: what failed is tried again at the next pass.
 """
 
-from edge_agent import wire
+from edge_wire.batch import Chunks
+from edge_wire.birth import encode_birth, encode_birth_into
 
 
 def announce(agent):
@@ -44,20 +45,20 @@ def announce(agent):
 
 
 def birth_payload(agent, pieces=False):
-    """The current birth for agent.transport: bytes, pieces (wire.Chunks) for a chunked transport, or,
-    for one that `streams` (umqtt), a wire_birth.StreamedBirth, encoded as it is written; `pieces`
+    """The current birth for agent.transport: bytes, pieces (edge_wire.batch.Chunks) for a chunked transport, or,
+    for one that `streams` (umqtt), an edge_wire.birth.StreamedBirth, encoded as it is written; `pieces`
     asks for pieces even then (the spool archives them)."""
     info = dict(agent.info)
     info["interval_ms"] = agent.base_interval_ms()
     info["sampling"] = agent.sampler.snapshot()
     if not agent.chunked:
-        return wire.encode_birth(info, agent.table)
+        return encode_birth(info, agent.table)
     if not pieces and getattr(agent.transport, "streams", False):
-        from edge_agent.wire_birth import StreamedBirth
+        from edge_wire.birth import StreamedBirth
 
         return StreamedBirth(info, agent.table)
-    out = wire.Chunks()
-    wire.encode_birth_into(out, info, agent.table)
+    out = Chunks()
+    encode_birth_into(out, info, agent.table)
     return out.pieces()
 
 

@@ -1,9 +1,10 @@
 """The agent's metric model: series and the integers they carry.
 
-A `Series` is what one stream of samples measures: an OpenTelemetry-style name, a kind, a UCUM
-unit and attributes. Sample values are integers in the series' own units; `value * scale` is the
-real value in `unit` (CPU time in USER_HZ ticks with scale 0.01 is seconds, utilisation in
-basis points with scale 0.0001 is a ratio). Integers keep delta encoding exact and small.
+A `Series` is what one stream of samples measures: an OpenTelemetry-style name, a kind (GAUGE,
+COUNTER or HISTOGRAM: the protocol's, in edge_wire), a UCUM unit and attributes. Sample values are
+integers in the series' own units; `value * scale` is the real value in `unit` (CPU time in USER_HZ
+ticks with scale 0.01 is seconds, utilisation in basis points with scale 0.0001 is a ratio).
+Integers keep delta encoding exact and small.
 
 A histogram sample is a tuple `(count, sum, buckets)` with cumulative integers; `bounds` are the
 buckets' upper bounds in real units (there is one bucket more than bounds, for +Inf).
@@ -17,9 +18,8 @@ lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is
 edge_agent/collectors/seriescache.py, imported from there (this module imports nothing of it).
 """
 
-GAUGE = 0
-COUNTER = 1  # cumulative and monotonic since the series' `start` (boot time unless stated)
-HISTOGRAM = 2  # cumulative since the series' `start`
+from edge_wire import series_key
+
 BOOT = 0  # a series' `start` when it counts since the kernel booted (the birth's `btime`)
 
 
@@ -69,18 +69,6 @@ class Series:
 def family(name, kind, unit, scale=1, source=""):
     """What the series of one metric share (see Series): make it once, use it for each series."""
     return (name, kind, unit, scale, source)
-
-
-def series_key(name, attrs):
-    """A stable text key for a name and its attributes, independent of attribute order."""
-    if not attrs:
-        return name
-    key = name
-    sep = "{"
-    for k in sorted(attrs):  # a loop, not a comprehension: one code object less on a device
-        key += sep + k + "=" + str(attrs[k])
-        sep = ","
-    return key + "}"
 
 
 class SeriesTable:

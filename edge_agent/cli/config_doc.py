@@ -1,6 +1,6 @@
 """What each agent config key means, and `edge-agent config default`: the defaults as a commented
 config file (JSON with `#` comment lines, which edge_agent.config reads). CPython only: a device
-never loads it. tests/test_config.py checks that every key of config.SPEC is described here.
+never loads it. tests/unit/test_config.py checks that every key of config.SPEC is described here.
 """
 
 import json

@@ -15,11 +15,13 @@ import socket
 import sys
 import time
 
-from edge_agent import __version__, compose, lifecycle, wire
+from edge_agent import __version__, compose, lifecycle
 from edge_agent import config as configuration
 from edge_agent.agent import Agent
 from edge_agent.collectors.seriescache import KIND_NAMES
 from edge_agent.commands.handler import CommandHandler
+from edge_wire.broker import parse_broker
+from edge_wire.decode import decode, parse_batch, parse_birth
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
 
@@ -159,9 +161,9 @@ def build_collectors(cfg, log):
 def build_transport(cfg, device):
     """The paho transport; ValueError naming the option when a TLS file cannot be used."""
     from edge_agent.transport.paho import PahoTransport
-    from edge_agent.transport.paho_connect import process_client_id, tls_context
+    from edge_wire.paho import process_client_id, tls_context
 
-    host, port, tls = configuration.parse_broker(cfg["broker"])
+    host, port, tls = parse_broker(cfg["broker"])
     tls_options = None
     if tls or cfg["tls"]["ca"]:
         t = cfg["tls"]
@@ -269,8 +271,8 @@ def command_once(args):
             time.sleep(cfg["interval_s"])
         agent.sample([c.name for c in collectors])
     payload = agent.flush()
-    birth = wire.parse_birth(wire.decode(lifecycle.birth_payload(agent)))
-    batch = wire.parse_batch(wire.decode(payload))
+    birth = parse_birth(decode(lifecycle.birth_payload(agent)))
+    batch = parse_batch(decode(payload))
     rows = []
     for sid, _indexes, values in batch.columns:
         series = birth.series[sid]

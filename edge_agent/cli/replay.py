@@ -80,7 +80,7 @@ def parse_baselines(text):
 
 def command_replay(args):
     from edge_agent.sampling.replay import evaluate
-    from edge_agent.wire import MAX_TICKS
+    from edge_wire import MAX_TICKS
 
     if not 1 <= args.batch <= MAX_TICKS - 1:
         print("edge-agent replay: --batch: between 1 and %d base intervals, got %s" % (MAX_TICKS - 1, args.batch),

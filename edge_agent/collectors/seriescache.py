@@ -4,9 +4,10 @@ Kept out of model.py, and off devices, because a device's bytecode lives in its 
 that discover their series as they go (netlink, eBPF) and the CLI import it here.
 """
 
-from edge_agent.model import GAUGE, Series, series_key
+from edge_agent.model import Series
+from edge_wire import GAUGE, series_key
 
-KIND_NAMES = ("gauge", "counter", "histogram")  # by kind (model.GAUGE, COUNTER, HISTOGRAM)
+KIND_NAMES = ("gauge", "counter", "histogram")  # by kind (edge_wire.GAUGE, COUNTER, HISTOGRAM)
 
 
 class SeriesCache:

@@ -1,45 +1,26 @@
-"""Remote commands: authenticated, checked, applied, acknowledged — or rejected and acknowledged.
+"""Remote commands on the device: checked, applied, acknowledged — or rejected and acknowledged.
 
-A command travels as a JSON envelope `{"body": "<json text>", "sig": "<hex HMAC-SHA256>"}`. The
-signature covers the body text exactly as sent, so no canonical-JSON rules are needed. The body:
+The envelope, its signature and the body's fields are edge_wire/command.py's (the protocol, written
+once); here is what only the device judges. Topics: `<prefix>/<device>/cmd` (device key or fleet
+key), `<prefix>/_fleet/cmd` and `<prefix>/_group/<G>/cmd` (fleet key). The agent rejects unsigned
+(unless signing was turned off explicitly), badly signed, stale (|now - ts| > max_skew_s),
+replayed, mis-addressed and malformed commands, and invalid parameters; every outcome is
+acknowledged on `<prefix>/<device>/ack` and nothing is applied unless everything checked out.
 
-    {"id": "c-1f3a", "cmd": "set_sampling", "args": {...},
-     "ts": 1763740800, "nonce": "9f2c51d0a7e4b6c3", "target": "dev-7" | "*" | "group:<G>"}
-
-Topics: `<prefix>/<device>/cmd` (device key or fleet key), `<prefix>/_fleet/cmd` and
-`<prefix>/_group/<G>/cmd` (fleet key). The agent rejects unsigned (unless signing was turned off
-explicitly), badly signed, stale (|now - ts| > max_skew_s), replayed, mis-addressed and malformed
-commands, and invalid parameters; every outcome is acknowledged on
-`<prefix>/<device>/ack` and nothing is applied unless everything checked out.
-
-MicroPython-compatible; the gateway's `tune` command signs with `sign()` from this module. A small
-device loads this module with edge_agent.hmac (and edge_agent.sampling.rules for set_sampling, edge_agent.commands.collector_changes
-for set_collectors) only while it handles a command, so it is kept to a few functions: every function
-and string constant is in the heap while it is loaded, and every new name is interned for good.
+MicroPython-compatible. A small device loads this module with edge_wire.command (and
+edge_agent.sampling.rules for set_sampling, edge_agent.commands.collector_changes for set_collectors) only
+while it handles a command, so it is kept to a few functions: every function and string constant
+is in the heap while it is loaded, and every new name is interned for good.
 """
 
-import binascii
 import json
 
 from edge_agent.clock import mono_ms
-from edge_agent.hmac import hmac_sha256
 from edge_agent.store.statefile import ensure_dir, read_json, write_atomic
+from edge_wire.command import COMMANDS, Rejected, check_signature, open_envelope, read_body
 
-MAX_COMMAND_BYTES = 4096
 MAX_NONCES = 512
 FLOOR = ""  # the key, among the nonces (8 to 64 characters), of the newest timestamp forgotten
-COMMANDS = ("set_sampling", "set_collectors", "get_config", "ping", "rebirth", "flush")
-
-
-def sign(body, key):
-    """Build a signed envelope (bytes) from a body dict; `key` as in config ("hex:…" or text)."""
-    text = json.dumps(body)
-    sig = binascii.hexlify(hmac_sha256(key, text.encode())).decode()
-    return json.dumps({"body": text, "sig": sig}).encode()
-
-
-class Rejected(Exception):
-    """A refused command: Rejected(reason, message), the reason counted and both acknowledged."""
 
 
 class CommandHandler:
@@ -144,14 +125,7 @@ class CommandHandler:
 
     def verify(self, topic, payload):
         """The body of an authentic, fresh, well-formed command for this device; else Rejected."""
-        if len(payload) > MAX_COMMAND_BYTES:
-            raise Rejected("malformed", "command larger than %d bytes" % MAX_COMMAND_BYTES)
-        try:
-            envelope = json.loads(payload)
-        except (ValueError, RuntimeError):  # RuntimeError: RecursionError on deeply nested arrays
-            raise Rejected("malformed", "not JSON")
-        if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), str):
-            raise Rejected("malformed", "envelope must be {\"body\": \"<json>\", \"sig\": \"<hex>\"}")
+        text, sig = open_envelope(payload)
         # the topic decides the keys that may sign and the target the body must name
         topics = self.topics()
         if topic not in topics:
@@ -159,52 +133,11 @@ class CommandHandler:
         scope = topics.index(topic)  # 0: this device's, 1: the fleet's, 2: its group's
         expected = (self.device, "*", "group:" + self.group)[scope]
         keys = (self.settings["device_key"], self.settings["fleet_key"])[min(scope, 1):]
-        text = envelope["body"]
-        sig = envelope.get("sig")
-        if sig is None or sig == "":
-            if self.settings["require_signature"]:
-                raise Rejected("unsigned", "command is not signed")
-        else:
-            try:
-                given = binascii.unhexlify(sig) if isinstance(sig, str) and len(sig) == 64 else b""
-            except (ValueError, TypeError):
-                given = b""
-            try:
-                data = text.encode()
-            except UnicodeError:  # a lone surrogate (\ud800 escaped in the JSON): no signer made that
-                raise Rejected("malformed", "body is not valid UTF-8")
-            signed = False
-            for key in keys:
-                if key and given:
-                    digest = hmac_sha256(key, data)
-                    diff = 0  # compared in a time independent of where the digests differ
-                    for i in range(32):
-                        diff |= digest[i] ^ given[i]
-                    signed = signed or diff == 0
-            if not signed:
-                raise Rejected("bad_signature", "signature does not match")
-        try:
-            body = json.loads(text)
-        except (ValueError, RuntimeError):
-            raise Rejected("malformed", "body is not JSON")
-        if not isinstance(body, dict):
-            raise Rejected("malformed", "body must be an object")
-        for field in ("id", "cmd", "nonce", "target"):
-            if not isinstance(body.get(field), str):
-                raise Rejected("malformed", "field '%s' missing or not a string" % field)
-        if not 0 < len(body["id"]) <= 64:
-            raise Rejected("malformed", "field 'id' must be 1 to 64 characters")
-        ts = body.get("ts")
-        # NaN compares false with everything, so it would never be stale; ts - ts is NaN for infinities
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not (ts == ts and ts - ts == 0):
-            raise Rejected("malformed", "field 'ts' missing or not a finite number")
-        if not isinstance(body.get("args", {}), dict):
-            raise Rejected("malformed", "field 'args' must be an object")
-        if not 8 <= len(body["nonce"]) <= 64:
-            raise Rejected("malformed", "field 'nonce' must be 8 to 64 characters")
+        check_signature(text, sig, keys, self.settings["require_signature"])
+        body = read_body(text)
         if body["target"] != expected:
             raise Rejected("misaddressed", "target %r does not match this topic (%r)" % (body["target"], expected))
-        skew = abs(self.now_s() - ts)
+        skew = abs(self.now_s() - body["ts"])
         if skew > self.settings["max_skew_s"]:
             raise Rejected("stale", "timestamp is %d s away from the device clock (limit %d s)"
                            % (skew, self.settings["max_skew_s"]))

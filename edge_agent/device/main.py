@@ -10,10 +10,10 @@ functions and globals. On a stock interpreter bytecode loaded from .mpy lives in
 is needed only for a while is imported, used and released (`release`), in both cases:
 - start-up only: edge_agent.device.setup and edge_agent.compose (building everything), edge_agent.config (validation),
   the collector registry (edge_agent.collectors.procfs.registry, which imports only enabled collectors);
-- per command: edge_agent.commands.handler and edge_agent.hmac, with edge_agent.sampling.rules for
+- per command: edge_agent.commands.handler and edge_wire.command, with edge_agent.sampling.rules for
   set_sampling and edge_agent.commands.collector_changes for set_collectors (`OnDemandCommands`); the
   handler's replay-protection state is kept between commands;
-- per connection and per birth: edge_agent.lifecycle and edge_agent.wire_birth (the agent
+- per connection and per birth: edge_agent.lifecycle and edge_wire.birth (the agent
   unloads them itself, through edge_agent.unload);
 - the `fixed` policy runs on agent.EveryInterval; edge_agent.sampling.sampler (and the load signals) is
   loaded only for another policy, at start or when a command asks for one.

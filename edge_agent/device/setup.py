@@ -19,15 +19,17 @@ HEAP_A_BATCH = 8192  # cap_buffer: up to 7 batches wait in RAM in a 64K heap, 5 
 def load_config(path, release):
     """The validated config and its broker address; None on a bad config (reported on stderr)."""
     from edge_agent import config as configuration
+    from edge_wire.broker import parse_broker
 
     try:
         cfg = configuration.load(path)
     except configuration.ConfigError as exc:
         sys.stderr.write("edge-agent: bad configuration\n  " + str(exc).replace("\n", "\n  ") + "\n")
         return None
-    broker = configuration.parse_broker(cfg["broker"])
+    broker = parse_broker(cfg["broker"])
     configuration = None
-    release("edge_agent.config", "edge_agent.sampling.rules", "edge_agent.sampling.sampler")  # config validates sampling with them
+    # config validates sampling with them, and the broker URL with edge_wire.broker
+    release("edge_agent.config", "edge_agent.sampling.rules", "edge_agent.sampling.sampler", "edge_wire.broker")
     return cfg, broker
 
 

@@ -38,10 +38,11 @@ the same number of samples as the policy and scored the same way. Prints one JSO
 """
 
 
-from edge_agent.model import COUNTER, GAUGE, Series, SeriesTable
+from edge_agent.model import Series, SeriesTable
 from edge_agent.sampling import baselines
 from edge_agent.sampling.sampler import SAMPLING_DEFAULTS, Sampler, validate_sampling
-from edge_agent.wire import MAX_TICKS, BatchBuilder
+from edge_wire import COUNTER, GAUGE, MAX_TICKS
+from edge_wire.batch import BatchBuilder
 
 BASELINES = ("uniform", "deadband", "adam")
 ALL_BASELINES = BASELINES + ("optimum",)  # the offline optimum needs numpy and O(n^2) per price

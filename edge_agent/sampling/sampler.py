@@ -37,7 +37,7 @@ averages over any stretch. Histograms are cumulative too: the batch's last readi
 changed since the last one sent.
 
 The knobs' defaults and bounds, and `validate_sampling` (importable from here too), live in
-edge_agent.sampling_rules, which checks a sampling section without loading the policies.
+edge_agent.sampling.rules, which checks a sampling section without loading the policies.
 
 MicroPython-compatible core: plain classes, no typing, only `math`. Small on a device: a series'
 state is one list of a dozen slots, the programme runs on integers (weights in 1/UNIT of the base
@@ -47,8 +47,8 @@ interval) in scratch lists kept between flushes, and the readings are read back 
 
 import math
 
-from edge_agent.model import COUNTER, HISTOGRAM
 from edge_agent.sampling.rules import COLLECTORS, KNOBS, PER_COLLECTOR, collector_intervals, knob, validate_sampling
+from edge_wire import COUNTER, HISTOGRAM
 
 SAMPLING_DEFAULTS = {"policy": "fixed"}  # every knob with its default value
 for _line in KNOBS.split("\n"):
@@ -85,7 +85,7 @@ BAL = 9  # thousandths of a reading the series may still send (+) or sent beyond
 TW = 10  # counters: the readings since the last sent one, as their weight, sum of w x rate and of w x rate^2
 T1 = 11
 T2 = 12
-KIND = 13  # model.GAUGE, COUNTER or HISTOGRAM
+KIND = 13  # edge_wire.GAUGE, COUNTER or HISTOGRAM
 SLOTS = 14
 Q_TOP = 1014  # the running p99 (and p1), in 1024ths
 

@@ -19,7 +19,7 @@ counters (one without them, such as a test's, is reported connected once, when i
 (why the latest attempt failed or the connection broke, one line) and `retry_in_ms` (the wait before
 the next attempt), plus `client_id`.
 
-The delays between connection attempts are the transport's (paho_connect.Backoff on CPython:
+The delays between connection attempts are the transport's (edge_wire.paho.Backoff on CPython:
 1 s doubling to 16 s, minus up to half at random).
 
 MicroPython-compatible.

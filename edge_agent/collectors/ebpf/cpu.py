@@ -31,7 +31,8 @@ Example output (one CPU, per_cpu=True), as (series key, value):
 """
 
 from edge_agent.collectors import held
-from edge_agent.model import BOOT, COUNTER, HISTOGRAM
+from edge_agent.model import BOOT
+from edge_wire import COUNTER, HISTOGRAM
 
 NS_PER_TICK = 10000000  # busy_time is in USER_HZ ticks (scale 0.01), as /proc/stat's times
 RUNQ_SLOTS = 26  # bpf/telemetry.h

@@ -42,7 +42,8 @@ Example output:
 import os
 
 from edge_agent.collectors import held, wanted_interface
-from edge_agent.model import BOOT, COUNTER
+from edge_agent.model import BOOT
+from edge_wire import COUNTER
 
 # bytes per packet to add to the tracepoints' (receive, transmit) lengths to get the device's count
 LINK_ADJUST = {1: (14, 0), 772: (0, -14)}  # ARPHRD_ETHER, ARPHRD_LOOPBACK

@@ -44,7 +44,7 @@ import struct
 from edge_agent.collectors import wanted_interface
 from edge_agent.collectors.counters import Monotonic
 from edge_agent.collectors.seriescache import SeriesCache
-from edge_agent.model import COUNTER, GAUGE
+from edge_wire import COUNTER, GAUGE
 
 # IFLA_STATS64 field -> (metric, unit, direction or None, type or None)
 STATS64 = {

@@ -36,7 +36,8 @@ state's time and utilization series share one attribute dict.
 """
 
 from edge_agent.collectors import lines
-from edge_agent.model import COUNTER, GAUGE, Series, family
+from edge_agent.model import Series, family
+from edge_wire import COUNTER, GAUGE
 
 # a list, not a tuple: MicroPython loads a constant tuple's strings as separate str objects
 STATES = ["user", "nice", "system", "idle", "wait", "interrupt", "softirq", "steal"]

@@ -15,7 +15,8 @@ Example output for "0.21 0.16 0.06 2/90 5246":
     system.cpu.load_average.15m   6
 """
 
-from edge_agent.model import GAUGE, Series, family
+from edge_agent.model import Series, family
+from edge_wire import GAUGE
 
 
 def hundredths(token):

@@ -35,7 +35,8 @@ Example output (tests/fixtures/proc/modern/t0/meminfo):
 """
 
 from edge_agent.collectors import lines
-from edge_agent.model import GAUGE, Series, family
+from edge_agent.model import Series, family
+from edge_wire import GAUGE
 
 # the fields this collector and loadwatch use: a dict of all ~55 would cost ~1 KB of heap a read,
 # which a small, fragmented MicroPython heap often does not have. Literals, not computed: in a frozen

@@ -41,7 +41,8 @@ and a width, found by name; its four series of a direction share one attribute d
 import sys
 
 from edge_agent.collectors import advance, lines, wanted_interface
-from edge_agent.model import COUNTER, Series, family
+from edge_agent.model import Series, family
+from edge_wire import COUNTER
 
 # the metrics of each direction, in series order: /proc/net/dev columns 0-3 of a direction
 FAMILIES = (

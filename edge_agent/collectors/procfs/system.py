@@ -16,7 +16,8 @@ Example output for "215.06 368.04":
 """
 
 from edge_agent.collectors.procfs.load import hundredths
-from edge_agent.model import GAUGE, Series, family
+from edge_agent.model import Series, family
+from edge_wire import GAUGE
 
 
 def parse_uptime(text):
