@@ -69,6 +69,11 @@ MU_HIGH = 90 * MU_ONE
 RATE = 1000  # counter rates per second
 SETTLE_MIN = 100  # reads: the controller's fastest pace, while a series is young
 REPAY = 2000  # reads over which a series pays back what it sent beyond its share (or spends what it saved)
+YOUNG_GAIN = 1
+TAIL_1024 = 0
+STEP_MAX = 1 << 30
+INIT_DIFF = 0
+MU0D = 0.0
 WARM = 50  # reads before the guard's tails are trusted (every local high is watched until then)
 
 # A series' state is one list (smaller than an object on MicroPython); its slots:
@@ -402,6 +407,14 @@ class Sampler:
         if held is None:
             held = values[0]
         held_ms = st[HELD_MS]
+        if st[MU] is None and INIT_DIFF:  # the first price: from the batch's mean step
+            r = 0
+            for j in range(1, n):
+                d = values[j] - values[j - 1]
+                r += d if d > 0 else -d
+            r = r // (n - 1) if n > 1 else 0
+            if r:
+                st[MU] = int((math.log(r * UNIT * (r if counter else 1)) + MU0D * (2 if counter else 1)) * MU_ONE)
         if st[MU] is None:  # the first price: from the range seen so far (the first batch's when young)
             r = rng >> 8 if rng > 0 else 0
             if not r:
@@ -416,8 +429,9 @@ class Sampler:
         # (a quantised top level that the quantile lies just above is in the tail too); below the
         # running p1 (a new low). While the quantiles are still young every local high is watched.
         q_hi = hi >> 8
-        if q_hi > (top >> 8) - tol:
-            q_hi = (top >> 8) - tol
+        cap = (top >> 8) - (tol if TAIL_1024 == 0 else TAIL_1024 * rng >> 18)
+        if q_hi > cap:
+            q_hi = cap
         q_lo = bot >> 8
         if st[READS] <= WARM:
             q_hi = q_lo
@@ -492,15 +506,19 @@ class Sampler:
         # (spent) over REPAY reads
         share = self.share_1000
         settle = p["adaptive_settle"]
+        gain = 1
         if st[READS] < settle:  # faster while the series is young: a first price far off costs less
             settle = st[READS] if st[READS] > SETTLE_MIN else SETTLE_MIN
+            gain = YOUNG_GAIN
         bal = st[BAL] + share * n - 1000 * sent
         st[BAL] = bal
         budget = share * n - 1000 * nforced + n * bal // REPAY
         if budget < share * n // 2:
             budget = share * n // 2
         if st[MU] is not None:  # (None: nothing moved yet, no price to steer)
-            mu = st[MU] + (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
+            step = gain * (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
+            step = STEP_MAX if step > STEP_MAX else -STEP_MAX if step < -STEP_MAX else step
+            mu = st[MU] + step
             st[MU] = MU_LOW if mu < MU_LOW else MU_HIGH if mu > MU_HIGH else mu
         return chosen
 
@@ -563,12 +581,14 @@ class Sampler:
         best_p = 0
         for p in range(n + 1):
             s = E[p]
-            if s < 0:
+            if s < 0 or 0 <= best <= s:  # (no completion from here beats the best one found)
                 continue
             v = held if p == 0 else xs[p - 1]
             s += lam
             k = p
             while k < n:
+                if 0 <= best <= s - lam:  # the errors only add up: nothing further beats the best
+                    break
                 e = E[k + 1]
                 if e < 0 or s < e:
                     E[k + 1] = s
@@ -643,7 +663,7 @@ class Sampler:
         best_p = 0
         for p in range(n + 1):
             e = E[p]
-            if e < 0:
+            if e < 0 or 0 <= best <= e:  # (no completion from here beats the best one found)
                 continue
             c0 = P0[p]
             c1 = P1[p]
@@ -657,6 +677,8 @@ class Sampler:
                 w = P0[k + 1] - c0
                 s1 = P1[k + 1] - c1
                 s = e + lam + (P2[k + 1] - c2) - (s1 * s1 // w if w > 0 else 0)
+                if 0 <= best <= s - lam:  # a stretch's error only grows: nothing further beats the best
+                    break
                 if E[k + 1] < 0 or s < E[k + 1]:
                     E[k + 1] = s
                     back[k + 1] = p
