@@ -31,11 +31,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from edge_agent import config as configuration  # noqa: E402
-from edge_agent import lifecycle, wire  # noqa: E402
+from edge_agent import lifecycle  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
-from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
-from edge_agent.model import COUNTER, Series  # noqa: E402
-from edge_agent.umsgpack import packb  # noqa: E402
+from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
+from edge_agent.model import Series  # noqa: E402
+from edge_wire import COUNTER  # noqa: E402
+from edge_wire.pack import packb  # noqa: E402
+from edge_wire.receipt import EXPORTED, encode_receipt  # noqa: E402
 
 DEVICE = "pi-0001"
 
@@ -75,7 +77,7 @@ def main():
         time.sleep(1)
     samples = agent.stats["samples_kept"]
     data = sum(mqtt_publish_bytes("edge/%s/data" % DEVICE, b, 1) for b in batches)
-    receipt = wire.encode_receipt(agent.boot, [(agent.table.base, 1, wire.EXPORTED)])
+    receipt = encode_receipt(agent.boot, [(agent.table.base, 1, EXPORTED)])
     receipts = len(batches) * mqtt_publish_bytes("edge/%s/delivery" % DEVICE, receipt, 0)
     per_day = 86400 / (args.seconds - args.seconds % 10)
 

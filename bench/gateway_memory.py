@@ -30,16 +30,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from edge_agent import umsgpack, wire  # noqa: E402
+from edge_wire.decode import decode  # noqa: E402
+from edge_wire.pack import packb  # noqa: E402
 from fleetsim.replay import DEFAULT  # noqa: E402
-from gateway import records  # noqa: E402
 from gateway.app import Gateway  # noqa: E402
 from gateway.cli import GC_THRESHOLD  # noqa: E402
-from gateway.decode import Dictionaries  # noqa: E402
-from gateway.dedupe import SeqTracker  # noqa: E402
-from gateway.export import OK  # noqa: E402
-from gateway.metrics import GatewayMetrics  # noqa: E402
-from gateway.pipeline import ExportPipeline  # noqa: E402
+from gateway.decode import records  # noqa: E402
+from gateway.decode.dedupe import SeqTracker  # noqa: E402
+from gateway.decode.resolve import Dictionaries  # noqa: E402
+from gateway.export.exporter import OK  # noqa: E402
+from gateway.export.pipeline import ExportPipeline  # noqa: E402
+from gateway.ops.metrics import GatewayMetrics  # noqa: E402
 
 
 class NullExporter:
@@ -59,7 +60,7 @@ def rss_kb() -> int:
 
 
 def device_payloads(recording: dict, device: str, batches: int, series_scale: int) -> tuple[bytes, list[bytes]]:
-    birth = wire.decode(recording["births"][-1])
+    birth = decode(recording["births"][-1])
     birth["dev"] = device
     if series_scale > 1:  # each series again under another attribute value: a larger device
         extra = []
@@ -71,13 +72,13 @@ def device_payloads(recording: dict, device: str, batches: int, series_scale: in
         birth["series"] = birth["series"] + extra
     data = []
     for payload in recording["batches"][-batches:]:
-        obj = wire.decode(payload)
+        obj = decode(payload)
         obj[2] = device
         if series_scale > 1:
             top = max(c[0] for c in obj[7][1]) + 1
             obj[7][1] = obj[7][1] + [[c[0] + k * top] + c[1:] for k in range(1, series_scale) for c in obj[7][1]]
-        data.append(umsgpack.packb(obj))
-    return umsgpack.packb(birth), data
+        data.append(packb(obj))
+    return packb(birth), data
 
 
 def timed(names: list[str], template: bytes, birth: bytes, data: list[bytes], threshold: int) -> int:
@@ -90,7 +91,7 @@ def timed(names: list[str], template: bytes, birth: bytes, data: list[bytes], th
     fleet = [(name, [p.replace(template, name.encode()) for p in data]) for name in names]
     for name in names:
         gateway.on_birth(name, birth.replace(template, name.encode()))
-    samples = sum(len(c) - 2 for p in data for c in wire.decode(p)[7][1]) / len(data)
+    samples = sum(len(c) - 2 for p in data for c in decode(p)[7][1]) / len(data)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for k in range(len(data)):
         for name, payloads in fleet:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cyclic collector's youngest-generation threshold for --time (Python's default: 700)")
     args = parser.parse_args(argv)
     with open(DEFAULT, "rb") as f:
-        recording = wire.decode(f.read(), max_size=1 << 24)
+        recording = decode(f.read(), max_size=1 << 24)
     names = ["dev-%06d" % i for i in range(args.devices)]
     # one device's payloads as a template, renamed per device (msgpack str of equal length: same bytes)
     template_birth, template_data = device_payloads(recording, names[0], args.batches, args.series_scale)

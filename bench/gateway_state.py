@@ -3,7 +3,7 @@
     .venv/bin/python bench/gateway_state.py [--dir DIR] [--requests 200]
 
 Per accepted export request the gateway must make its dedupe state durable before the MQTT acks.
-Two ways, measured with the gateway's own code (`gateway.state`, `gateway.dedupe.SeqTracker`) for
+Two ways, measured with the gateway's own code (`gateway.decode.state`, `gateway.decode.dedupe.SeqTracker`) for
 fleets of 1 to 100000 (device, boot) streams and requests of 1 and 32 batches:
 
 - log:      `GatewayState.record` — one JSON line per request, flush + fsync (what the gateway does;
@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gateway.dedupe import SeqTracker  # noqa: E402
-from gateway.state import GatewayState, write_atomic  # noqa: E402
+from gateway.decode.dedupe import SeqTracker  # noqa: E402
+from gateway.decode.state import GatewayState, write_atomic  # noqa: E402
 
 BASE = 459_000_000_000
 

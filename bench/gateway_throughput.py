@@ -6,16 +6,16 @@ Realistic batches: the real agent (`bench/wire_size.py`'s recorder: `edge_agent.
 project's /proc collectors, 1 s interval, 10 s batches) records `--batches` batches of this
 machine's stream; each is kept plain and, from the same builder, with a deflated body.
 
-The measured code is the gateway's own: `gateway.decode.Dictionaries.resolve` (size limit, msgpack
+The measured code is the gateway's own: `gateway.decode.resolve.Dictionaries.resolve` (size limit, msgpack
 decode, `edge_agent.wire.parse_batch`, dictionary lookup, value checks) and the conversion to the
-bytes the OTLP exporters send: `gateway.otlpwire.encode` (what the pipeline runs: protobuf written
-directly, issue 18) and, for comparison, `gateway.otlp.to_request` + `SerializeToString()` (message
+bytes the OTLP exporters send: `gateway.convert.otlpwire.encode` (what the pipeline runs: protobuf written
+directly, issue 18) and, for comparison, `gateway.convert.otlp.to_request` + `SerializeToString()` (message
 objects, the reference the other is checked against byte for byte). The pipeline
-(`gateway/pipeline.py`) converts up to 32 queued batches into one request, so conversion is
+(`gateway/export/pipeline.py`) converts up to 32 queued batches into one request, so conversion is
 measured with 1 and with 32 batches per request.
 
-The gateway always decodes msgpack with the C extension (`gateway.decode.unpack`); it offers no
-switch. For the comparison with the pure-Python decoder the bench replaces `gateway.decode.unpack`
+The gateway always decodes msgpack with the C extension (`gateway.decode.resolve.unpack`); it offers no
+switch. For the comparison with the pure-Python decoder the bench replaces `gateway.decode.resolve.unpack`
 with one built on `edge_agent.umsgpack.unpackb` for those variants only.
 
 Single thread, pinned to one CPU; throughput is samples per CPU second of this process
@@ -35,19 +35,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import gateway.decode as gateway_decode  # noqa: E402
+import gateway.decode.resolve as gateway_decode  # noqa: E402
 from bench.wire_size import deflated_twin, machine, record  # noqa: E402
-from edge_agent import umsgpack, wire  # noqa: E402
-from gateway.decode import Dictionaries  # noqa: E402
-from gateway.otlp import to_request  # noqa: E402
-from gateway.otlpwire import encode  # noqa: E402
+from edge_wire.decode import decode  # noqa: E402
+from edge_wire.unpack import unpackb  # noqa: E402
+from gateway.convert.otlp import to_request  # noqa: E402
+from gateway.convert.otlpwire import encode  # noqa: E402
+from gateway.decode.resolve import Dictionaries  # noqa: E402
 
 C_UNPACK = gateway_decode.unpack
 
 
 def pure_unpack(payload):
     """What the gateway would do with the pure decoder: same limits, same error type on failure."""
-    return umsgpack.unpackb(payload)
+    return unpackb(payload)
 
 
 def run_for(seconds, work, samples_per_call):
@@ -79,7 +80,7 @@ def main(argv=None):
     print("recording %d x 10 s of this machine's stream with the real agent ..." % args.batches, file=sys.stderr, flush=True)
     agent, recorded = record(10.0 * max(1, args.batches), 1.0, 10.0, "pi-0001")
     birth = recorded[-1].birth
-    device = wire.decode(birth)["dev"]
+    device = decode(birth)["dev"]
     plain = [r.payload for r in recorded]
     deflated = [deflated_twin(r) for r in recorded]
     samples = sum(r.samples for r in recorded)

@@ -3,15 +3,15 @@
     .venv/bin/python bench/wire_size.py [--seconds 60] [--interval 1] [--batch 10] [--device-id pi-0001]
 
 Records this machine's real CPU, network, memory, load and system stream with the project's own
-/proc collectors (`edge_agent.collectors.procfs`), driven by the real `edge_agent.agent.Agent` (the
+/proc collectors (`edge_agent.collectors.procfs.registry`), driven by the real `edge_agent.agent.Agent` (the
 sampler `edge-agent run` builds, an offline transport: nothing is published, every batch stays in
 the agent's outbox). Each batch the agent encodes is then also expressed, for the very same
 samples, as:
 
 - wire v1 with a deflated body: the agent's own `BatchBuilder.encode(compress=True)` on the same
   builder, same header (seq, dictionary epoch, ext);
-- OTLP protobuf: the gateway's conversion (`gateway.decode.Dictionaries.resolve` then
-  `gateway.otlp.to_request`) of the batch, `ExportMetricsServiceRequest.SerializeToString()`, per
+- OTLP protobuf: the gateway's conversion (`gateway.decode.resolve.Dictionaries.resolve` then
+  `gateway.convert.otlp.to_request`) of the batch, `ExportMetricsServiceRequest.SerializeToString()`, per
   batch, and gzip'ed (level 6, as OTLP exporters do);
 - OTLP JSON: that request as the gateway's file exporter writes it (`MessageToDict`, compact);
 - plain JSON: one object `{"name", "attrs", "ts", "value"}` per sample, a list per batch.
@@ -38,12 +38,16 @@ if ROOT not in sys.path:
 
 from google.protobuf import json_format  # noqa: E402
 
-from edge_agent import cli, lifecycle, wire  # noqa: E402
+from edge_agent import (  # noqa: E402
+    cli,
+    lifecycle,  # noqa: E402
+)
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
-from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
-from gateway.decode import Dictionaries  # noqa: E402
-from gateway.otlp import to_request  # noqa: E402
+from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
+from edge_wire.decode import decode, parse_batch  # noqa: E402
+from gateway.convert.otlp import to_request  # noqa: E402
+from gateway.decode.resolve import Dictionaries  # noqa: E402
 
 TARGET_BYTES_PER_SAMPLE = 4.0
 GZIP_LEVEL = 6
@@ -138,7 +142,7 @@ def record(seconds=60.0, interval=1.0, batch_s=10.0, device_id="pi-0001", progre
 
 def deflated_twin(rec: Recorded) -> bytes:
     """The same batch (same builder, header and ext) encoded with a deflated body."""
-    obj = wire.decode(rec.payload)
+    obj = decode(rec.payload)
     ext = obj[8] if len(obj) == 9 else None
     return rec.builder.encode(obj[2], obj[3], obj[4], obj[5], True, ext)
 
@@ -170,7 +174,7 @@ def measure(recorded):
     totals = dict.fromkeys(FORMATS, 0)
     rows = []
     for rec in recorded:
-        obj = wire.decode(rec.birth)
+        obj = decode(rec.birth)
         device = obj["dev"]
         if (obj["bt"], obj["dict"]) not in added:
             dictionaries.add_birth(device, rec.birth)
@@ -178,7 +182,7 @@ def measure(recorded):
         resolved = dictionaries.resolve(device, rec.payload)
         assert resolved.samples() == rec.samples, (resolved.samples(), rec.samples)
         deflated = deflated_twin(rec)
-        again = wire.parse_batch(wire.decode(deflated))
+        again = parse_batch(decode(deflated))
         assert again.sample_count() == rec.samples
         request = to_request([resolved])
         proto = request.SerializeToString()

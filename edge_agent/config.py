@@ -1,7 +1,7 @@
 """Agent configuration: embedded defaults, a JSON file over them, command-line flags over that.
 
 A config file is JSON; lines whose first non-blank character is `#` are comments (what
-`edge-agent config default` prints, each key explained by edge_agent/config_doc.py).
+`edge-agent config default` prints, each key explained by edge_agent/cli/config_doc.py).
 
 Validation is driven by one table (`SPEC`) that gives each key its default and its bounds or
 choices, so every problem is reported as "config key 'a.b': <what is wrong>" — the key and the
@@ -13,8 +13,9 @@ MicroPython-compatible (json, no typing).
 
 import json
 
-BACKENDS = ("auto", "procfs", "netlink", "ebpf")
-COLLECTORS = ("cpu", "memory", "load", "network", "system")
+from edge_agent.collectors import BACKENDS, COLLECTORS  # noqa: F401 (the names config.BACKENDS, COLLECTORS too)
+from edge_wire.broker import parse_broker
+
 # The keys, one line each: dotted key, default (JSON), rule (JSON): [low, high] for a number or a
 # string's length (null: no minimum), a list of choices for a string, or nothing (the type only).
 # The type is the default's; "*" stands for every collector. Text rather than nested dicts of
@@ -28,7 +29,7 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 #   compress           deflate the batch body (CPython only)
 #   state_dir          sequence numbers, accepted commands, spool; empty: nothing persisted
 #   collectors.cpu.top_processes   eBPF only
-#   sampling           validated by edge_agent.sampling_rules (policies and their knobs)
+#   sampling           validated by edge_agent.sampling.rules (policies and their knobs)
 #   buffer.*           RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in
 #                      <state_dir>/spool, written spool_chunk batches at a time while offline (what a
 #                      power cut may lose)
@@ -174,7 +175,7 @@ def check(config):
     commands = config.get("commands")
     for name in ("device_key", "fleet_key"):
         key = commands.get(name) if isinstance(commands, dict) else None
-        if isinstance(key, str) and key[:4] == "hex:":  # as edge_agent.hmac.key_bytes reads it
+        if isinstance(key, str) and key[:4] == "hex:":  # as edge_wire.command.key_bytes reads it
             import binascii
 
             try:
@@ -195,39 +196,13 @@ def check(config):
             shown = _show(broker) if "@" not in broker else "a URL with credentials (use username and password)"
             errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % shown)
     sampling = config.get("sampling")
-    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling_rules is not even loaded
-        from edge_agent.sampling_rules import validate_sampling
+    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling.rules is not even loaded
+        from edge_agent.sampling.rules import validate_sampling
 
         for problem in validate_sampling(sampling):  # "key: problem"
             key, _, text = problem.partition(": ")
             errors.append("config key 'sampling.%s': %s" % (key, text))
     return errors
-
-
-def parse_broker(url):
-    """'mqtt://host:port' or 'mqtts://host:port' -> (host, port, tls)."""
-    if "://" not in url:
-        raise ValueError("no scheme")
-    scheme, rest = url.split("://", 1)
-    if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError("scheme must be mqtt or mqtts")
-    tls = scheme in ("mqtts", "ssl")
-    rest = rest.rstrip("/")
-    if "@" in rest:  # credentials belong in username/password, never in a URL that gets logged
-        raise ValueError("credentials in the URL")
-    if rest.startswith("["):  # [ipv6]:port
-        host, _, port = rest[1:].partition("]")
-        port = port[1:] if port.startswith(":") else ""
-    elif ":" in rest:
-        host, port = rest.rsplit(":", 1)
-    else:
-        host, port = rest, ""
-    if not host:
-        raise ValueError("no host")
-    port = int(port) if port else (8883 if tls else 1883)
-    if not 0 < port < 65536:
-        raise ValueError("bad port")
-    return host, port, tls
 
 
 def build(file_values=None, overrides=None):

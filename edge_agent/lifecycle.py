@@ -4,16 +4,17 @@
   runs that spooled batches still need, then the current one) and the subscriptions (the device's
   delivery receipts, its command topics); what awaits a receipt goes again;
 - `publish_birth`: the birth message (the series dictionary), when it grew or on connecting; with
-  a spool also archived there (edge_agent/spool.py), before any batch that needs it.
+  a spool also archived there (edge_agent/store/spool.py), before any batch that needs it.
 
 Part of the MicroPython-compatible core. The agent imports this module when one of these happens
 and unloads it afterwards (edge_agent.unload): on a small MicroPython heap its code is not resident
 (a command that changes the sampling sends a birth: this module is then loaded beside
-edge_agent.commands, so it is kept small; delivery receipts are edge_agent.receipts').
+edge_agent.commands.handler, so it is kept small; delivery receipts are edge_agent.store.receipts').
 Out of memory here is survived as in the loop: what failed is tried again at the next pass.
 """
 
-from edge_agent import wire
+from edge_wire.batch import Chunks
+from edge_wire.birth import encode_birth, encode_birth_into
 
 
 def announce(agent):
@@ -44,20 +45,20 @@ def announce(agent):
 
 
 def birth_payload(agent, pieces=False):
-    """The current birth for agent.transport: bytes, pieces (wire.Chunks) for a chunked transport, or,
-    for one that `streams` (umqtt), a wire_birth.StreamedBirth, encoded as it is written; `pieces`
+    """The current birth for agent.transport: bytes, pieces (edge_wire.batch.Chunks) for a chunked transport, or,
+    for one that `streams` (umqtt), an edge_wire.birth.StreamedBirth, encoded as it is written; `pieces`
     asks for pieces even then (the spool archives them)."""
     info = dict(agent.info)
     info["interval_ms"] = agent.base_interval_ms()
     info["sampling"] = agent.sampler.snapshot()
     if not agent.chunked:
-        return wire.encode_birth(info, agent.table)
+        return encode_birth(info, agent.table)
     if not pieces and getattr(agent.transport, "streams", False):
-        from edge_agent.wire_birth import StreamedBirth
+        from edge_wire.birth import StreamedBirth
 
         return StreamedBirth(info, agent.table)
-    out = wire.Chunks()
-    wire.encode_birth_into(out, info, agent.table)
+    out = Chunks()
+    encode_birth_into(out, info, agent.table)
     return out.pieces()
 
 

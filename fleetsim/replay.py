@@ -19,27 +19,38 @@ from __future__ import annotations
 
 import os
 
-from edge_agent import wire
-from edge_agent.model import COUNTER, SeriesTable
-from edge_agent.umsgpack import pack_array_header, pack_into
+from edge_agent.model import Series, SeriesTable
+from edge_wire import COUNTER, VERSION
+from edge_wire.batch import BatchBuilder
+from edge_wire.decode import decode, parse_batch, parse_birth
+from edge_wire.pack import pack_array_header, pack_into
 
 DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recording.msgpack")
 COUNTER_BASE = 1_000_000  # per class, in the series' own units
 
 
+def device_series(sid: int, info) -> Series:
+    """The agent's Series (what its encoders take) of a decoded series (edge_wire.decode.SeriesInfo)."""
+    series = Series(info.name, info.kind, info.unit, info.attrs, info.scale, info.bounds, info.source)
+    series.id = sid
+    if info.start:
+        series.start = info.start
+    return series
+
+
 class Recording:
     def __init__(self, path: str = DEFAULT, ticks: int = 10, classes: int = 16, stride: int = 1) -> None:
         with open(path, "rb") as f:
-            recording = wire.decode(f.read(), max_size=1 << 24)
-        birth = wire.parse_birth(wire.decode(recording["births"][-1]))
+            recording = decode(f.read(), max_size=1 << 24)
+        birth = parse_birth(decode(recording["births"][-1]))
         self.birth = birth.raw  # the template of every simulated birth (its device fields replaced)
-        self.series = [birth.series[sid] for sid in sorted(birth.series)]
+        self.series = [device_series(sid, birth.series[sid]) for sid in sorted(birth.series)]
         self.counters = {s.id for s in self.series if s.kind == COUNTER}
         self.samples_by_tick: list[dict[int, int]] = []
         self.deltas: list[int] = []  # ms from the previous tick
         times = []
         for payload in recording["batches"]:
-            batch = wire.parse_batch(wire.decode(payload))
+            batch = parse_batch(decode(payload))
             first = len(self.samples_by_tick)
             for t in batch.ticks:
                 times.append(t)
@@ -68,7 +79,7 @@ class Recording:
         self._bodies: dict[tuple[int, int, int], tuple[bytes, list[int], int]] = {}
 
     def table(self, epoch: int) -> SeriesTable:
-        """A dictionary of the recorded series (ids as recorded) at `epoch`, for `wire.encode_birth`."""
+        """A dictionary of the recorded series (ids as recorded) at `epoch`, for `encode_birth`."""
         table = SeriesTable(epoch)
         table.series = list(self.series)
         table.base = epoch
@@ -83,7 +94,7 @@ class Recording:
         found = self._bodies.get(key)
         if found is not None:
             return found
-        builder = wire.BatchBuilder()
+        builder = BatchBuilder()
         offsets = []
         offset = 0
         by_id = {s.id: s for s in self.series}
@@ -110,7 +121,7 @@ class Recording:
 def _header(out: bytearray, device: str, boot: int, seq: int, epoch: int, t0: int, ext: bool) -> None:
     """A data batch's header as `BatchBuilder.encode_into` writes it."""
     pack_array_header(9 if ext else 8, out)
-    for field in (wire.VERSION, 0, device, boot, seq, epoch, t0):
+    for field in (VERSION, 0, device, boot, seq, epoch, t0):
         pack_into(field, out)
 
 

@@ -1,4 +1,4 @@
-"""atheris harness: the gateway's decoder (gateway.decode.Dictionaries.add_birth / resolve).
+"""atheris harness: the gateway's decoder (gateway.decode.resolve.Dictionaries.add_birth / resolve).
 
 Input: byte 0 modulo 3: 0 -> the rest is a birth, 1 -> a data batch, for device dev-1 whose real
 birth (fuzz/seeds.py) is known; 2 -> a birth that, if accepted, must then resolve the real batch
@@ -17,8 +17,8 @@ import atheris
 with atheris.instrument_imports():
     import seeds
 
-    from edge_agent import umsgpack, wire  # noqa: F401 (instrumented for coverage)
-    from gateway import decode, otlp
+    from gateway.convert import otlp
+    from gateway.decode import resolve
 
 LABEL = re.compile(r"^[a-z][a-z_]{2,30}$")
 BIRTH = seeds.birth()
@@ -26,7 +26,7 @@ GOOD = seeds.batches()[0]
 
 
 def fresh():
-    dicts = decode.Dictionaries()
+    dicts = resolve.Dictionaries()
     dicts.add_birth(seeds.DEVICE, BIRTH)
     return dicts
 
@@ -46,7 +46,7 @@ def TestOneInput(data: bytes) -> None:
                 return
             payload = GOOD
         resolved = dicts.resolve(seeds.DEVICE, payload)
-    except decode.Rejected as exc:
+    except resolve.Rejected as exc:
         if not LABEL.match(exc.reason) or exc.device != seeds.DEVICE:
             raise AssertionError("rejection without a proper label: %r" % (exc.reason,))
         if data[0] % 3 == 2 and payload is GOOD:

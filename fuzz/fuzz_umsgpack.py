@@ -13,20 +13,21 @@ import atheris
 with atheris.instrument_imports():
     from seeds import same  # puts the repository on sys.path; imports umsgpack
 
-    from edge_agent import umsgpack
+    from edge_wire.pack import packb
+    from edge_wire.unpack import unpackb
 
 import msgpack  # noqa: E402 (the reference, a C extension: not instrumented)
 
 
 def TestOneInput(data: bytes) -> None:
     try:
-        value = umsgpack.unpackb(data)
+        value = unpackb(data)
     except ValueError:
         return
     reference = msgpack.unpackb(data, raw=False, strict_map_key=False)
     if not same(value, reference):
         raise AssertionError("umsgpack %r != msgpack %r" % (value, reference))
-    if not same(umsgpack.unpackb(umsgpack.packb(value)), value):
+    if not same(unpackb(packb(value)), value):
         raise AssertionError("round trip changed %r" % (value,))
 
 

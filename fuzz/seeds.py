@@ -1,7 +1,7 @@
 """Real encoder output for the fuzz harnesses: the messages each seed corpus starts from.
 
 `python fuzz/seeds.py` (re)writes fuzz/corpus/<harness>/ from edge_agent.wire and
-edge_agent.commands; the harnesses import the builders to set up their state the same way.
+edge_agent.commands.handler; the harnesses import the builders to set up their state the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from edge_agent import config, wire  # noqa: E402
-from edge_agent.commands import CommandHandler, sign  # noqa: E402
-from edge_agent.model import COUNTER, GAUGE, HISTOGRAM, Series, SeriesTable  # noqa: E402
+from edge_agent import config  # noqa: E402
+from edge_agent.commands.handler import CommandHandler  # noqa: E402
+from edge_agent.model import Series, SeriesTable  # noqa: E402
+from edge_wire import COUNTER, GAUGE, HISTOGRAM  # noqa: E402
+from edge_wire.batch import BatchBuilder  # noqa: E402
+from edge_wire.birth import boot_tag, encode_birth  # noqa: E402
+from edge_wire.command import sign  # noqa: E402
 
 DEVICE = "dev-1"
 BOOT_ID = "4f3c2a10-1111-2222-3333-444455556666"
@@ -60,23 +64,23 @@ def birth(t: SeriesTable | None = None) -> bytes:
     info = {"device": DEVICE, "boot_id": BOOT_ID, "boot_time_ms": BOOT_TIME_MS, "agent": "0.1.0", "os": "linux",
             "platform": "cpython-3.11", "collectors": {"cpu": "procfs", "network": "netlink"},
             "interval_ms": 1000, "sampling": {"policy": "fixed"}}
-    return wire.encode_birth(info, t)
+    return encode_birth(info, t)
 
 
 def batches() -> list[bytes]:
     _, (rx, cpu, util, mem, lat) = table()
     out = []
     for compress in (False, True):
-        b = wire.BatchBuilder()
+        b = BatchBuilder()
         for i in range(3):
             b.add_tick(BOOT_TIME_MS + 60_000 + 1000 * i, [
                 (rx, 1000 + 500 * i), (cpu, 12345 + 100 * i), (util, 2500 - i), (mem, 4096 + i),
                 (lat, (3 + i, 250 + i, (1, 1 + i, 1, 0)))])
-        out.append(b.encode(DEVICE, wire.boot_tag(BOOT_ID), 1 << 40, 0, compress))
-    b = wire.BatchBuilder()
+        out.append(b.encode(DEVICE, boot_tag(BOOT_ID), 1 << 40, 0, compress))
+    b = BatchBuilder()
     b.add_tick(BOOT_TIME_MS, [(rx, 1), (util, -5)])
     b.add_tick(BOOT_TIME_MS + 1000, [(util, 7)])
-    out.append(b.encode(DEVICE, wire.boot_tag(BOOT_ID), 2, 0, ext={"lost": [1, 10], "iv": [[5000, 2]]}))
+    out.append(b.encode(DEVICE, boot_tag(BOOT_ID), 2, 0, ext={"lost": [1, 10], "iv": [[5000, 2]]}))
     return out
 
 
@@ -100,7 +104,7 @@ class Offline:
 
 
 def agent():
-    """A real Agent with a CommandHandler, as tests/test_commands.py builds it; nothing persisted."""
+    """A real Agent with a CommandHandler, as tests/support/agent.py builds it; nothing persisted."""
     from edge_agent.agent import Agent
 
     state = tempfile.mkdtemp(prefix="fuzz-agent-")

@@ -39,12 +39,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from edge_agent import wire
-from gateway.decode import Dictionaries, Rejected, Resolved, Settled, UnknownDictionary
-from gateway.dedupe import SeqTracker
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline import ExportPipeline, Item
-from gateway.state import GatewayState
+from edge_wire.decode import WireError
+from edge_wire.receipt import EXPORTED, REFUSED, WANTED, encode_receipt, parse_receipt, runs_of
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries, Rejected, Resolved, Settled, UnknownDictionary
+from gateway.decode.state import GatewayState
+from gateway.export.pipeline import ExportPipeline, Item
+from gateway.ops.metrics import GatewayMetrics
 
 Ack = Callable[[], None]
 log = logging.getLogger("gateway")
@@ -92,7 +93,7 @@ def reported_lost(ext: dict) -> tuple[int, int]:
 
 
 class Gateway:
-    events = None  # gateway.events.DeviceEvents: device events as OTLP logs, when an exporter takes them
+    events = None  # gateway.convert.events.DeviceEvents: device events as OTLP logs, when an exporter takes them
     late_after_s = 60.0  # a sample exported later than this after it was measured is counted as late
 
     def __init__(self, dictionaries: Dictionaries, pipeline: ExportPipeline, metrics: GatewayMetrics,
@@ -194,8 +195,8 @@ class Gateway:
     def on_receipt(self, device: str, payload: bytes) -> None:
         """Another replica's receipt: what it exported is settled here too (what it refused is judged here)."""
         try:
-            boot, runs = wire.parse_receipt(payload)
-        except wire.WireError:
+            boot, runs = parse_receipt(payload)
+        except WireError:
             return
         if self.dedupe is None:
             return
@@ -203,7 +204,7 @@ class Gateway:
         with self._lock:
             for first, count, kind in runs:
                 # what it refused is not marked: a resend here is refused again, not receipted as exported
-                if kind == wire.EXPORTED:
+                if kind == EXPORTED:
                     for seq in range(first, first + min(count, 4096)):
                         self.dedupe.mark(device, boot, seq)
 
@@ -258,7 +259,7 @@ class Gateway:
         self.metrics.duplicates.inc()
         with self._lock:
             self._device(device).duplicates += 1
-        self._receipt(device, key[1], [(key[2], 1, wire.EXPORTED)])
+        self._receipt(device, key[1], [(key[2], 1, EXPORTED)])
         ack()
 
     def _exported(self, batches: list[Resolved]) -> None:
@@ -279,7 +280,7 @@ class Gateway:
         for resolved in batches:
             streams.setdefault((resolved.device, resolved.batch.boot), []).append(resolved.batch.seq)
         for (device, boot), seqs in streams.items():
-            self._receipt(device, boot, wire.runs_of(seqs))
+            self._receipt(device, boot, runs_of(seqs))
         now = time.time()
         for resolved, gap in zip(batches, gaps, strict=True):
             self._account(resolved, gap, now)
@@ -342,7 +343,7 @@ class Gateway:
     def _receipt(self, device: str, boot: int, runs: list[tuple[int, int, int]]) -> None:
         if not self.receipts or self.publish_receipt is None:
             return
-        if self.publish_receipt(device, wire.encode_receipt(boot, runs)):
+        if self.publish_receipt(device, encode_receipt(boot, runs)):
             self.metrics.receipts.inc()
 
     def _want_births(self, device: str, key: tuple[str, int, int] | None) -> None:
@@ -355,7 +356,7 @@ class Gateway:
                 return
             self._wanted[device] = now + REBIRTH_EVERY_S
         self.metrics.rebirths.inc()
-        self._receipt(device, key[1], [(key[2], 1, wire.WANTED)])
+        self._receipt(device, key[1], [(key[2], 1, WANTED)])
 
     def state_error(self, what: str, exc: OSError) -> None:
         """Count a failed --state-dir write; log it once a minute at most (a full disk fails every request)."""
@@ -408,7 +409,7 @@ class Gateway:
         self.metrics.rejected.inc(reason=exc.reason)
         _event(logging.WARNING, "batch rejected", "rejected", device=exc.device, reason=exc.reason, detail=exc.detail)
         if exc.key is not None:  # the device drops it and counts it lost, rather than send it again
-            self._receipt(exc.key[0], exc.key[1], [(exc.key[2], 1, wire.REFUSED)])
+            self._receipt(exc.key[0], exc.key[1], [(exc.key[2], 1, REFUSED)])
         ack()  # bad input is settled: redelivering it would not make it better
 
     def _release(self, exc: Rejected, ack: Ack) -> None:

@@ -1,8 +1,9 @@
 """`edge-gateway`: the command line. `run` serves; more subcommands plug in through `register`.
 
 A module providing a subcommand exposes `register(subparsers)`, which adds its parser and sets
-`func` (called with the parsed arguments, returning an exit code). Modules listed in
-`OPTIONAL_COMMANDS` are picked up when they exist.
+`func` (called with the parsed arguments, returning an exit code): `run` here, the operator's
+subcommands in gateway/ops (tune, devices, keygen). What they share (help format, broker flags, the
+one-line failure) is gateway/options.py, so they import it rather than this module.
 """
 
 from __future__ import annotations
@@ -10,51 +11,31 @@ from __future__ import annotations
 import argparse
 import errno
 import gc
-import importlib
 import logging
-import os
 import signal
 import sys
 import threading
-import urllib.parse
 
-from edge_agent.transport.paho_connect import readable_secret, tls_context
-from gateway import __version__, amqp, exporters, health, identity, logs
+from gateway import __version__
 from gateway.app import Gateway
-from gateway.decode import Dictionaries
-from gateway.dedupe import SeqTracker
-from gateway.events import DeviceEvents
-from gateway.export import RetryPolicy
-from gateway.http import StatusServer
-from gateway.metrics import GatewayMetrics
-from gateway.mqtt import BrokerConfig, MqttIntake, parse_broker
-from gateway.pipeline import ExportPipeline
-from gateway.state import GatewayState, StateError
+from gateway.convert.events import DeviceEvents
+from gateway.decode.dedupe import SeqTracker
+from gateway.decode.resolve import Dictionaries
+from gateway.decode.state import GatewayState, StateError
+from gateway.export import configure
+from gateway.export.exporter import RetryPolicy
+from gateway.export.pipeline import ExportPipeline
+from gateway.ingest import amqp
+from gateway.ingest.mqtt import MqttIntake
+from gateway.ops import devices, health, identity, keygen, logs, tune
+from gateway.ops.http import StatusServer
+from gateway.ops.metrics import GatewayMetrics
+from gateway.options import HelpFormatter, add_broker_options, broker_config, broker_url, fail
 
-OPTIONAL_COMMANDS = ("gateway.tune", "gateway.devices", "gateway.keygen")
-PASSWORD_ENV = "EDGE_GATEWAY_MQTT_PASSWORD"
 log = logging.getLogger("gateway")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help shows each option's default (when it has one worth showing and its text does not say it)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if ("default" in text or default in (None, False, argparse.SUPPRESS, [], "")
-                or not action.option_strings or isinstance(action, argparse._VersionAction)):
-            return text
-        return text + " (default: %(default)s)"
-
-
 GC_THRESHOLD = 50_000  # container allocations between collections of the youngest generation (default 700)
-
-
-def fail(command: str, problem: object, code: int = 2) -> int:
-    """A command-line tool's failure: one line naming what is wrong, and its exit status."""
-    print("%s: %s" % (command, problem), file=sys.stderr)
-    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,50 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="edge-gateway " + __version__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(subparsers)
-    for name in OPTIONAL_COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+    for command in (tune, devices, keygen):
+        command.register(subparsers)
     return parser
-
-
-def add_broker_options(parser: argparse.ArgumentParser) -> None:
-    """The MQTT connection flags, shared by every subcommand that talks to the broker."""
-    group = parser.add_argument_group("broker")
-    group.add_argument("--broker", default="mqtt://localhost:1883", help="mqtt://host:port or mqtts://host:port")
-    group.add_argument("--topic-prefix", default="edge", help="topic prefix")
-    group.add_argument("--client-id", help="MQTT client id (default: one of our own, unique per process; "
-                       "`run` keeps it in --state-dir)")
-    group.add_argument("--ca", metavar="FILE", help="CA certificate file (enables TLS)")
-    group.add_argument("--cert", metavar="FILE", help="client certificate file")
-    group.add_argument("--key", metavar="FILE", help="client private key file")
-    group.add_argument("--username", help="MQTT user name")
-    group.add_argument("--password", help="MQTT password (visible to other users in ps: prefer --password-file "
-                       "or $%s)" % PASSWORD_ENV)
-    group.add_argument("--password-file", metavar="FILE", help="read the MQTT password from FILE's first line")
-
-
-def broker_config(args: argparse.Namespace, client_id: str) -> BrokerConfig:
-    """The connection the flags describe; ValueError naming the flag (and file) that cannot be used."""
-    host, port, tls = parse_broker(args.broker)
-    parts = urllib.parse.urlsplit(args.broker if "://" in args.broker else "mqtt://" + args.broker)
-    username = args.username if args.username is not None else parts.username
-    password = readable_secret(args.password or os.environ.get(PASSWORD_ENV), args.password_file, "--password-file")
-    context = None
-    if tls or args.ca or args.cert:
-        context = tls_context(args.ca, args.cert, args.key)
-    return BrokerConfig(host=host, port=port, tls=tls, ca=args.ca, cert=args.cert, key=args.key,
-                        username=username, password=password if password is not None else parts.password,
-                        client_id=args.client_id or client_id, tls_context=context)
-
-
-def broker_url(config: BrokerConfig) -> str:
-    """The broker as a URL fit for a log line: scheme, host and port (never credentials)."""
-    return "%s://%s:%d" % ("mqtts" if config.tls else "mqtt", config.host, config.port)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -154,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "(0: never; a device that comes back is asked for its birth)")
     run.add_argument("--late-after", type=float, default=60.0, metavar="S",
                      help="a sample exported more than S seconds after it was measured counts as late")
-    exporters.add_options(run)
+    configure.add_options(run)
     amqp.add_options(run)
     run.set_defaults(func=run_command)
 
@@ -162,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     logs.setup(args.log_format)
     try:
-        exporter, logs_exporter, described = exporters.choose(args)
+        exporter, logs_exporter, described = configure.choose(args)
         broker = broker_config(args, "")
     except (ValueError, OSError) as exc:  # configuration problems: one clear line, no traceback
         return fail("edge-gateway", exc)
@@ -192,7 +132,7 @@ def run_command(args: argparse.Namespace) -> int:
     if logs_exporter is not None:
         events = gateway.events = DeviceEvents(logs_exporter, dictionaries.latest, metrics, RetryPolicy())
     births, replayed = gateway.restore()
-    try:  # RabbitMQ over AMQP (gateway/amqp.py), or an MQTT broker
+    try:  # RabbitMQ over AMQP (gateway/ingest/amqp.py), or an MQTT broker
         intake = amqp.intake(args, gateway, metrics, broker.client_id, broker.persistent) if args.amqp else \
             MqttIntake(broker, gateway, metrics, args.topic_prefix, args.share_group)
     except ValueError as exc:

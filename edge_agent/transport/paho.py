@@ -5,8 +5,8 @@ messages and sends them again (DUP) when the connection comes back.
 
 paho runs its network loop in a thread of its own; connection and message events are queued here
 and delivered by `poll()` in the agent's thread, so the agent core never needs a lock. Connection
-problems are kept as the counters edge_agent.linkstate reads (`errors`, `last_error`,
-`retry_in_ms`, `reconnects`); the delays between attempts are linkstate's (paho_connect.Client).
+problems are kept as the counters edge_agent.transport.linkstate reads (`errors`, `last_error`,
+`retry_in_ms`, `reconnects`); the delays between attempts are linkstate's (edge_wire.paho.Client).
 """
 
 import collections
@@ -14,7 +14,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.transport.paho_connect import RECONNECT_S, Backoff, Client, tls_context
+from edge_wire.paho import RECONNECT_S, Backoff, Client, tls_context
 
 
 class PahoTransport:

@@ -11,11 +11,11 @@ Trade-offs, stated first:
 - An incoming packet larger than `rx_size` is skipped (and acknowledged if QoS 1) and counted in
   `dropped`, so one huge message cannot exhaust a small heap.
 - Packets are built into one bytearray, except a PUBLISH payload: it is written after the packet's
-  header as it is given (bytes, or a list of pieces such as wire.Chunks makes), never copied into
+  header as it is given (bytes, or a list of pieces such as edge_wire.batch.Chunks makes), never copied into
   one buffer, so sending a large message needs no large contiguous allocation. A QoS 1 message keeps
   its header and payload (the pieces) until its PUBACK. A payload may also be an object that writes
   itself as it is encoded (`write_to(write)`, with `len()` its size; `streams`): the agent's birth
-  (wire_birth.StreamedBirth), so that what waits for its PUBACK is not the encoded birth. Incoming packets are read into one reused
+  (edge_wire.birth.StreamedBirth), so that what waits for its PUBACK is not the encoded birth. Incoming packets are read into one reused
   buffer.
 - Built for a small heap (bytecode loaded from .mpy lives in the heap on MicroPython's unix port):
   what only a connection attempt needs (socket, TLS and certificates, CONNECT, SUBSCRIBE, the
@@ -40,8 +40,8 @@ class Transport:
     handed to the agent; `reconnect` is (first, longest) delay in seconds.
     """
 
-    chunked = True  # publish takes a payload as a list of pieces (the agent then encodes into wire.Chunks)
-    streams = True  # ... or as an object it writes as it encodes it (`write_to`, wire_birth.StreamedBirth)
+    chunked = True  # publish takes a payload as a list of pieces (the agent then encodes into edge_wire.batch.Chunks)
+    streams = True  # ... or as an object it writes as it encodes it (`write_to`, edge_wire.birth.StreamedBirth)
 
     def __init__(self, host, port=1883, client_id="edge-agent", keepalive=60, username=None, password=None,
                  tls=None, will=None, reconnect=(1, 16), clean_session=True, max_inflight=16, rx_size=2048,
@@ -130,7 +130,7 @@ class Transport:
         A MemoryError between two writes would leave half a packet on the wire: the connection is
         closed instead and the caller sees an OSError (a QoS 1 message goes again after reconnecting).
         """
-        stream = getattr(payload, "write_to", None)  # encoded as it is written (wire_birth.StreamedBirth)
+        stream = getattr(payload, "write_to", None)  # encoded as it is written (edge_wire.birth.StreamedBirth)
         pieces = payload if isinstance(payload, list) else () if payload is None or stream else [payload]
         i = -1  # -1: data, then the pieces
         try:
