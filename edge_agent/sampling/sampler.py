@@ -63,17 +63,13 @@ MAX_LEVEL = 16
 UNIT = 16  # weight of a reading shown for one base interval (the programme runs on integers)
 QSTEPS = 200  # running quantiles: a step per read is the running range / QSTEPS (1/reads while younger)
 MU_ONE = 1024  # the log price is kept in fixed point
-MU0 = -3.0  # the first price: e^MU0 x the series' range (then its running p1-p99) x a base interval
+MU0 = -2.0  # the first price: e^MU0 x the series' range (then its running p1-p99) x a base interval
 MU_LOW = 0  # the log price's bounds (the programme's integer units)
 MU_HIGH = 90 * MU_ONE
 RATE = 1000  # counter rates per second
 SETTLE_MIN = 100  # reads: the controller's fastest pace, while a series is young
-REPAY = 2000  # reads over which a series pays back what it sent beyond its share (or spends what it saved)
-YOUNG_GAIN = 1
-TAIL_1024 = 0
-STEP_MAX = 1 << 30
-INIT_DIFF = 0
-MU0D = 0.0
+REPAY_MIN = 500  # reads over which a series pays back what it sent beyond its share (or spends what it
+REPAY = 4000  # saved): its age, within these bounds (a young series settles its first batches' error fast)
 WARM = 50  # reads before the guard's tails are trusted (every local high is watched until then)
 
 # A series' state is one list (smaller than an object on MicroPython); its slots:
@@ -407,14 +403,6 @@ class Sampler:
         if held is None:
             held = values[0]
         held_ms = st[HELD_MS]
-        if st[MU] is None and INIT_DIFF:  # the first price: from the batch's mean step
-            r = 0
-            for j in range(1, n):
-                d = values[j] - values[j - 1]
-                r += d if d > 0 else -d
-            r = r // (n - 1) if n > 1 else 0
-            if r:
-                st[MU] = int((math.log(r * UNIT * (r if counter else 1)) + MU0D * (2 if counter else 1)) * MU_ONE)
         if st[MU] is None:  # the first price: from the range seen so far (the first batch's when young)
             r = rng >> 8 if rng > 0 else 0
             if not r:
@@ -429,9 +417,8 @@ class Sampler:
         # (a quantised top level that the quantile lies just above is in the tail too); below the
         # running p1 (a new low). While the quantiles are still young every local high is watched.
         q_hi = hi >> 8
-        cap = (top >> 8) - (tol if TAIL_1024 == 0 else TAIL_1024 * rng >> 18)
-        if q_hi > cap:
-            q_hi = cap
+        if q_hi > (top >> 8) - tol:
+            q_hi = (top >> 8) - tol
         q_lo = bot >> 8
         if st[READS] <= WARM:
             q_hi = q_lo
@@ -503,22 +490,20 @@ class Sampler:
         # the budget, in thousandths of a reading: forced readings count against it, but the
         # programme keeps at least half of it (a series whose guard and heartbeat take more than
         # half sends more than its share); what was sent beyond the share (or saved) is paid back
-        # (spent) over REPAY reads
+        # (spent) over as many reads as the series has had (REPAY_MIN to REPAY)
         share = self.share_1000
         settle = p["adaptive_settle"]
-        gain = 1
         if st[READS] < settle:  # faster while the series is young: a first price far off costs less
             settle = st[READS] if st[READS] > SETTLE_MIN else SETTLE_MIN
-            gain = YOUNG_GAIN
         bal = st[BAL] + share * n - 1000 * sent
         st[BAL] = bal
-        budget = share * n - 1000 * nforced + n * bal // REPAY
+        repay = st[READS] if st[READS] > REPAY_MIN else REPAY_MIN
+        repay = repay if repay < REPAY else REPAY
+        budget = share * n - 1000 * nforced + n * bal // repay
         if budget < share * n // 2:
             budget = share * n // 2
         if st[MU] is not None:  # (None: nothing moved yet, no price to steer)
-            step = gain * (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
-            step = STEP_MAX if step > STEP_MAX else -STEP_MAX if step < -STEP_MAX else step
-            mu = st[MU] + step
+            mu = st[MU] + (1000 * (sent - nforced) - budget) * MU_ONE // (share * settle)
             st[MU] = MU_LOW if mu < MU_LOW else MU_HIGH if mu > MU_HIGH else mu
         return chosen
 
