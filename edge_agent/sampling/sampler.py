@@ -21,10 +21,12 @@ chooses the readings that minimise
 (for a counter, the squared deviation of each rate from its stretch's average rate). The price is
 the series' own, exp(mu): it starts at e^MU0 x the range the series has shown (x one base interval;
 squared for a counter's rates; none while the series has not moved), and a slow controller moves mu
-after each batch so that the series sends `adaptive_share` of its
-readings in the long run: mu += (sent - share x read) / (share x adaptive_settle). One price over a
-long stretch is also what the best offline choice for a budget uses (its Lagrange multiplier):
-samples go where they remove the most error, not evenly in time.
+after each batch so that the series sends `adaptive_share` of its readings in the long run:
+mu += (sent - budget) / (share x adaptive_settle), faster while the series is young, the budget
+paying back what was sent beyond the share (or spending what was saved) over the series' age
+(REPAY_MIN to REPAY reads). One price over a long stretch is also what the best offline choice for
+a budget uses (its Lagrange multiplier): samples go where they remove the most error, not evenly in
+time or equally per batch.
 
 Around the choice three rules force readings, and the programme is solved again with them fixed:
 - peak guard: a reading at a local high (not below its neighbours, at or above the series' running

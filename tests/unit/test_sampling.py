@@ -329,7 +329,7 @@ def test_the_guard_keeps_every_peak_above_the_p95_of_a_stationary_series():
     for seed in (12, 13, 14):
         rng = random.Random(seed)
         values = []
-        for i in range(3000):
+        for _ in range(3000):
             x = 5000 + rng.randint(-400, 400)
             if rng.random() < 0.02:
                 x += rng.randint(500, 2500)  # short spikes of every height, some within the noise's top
