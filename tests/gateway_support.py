@@ -1,4 +1,4 @@
-"""Helpers for the gateway tests: real births and batches built with edge_agent.wire."""
+"""Helpers for the gateway tests: real births and batches built with edge_wire."""
 
 from __future__ import annotations
 
