@@ -3,7 +3,7 @@
     .venv/bin/python bench/agent_footprint.py [--seconds 60] [--warmup 5] [--keep]
 
 Starts, all on loopback and for a bounded time:
-- a real mosquitto on a free port (tests/mosquitto.py);
+- a real mosquitto on a free port (testbed/mosquitto.py);
 - a real `edge-agent run` process (embedded defaults: every /proc collector at 1 s, 10 s batches,
   QoS 1) publishing to it;
 - collectd from Debian (`collectd -f -C conf`, collectd-core) with the cpu, interface, load and
@@ -39,15 +39,14 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from mosquitto import start_mosquitto, stop  # noqa: E402
 
 from bench.wire_size import machine  # noqa: E402
 from edge_wire.decode import WireError, decode, parse_batch  # noqa: E402
+from testbed.mosquitto import start_mosquitto, stop  # noqa: E402
 
 COLLECTD = shutil.which("collectd") or "/usr/sbin/collectd"
 PLUGIN_DIR = "/usr/lib/collectd"

@@ -33,7 +33,7 @@ if ROOT not in sys.path:
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent import lifecycle  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
-from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
+from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
 from edge_agent.model import Series  # noqa: E402
 from edge_wire import COUNTER  # noqa: E402
 from edge_wire.pack import packb  # noqa: E402

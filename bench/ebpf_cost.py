@@ -35,9 +35,8 @@ import time
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from bench.agent_footprint import cpu_seconds, memory_kib  # noqa: E402
 from bench.wire_size import machine  # noqa: E402
@@ -56,8 +55,8 @@ def object_sizes():
 
 
 def load_times(loads):
-    from edge_agent.collectors.bpf_libbpf import load as libbpf_load
-    from edge_agent.collectors.bpf_loader import CpuProgram, NetProgram, load
+    from edge_agent.collectors.ebpf.libbpf import load as libbpf_load
+    from edge_agent.collectors.ebpf.loader import CpuProgram, NetProgram, load
 
     out = {}
     for label, loader in (("ours", load), ("libbpf", libbpf_load)):
@@ -95,7 +94,7 @@ def udp_load(seconds, packets):
 
 
 def kernel_cost(args):
-    from edge_agent.collectors.bpf_loader import CpuProgram, NetProgram
+    from edge_agent.collectors.ebpf.loader import CpuProgram, NetProgram
 
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
         was = f.read().strip()
@@ -179,7 +178,7 @@ def modes(tmp):
     agent = [os.path.join(BIN, "edge-agent")]
     system_python = "/usr/bin/python3"
     pyz, bare = build_zipapps(tmp)
-    bcc_first = [sys.executable, "-c", "import sys, bcc; from edge_agent.cli import main; sys.argv[0] = 'edge-agent'; "
+    bcc_first = [sys.executable, "-c", "import sys, bcc; from edge_agent.cli.main import main; sys.argv[0] = 'edge-agent'; "
                  "sys.exit(main())"]
     out = [
         ("procfs", agent, {"cpu": "procfs", "network": "procfs"}, {}, ()),
@@ -237,7 +236,7 @@ def wait_started(agent, timeout=60):
 
 
 def agents_cost(args, tmp):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     counter = Births(port)

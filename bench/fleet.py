@@ -3,8 +3,8 @@
     .venv/bin/python bench/fleet.py [--devices 1000,10000] [--batch 10] [--seconds 60]
                                     [--saturate] [--replicas 1] [--sim-processes 1]
 
-Per scenario, all on loopback: mosquitto (tests/mosquitto.py) or, with `--rabbitmq N`, a RabbitMQ
-cluster of N nodes (tests/rabbitmq.py; the gateways consume its quorum queue over AMQP and the
+Per scenario, all on loopback: mosquitto (testbed/mosquitto.py) or, with `--rabbitmq N`, a RabbitMQ
+cluster of N nodes (testbed/rabbitmq.py; the gateways consume its quorum queue over AMQP and the
 devices spread over the nodes' MQTT listeners), `edge-gateway run` process(es)
 exporting OTLP/HTTP to a receiver in this process that stores each request's bytes and arrival
 time, and `edge-fleet-sim` with N devices (one MQTT connection each, the agent's protocol and
@@ -39,15 +39,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from mosquitto import free_port, start_mosquitto, stop  # noqa: E402
-from rabbitmq import Cluster  # noqa: E402
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from bench.wire_size import machine  # noqa: E402
 from fleetsim.check import Tally, compare  # noqa: E402
+from testbed.mosquitto import free_port, start_mosquitto, stop  # noqa: E402
+from testbed.rabbitmq import Cluster  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 TICK_S = os.sysconf("SC_CLK_TCK")
@@ -258,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-processes", type=int, default=1)
     parser.add_argument("--queue", type=int, default=256, help="the gateway's --queue-size")
     parser.add_argument("--rabbitmq", type=int, default=0, metavar="N",
-                        help="a RabbitMQ cluster of N nodes (tests/rabbitmq.py) instead of mosquitto; gateways on AMQP")
+                        help="a RabbitMQ cluster of N nodes (testbed/rabbitmq.py) instead of mosquitto; gateways on AMQP")
     parser.add_argument("--baseline", metavar="REV",
                         help="also run the gateway of git revision REV, before this tree's, in each scenario")
     parser.add_argument("--profile", metavar="PREFIX",

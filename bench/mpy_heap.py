@@ -18,7 +18,7 @@ transient ones. Two interpreters:
    `micropython.mem_peak()` is printed too (the interpreter's own start-up is in it). With --binary,
    the fragments that exist only for the heap (FRAGMENTS) are priced as if merged back into the
    resident module of their concept: that module would carry their functions all the time.
-2. run: a real mosquitto on a free port and `-X heapsize=HEAP -m edge_agent.mpy_main` with the
+2. run: a real mosquitto on a free port and `-X heapsize=HEAP -m edge_agent.device.main` with the
    default config (fixed policy unless --policy, commands enabled, no spool), cpu + network + memory collectors at
    1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute (gc.mem_alloc()
    after gc.collect(), the highest seen, the largest free block); this bench asks for one every 10 s
@@ -37,9 +37,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from firmware import manifest  # noqa: E402
 from firmware.build import compile_mpy  # noqa: E402
@@ -51,12 +50,12 @@ DEVICE_IMPORTS = manifest.modules(manifest.RESIDENT)
 TRANSIENT_IMPORTS = manifest.modules(manifest.TRANSIENT)
 # modules split off a concept only to be released on a stock interpreter: fragment -> its concept's module
 FRAGMENTS = {
-    "edge_agent.mpy_setup": "edge_agent.mpy_main",
+    "edge_agent.device.setup": "edge_agent.device.main",
     "edge_agent.lifecycle": "edge_agent.agent",
     "edge_wire.birth": "edge_wire.batch",
     "edge_agent.transport.umqtt_connect": "edge_agent.transport.umqtt",
-    "edge_agent.collector_changes": "edge_agent.commands",
-    "edge_agent.sampling_rules": "edge_agent.sampling",
+    "edge_agent.commands.collector_changes": "edge_agent.commands.handler",
+    "edge_agent.sampling.rules": "edge_agent.sampling.sampler",
 }
 
 
@@ -167,7 +166,7 @@ def heap_lines(text):
 
 
 def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
-    from mosquitto import start_mosquitto, stop
+    from testbed.mosquitto import start_mosquitto, stop
 
     broker, port = start_mosquitto(tmp)
     try:
@@ -176,7 +175,7 @@ def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
         env = dict(os.environ, MICROPYPATH=".frozen:" + lib if lib else ".frozen", EDGE_AGENT_HEAP_EVERY_S=str(every_s))
         log_path = os.path.join(tmp, "agent.log")
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(interpreter(binary) + ["-X", "heapsize=" + heap, "-m", "edge_agent.mpy_main",
+            proc = subprocess.Popen(interpreter(binary) + ["-X", "heapsize=" + heap, "-m", "edge_agent.device.main",
                                                            config],
                                     env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/")
             try:

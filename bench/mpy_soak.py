@@ -6,7 +6,7 @@
 Not part of CI (it takes --minutes). Starts a real mosquitto, then for the same --minutes and the
 same job (cpu + network + memory collectors at 1 s, batches every 10 s, QoS 1, default config
 otherwise: fixed policy, commands enabled, no spool):
-- the MicroPython agent, `BINARY -X heapsize=HEAP -m edge_agent.mpy_main CONFIG`: with --binary the
+- the MicroPython agent, `BINARY -X heapsize=HEAP -m edge_agent.device.main CONFIG`: with --binary the
   agent's own interpreter (`python -m firmware build`, the agent frozen in; i686 and x86_64 run
   natively, the others under qemu-user, whose RSS is qemu's); without, the PyPI micropython on the
   .mpy bundle;
@@ -38,17 +38,16 @@ import time
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (ROOT, os.path.join(ROOT, "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-import production_broker  # noqa: E402
-from mosquitto import free_port, start_mosquitto, stop  # noqa: E402
-from otlp_receiver import OtlpReceiver  # noqa: E402
 
 from bench.agent_footprint import COLLECTD, PLUGIN_DIR, TYPES_DB  # noqa: E402
 from bench.mpy_heap import build_lib, heap_lines, interpreter  # noqa: E402
+from testbed import production_broker  # noqa: E402
+from testbed.mosquitto import free_port, start_mosquitto, stop  # noqa: E402
+from testbed.otlp_receiver import OtlpReceiver  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -194,7 +193,7 @@ def main(argv=None):
                 json.dump(config(port, "soak-mpy", os.path.join(tmp, "mpy-state"), certs), f)
             logs["micropython"] = os.path.join(tmp, "mpy.log")
             procs["micropython"] = subprocess.Popen(
-                interpreter(args.binary) + ["-X", "heapsize=" + args.heap, "-m", "edge_agent.mpy_main", mcfg],
+                interpreter(args.binary) + ["-X", "heapsize=" + args.heap, "-m", "edge_agent.device.main", mcfg],
                 env=env, stdout=open(logs["micropython"], "wb"), stderr=subprocess.STDOUT, cwd="/")
             if not args.no_cpython:
                 ccfg = os.path.join(tmp, "cpy.json")

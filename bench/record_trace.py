@@ -40,9 +40,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKS = ("idle", "compile", "compress", "network", "tests", "mixed")
-TESTS = ["tests/test_wire.py", "tests/test_gateway_decode.py", "tests/test_sampling.py", "tests/test_commands.py",
-         "tests/test_replay.py", "tests/test_counters.py", "tests/test_procfs_collectors.py", "tests/test_config.py",
-         "tests/test_fuzz_properties.py", "tests/test_gateway_otlp.py", "tests/test_msgpack_compat.py"]
+TESTS = ["tests/unit/test_wire.py", "tests/unit/test_gateway_decode.py", "tests/unit/test_sampling.py", "tests/unit/test_commands.py",
+         "tests/unit/test_replay.py", "tests/unit/test_counters.py", "tests/unit/test_procfs_collectors.py", "tests/unit/test_config.py",
+         "tests/unit/test_fuzz_properties.py", "tests/unit/test_gateway_otlp.py", "tests/unit/test_msgpack_compat.py"]
 
 
 # ---------------------------------------------------------------------- reading the machine

@@ -15,7 +15,7 @@ exported with `git archive`, and the working tree. The configurations, each in i
     base adaptive    today's adaptive policy (a band around the last sent value)
     fixed            this tree's default (agent.EveryInterval)
     adaptive         the batch look-ahead
-    load+adaptive    the same with the load watch (edge_agent.loadwatch) read at every base interval
+    load+adaptive    the same with the load watch (edge_agent.sampling.loadwatch) read at every base interval
 Rounds are interleaved (A B C D E, A B C D E, ...) and the median is reported: the machine is shared.
 
 Figures per configuration: CPU per tick (us: the loop's time / ticks, flushes included), the flush
@@ -56,12 +56,12 @@ start_heap = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
 from edge_agent import agent as agent_module
 from edge_agent.agent import Agent, EveryInterval
 from edge_agent.config import build
-from edge_agent.collectors.procfs import enabled_procfs
+from edge_agent.collectors.procfs.registry import enabled_procfs
 gc.collect()
 code_heap = 0
 if POLICY != "fixed":
     before = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
-    from edge_agent.sampling import Sampler
+    from edge_agent.sampling.sampler import Sampler
     gc.collect()
     code_heap = (gc.mem_alloc() - before) if hasattr(gc, "mem_alloc") else 0
 
@@ -95,7 +95,7 @@ else:
     sampler = Sampler({"policy": POLICY, "interval_ms": 1000})
     loadwatch = None
     if "load" in POLICY:
-        from edge_agent.loadwatch import LoadWatch
+        from edge_agent.sampling.loadwatch import LoadWatch
         loadwatch = LoadWatch()
 a = Agent(cfg, collectors, Acks(), info, sampler=sampler, loadwatch=loadwatch)
 a.birth_due = a.connect_due = False

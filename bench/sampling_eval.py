@@ -4,12 +4,12 @@
         [--param k=v ...] [--frontier 0.05,0.1,0.15,0.2,0.3] [--baselines uniform,deadband,adam,optimum]
         [--load] [--batch 10] [--jobs 2] [--json OUT] [--quiet]
 
-Every trace is replayed through the real agent code (edge_agent.replay: Sampler and BatchBuilder,
+Every trace is replayed through the real agent code (edge_agent.sampling.replay: Sampler and BatchBuilder,
 batches of --batch base intervals) with the `adaptive` policy and ONE parameter set for every
 trace (defaults unless --param). Each baseline is then tuned per trace to keep the same number of
 readings: uniform decimation, send-on-delta (its threshold bisected on the whole trace: an oracle
-setting), AdaM, and the offline optimum (edge_agent.baselines.optimum_match: the least error any
-choice of that many readings can reach, a floor erring low). Scored alike (edge_agent.replay.score):
+setting), AdaM, and the offline optimum (edge_agent.sampling.baselines.optimum_match: the least error any
+choice of that many readings can reach, a floor erring low). Scored alike (edge_agent.sampling.replay.score):
 NMAE = mean |x - shown| / (p99 - p1), peaks as runs at or above p99 and as runs above p95, missed
 when the highest value shown during the run is more than 0.1 of the range below the run's top.
 
@@ -40,8 +40,8 @@ from multiprocessing import Pool
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from edge_agent.replay import evaluate  # noqa: E402
-from edge_agent.replay_cli import parse_number  # noqa: E402
+from edge_agent.cli.replay import parse_number  # noqa: E402
+from edge_agent.sampling.replay import evaluate  # noqa: E402
 
 NAB = "/work/shared/datasets/nab"
 NAB_TRACES = [

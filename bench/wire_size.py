@@ -3,7 +3,7 @@
     .venv/bin/python bench/wire_size.py [--seconds 60] [--interval 1] [--batch 10] [--device-id pi-0001]
 
 Records this machine's real CPU, network, memory, load and system stream with the project's own
-/proc collectors (`edge_agent.collectors.procfs`), driven by the real `edge_agent.agent.Agent` (the
+/proc collectors (`edge_agent.collectors.procfs.registry`), driven by the real `edge_agent.agent.Agent` (the
 sampler `edge-agent run` builds, an offline transport: nothing is published, every batch stays in
 the agent's outbox). Each batch the agent encodes is then also expressed, for the very same
 samples, as:
@@ -38,10 +38,13 @@ if ROOT not in sys.path:
 
 from google.protobuf import json_format  # noqa: E402
 
-from edge_agent import cli, lifecycle  # noqa: E402
+from edge_agent import (  # noqa: E402
+    cli,
+    lifecycle,  # noqa: E402
+)
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
-from edge_agent.collectors.procfs import enabled_procfs  # noqa: E402
+from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
 from edge_wire.decode import decode, parse_batch  # noqa: E402
 from gateway.convert.otlp import to_request  # noqa: E402
 from gateway.decode.resolve import Dictionaries  # noqa: E402

@@ -1,7 +1,7 @@
 /* CPU time, context switches, run-queue latency and softirq time from scheduler tracepoints.
  *
  * Tracepoints only (no kprobes), per-CPU maps for every counter, so a hot path is one lookup
- * and a few adds on memory no other CPU writes. Loaded by edge_agent/collectors/bpf_loader.py.
+ * and a few adds on memory no other CPU writes. Loaded by edge_agent/collectors/ebpf/loader.py.
  */
 #include "telemetry.h"
 

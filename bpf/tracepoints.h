@@ -3,9 +3,9 @@
  * Instead of a full vmlinux.h: each record names only the fields a program reads. The structs are
  * marked preserve_access_index, so every access compiles to a CO-RE relocation ("field `len` of
  * trace_event_raw_net_dev_template") and the loader puts in the offset and size the running
- * kernel's tracefs format file gives (edge_agent/collectors/bpf_core.py). The struct names are the
+ * kernel's tracefs format file gives (edge_agent/collectors/ebpf/core.py). The struct names are the
  * kernel's own, so libbpf can resolve the same relocations against the kernel's BTF instead (the
- * cross-check in tests/test_ebpf_kernel.py).
+ * cross-check in tests/kernel/test_ebpf_kernel.py).
  *
  * Rule: programs read tracepoint record fields only, never kernel structs, so every offset can be
  * resolved from tracefs on a device without BTF, headers or a compiler.

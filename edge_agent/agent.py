@@ -9,7 +9,7 @@
 Everything platform-specific (collectors, MQTT transport, sampler, command handler) is handed in
 by the entry point; this module is part of the MicroPython-compatible core. The rare moments
 (connecting, births) live in edge_agent.lifecycle and remote tuning in
-edge_agent.commands; both are imported when needed, and on MicroPython unloaded afterwards
+edge_agent.commands.handler; both are imported when needed, and on MicroPython unloaded afterwards
 (edge_agent.unload), so their code is not resident on a small heap.
 
 Running out of memory (a small MicroPython heap, fragmented) is survived, not fatal: the loop
@@ -28,8 +28,9 @@ import gc
 
 from edge_agent import unload
 from edge_agent.clock import mono_ms, sleep_s, wall_ms
+from edge_agent.collectors import COLLECTORS
 from edge_agent.model import SeriesTable
-from edge_agent.outbox import Outbox
+from edge_agent.store.outbox import Outbox
 from edge_wire import MAX_TICKS
 from edge_wire.batch import BatchBuilder, Chunks, payload_size
 
@@ -66,12 +67,12 @@ class SeqSource:
                 pass
 
     def reserve(self):
-        from edge_agent.statefile import write_atomic  # once every BLOCK batches: not resident
+        from edge_agent.store.statefile import write_atomic  # once every BLOCK batches: not resident
 
         limit = self.next + self.BLOCK
         write_atomic(self.path, str(limit))  # reserved only once written (it may fail)
         self.limit = limit
-        unload("edge_agent.statefile")
+        unload("edge_agent.store.statefile")
 
     def take(self):
         if self.path and self.next >= self.limit:
@@ -84,11 +85,10 @@ class SeqSource:
         return seq
 
 
-COLLECTOR_NAMES = ("cpu", "memory", "load", "network", "system")  # as config.COLLECTORS, without importing it
 
 
 class EveryInterval:
-    """The `fixed` sampling policy without edge_agent.sampling: every collector at one interval, every
+    """The `fixed` sampling policy without edge_agent.sampling.sampler: every collector at one interval, every
     sample kept. It reads when sampling.Sampler with policy `fixed` reads (the first call is due, then
     every `interval_ms` on the same grid, a late call skips instead of catching up, a change applies
     from the last read) and is tuned by the same `update()`; the agent swaps in a sampling.Sampler
@@ -99,7 +99,7 @@ class EveryInterval:
     knobs, and `pressure`/`self_cpu` stay None (the fixed policy reads no load signals).
     """
 
-    def __init__(self, names=COLLECTOR_NAMES, interval_ms=1000, params=None):
+    def __init__(self, names=COLLECTORS, interval_ms=1000, params=None):
         self.names = list(names)
         self.params = {"policy": "fixed", "interval_ms": interval_ms}
         if params:
@@ -146,7 +146,7 @@ class EveryInterval:
 
     def update(self, params):
         """Apply a (partial) sampling dict, validated as sampling.Sampler does; return the problems."""
-        from edge_agent.sampling_rules import validate_sampling
+        from edge_agent.sampling.rules import validate_sampling
 
         errors = validate_sampling(params)
         if errors or not self.covers(params):
@@ -160,14 +160,14 @@ class EveryInterval:
     def snapshot(self):
         out = dict(self.params)
         reads = {}
-        for name in COLLECTOR_NAMES:
+        for name in COLLECTORS:
             reads[name] = self.interval_ms
         out["effective"] = {"load_level": 0, "pressure": None, "self_cpu": None, "read_ms": reads}
         return out
 
 
 class LinkState:
-    """What edge_agent.linkstate last logged about the connection (the module is loaded only for news)."""
+    """What edge_agent.transport.linkstate last logged about the connection (the module is loaded only for news)."""
 
     def __init__(self):
         self.reconnects = self.errors = self.attempts = self.quick = 0
@@ -189,11 +189,11 @@ class Agent:
         self.info = info
         self.device = info["device"]
         base_interval_ms = int(config["interval_s"] * 1000)
-        self.sampler = sampler or EveryInterval(COLLECTOR_NAMES, base_interval_ms)
+        self.sampler = sampler or EveryInterval(COLLECTORS, base_interval_ms)
         self.loadwatch = loadwatch
         self.commands = commands
         self.log = log or _print_log
-        # LinkState(): edge_agent.linkstate logs the connection's story (set by the entry point; the
+        # LinkState(): edge_agent.transport.linkstate logs the connection's story (set by the entry point; the
         # MicroPython one leaves it off until the module costs a small heap nothing: frozen)
         self.link = None
         self.batch_ms = int(config["batch_s"] * 1000)
@@ -213,14 +213,14 @@ class Agent:
         if spool is None:
             self.outbox = Outbox(config["buffer"]["max_batches"])
         else:
-            from edge_agent.spool import SpoolOutbox
+            from edge_agent.store.spool import SpoolOutbox
 
             self.outbox = SpoolOutbox(config["buffer"]["max_batches"], spool, config["buffer"]["spool_chunk"])
         self.spool = spool
         self.rebirth_ms = 0  # births go again at a gateway's request from then on (lifecycle.receipt)
         self.last_tick_ms = 0  # tick timestamps only grow, whatever the wall clock does
         self.flush_at = None
-        self.started_ms = mono_ms()  # commands signed before this are refused (edge_agent.commands)
+        self.started_ms = mono_ms()  # commands signed before this are refused (edge_agent.commands.handler)
         self.running = False
         self.chunked = getattr(transport, "chunked", False)  # publish takes a list of pieces
         self.birth_due = False  # a birth could not be encoded or sent (memory): data waits for it
@@ -237,7 +237,7 @@ class Agent:
         self.event_sources = [c for c in collectors if hasattr(c, "poll_events")]
         self.kept = []  # sample(): the tick's kept samples, until the next tick
         self.fallback_ms = 0  # with "auto" delivery (lifecycle.start): no receipt this long, PUBACK again
-        self.run_lifecycle("start", "start", "receipts")
+        self.run_lifecycle("start", "start", "store.receipts")
 
     # ------------------------------------------------------------------ sampling
 
@@ -412,12 +412,14 @@ class Agent:
         self.run_lifecycle("publish_birth", "birth")
 
     def run_lifecycle(self, task, where, module="lifecycle", arg=None):
-        """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.receipts), with the module
+        """edge_agent.<module>'s `task` (edge_agent.lifecycle, edge_agent.store.receipts), with the module
         loaded only while it runs; without room to load it, a MemoryError at `where` (the caller's
         *_due flag has it tried at the next pass)."""
-        names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_wire.birth", "edge_agent.statefile")
+        names = ("edge_agent." + module, "edge_agent.lifecycle", "edge_wire.birth", "edge_agent.store.statefile")
         try:
-            code = getattr(__import__("edge_agent." + module), module)
+            code = __import__("edge_agent." + module)
+            for part in module.split("."):  # a package's attribute at each level (store.receipts)
+                code = getattr(code, part)
         except (MemoryError, AttributeError):
             # MicroPython leaves a module whose import ran out of memory in sys.modules, without its
             # package attribute: found there next time, getattr raises AttributeError (the import that
@@ -440,10 +442,10 @@ class Agent:
     def on_message(self, topic, payload):
         if topic == self.topics["delivery"]:
             # a gateway's receipt: batches settled (Outbox.receipt); births it lacks, and with "auto"
-            # delivery the news that a gateway sends receipts (edge_agent.receipts)
+            # delivery the news that a gateway sends receipts (edge_agent.store.receipts)
             wanted = self.outbox.receipt(payload)
             if wanted is not None or (self.fallback_ms and not self.outbox.receipts):
-                self.run_lifecycle("receipt", "receipt", "receipts", wanted)
+                self.run_lifecycle("receipt", "receipt", "store.receipts", wanted)
             return
         if self.commands is None:
             return
@@ -452,7 +454,7 @@ class Agent:
             self.transport.publish(self.topics["ack"], ack, 1, False)
 
     def link_news(self):
-        """True when edge_agent.linkstate has something to log: the connection came or went, an attempt
+        """True when edge_agent.transport.linkstate has something to log: the connection came or went, an attempt
         failed, a `buffering` line is due, or the backlog held while offline has been delivered."""
         transport, link, outbox = self.transport, self.link, self.outbox
         if getattr(transport, "reconnects", 0) != link.reconnects or getattr(transport, "errors", 0) != link.errors:
@@ -466,12 +468,12 @@ class Agent:
     def pump(self):
         if self.link is not None and self.link_news():
             try:
-                from edge_agent import linkstate
+                from edge_agent.transport import linkstate
             except MemoryError:
                 self.out_of_memory("linkstate")
             else:
                 linkstate.watch(self)
-                unload("edge_agent.linkstate")
+                unload("edge_agent.transport.linkstate")
         if not self.transport.connected:
             self.outbox.offline()
             return
@@ -479,7 +481,7 @@ class Agent:
         self.outbox.collect_acks(self.transport.acked, now)
         waiting = self.outbox.waiting_ms
         if self.fallback_ms and waiting is not None and now - waiting > self.fallback_ms:
-            self.run_lifecycle("release", "receipt", "receipts")  # the gateway stopped sending them
+            self.run_lifecycle("release", "receipt", "store.receipts")  # the gateway stopped sending them
         if self.connect_due:
             self.on_connect()
             if self.connect_due:

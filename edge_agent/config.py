@@ -1,7 +1,7 @@
 """Agent configuration: embedded defaults, a JSON file over them, command-line flags over that.
 
 A config file is JSON; lines whose first non-blank character is `#` are comments (what
-`edge-agent config default` prints, each key explained by edge_agent/config_doc.py).
+`edge-agent config default` prints, each key explained by edge_agent/cli/config_doc.py).
 
 Validation is driven by one table (`SPEC`) that gives each key its default and its bounds or
 choices, so every problem is reported as "config key 'a.b': <what is wrong>" — the key and the
@@ -13,10 +13,9 @@ MicroPython-compatible (json, no typing).
 
 import json
 
+from edge_agent.collectors import BACKENDS, COLLECTORS  # noqa: F401 (the names config.BACKENDS, COLLECTORS too)
 from edge_wire.broker import parse_broker
 
-BACKENDS = ("auto", "procfs", "netlink", "ebpf")
-COLLECTORS = ("cpu", "memory", "load", "network", "system")
 # The keys, one line each: dotted key, default (JSON), rule (JSON): [low, high] for a number or a
 # string's length (null: no minimum), a list of choices for a string, or nothing (the type only).
 # The type is the default's; "*" stands for every collector. Text rather than nested dicts of
@@ -30,7 +29,7 @@ COLLECTORS = ("cpu", "memory", "load", "network", "system")
 #   compress           deflate the batch body (CPython only)
 #   state_dir          sequence numbers, accepted commands, spool; empty: nothing persisted
 #   collectors.cpu.top_processes   eBPF only
-#   sampling           validated by edge_agent.sampling_rules (policies and their knobs)
+#   sampling           validated by edge_agent.sampling.rules (policies and their knobs)
 #   buffer.*           RAM holds max_batches; spool_max_bytes > 0 adds a disk spool in
 #                      <state_dir>/spool, written spool_chunk batches at a time while offline (what a
 #                      power cut may lose)
@@ -197,8 +196,8 @@ def check(config):
             shown = _show(broker) if "@" not in broker else "a URL with credentials (use username and password)"
             errors.append("config key 'broker': must look like mqtt://host:port or mqtts://host:port, got %s" % shown)
     sampling = config.get("sampling")
-    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling_rules is not even loaded
-        from edge_agent.sampling_rules import validate_sampling
+    if isinstance(sampling, dict) and sampling:  # empty: edge_agent.sampling.rules is not even loaded
+        from edge_agent.sampling.rules import validate_sampling
 
         for problem in validate_sampling(sampling):  # "key: problem"
             key, _, text = problem.partition(": ")

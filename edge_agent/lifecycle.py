@@ -4,12 +4,12 @@
   runs that spooled batches still need, then the current one) and the subscriptions (the device's
   delivery receipts, its command topics); what awaits a receipt goes again;
 - `publish_birth`: the birth message (the series dictionary), when it grew or on connecting; with
-  a spool also archived there (edge_agent/spool.py), before any batch that needs it.
+  a spool also archived there (edge_agent/store/spool.py), before any batch that needs it.
 
 Part of the MicroPython-compatible core. The agent imports this module when one of these happens
 and unloads it afterwards (edge_agent.unload): on a small MicroPython heap its code is not resident
 (a command that changes the sampling sends a birth: this module is then loaded beside
-edge_agent.commands, so it is kept small; delivery receipts are edge_agent.receipts').
+edge_agent.commands.handler, so it is kept small; delivery receipts are edge_agent.store.receipts').
 Out of memory here is survived as in the loop: what failed is tried again at the next pass.
 """
 

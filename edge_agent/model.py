@@ -14,8 +14,8 @@ reads, `collect()`, which returns a list of (Series, value) pairs read now and m
 its source is gone (the sampler counts that and carries on with the other collectors), and `close()`.
 
 MicroPython-compatible: plain classes, no typing, no dataclasses. Small on a device, where bytecode
-lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is in
-edge_agent/model_extra.py, loaded on first use through this module's `__getattr__` (PEP 562).
+lives in the heap: what only CPython code uses (`SeriesCache`, `KIND_NAMES`) is
+edge_agent/collectors/seriescache.py, imported from there (this module imports nothing of it).
 """
 
 from edge_wire import series_key
@@ -104,12 +104,3 @@ class SeriesTable:
 
     def __len__(self):
         return len(self.series)
-
-
-def __getattr__(name):
-    """The names kept in edge_agent/model_extra.py (SeriesCache, KIND_NAMES), on first use."""
-    if name[0] == "_":  # dunders (and private names) are not theirs
-        raise AttributeError(name)
-    from edge_agent import model_extra
-
-    return getattr(model_extra, name)

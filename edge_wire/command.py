@@ -1,5 +1,5 @@
 """The signed command envelope (docs/commands.md), written once: the operator's tool signs
-(gateway/ops/tune.py), the device checks (edge_agent/commands.py handles what it says).
+(gateway/ops/tune.py), the device checks (edge_agent/commands/handler.py handles what it says).
 
 A command travels as a JSON envelope `{"body": "<json text>", "sig": "<hex HMAC-SHA256>"}`. The
 signature covers the body text exactly as sent, so no canonical-JSON rules are needed. The body:

@@ -6,7 +6,7 @@ writes every artifact.
 """
 
 # the CPython zipapp carries the whole package except what only a developer runs
-PYZ_EXCLUDE = ["edge_agent/replay.py", "edge_agent/baselines.py", "edge_agent/collectors/bpf_libbpf.py"]
+PYZ_EXCLUDE = ["edge_agent/sampling/replay.py", "edge_agent/sampling/baselines.py", "edge_agent/collectors/ebpf/libbpf.py"]
 
 PACKAGE = "edge-agent"
 IPK_RELEASE = 1

@@ -257,7 +257,7 @@ def pyz(vendor, log, objects=()):
         rel = os.path.relpath(path, ROOT)
         if rel not in PYZ_EXCLUDE:
             entries.append((rel, read(path), 0o644))
-    entries.append(("__main__.py", b"import sys\n\nfrom edge_agent.cli import main\n\nsys.exit(main())\n", 0o644))
+    entries.append(("__main__.py", b"import sys\n\nfrom edge_agent.cli.main import main\n\nsys.exit(main())\n", 0o644))
     if vendor:
         entries.extend(vendored_paho(log))
     entries.extend([(rel + "c", pyc(rel, data), 0o644) for rel, data, _ in entries if rel.endswith(".py")

@@ -230,13 +230,13 @@ def command(arch, binary):
 
 def self_test(arch, binary):
     """The binary starts, has TLS, and finds the agent frozen in (before any file system path)."""
-    script = ("import sys, tls\nimport edge_agent.mpy_main as m\n"
+    script = ("import sys, tls\nimport edge_agent.device.main as m\n"
               "print(sys.implementation._build, m.__file__, tls.MBEDTLS_VERSION)")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     out = run(command(arch, binary) + ["-X", "heapsize=" + arch.heap, "-c", script], env=env, cwd="/",
               what="running the %s binary" % arch.name).split()
     # a frozen module's __file__ is its manifest path; run from / nothing else has that path
-    if out[:2] != ["edge-agent", "edge_agent/mpy_main.py"]:
+    if out[:2] != ["edge-agent", "edge_agent/device/main.py"]:
         raise BuildError("the %s binary does not run the frozen agent: %s" % (arch.name, " ".join(out)))
     return " ".join(out[2:])
 

@@ -5,7 +5,7 @@ Every module a MicroPython device runs, with when it is in memory:
   order bench/mpy_heap.py imports them in to measure each one's cost);
 - TRANSIENT: imported for a while and released (start-up, connecting, a birth, a receipt's rare
   cases, a command, another sampling policy, the disk spool, the load/system collectors), see
-  edge_agent.mpy_main.
+  edge_agent.device.main.
 
 `python -m firmware build` freezes all of them into the interpreter it builds (firmware/interpreter.py)
 and compiles them to .mpy for devices that already run MicroPython (the bundle and its tests).
@@ -23,34 +23,39 @@ DEVICE_MODULES = [
     ("edge_wire.pack", RESIDENT),
     ("edge_wire.batch", RESIDENT),
     ("edge_agent.model", RESIDENT),
-    ("edge_agent.outbox", RESIDENT),
+    ("edge_agent.store", RESIDENT),
+    ("edge_agent.store.outbox", RESIDENT),
     ("edge_agent.agent", RESIDENT),
     ("edge_agent.collectors", RESIDENT),
-    ("edge_agent.collectors.procfs_cpu", RESIDENT),
-    ("edge_agent.collectors.procfs_memory", RESIDENT),
-    ("edge_agent.collectors.procfs_net", RESIDENT),
+    ("edge_agent.collectors.procfs", RESIDENT),
+    ("edge_agent.collectors.procfs.cpu", RESIDENT),
+    ("edge_agent.collectors.procfs.memory", RESIDENT),
+    ("edge_agent.collectors.procfs.net", RESIDENT),
     ("edge_agent.transport", RESIDENT),
     ("edge_agent.transport.umqtt", RESIDENT),
-    ("edge_agent.mpy_main", RESIDENT),
-    ("edge_agent.mpy_setup", TRANSIENT),
-    ("edge_agent.statefile", TRANSIENT),
+    ("edge_agent.device", RESIDENT),
+    ("edge_agent.device.main", RESIDENT),
+    ("edge_agent.device.setup", TRANSIENT),
+    ("edge_agent.store.statefile", TRANSIENT),
     ("edge_agent.config", TRANSIENT),
-    ("edge_agent.collectors.procfs", TRANSIENT),
-    ("edge_agent.collectors.procfs_load", TRANSIENT),
-    ("edge_agent.collectors.procfs_system", TRANSIENT),
+    ("edge_agent.collectors.procfs.registry", TRANSIENT),
+    ("edge_agent.collectors.procfs.load", TRANSIENT),
+    ("edge_agent.collectors.procfs.system", TRANSIENT),
     ("edge_agent.lifecycle", TRANSIENT),
-    ("edge_agent.receipts", TRANSIENT),
-    ("edge_agent.linkstate", TRANSIENT),
+    ("edge_agent.store.receipts", TRANSIENT),
+    ("edge_agent.transport.linkstate", TRANSIENT),
     ("edge_wire.birth", TRANSIENT),
     ("edge_wire.broker", TRANSIENT),
     ("edge_agent.transport.umqtt_connect", TRANSIENT),
     ("edge_wire.command", TRANSIENT),
     ("edge_agent.commands", TRANSIENT),
-    ("edge_agent.sampling_rules", TRANSIENT),
-    ("edge_agent.collector_changes", TRANSIENT),
+    ("edge_agent.commands.handler", TRANSIENT),
     ("edge_agent.sampling", TRANSIENT),
-    ("edge_agent.loadwatch", TRANSIENT),
-    ("edge_agent.spool", TRANSIENT),
+    ("edge_agent.sampling.rules", TRANSIENT),
+    ("edge_agent.commands.collector_changes", TRANSIENT),
+    ("edge_agent.sampling.sampler", TRANSIENT),
+    ("edge_agent.sampling.loadwatch", TRANSIENT),
+    ("edge_agent.store.spool", TRANSIENT),
 ]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

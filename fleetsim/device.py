@@ -23,7 +23,7 @@ import asyncio
 import time
 import uuid
 
-from edge_agent.outbox import Outbox
+from edge_agent.store.outbox import Outbox
 from edge_wire.birth import boot_tag, encode_birth
 from edge_wire.decode import WireError
 from edge_wire.receipt import EXPORTED, parse_receipt

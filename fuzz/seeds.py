@@ -1,7 +1,7 @@
 """Real encoder output for the fuzz harnesses: the messages each seed corpus starts from.
 
 `python fuzz/seeds.py` (re)writes fuzz/corpus/<harness>/ from edge_wire and
-edge_agent.commands; the harnesses import the builders to set up their state the same way.
+edge_agent.commands.handler; the harnesses import the builders to set up their state the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from edge_agent import config  # noqa: E402
-from edge_agent.commands import CommandHandler  # noqa: E402
+from edge_agent.commands.handler import CommandHandler  # noqa: E402
 from edge_agent.model import Series, SeriesTable  # noqa: E402
 from edge_wire import COUNTER, GAUGE, HISTOGRAM  # noqa: E402
 from edge_wire.batch import BatchBuilder  # noqa: E402
@@ -104,7 +104,7 @@ class Offline:
 
 
 def agent():
-    """A real Agent with a CommandHandler, as tests/test_commands.py builds it; nothing persisted."""
+    """A real Agent with a CommandHandler, as tests/support/agent.py builds it; nothing persisted."""
     from edge_agent.agent import Agent
 
     state = tempfile.mkdtemp(prefix="fuzz-agent-")

@@ -1,14 +1,38 @@
-"""Shared pytest fixtures."""
+"""Shared fixtures, and the tiers: each test is marked with its folder's tier (unit, integration, kernel,
+device; tests/__init__.py says what each needs). A `root` test run without root is skipped, or fails
+under CI, where everything must run."""
 
 import os
+import pathlib
 import subprocess
-import sys
 
 import pytest
-from mosquitto import start_mosquitto, stop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE_DATE_EPOCH = "1700000000"
+from testbed.mosquitto import start_mosquitto, stop
+from tests.support.firmware import firmware_build
+from tests.support.otlp_http import Receiver
+
+TIERS = ("unit", "integration", "kernel", "device")
+HERE = pathlib.Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    tiers = {}
+    for item in items:
+        folder = item.path.relative_to(HERE).parts[0] if HERE in item.path.parents else None
+        if folder not in TIERS:
+            raise pytest.UsageError("%s: a test file belongs in a tier folder: tests/%s/ "
+                                    "(tests/__init__.py says which)" % (item.path, "/, tests/".join(TIERS)))
+        item.add_marker(folder)
+        tiers[item] = TIERS.index(folder)
+    items.sort(key=tiers.__getitem__)  # the quickest tier first; the order within a tier stays
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("needs root (CI runs as root)")
+        pytest.skip("needs root")
 
 
 @pytest.fixture
@@ -17,16 +41,6 @@ def mosquitto_broker(tmp_path):
     proc, port = start_mosquitto(tmp_path)
     yield port
     stop(proc)
-
-
-def firmware_build(out, **env):
-    """`python -m firmware build --out OUT` (every architecture) with SOURCE_DATE_EPOCH set and a umask
-    of 077; returns its log. The interpreters build from build/firmware, the cache, when it is there."""
-    full = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, **env)
-    proc = subprocess.run([sys.executable, "-m", "firmware", "build", "--out", str(out)], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=1800, preexec_fn=lambda: os.umask(0o077))
-    assert proc.returncode == 0, proc.stderr
-    return proc.stderr
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +63,11 @@ def tiny_disk(tmp_path):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def receiver():
+    """A scripted OTLP/HTTP receiver in this process (tests/support/otlp_http.py)."""
+    r = Receiver()
+    yield r
+    r.close()

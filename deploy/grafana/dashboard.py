@@ -5,7 +5,7 @@
 Rows: the fleet (devices online, last seen, lost and late samples, sampling intervals, export
 lag), one device's CPU, memory and network (the `device` variable: Prometheus `instance`), and its
 eBPF measurements (run-queue latency heatmap, TCP retransmits, kernel drops). Every query uses the
-names the gateway writes (docs/metrics.md); tests/test_central_stack.py runs each against a real
+names the gateway writes (docs/metrics.md); tests/integration/test_central_stack.py runs each against a real
 Prometheus fed by a real agent and gateway, and checks the committed JSON is this file's output.
 """
 

@@ -30,7 +30,8 @@ Options beyond the procfs ones: cpu.top_processes (0: off) reports the N command
 CPU time from eBPF.
 """
 
-BACKENDS = ("auto", "ebpf", "netlink", "procfs")
+from edge_agent.collectors import BACKENDS
+
 PREFERENCE = {"cpu": ("ebpf", "procfs"), "network": ("ebpf", "netlink", "procfs")}
 EBPF_PROGRAM = {"cpu": "cpu", "network": "net"}
 EXTRA_OPTIONS = {"cpu": ("top_processes",)}
@@ -45,32 +46,32 @@ def _loader():
     import os
 
     if os.environ.get("EDGE_AGENT_BPF_LOADER") == "libbpf":
-        from edge_agent.collectors.bpf_libbpf import load
+        from edge_agent.collectors.ebpf.libbpf import load
     else:
-        from edge_agent.collectors.bpf_loader import load
+        from edge_agent.collectors.ebpf.loader import load
     return load
 
 
 def _ebpf(name, section, proc_root, companion):
     """(collector, None) or (None, what is missing). `companion()` gives the procfs (cpu) or
     netlink/procfs (network) collector the eBPF one is built around."""
-    from edge_agent.collectors.bpf_check import missing
+    from edge_agent.collectors.ebpf.check import missing
 
     reason = missing(EBPF_PROGRAM[name])
     if reason:
         return None, reason
-    from edge_agent.collectors import bpf_loader
+    from edge_agent.collectors.ebpf import loader as bpf_loader
 
     program = None
     try:
         if name == "cpu":
-            from edge_agent.collectors.ebpf_cpu import EbpfCpuCollector
+            from edge_agent.collectors.ebpf.cpu import EbpfCpuCollector
 
             top_n = int(section.get("top_processes") or 0)
             program = bpf_loader.CpuProgram(top_pids=4096 if top_n else 0, loader=_loader())
             return EbpfCpuCollector(program, companion(name), per_cpu=section.get("per_cpu", True), top_n=top_n,
                                     proc_root=proc_root), None
-        from edge_agent.collectors.ebpf_net import EbpfNetCollector
+        from edge_agent.collectors.ebpf.net import EbpfNetCollector
 
         program = bpf_loader.NetProgram(loader=_loader())
         return EbpfNetCollector(program, companion(name), section.get("include"), section.get("exclude")), None
@@ -94,7 +95,7 @@ def _netlink(section):
 
 
 def build_collectors(collectors_config, proc_root="/proc", log=print):
-    from edge_agent.collectors.procfs import procfs_collectors
+    from edge_agent.collectors.procfs.registry import procfs_collectors
 
     enabled = {}
     for name, section in (collectors_config or {}).items():

@@ -5,7 +5,7 @@ messages and sends them again (DUP) when the connection comes back.
 
 paho runs its network loop in a thread of its own; connection and message events are queued here
 and delivered by `poll()` in the agent's thread, so the agent core never needs a lock. Connection
-problems are kept as the counters edge_agent.linkstate reads (`errors`, `last_error`,
+problems are kept as the counters edge_agent.transport.linkstate reads (`errors`, `last_error`,
 `retry_in_ms`, `reconnects`); the delays between attempts are linkstate's (edge_wire.paho.Client).
 """
 

@@ -1,7 +1,7 @@
 """Resolved batches -> the protobuf bytes of one OTLP ExportMetricsServiceRequest, written directly.
 
 The same request as `gateway.convert.otlp.to_request(batches).SerializeToString()` (the reference, built
-with opentelemetry-proto's message objects; tests/test_gateway_otlpwire.py checks the two byte for
+with opentelemetry-proto's message objects; tests/unit/test_gateway_otlpwire.py checks the two byte for
 byte and parses the result with opentelemetry-proto), about five times faster, because nearly all
 of a request repeats from batch to batch: a series' attributes, its metric's name, unit, type and
 description, and the device's resource never change. Those are serialised once and kept (in the

@@ -25,7 +25,7 @@ The session is persistent only with a stable client id (`BrokerConfig.persistent
 the id kept in --state-dir, gateway/ops/identity.py); a per-process id starts clean and its session ends
 with it, so a restart leaves no orphaned session queueing data on the broker.
 
-Each link logs its story as the agent does (edge_agent/linkstate.py): mqtt_connected,
+Each link logs its story as the agent does (edge_agent/transport/linkstate.py): mqtt_connected,
 mqtt_disconnected (the reason and the next delay), mqtt_error (a failed attempt: why, in one line,
 and the next delay; edge_agent/edge_wire/paho.py), mqtt_flapping (the broker keeps closing
 the connection right after accepting it: another client uses this client id). Delays between

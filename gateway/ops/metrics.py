@@ -4,7 +4,7 @@
 as an attribute, small wrappers that keep the call sites plain (`inc(reason=...)`, `value(...)`),
 the client's process and platform collectors (CPU, memory, open files, start time; Python build)
 and `edge_gateway_build_info{version,python}`. Every metric has a HELP text; `promtool check
-metrics` passes on the output (tests/test_central_stack.py).
+metrics` passes on the output (tests/integration/test_central_stack.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The CPython command line: `edge-agent` (main), its config documentation, trace replay."""

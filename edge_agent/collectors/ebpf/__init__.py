@@ -1,0 +1,1 @@
+"""The eBPF collectors and our loader for their compiled programs (bpf/*.bpf.c)."""

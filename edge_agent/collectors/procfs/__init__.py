@@ -1,0 +1,1 @@
+"""The /proc collectors (registry: names, options, the whole-file parsers)."""

@@ -1,0 +1,1 @@
+"""Remote commands: handling signed commands from operators and what they change."""

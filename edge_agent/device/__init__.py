@@ -1,0 +1,1 @@
+"""The MicroPython device's entry point (main) and its start-up (setup)."""

@@ -1,0 +1,1 @@
+"""Sampling: when each collector is read (policies, their rules, the load and baseline signals)."""

@@ -1,0 +1,1 @@
+"""The store: batches kept until delivered (RAM outbox, disk spool), state files, receipts."""
