@@ -122,7 +122,8 @@ def test_without_privileges_the_line_says_so():
     # give it a world-readable copy of the package and the interpreter itself, not the venv's link
     public = tempfile.mkdtemp(prefix="edge-select-")
     try:
-        shutil.copytree(os.path.join(ROOT, "edge_agent"), os.path.join(public, "edge_agent"))
+        for package in ("edge_agent", "edge_wire"):  # the agent and the protocol it imports
+            shutil.copytree(os.path.join(ROOT, package), os.path.join(public, package))
         for base, dirs, files in os.walk(public):
             for name in dirs + files + [""]:
                 os.chmod(os.path.join(base, name), 0o755)
