@@ -9,7 +9,8 @@ every 10 ticks (for `adaptive`: the look-ahead's thinning, then the encoding int
 transport acknowledging at once. The wall clock the batch timestamps come from advances one second
 a tick (edge_agent.agent.wall_ms is replaced), the ticks themselves run back to back.
 
-The trees: BASE (default: the commit this branch started from, `git merge-base HEAD main`),
+The trees: BASE (default: `git merge-base HEAD main`; the issue's "today" is 5485987, the tree issue 15 was
+filed against, whose default policy is `fixed`; its module layout predates issue 17 and is imported as such),
 exported with `git archive`, and the working tree. The configurations, each in its own interpreter:
     base fixed       today's default (agent.EveryInterval)
     base adaptive    today's adaptive policy (a band around the last sent value)
@@ -20,7 +21,7 @@ Rounds are interleaved (A B C D E, A B C D E, ...) and the median is reported: t
 
 Figures per configuration: CPU per tick (us: the loop's time / ticks, flushes included), the flush
 alone (us), the heap after a collection (B) with the agent warmed up, the heap the sampler adds per
-series (B: steady heap minus `base fixed`'s, minus the sampling module's own code, over the
+series (B: steady heap minus its own tree's `fixed`, minus the sampling module's own code, over the
 series), and the bytes allocated during one flush with the collector off (B: every transient
 allocation of thinning and encoding, the payload included). Prints a table and one JSON line.
 """
@@ -56,12 +57,18 @@ start_heap = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
 from edge_agent import agent as agent_module
 from edge_agent.agent import Agent, EveryInterval
 from edge_agent.config import build
-from edge_agent.collectors.procfs.registry import enabled_procfs
+try:  # the layout of issue 17; the base tree may predate it
+    from edge_agent.collectors.procfs.registry import enabled_procfs
+except ImportError:
+    from edge_agent.collectors.procfs import enabled_procfs
 gc.collect()
 code_heap = 0
 if POLICY != "fixed":
     before = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
-    from edge_agent.sampling.sampler import Sampler
+    try:
+        from edge_agent.sampling.sampler import Sampler
+    except ImportError:
+        from edge_agent.sampling import Sampler
     gc.collect()
     code_heap = (gc.mem_alloc() - before) if hasattr(gc, "mem_alloc") else 0
 
@@ -95,7 +102,10 @@ else:
     sampler = Sampler({"policy": POLICY, "interval_ms": 1000})
     loadwatch = None
     if "load" in POLICY:
-        from edge_agent.sampling.loadwatch import LoadWatch
+        try:
+            from edge_agent.sampling.loadwatch import LoadWatch
+        except ImportError:
+            from edge_agent.loadwatch import LoadWatch
         loadwatch = LoadWatch()
 a = Agent(cfg, collectors, Acks(), info, sampler=sampler, loadwatch=loadwatch)
 a.birth_due = a.connect_due = False
@@ -196,15 +206,17 @@ def main(argv=None) -> int:
                 table[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
             ref = table["base fixed"]
             print("\n%s (base %s, %d ticks, median of %d rounds)\n" % (label, base[:8], args.ticks, args.rounds))
-            print("| configuration | series | CPU per tick (us) | vs base fixed | flush (us) | kept share |"
-                  " heap (B) | sampler heap per series (B) | allocated in one flush (B) |")
-            print("|---|---|---|---|---|---|---|---|---|")
-            for name, _, _ in configs:
+            print("| configuration | series | CPU per tick (us) | vs base fixed | vs its tree's fixed | per series vs "
+                  "base fixed | flush (us) | kept share | heap (B) | sampler heap per series (B) | allocated in one flush (B) |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            for name, tree, _ in configs:
                 r = table[name]
-                per_series = (r["heap"] - ref["heap"] - r["code"]) / r["series"] if label == "micropython" else 0
+                own = table["base fixed" if tree == "base" else "fixed"]  # the same tree, the same series
+                per_series = (r["heap"] - own["heap"] - r["code"]) / r["series"] if label == "micropython" else 0
                 r["per_series"] = per_series
-                print("| %s | %d | %d | %.2f | %d | %.3f | %d | %s | %d |" % (
-                    name, r["series"], r["tick_us"], r["tick_us"] / ref["tick_us"], r["flush_us"],
+                print("| %s | %d | %d | %.2f | %.2f | %.2f | %d | %.3f | %d | %s | %d |" % (
+                    name, r["series"], r["tick_us"], r["tick_us"] / ref["tick_us"], r["tick_us"] / own["tick_us"],
+                    (r["tick_us"] / r["series"]) / (ref["tick_us"] / ref["series"]), r["flush_us"],
                     r["kept"] / r["read"] if r["read"] else 0, r["heap"],
                     "%.0f" % per_series if label == "micropython" else "–", r["transient"]))
             out[label] = table

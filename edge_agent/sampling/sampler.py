@@ -21,10 +21,12 @@ chooses the readings that minimise
 (for a counter, the squared deviation of each rate from its stretch's average rate). The price is
 the series' own, exp(mu): it starts at e^MU0 x the range the series has shown (x one base interval;
 squared for a counter's rates; none while the series has not moved), and a slow controller moves mu
-after each batch so that the series sends `adaptive_share` of its
-readings in the long run: mu += (sent - share x read) / (share x adaptive_settle). One price over a
-long stretch is also what the best offline choice for a budget uses (its Lagrange multiplier):
-samples go where they remove the most error, not evenly in time.
+after each batch so that the series sends `adaptive_share` of its readings in the long run:
+mu += (sent - budget) / (share x adaptive_settle), faster while the series is young, the budget
+paying back what was sent beyond the share (or spending what was saved) over the series' age
+(REPAY_MIN to REPAY reads). One price over a long stretch is also what the best offline choice for
+a budget uses (its Lagrange multiplier): samples go where they remove the most error, not evenly in
+time or equally per batch.
 
 Around the choice three rules force readings, and the programme is solved again with them fixed:
 - peak guard: a reading at a local high (not below its neighbours, at or above the series' running
@@ -63,12 +65,13 @@ MAX_LEVEL = 16
 UNIT = 16  # weight of a reading shown for one base interval (the programme runs on integers)
 QSTEPS = 200  # running quantiles: a step per read is the running range / QSTEPS (1/reads while younger)
 MU_ONE = 1024  # the log price is kept in fixed point
-MU0 = -3.0  # the first price: e^MU0 x the series' range (then its running p1-p99) x a base interval
+MU0 = -2.0  # the first price: e^MU0 x the series' range (then its running p1-p99) x a base interval
 MU_LOW = 0  # the log price's bounds (the programme's integer units)
 MU_HIGH = 90 * MU_ONE
 RATE = 1000  # counter rates per second
 SETTLE_MIN = 100  # reads: the controller's fastest pace, while a series is young
-REPAY = 2000  # reads over which a series pays back what it sent beyond its share (or spends what it saved)
+REPAY_MIN = 500  # reads over which a series pays back what it sent beyond its share (or spends what it
+REPAY = 4000  # saved): its age, within these bounds (a young series settles its first batches' error fast)
 WARM = 50  # reads before the guard's tails are trusted (every local high is watched until then)
 
 # A series' state is one list (smaller than an object on MicroPython); its slots:
@@ -489,14 +492,16 @@ class Sampler:
         # the budget, in thousandths of a reading: forced readings count against it, but the
         # programme keeps at least half of it (a series whose guard and heartbeat take more than
         # half sends more than its share); what was sent beyond the share (or saved) is paid back
-        # (spent) over REPAY reads
+        # (spent) over as many reads as the series has had (REPAY_MIN to REPAY)
         share = self.share_1000
         settle = p["adaptive_settle"]
         if st[READS] < settle:  # faster while the series is young: a first price far off costs less
             settle = st[READS] if st[READS] > SETTLE_MIN else SETTLE_MIN
         bal = st[BAL] + share * n - 1000 * sent
         st[BAL] = bal
-        budget = share * n - 1000 * nforced + n * bal // REPAY
+        repay = st[READS] if st[READS] > REPAY_MIN else REPAY_MIN
+        repay = repay if repay < REPAY else REPAY
+        budget = share * n - 1000 * nforced + n * bal // repay
         if budget < share * n // 2:
             budget = share * n // 2
         if st[MU] is not None:  # (None: nothing moved yet, no price to steer)
@@ -563,12 +568,14 @@ class Sampler:
         best_p = 0
         for p in range(n + 1):
             s = E[p]
-            if s < 0:
+            if s < 0 or 0 <= best <= s:  # (no completion from here beats the best one found)
                 continue
             v = held if p == 0 else xs[p - 1]
             s += lam
             k = p
             while k < n:
+                if 0 <= best <= s - lam:  # the errors only add up: nothing further beats the best
+                    break
                 e = E[k + 1]
                 if e < 0 or s < e:
                     E[k + 1] = s
@@ -643,7 +650,7 @@ class Sampler:
         best_p = 0
         for p in range(n + 1):
             e = E[p]
-            if e < 0:
+            if e < 0 or 0 <= best <= e:  # (no completion from here beats the best one found)
                 continue
             c0 = P0[p]
             c1 = P1[p]
@@ -657,6 +664,8 @@ class Sampler:
                 w = P0[k + 1] - c0
                 s1 = P1[k + 1] - c1
                 s = e + lam + (P2[k + 1] - c2) - (s1 * s1 // w if w > 0 else 0)
+                if 0 <= best <= s - lam:  # a stretch's error only grows: nothing further beats the best
+                    break
                 if E[k + 1] < 0 or s < E[k + 1]:
                     E[k + 1] = s
                     back[k + 1] = p

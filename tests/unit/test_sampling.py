@@ -1,6 +1,7 @@
 """Sampling policies: read scheduling, load stepping with hysteresis, the adaptive batch look-ahead
 (through a real BatchBuilder), validation."""
 
+import math
 import random
 
 import pytest
@@ -291,6 +292,59 @@ def test_a_series_sends_its_share_of_readings_in_the_long_run():
     s = adaptive(adaptive_share=0.05)
     sent = replay(s, [walk(6000, seed=3)])[0]
     assert 0.035 <= len(sent) / 6000 <= 0.06
+
+
+def shapes(n, seed):
+    """Four kinds of series: a random walk, noise with level shifts, a slow wave with noise, and
+    near-zero background with rare large bursts (a network counter's rate)."""
+    rng = random.Random(seed)
+    noisy = [5000 + rng.randint(-300, 300) + (2000 if (i // 200) % 5 == 0 else 0) for i in range(n)]
+    wave = [int(5000 + 2000 * math.sin(i / 50.0)) + rng.randint(-100, 100) for i in range(n)]
+    bursty = [rng.randint(0, 30) + (rng.randint(50000, 90000) if rng.random() < 0.03 else 0) for _ in range(n)]
+    return {"walk": walk(n, seed), "noisy": noisy, "wave": wave, "bursty": bursty}
+
+
+@pytest.mark.parametrize("share", [0.1, 0.2])
+def test_the_controller_reaches_the_share_on_short_and_long_series(share):
+    # 1,500 readings (25 minutes at 1 s, the 1 s dev set's length) and 20,000: the kept share is the
+    # configured one within 20 % (short; measured 0.90-1.17 x) and 5 % (long). Bursty series may keep
+    # up to 1.5 x on short runs (measured 1.18-1.43 x): their guard forces more than the share while
+    # they are young. The earlier controller (first price e^-3 x the range, overspending repaid over
+    # 2,000 reads) kept up to 1.33 x (1.67 x bursty) at share 0.1.
+    for n, tol in ((1500, 0.2), (20000, 0.05)):
+        for name, values in shapes(n, 11).items():
+            kept = len(replay(adaptive(adaptive_share=share), [values])[0]) / n
+            if name == "bursty" and n == 1500:
+                assert share <= kept <= share * 1.5, (name, n, kept)
+            else:
+                assert abs(kept / share - 1) <= tol, (name, n, kept)
+
+
+def test_the_guard_keeps_every_peak_above_the_p95_of_a_stationary_series():
+    # peaks scored as the evaluation does (edge_agent.sampling.replay.score): runs strictly above the
+    # trace's p95 and at or above its p99, missed when the highest value shown during the run is more
+    # than 0.1 of the range below the run's top
+    from edge_agent.sampling import replay as replay_module
+
+    for seed in (12, 13, 14):
+        rng = random.Random(seed)
+        values = []
+        for _ in range(3000):
+            x = 5000 + rng.randint(-400, 400)
+            if rng.random() < 0.02:
+                x += rng.randint(500, 2500)  # short spikes of every height, some within the noise's top
+            values.append(x)
+        sent = replay(adaptive(), [values])[0]
+        kept = [i for i, _ in sent]
+        recon = replay_module.reconstruct(len(values), kept, values)
+        got = replay_module.score([float(i) for i in range(len(values))], values, recon, kept)
+        assert got["peaks95"] > 50 and got["peaks"] > 10, got
+        assert got["peaks95_missed"] == 0 and got["peaks_missed"] == 0, (seed, got)
+        off = replay(adaptive(adaptive_guard=1.0), [values])[0]
+        kept_off = [i for i, _ in off]
+        missed_off = replay_module.score([float(i) for i in range(len(values))], values,
+                                         replay_module.reconstruct(len(values), kept_off, values), kept_off)
+        assert missed_off["peaks95_missed"] > 0  # the programme alone, at its price, does miss some
 
 
 def test_sent_values_are_exact_readings_and_the_first_is_sent():
