@@ -8,7 +8,7 @@ interval), as `edge-agent run` batches it every 10 s, then counts, as MQTT puts 
 
 - data: the batches, and one day of them at that rate;
 - receipts: one per batch (`edge/<device>/delivery`, QoS 0: no packet id, no PUBACK), as the
-  gateway sends them (`edge_agent.wire.encode_receipt`);
+  gateway sends them (`edge_wire.receipt.encode_receipt`);
 - dictionary growth: the eBPF collectors add series over time (a drop reason, a TCP state seen for
   the first time). Today every growth sends the whole birth again (retained, QoS 1). An
   incremental birth would carry only the new series (same per-series encoding) plus the birth's

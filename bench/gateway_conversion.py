@@ -15,8 +15,8 @@ then run the same measurement with their own gateway code, in a child process pi
 
 The trees take turns (`--rounds` rounds, each tree once a round, in the order given) so load that
 comes and goes on a shared machine falls on all of them; a figure is the samples of all its rounds
-over their CPU seconds (`time.process_time` of the child). Prints a table, the ratios to the first
-revision and to the second, then one JSON line.
+over their CPU seconds (`time.process_time` of the child). Prints a table, this tree's ratio to each
+revision, then one JSON line.
 """
 
 from __future__ import annotations
@@ -162,9 +162,7 @@ def main(argv=None):
         print("| %s | `%s` | %d | %.3f | %d | %.3f |" % (name, encoders[name], r["convert"], 1e6 / r["convert"],
                                                         r["all"], 1e6 / r["all"]))
     print()
-    for base in names[:2]:
-        if base == names[-1]:
-            continue
+    for base in names[:-1]:
         print("this tree / %s: convert %.2fx, decode+validate+convert %.2fx" % (
             base, rates[names[-1]]["convert"] / rates[base]["convert"], rates[names[-1]]["all"] / rates[base]["all"]))
     figures = {"bench": "gateway_conversion", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

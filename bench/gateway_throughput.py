@@ -7,7 +7,7 @@ project's /proc collectors, 1 s interval, 10 s batches) records `--batches` batc
 machine's stream; each is kept plain and, from the same builder, with a deflated body.
 
 The measured code is the gateway's own: `gateway.decode.resolve.Dictionaries.resolve` (size limit, msgpack
-decode, `edge_agent.wire.parse_batch`, dictionary lookup, value checks) and the conversion to the
+decode, `edge_wire.decode.parse_batch`, dictionary lookup, value checks) and the conversion to the
 bytes the OTLP exporters send: `gateway.convert.otlpwire.encode` (what the pipeline runs: protobuf written
 directly, issue 18) and, for comparison, `gateway.convert.otlp.to_request` + `SerializeToString()` (message
 objects, the reference the other is checked against byte for byte). The pipeline
@@ -16,7 +16,7 @@ measured with 1 and with 32 batches per request.
 
 The gateway always decodes msgpack with the C extension (`gateway.decode.resolve.unpack`); it offers no
 switch. For the comparison with the pure-Python decoder the bench replaces `gateway.decode.resolve.unpack`
-with one built on `edge_agent.umsgpack.unpackb` for those variants only.
+with one built on `edge_wire.unpack.unpackb` for those variants only.
 
 Single thread, pinned to one CPU; throughput is samples per CPU second of this process
 (`time.process_time`), which other load on a shared machine disturbs less than wall time (also

@@ -41,7 +41,7 @@ from google.protobuf import json_format  # noqa: E402
 from edge_agent import config as configuration  # noqa: E402
 from edge_agent import lifecycle  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
-from edge_agent.cli import main as cli  # noqa: E402 (the agent `edge-agent run` builds)
+from edge_agent.cli import main as cli  # noqa: E402 (device_info, build_sampler: what `edge-agent run` builds)
 from edge_agent.collectors.procfs.registry import enabled_procfs  # noqa: E402
 from edge_wire.decode import decode, parse_batch  # noqa: E402
 from gateway.convert.otlp import to_request  # noqa: E402

@@ -1,7 +1,9 @@
 """edge_wire: the protocol between agent and gateway, written once (docs/wire-format.md).
 
-Imported by the agent (edge_agent) and the gateway (gateway); imports neither. Dependencies run one
-way: `pack` <- `unpack`, `batch`, `birth`; `unpack` <- `decode` <- `receipt`.
+Imported by the agent (edge_agent) and the gateway (gateway); imports neither. Inside, imports run one
+way (A -> B: A imports B): batch -> pack; birth -> batch, pack; unpack -> pack; decode -> unpack;
+receipt -> decode; paho -> broker; command and broker import nothing of the package; all may import
+this package's constants.
 
 Device modules (MicroPython-compatible, listed in firmware/manifest.py):
 - this package: the protocol's constants (below) and `series_key`;

@@ -15,17 +15,18 @@ edge_wire/paho.py.
 
 def parse_broker(url, credentials=False):
     """(host, port, tls) of a broker URL; ValueError saying what is wrong with it. A user name and
-    password before the host are skipped with `credentials`, refused without."""
+    password before the host are skipped with `credentials`, refused without. The messages are short
+    (a device interns every string of a module it loads, for good)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "mqtt", url
     if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError("the scheme must be mqtt:// or mqtts://, not %s://" % scheme[:16])
+        raise ValueError("scheme must be mqtt or mqtts")
     tls = scheme in ("mqtts", "ssl")
     rest = rest.rstrip("/")
     if "@" in rest:
         if not credentials:  # they belong in username/password, never in a URL that gets logged
-            raise ValueError("credentials in the URL (give a user name and a password their own settings)")
+            raise ValueError("credentials in the URL")
         rest = rest.rpartition("@")[2]
     if rest.startswith("["):  # [ipv6]:port
         host, _, port = rest[1:].partition("]")
@@ -39,8 +40,8 @@ def parse_broker(url, credentials=False):
     try:
         port = int(port) if port else (8883 if tls else 1883)
     except ValueError:
-        raise ValueError("the port is not a number")
+        port = 0
     if not 0 < port < 65536:
-        raise ValueError("the port must be 1 to 65535")
+        raise ValueError("bad port")
     return host, port, tls
 

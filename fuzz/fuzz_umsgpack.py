@@ -1,4 +1,4 @@
-"""atheris harness: edge_agent.umsgpack.unpackb, the bounded pure-Python msgpack decoder.
+"""atheris harness: edge_wire.unpack.unpackb, the bounded pure-Python msgpack decoder.
 
 Only `ValueError` may come out. What it accepts, the msgpack C extension decodes to the same value,
 and packing that value again decodes back to it.

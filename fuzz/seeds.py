@@ -1,6 +1,6 @@
 """Real encoder output for the fuzz harnesses: the messages each seed corpus starts from.
 
-`python fuzz/seeds.py` (re)writes fuzz/corpus/<harness>/ from edge_agent.wire and
+`python fuzz/seeds.py` (re)writes fuzz/corpus/<harness>/ from edge_wire and
 edge_agent.commands.handler; the harnesses import the builders to set up their state the same way.
 """
 

@@ -1,6 +1,6 @@
 """Payload -> validated batch, resolved against the device's birth dictionary.
 
-Decoding itself is `edge_agent.wire` (the reference implementation, written once); this module
+Decoding itself is `edge_wire.decode` (the reference implementation, written once); this module
 adds what only the gateway knows: which dictionary each device announced, and whether a batch's
 values make sense for the series they claim to be. Every refusal is a `Rejected` carrying a short,
 stable `reason` label that metrics count by.

@@ -123,7 +123,7 @@ def test_without_privileges_the_line_says_so():
     # itself, not the venv's link
     public = tempfile.mkdtemp(prefix="edge-select-")
     try:
-        for package in ("edge_agent", "edge_wire"):
+        for package in ("edge_agent", "edge_wire"):  # the agent and the protocol it imports
             shutil.copytree(os.path.join(ROOT, package), os.path.join(public, package))
         for base, dirs, files in os.walk(public):
             for name in dirs + files + [""]:

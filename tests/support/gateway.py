@@ -1,4 +1,4 @@
-"""Helpers for the gateway tests: real births and batches built with edge_agent.wire, the gateway core's
+"""Helpers for the gateway tests: real births and batches built with edge_wire, the gateway core's
 callbacks (acks, receipts), a quick retry policy, and device data published to a real broker."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Delivery receipts on the agent's side, in process: the agent with a transport that records what it
 publishes and acknowledges when told (the broker's side of the contract), receipts built with the
-gateway's own encoder (edge_agent.wire.encode_receipt). tests/integration/test_reliability.py runs the real
+gateway's own encoder (edge_wire.receipt.encode_receipt). tests/integration/test_reliability.py runs the real
 processes; this file pins the rules down one by one.
 
 - with receipts a batch leaves only on its receipt, one batch is out at a time (order), what gets
