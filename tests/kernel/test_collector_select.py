@@ -119,8 +119,7 @@ def test_without_privileges_the_line_says_so():
     setpriv = shutil.which("setpriv")
     _need(os.geteuid() == 0 and setpriv is not None, "needs root and setpriv to drop privileges")
     # the unprivileged child may not be able to enter the checkout (a private temp dir, a home):
-    # give it a world-readable copy of the agent and the protocol it imports, and the interpreter
-    # itself, not the venv's link
+    # give it a world-readable copy of the package and the interpreter itself, not the venv's link
     public = tempfile.mkdtemp(prefix="edge-select-")
     try:
         for package in ("edge_agent", "edge_wire"):  # the agent and the protocol it imports
