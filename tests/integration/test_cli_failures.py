@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -125,9 +126,29 @@ def gateway_until(seconds, *argv):
     return proc.returncode, err
 
 
+def gateway_until_logged(text, count, *argv, timeout=30.0):
+    """`edge-gateway run` stopped with SIGTERM once it logged `text` `count` times (or after `timeout`):
+    a busy machine may start it slowly, so the test waits for what it checks, not for a fixed time."""
+    proc = subprocess.Popen([GATEWAY, "run", "--metrics-port", "0", "--output", "/dev/null", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(timeout, proc.send_signal, (signal.SIGTERM,))
+    timer.start()
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if sum(text in seen for seen in lines) == count:
+            proc.send_signal(signal.SIGTERM)
+            break
+    timer.cancel()
+    _out, rest = proc.communicate(timeout=20)
+    err = "".join(lines) + rest
+    assert "Traceback" not in err, err
+    return proc.returncode, err
+
+
 def test_gateway_broker_down_logs_each_attempt_and_exits_1():
     port = free_port()
-    code, err = gateway_until(3, "--broker", "mqtt://127.0.0.1:%d" % port)
+    code, err = gateway_until_logged("cannot connect to the broker", 4, "--broker", "mqtt://127.0.0.1:%d" % port)
     assert code == 1
     assert err.strip().splitlines()[-1] == "edge-gateway: never connected to the broker at mqtt://127.0.0.1:%d: %s" % (
         port, REFUSED % port)
