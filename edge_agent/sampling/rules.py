@@ -1,9 +1,9 @@
 """The sampling parameters: their defaults, their bounds, and `validate_sampling`.
 
-Apart from edge_agent.sampling so that checking a `sampling` section (config at start-up, a
+Apart from edge_agent.sampling.sampler so that checking a `sampling` section (config at start-up, a
 set_sampling command for the `fixed` policy's agent.EveryInterval) does not load the policies
 themselves: on a small MicroPython heap this module is loaded only for a while. The meaning of each
-knob is described below and in edge_agent.sampling, which builds SAMPLING_DEFAULTS from KNOBS.
+knob is described below and in edge_agent.sampling.sampler, which builds SAMPLING_DEFAULTS from KNOBS.
 
 MicroPython-compatible: imports only the collectors' names (edge_agent.collectors, resident anyway).
 """
@@ -30,7 +30,7 @@ MS_HIGH = 86400000
 #     load_hold           consecutive observations beyond a watermark before acting (hysteresis)
 #     load_runq_full      runnable threads per CPU that count as pressure 1.0
 #     cpu_budget          the agent's own CPU, as a fraction of one core
-#   adaptive policy (the batch look-ahead, edge_agent.sampling)
+#   adaptive policy (the batch look-ahead, edge_agent.sampling.sampler)
 #     adaptive_share      the share of its readings each series aims to send (its budget; on the dev
 #                         sets' traces of 1,500-18,000 reads the kept share runs 1.1-1.2x it: docs/sampling.md)
 #     adaptive_guard      peak guard tolerance, in running ranges: a new local high (low) further
