@@ -18,7 +18,8 @@ transient ones. Two interpreters:
    `micropython.mem_peak()` is printed too (the interpreter's own start-up is in it). With --binary,
    the fragments that exist only for the heap (FRAGMENTS) are priced as if merged back into the
    resident module of their concept: that module would carry their functions all the time.
-2. run: a real mosquitto on a free port and `-X heapsize=HEAP -m edge_agent.device.main` with the
+2. run: a real mosquitto on a free port and `-X heapsize=HEAP -c ENTRY` (the launcher's, which imports
+   edge_agent.device.main and runs it; not `-m`, which keeps the edge_agent.device package) with the
    default config (fixed policy unless --policy, commands enabled, no spool), cpu + network + memory collectors at
    1 s, batches every 10 s, for --seconds. mpy_main logs a `heap` line once a minute (gc.mem_alloc()
    after gc.collect(), the highest seen, the largest free block); this bench asks for one every 10 s
@@ -165,6 +166,13 @@ def heap_lines(text):
     return out
 
 
+def launcher_entry():
+    """The `-c` program firmware/files/edge-agent-mpy starts the agent with (its ENTRY): measured as run."""
+    with open(os.path.join(ROOT, "firmware", "files", "edge-agent-mpy")) as f:
+        text = f.read()
+    return text.split('ENTRY="', 1)[1].split('"', 1)[0]
+
+
 def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
     from testbed.mosquitto import start_mosquitto, stop
 
@@ -175,7 +183,7 @@ def run_agent(lib, heap, seconds, tmp, every_s=10, binary=None, policy="fixed"):
         env = dict(os.environ, MICROPYPATH=".frozen:" + lib if lib else ".frozen", EDGE_AGENT_HEAP_EVERY_S=str(every_s))
         log_path = os.path.join(tmp, "agent.log")
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(interpreter(binary) + ["-X", "heapsize=" + heap, "-m", "edge_agent.device.main",
+            proc = subprocess.Popen(interpreter(binary) + ["-X", "heapsize=" + heap, "-c", launcher_entry(),
                                                            config],
                                     env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/")
             try:
