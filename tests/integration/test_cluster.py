@@ -119,7 +119,8 @@ def test_broker_node_and_gateway_replica_killed_and_restarted_every_sample_once(
         repeated_samples = sum(made.get(key, 0) * (tally.batches[key[0]][key[1]] - 1) for key in repeated)
         delays = sorted(arrival[(b[0], b[5])] - b[5] / 1000 for b in batches if (b[0], b[5]) in arrival)
         figures = dict(check, cluster_start_s=round(cluster_s, 1), devices=summary["devices"],
-                       device_reconnects=summary["connects"] - summary["devices"], resends=summary["sends"] - summary["batches"],
+                       device_reconnects=summary["connects"] - summary["devices"], connect_failures=summary["connect_failures"],
+                       resends=summary["sends"] - summary["batches"],
                        pending=summary["pending"], dropped=summary["dropped"], exported_before_kill=exported_before,
                        delay_p50_s=round(delays[len(delays) // 2], 2), delay_p99_s=round(delays[int(len(delays) * 0.99)], 2),
                        delay_max_s=round(delays[-1], 2), repeated_at_a_kill=len(at_a_kill))
